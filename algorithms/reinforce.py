@@ -1,0 +1,37 @@
+"""REINFORCE over the denoising MDP: DDPO-SF (Black et al. 2023, eq. "DDPO_SF"; ALGORITHMS.md 1.3).
+
+    grad J = E[ sum_t grad log p_theta(x_{t-1} | x_t, c) * A ]
+
+Trajectories must come from the current weights, so there is exactly one optimiser step per
+sampling round (DDPO App. D.1 accumulates all 256 samples into one step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+
+
+@dataclass(frozen=True)
+class ReinforceSettings(AlgorithmSettings):
+    advantages: str = "per_prompt"  # DDPO's per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
+    adv_clip: float = 5.0
+    inner_epochs: int = 1  # on-policy: one pass ...
+    updates_per_round: int = 1  # ... and one optimiser step per round
+
+
+class Reinforce(Algorithm):
+    """Score-function policy gradient with a normalised advantage (DDPO-SF)."""
+
+    Settings = ReinforceSettings
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        if self.settings.inner_epochs != 1 or self.settings.updates_per_round != 1:
+            raise ValueError("REINFORCE is on-policy: inner_epochs and updates_per_round must be 1")
+
+    def loss(self, batch: StepBatch) -> Loss:
+        surrogate = -batch.advantages[:, None] * batch.logp  # (B, S)
+        return Loss(surrogate.mean(), clipped=torch.zeros_like(batch.logp, dtype=torch.bool))

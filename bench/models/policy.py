@@ -1,0 +1,146 @@
+"""Policies: a denoiser with its text encoder and scheduler, behind one interface that the rollout
+engine, the training loop and evaluation use for every model family.
+
+A model folder holds diffusers/transformers subfolders (`transformer/` or `unet/`,
+`text_encoder/`, `tokenizer/`, `scheduler/`, optionally `vae/`) and a `bench_model.json` manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.models.checkpoint import MANIFEST, read_manifest
+
+
+@dataclass
+class Cond:
+    embeds: torch.Tensor  # (B, L, D)
+    mask: torch.Tensor  # (B, L)
+
+    def __getitem__(self, idx) -> Cond:
+        return Cond(self.embeds[idx], self.mask[idx])
+
+    @staticmethod
+    def cat(parts: list[Cond]) -> Cond:
+        return Cond(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]))
+
+
+class Policy(nn.Module):
+    """The embedded family: a pixel-space PixArt-style DiT (epsilon or flow objective)."""
+
+    def __init__(self, denoiser, text_encoder, tokenizer, scheduler, info: dict):
+        super().__init__()
+        self.denoiser = denoiser
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.info = info
+        self.objective = info.get("spec", {}).get("objective", "epsilon")
+        self._reference: nn.Module | None = None
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | Path, config_key: str = "model.path") -> Policy:
+        from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
+        from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+        folder = Path(folder)
+        if not (folder / MANIFEST).is_file():
+            raise FileNotFoundError(
+                f"model folder {folder} (config key '{config_key}') has no {MANIFEST}; "
+                "regenerate it with `python -m bench pretrain` or point the key at a model folder"
+            )
+        info = read_manifest(folder)
+        objective = info.get("spec", {}).get("objective", "epsilon")
+        scheduler_cls = FlowMatchEulerDiscreteScheduler if objective == "flow" else DDIMScheduler
+        return cls(
+            PixArtTransformer2DModel.from_pretrained(folder / "transformer"),
+            CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer"),
+            scheduler_cls.from_pretrained(folder / "scheduler"),
+            info,
+        )
+
+    def save_denoiser(self, folder: str | Path) -> None:
+        self.denoiser.save_pretrained(Path(folder) / "transformer")
+
+    def load_denoiser_state(self, folder: str | Path) -> None:
+        from diffusers import PixArtTransformer2DModel
+
+        loaded = PixArtTransformer2DModel.from_pretrained(Path(folder) / "transformer")
+        self.denoiser.load_state_dict(loaded.state_dict())
+
+    # ---- shapes --------------------------------------------------------------------------
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        cfg = self.denoiser.config
+        return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    # ---- text ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Cond:
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        embeds = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return Cond(embeds, tokens.attention_mask)
+
+    # ---- denoiser ------------------------------------------------------------------------
+    def _forward(self, module, x, t_model, cond: Cond) -> torch.Tensor:
+        t_model = torch.as_tensor(t_model).expand(x.shape[0])
+        return module(x, encoder_hidden_states=cond.embeds, timestep=t_model,
+                      encoder_attention_mask=cond.mask).sample
+
+    def predict(self, x, t_model, cond: Cond, uncond: Cond | None, guidance: float,
+                detach_uncond: bool = False, reference: bool = False) -> torch.Tensor:
+        """Guided model output eps_u + w (eps_c - eps_u), one forward over the concatenated batch."""
+        module = self.reference_denoiser() if reference else self.denoiser
+        if uncond is None or guidance == 1.0:
+            return self._forward(module, x, t_model, cond)
+        t_model = torch.as_tensor(t_model).expand(x.shape[0])
+        both = self._forward(module, torch.cat([x, x]), torch.cat([t_model, t_model]), Cond.cat([uncond, cond]))
+        out_u, out_c = both.chunk(2)
+        if detach_uncond:  # Flow-GRPO detaches the unconditional branch
+            out_u = out_u.detach()
+        return out_u + guidance * (out_c - out_u)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], (B, 3, H, W) fp32."""
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    # ---- reference policy (PRDP, KL) -----------------------------------------------------
+    def reference_denoiser(self) -> nn.Module:
+        """The frozen initial denoiser (full fine-tuning keeps a copy, made on first use)."""
+        if self._reference is None:
+            raise RuntimeError("no reference policy: call policy.freeze_reference() before training")
+        return self._reference
+
+    def freeze_reference(self) -> None:
+        self._reference = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+
+    def describe(self) -> dict:
+        return {"family": self.info.get("family"), "objective": self.objective,
+                "parameters": sum(p.numel() for p in self.denoiser.parameters()),
+                "sample_shape": list(self.sample_shape)}
+
+
+@contextmanager
+def no_grad_if(flag: bool):
+    if flag:
+        with torch.no_grad():
+            yield
+    else:
+        yield
+
+
+def model_summary(folder: str | Path) -> str:
+    return json.dumps(read_manifest(folder).get("spec", {}))

@@ -1,0 +1,106 @@
+"""Registries of algorithms, rewards and metrics.
+
+A name resolves, in order, to: an entry registered in this process; `path/to/file.py:Name`;
+`package.module:Name`; an installed entry point in the group `bench.<kind>s` (this package
+registers its own methods that way too, see pyproject.toml). An unknown name fails with the list
+of known names; a broken plugin fails naming the plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+
+class PluginError(Exception):
+    """A plugin that cannot be loaded or does not honour its interface."""
+
+
+class Registry:
+    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None):
+        self.kind = kind
+        self.group = f"bench.{kind}s"
+        self._local: dict[str, Any] = {}
+        self._check = check
+
+    def register(self, name: str):
+        def deco(obj):
+            self._local[name] = obj
+            return obj
+
+        return deco
+
+    def _entry_points(self) -> dict:
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        return sorted(set(self._local) | set(self._entry_points()))
+
+    def get(self, name: str) -> Any:
+        if not isinstance(name, str) or not name:
+            raise KeyError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._local:
+            return self._local[name]
+        if ":" in name:
+            obj = _load_reference(name, self.kind)
+        else:
+            eps = self._entry_points()
+            if name not in eps:
+                raise KeyError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+            try:
+                obj = eps[name].load()
+            except Exception as exc:  # noqa: BLE001 - any import failure of a plugin is reported the same way
+                raise PluginError(f"{self.kind} plugin {name!r} ({eps[name].value}) failed to import: {exc!r}") from exc
+        if self._check is not None:
+            self._check(name, obj)
+        return obj
+
+
+def _load_reference(ref: str, kind: str) -> Any:
+    """`path/to/file.py:Name` or `package.module:Name`."""
+    target, _, attr = ref.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file {path}")
+            mod_name = f"bench_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except Exception as exc:  # noqa: BLE001
+        raise PluginError(f"{kind} plugin {ref!r} failed to import: {exc!r}") from exc
+    if not hasattr(module, attr):
+        raise PluginError(f"{kind} plugin {ref!r}: {target} defines no {attr!r}")
+    return getattr(module, attr)
+
+
+def _check_algorithm(name: str, obj: Any) -> None:
+    from bench.algorithm import Algorithm
+
+    if not (isinstance(obj, type) and issubclass(obj, Algorithm)):
+        raise PluginError(f"algorithm plugin {name!r} is {obj!r}, not a subclass of bench.algorithm.Algorithm")
+    if getattr(obj.loss, "__isabstractmethod__", False) or obj.loss is Algorithm.loss:
+        raise PluginError(f"algorithm plugin {name!r} does not define loss(batch)")
+
+
+def _check_callable(kind: str):
+    def check(name: str, obj: Any) -> None:
+        if not callable(obj):
+            raise PluginError(f"{kind} plugin {name!r} is {obj!r}, which is not callable")
+
+    return check
+
+
+ALGORITHMS = Registry("algorithm", _check_algorithm)
+REWARDS = Registry("reward", _check_callable("reward"))
+METRICS = Registry("metric", _check_callable("metric"))
+MODELS = Registry("model", _check_callable("model"))

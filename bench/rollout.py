@@ -1,0 +1,90 @@
+"""Rollouts: sample trajectories with a policy and a sampler, recording every transition, and
+recompute the log-probs of recorded transitions under the current (or reference) weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.models.policy import Cond, Policy
+from bench.sampling import DDIMSampler, FlowSDESampler, flow_sigmas
+
+
+@dataclass
+class Trajectory:
+    prompts: list[str]
+    group_ids: torch.Tensor  # (B,) index of the prompt group each sample belongs to
+    latents: torch.Tensor  # (B, K+1, C, H, W): [:, k] before step k, [:, k+1] after it
+    means: torch.Tensor  # (B, K, C, H, W) fp32
+    stds: torch.Tensor  # (B, K) fp32
+    logp: torch.Tensor  # (B, K) fp32, sampling-time log-probs
+    timesteps: torch.Tensor  # (K,) model timesteps
+    cond: Cond
+    uncond: Cond
+
+    @property
+    def x0(self) -> torch.Tensor:
+        return self.latents[:, -1]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean",
+                 flow_variant: str = "flowgrpo", flow_shift: float = 1.0):
+    """The sampler that matches the policy's objective: DDIM (epsilon/v) or a flow SDE."""
+    if policy.objective == "flow":
+        return FlowSDESampler(flow_sigmas(num_steps, flow_shift), noise_level=eta, variant=flow_variant,
+                              logp_reduce=logp_reduce)
+    return DDIMSampler(policy.scheduler, num_steps, eta=eta, logp_reduce=logp_reduce)
+
+
+@torch.no_grad()
+def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, generator: torch.Generator,
+            group_ids: torch.Tensor | None = None, same_noise_per_group: bool = False) -> Trajectory:
+    """Sample one trajectory per prompt (repeat a prompt G times for a group of G)."""
+    n = len(prompts)
+    group_ids = torch.arange(n) if group_ids is None else group_ids
+    cond, uncond = policy.encode(prompts), policy.encode([""] * n)
+    shape = policy.sample_shape
+    if same_noise_per_group:  # DanceGRPO: one x_T per group, members differ by the SDE noise
+        groups = torch.unique(group_ids)
+        first = torch.randn((len(groups), *shape), generator=generator)
+        x = first[torch.searchsorted(groups, group_ids)]
+    else:
+        x = torch.randn((n, *shape), generator=generator)
+    model_t = sampler.model_timesteps()
+    latents, means, stds, logps = [x], [], [], []
+    for k in range(sampler.num_steps):
+        t = sampler.timesteps[k]
+        out = policy.predict(x, model_t[k], cond, uncond, guidance)
+        res = sampler.step(out, x, t.expand(n), step_index=torch.full((n,), k), generator=generator)
+        x = res.x_next
+        latents.append(x)
+        means.append(res.mean)
+        stds.append(res.std.expand(n))
+        logps.append(res.logp)
+    return Trajectory(
+        prompts=list(prompts), group_ids=group_ids, latents=torch.stack(latents, 1),
+        means=torch.stack(means, 1), stds=torch.stack(stds, 1), logp=torch.stack(logps, 1),
+        timesteps=sampler.timesteps.clone(), cond=cond, uncond=uncond,
+    )
+
+
+def recompute(policy: Policy, sampler, traj: Trajectory, samples: torch.Tensor, steps: torch.Tensor,
+              guidance: float, reference: bool = False, detach_uncond: bool = False):
+    """Log-probs of recorded transitions under the current weights (or the reference).
+
+    samples: (B,) trajectory indices; steps: (B, S) sampler step indices. One batched forward
+    over all B*S transitions. Returns logp (B, S), mean (B, S, C, H, W), std (B, S)."""
+    b, s = steps.shape
+    rows = samples[:, None].expand(b, s).reshape(-1)
+    cols = steps.reshape(-1)
+    x = traj.latents[rows, cols]
+    x_next = traj.latents[rows, cols + 1]
+    t = sampler.timesteps[cols]
+    out = policy.predict(x, sampler.model_timesteps()[cols], traj.cond[rows], traj.uncond[rows], guidance,
+                         detach_uncond=detach_uncond, reference=reference)
+    res = sampler.step(out, x, t, step_index=cols, prev=x_next)
+    return res.logp.view(b, s), res.mean.view(b, s, *res.mean.shape[1:]), res.std.view(b, s)

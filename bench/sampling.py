@@ -1,0 +1,178 @@
+"""The rollout engine's step rules: one stochastic sampler step that returns
+`(x_next, logp, mean, std)`, for the DDIM family and for flow-matching SDEs.
+
+Every step rule is a pure function of its inputs (no hidden state), computes the log-density in
+fp32, and follows the per-dimension-mean convention of the official code (ALGORITHMS.md 0):
+`logp = mean over C,H,W of log N(x_next; mean, std^2)`, with the sum as an option. Passing
+`prev` (the stored x_next) recomputes the log-prob of a recorded transition instead of sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class StepResult:
+    x_next: torch.Tensor  # (B, C, H, W)
+    logp: torch.Tensor  # (B,) fp32
+    mean: torch.Tensor  # (B, C, H, W) fp32
+    std: torch.Tensor  # (B,) fp32, std of the Gaussian transition
+
+
+def gaussian_logp(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+    """log N(x; mean, std^2 I) per sample, reduced over all non-batch dims. std: (B,) or scalar."""
+    x, mean = x.float(), mean.float()
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+    elem = -((x.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI
+    dims = tuple(range(1, x.ndim))
+    if reduce == "mean":
+        return elem.mean(dim=dims)
+    if reduce == "sum":
+        return elem.sum(dim=dims)
+    raise ValueError(f"logp_reduce must be 'mean' or 'sum', got {reduce!r}")
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _draw(mean: torch.Tensor, std: torch.Tensor, prev, generator) -> torch.Tensor:
+    if prev is not None:
+        if generator is not None:
+            raise ValueError("give either prev (recompute a recorded step) or generator (sample), not both")
+        return prev
+    noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32, device=mean.device)
+    return mean + _expand(std, mean) * noise
+
+
+class DDIMSampler:
+    """DDIM with eta > 0 over an epsilon-prediction model (Song et al. 2021), as
+    ddpo-pytorch's `ddim_step_with_logprob`. Timesteps come from the diffusers scheduler."""
+
+    family = "ddim"
+
+    def __init__(self, scheduler, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean"):
+        if eta <= 0:
+            raise ValueError(f"eta must be > 0 for a stochastic policy (got {eta}); ALGORITHMS.md P4")
+        scheduler.set_timesteps(num_steps)
+        self.num_steps = num_steps
+        self.eta = eta
+        self.logp_reduce = logp_reduce
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        self.alphas_cumprod = scheduler.alphas_cumprod.float().clone()
+        self.final_alpha_cumprod = torch.as_tensor(float(scheduler.final_alpha_cumprod))
+        self.prediction_type = scheduler.config.prediction_type
+        self.timesteps = scheduler.timesteps.clone().long()  # (K,) model timesteps, descending
+        self.sigma_override: torch.Tensor | None = None  # (K,) per-step std, e.g. PCPO's sigma tilde
+
+    def model_timesteps(self) -> torch.Tensor:
+        return self.timesteps
+
+    def prev_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        return t - self.num_train_timesteps // self.num_steps
+
+    def _alpha_bars(self, t: torch.Tensor):
+        t = torch.as_tensor(t).long()
+        t_prev = self.prev_timestep(t)
+        ab_t = self.alphas_cumprod[t.clamp(min=0)]
+        ab_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], self.final_alpha_cumprod)
+        return ab_t, ab_prev
+
+    def variance(self, t: torch.Tensor) -> torch.Tensor:
+        ab_t, ab_prev = self._alpha_bars(t)
+        return (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)  # DDIM eq. (16), sigma^2 at eta = 1
+
+    def std(self, t: torch.Tensor, step_index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.sigma_override is not None and step_index is not None:
+            return self.sigma_override[torch.as_tensor(step_index).long()]
+        return self.eta * self.variance(t).sqrt()
+
+    def step(self, model_out, x, t, step_index=None, prev=None, generator=None) -> StepResult:
+        """One step from x at timestep t (B,) to the next timestep of the schedule."""
+        x32, eps = x.float(), model_out.float()
+        t = torch.as_tensor(t, device="cpu").long().expand(x.shape[0])
+        ab_t, ab_prev = (v.to(x.device) for v in self._alpha_bars(t))
+        if self.prediction_type == "epsilon":
+            x0 = (x32 - _expand((1 - ab_t).sqrt(), x32) * eps) / _expand(ab_t.sqrt(), x32)  # eq. (12), x0 term
+        elif self.prediction_type == "v_prediction":
+            x0 = _expand(ab_t.sqrt(), x32) * x32 - _expand((1 - ab_t).sqrt(), x32) * eps
+            eps = _expand(ab_t.sqrt(), x32) * eps + _expand((1 - ab_t).sqrt(), x32) * x32
+        else:
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        std = self.std(t, step_index).to(x.device).float()
+        direction = _expand((1 - ab_prev - std**2).clamp(min=0).sqrt(), x32) * eps  # eq. (12), "direction to x_t"
+        mean = _expand(ab_prev.sqrt(), x32) * x0 + direction
+        x_next = _draw(mean, std, prev, generator)
+        return StepResult(x_next.to(x.dtype), gaussian_logp(x_next, mean, std, self.logp_reduce), mean, std)
+
+    def native_weights(self) -> torch.Tensor:
+        """PCPO's per-step credit w(t) = C(t)/sigma_t (ALGORITHMS.md 6.3, Proposition 1), (K,)."""
+        t = self.timesteps
+        ab_t, ab_prev = self._alpha_bars(t)
+        alpha = ab_t / ab_prev
+        std = self.std(t, torch.arange(len(t)))
+        c = (1 - ab_t).sqrt() / alpha.sqrt() - (1 - ab_prev - std**2).clamp(min=0).sqrt()
+        return c / std
+
+
+def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """sigma schedule shift(linspace(1, 0, K+1)) with t' = s t / (1 + (s - 1) t) (SD3), (K+1,)."""
+    t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+class FlowSDESampler:
+    """Euler-Maruyama steps of the reverse SDE with the flow ODE's marginals (ALGORITHMS.md 5.3-5.4).
+
+    variant 'flowgrpo': std_dev_t = a sqrt(t / (1 - t)) (Flow-GRPO; t = 1 uses sigmas[1]);
+    variant 'dancegrpo': constant diffusion eta (DanceGRPO's flux_step). Model output is the
+    velocity v ~ eps - x0; time runs from sigma = 1 (noise) to 0."""
+
+    family = "flow"
+
+    def __init__(self, sigmas: torch.Tensor, noise_level: float = 0.7, variant: str = "flowgrpo",
+                 logp_reduce: str = "mean", timestep_scale: float = 1000.0):
+        if variant not in ("flowgrpo", "dancegrpo"):
+            raise ValueError(f"flow SDE variant must be 'flowgrpo' or 'dancegrpo', got {variant!r}")
+        self.sigmas = sigmas.float()
+        self.num_steps = len(sigmas) - 1
+        self.noise_level = noise_level
+        self.variant = variant
+        self.logp_reduce = logp_reduce
+        self.timestep_scale = timestep_scale
+        self.timesteps = self.sigmas[:-1]  # (K,) the sampler's own time t in [0, 1]
+
+    def model_timesteps(self) -> torch.Tensor:
+        return self.timesteps * self.timestep_scale
+
+    def _diffusion(self, sigma: torch.Tensor) -> torch.Tensor:
+        if self.variant == "dancegrpo":
+            return torch.full_like(sigma, self.noise_level)
+        safe = torch.where(sigma >= 1.0, self.sigmas[1].to(sigma), sigma)
+        return self.noise_level * (sigma / (1 - safe)).sqrt()
+
+    def step(self, model_out, x, t, step_index, prev=None, generator=None) -> StepResult:
+        x32, v = x.float(), model_out.float()
+        k = torch.as_tensor(step_index, device="cpu").long().expand(x.shape[0])
+        sigma, sigma_next = self.sigmas[k].to(x.device), self.sigmas[k + 1].to(x.device)
+        dt = _expand(sigma_next - sigma, x32)  # < 0
+        s = _expand(sigma, x32)
+        g = _expand(self._diffusion(sigma), x32)
+        # drift v + g^2/(2t) (x + (1 - t) v): the score correction of the reverse SDE
+        mean = x32 + dt * (v + g**2 / (2 * s) * (x32 + (1 - s) * v))
+        std = self._diffusion(sigma) * (sigma - sigma_next).sqrt()
+        x_next = _draw(mean, std, prev, generator)
+        return StepResult(x_next.to(x.dtype), gaussian_logp(x_next, mean, std, self.logp_reduce), mean, std)
+
+    def native_weights(self) -> torch.Tensor:
+        """w(t_i) = sqrt(dt_i)/g_i (1 + (1 - t_i) g_i^2/(2 t_i)) (ALGORITHMS.md 6.3, Proposition 2)."""
+        t = self.sigmas[:-1]
+        dt = t - self.sigmas[1:]
+        g = self._diffusion(t)
+        return dt.sqrt() / g * (1 + (1 - t) * g**2 / (2 * t))

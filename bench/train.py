@@ -1,0 +1,259 @@
+"""The one training loop every algorithm uses:
+sample -> reward -> advantages -> (reference log-probs) -> inner epochs of loss/backward -> step,
+with a checkpoint at every budget (a number of sampled training images) and a JSON line per round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.algorithm import Algorithm, Loss, StepBatch
+from bench.models.policy import Policy
+from bench.registry import ALGORITHMS, PluginError
+from bench.reward import build_reward, zero_spread_fraction
+from bench.rollout import make_sampler, recompute, rollout
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; the Snakefile builds it from the validated study config."""
+
+    model_path: str
+    algorithm: str
+    reward: object  # a reward spec (bench.reward)
+    seed: int = 0
+    algorithm_settings: dict = field(default_factory=dict)
+    prompts: list[str] = field(default_factory=list)  # training prompts; empty = the world's 'train' set
+    num_steps: int = 20
+    eta: float = 1.0
+    guidance: float = 3.0
+    logp_reduce: str = "mean"
+    images_per_round: int = 32
+    group_size: int = 4
+    micro_batch: int = 32  # samples per forward/backward (memory), not a hyper-parameter
+    step_chunk: int = 0  # steps per forward/backward, 0 = all (memory only)
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    budgets: list[int] = field(default_factory=lambda: [64, 128])
+    threads: int = 1
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def trained_steps(n: int, num_steps: int, fraction: float, drop_last: bool, shuffle: bool,
+                  generator: torch.Generator) -> torch.Tensor:
+    """(n, S) sampler-step indices trained per sample: a random subset per sample (ddpo-pytorch's
+    per-sample permutation of the time axis) or the first S steps."""
+    available = num_steps - int(drop_last)
+    s = max(1, int(available * fraction))
+    if not shuffle:
+        return torch.arange(s).expand(n, s).clone()
+    return torch.stack([torch.randperm(available, generator=generator)[:s] for _ in range(n)])
+
+
+def _check_loss(name: str, loss) -> Loss:
+    if not isinstance(loss, Loss):
+        raise PluginError(f"algorithm {name!r}: loss() returned {type(loss).__name__}, expected bench.algorithm.Loss")
+    if not torch.is_tensor(loss.value) or loss.value.ndim != 0:
+        raise PluginError(f"algorithm {name!r}: Loss.value must be a scalar tensor, got {loss.value!r}")
+    if not torch.isfinite(loss.value):
+        raise DivergedError(f"algorithm {name!r}: non-finite loss {loss.value.item()}")
+    return loss
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, out: str | Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.policy = Policy.load(cfg.model_path)
+        self.algorithm: Algorithm = ALGORITHMS.get(cfg.algorithm)(**cfg.algorithm_settings)
+        self.settings = self.algorithm.settings
+        self.reward = build_reward(cfg.reward)
+        self.sampler = make_sampler(self.policy, cfg.num_steps, cfg.eta, cfg.logp_reduce)
+        self.algorithm.setup(self.sampler)
+        if self.settings.needs_reference:
+            self.policy.freeze_reference()
+        self.params = self.policy.trainable_parameters()
+        self.optimiser = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                           weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.group_size = self.settings.group_size or cfg.group_size
+        if cfg.images_per_round % self.group_size:
+            raise ValueError(f"images_per_round={cfg.images_per_round} is not a multiple of the group size "
+                             f"{self.group_size} ({cfg.algorithm})")
+        if not cfg.prompts:
+            from bench.world.captions import prompt_sets
+
+            cfg.prompts = prompt_sets()["train"]
+        self.images_seen = 0
+        self.seconds = 0.0
+
+    # ---- one round -----------------------------------------------------------------------
+    def sample_round(self):
+        n_prompts = self.cfg.images_per_round // self.group_size
+        chosen = self.rng.choice(len(self.cfg.prompts), size=n_prompts, replace=len(self.cfg.prompts) < n_prompts)
+        prompts = [self.cfg.prompts[i] for i in chosen for _ in range(self.group_size)]
+        group_ids = torch.arange(n_prompts).repeat_interleave(self.group_size)
+        self.policy.denoiser.eval()
+        traj = rollout(self.policy, self.sampler, prompts, self.cfg.guidance, self.generator, group_ids,
+                       self.settings.same_noise_per_group)
+        return traj
+
+    def round(self) -> dict:
+        cfg, s = self.cfg, self.settings
+        t0 = time.perf_counter()
+        traj = self.sample_round()
+        t1 = time.perf_counter()
+        rewards, info = self.reward(self.policy.decode(traj.x0), traj.prompts, {"group_ids": traj.group_ids})
+        rewards = rewards.float()
+        advantages = self.algorithm.advantages(rewards, traj.group_ids, traj.prompts).float()
+        t2 = time.perf_counter()
+        n, k = len(traj), self.sampler.num_steps
+        logp_ref_all = None
+        if s.needs_reference:
+            with torch.no_grad():
+                logp_ref_all, _, _ = recompute(self.policy, self.sampler, traj, torch.arange(n),
+                                               torch.arange(k).expand(n, k), cfg.guidance, reference=True)
+        self.policy.denoiser.train()
+        stats: dict[str, list] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
+        clip_hits, clip_counts = torch.zeros(k), torch.zeros(k)
+        extra: dict[str, list] = {}
+        for _ in range(s.inner_epochs):
+            chunks = self._update_chunks(traj)
+            steps = trained_steps(n, k, s.timestep_fraction, s.drop_last_step, s.shuffle_timesteps, self.generator)
+            n_train = steps.shape[1]
+            for chunk in chunks:
+                self.optimiser.zero_grad(set_to_none=True)
+                for mb, cols in self._micro_batches(chunk, steps):
+                    logp, mean, std = recompute(self.policy, self.sampler, traj, mb, cols, cfg.guidance)
+                    logp_old = torch.gather(traj.logp[mb], 1, cols)
+                    batch = StepBatch(
+                        logp=logp, logp_old=logp_old, advantages=advantages[mb], rewards=rewards[mb],
+                        group_ids=traj.group_ids[mb], timesteps=self.sampler.timesteps[cols], step_index=cols,
+                        logp_ref=None if logp_ref_all is None else torch.gather(logp_ref_all[mb], 1, cols),
+                        mean=mean, std=std,
+                    )
+                    loss = _check_loss(cfg.algorithm, self.algorithm.loss(batch))
+                    (loss.value * cols.numel() / (len(chunk) * n_train)).backward()
+                    with torch.no_grad():
+                        delta = logp.detach() - logp_old
+                        stats["loss"].append(loss.value.item())
+                        stats["approx_kl"].append(0.5 * delta.pow(2).mean().item())
+                        if loss.clipped is not None:
+                            stats["clipfrac"].append(loss.clipped.float().mean().item())
+                            clip_hits.index_add_(0, cols.flatten(), loss.clipped.float().flatten())
+                            clip_counts.index_add_(0, cols.flatten(), torch.ones(cols.numel()))
+                        for key, value in loss.metrics.items():
+                            extra.setdefault(key, []).append(float(value))
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    raise DivergedError(f"algorithm {cfg.algorithm!r}: non-finite gradient norm")
+                stats["grad_norm"].append(grad_norm.item())
+                self.optimiser.step()
+        t3 = time.perf_counter()
+        self.images_seen += n
+        self.seconds += t3 - t0
+        mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+        components = {f"reward/{k}": float(v.mean()) for k, v in info.items() if torch.is_tensor(v)}
+        return {
+            "images_seen": self.images_seen,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            **components,
+            "adv_abs_mean": float(advantages.abs().mean()),
+            "zero_spread_groups": zero_spread_fraction(rewards, traj.group_ids),
+            "trained_steps_per_sample": n_train,
+            "loss": mean(stats["loss"]),
+            "approx_kl": mean(stats["approx_kl"]),
+            "clipfrac": mean(stats["clipfrac"]),
+            "clipfrac_per_step": [round(float(h / c), 5) if c else None for h, c in zip(clip_hits, clip_counts)],
+            "grad_norm": mean(stats["grad_norm"]),
+            "optimiser_steps": len(stats["grad_norm"]),
+            **{k: mean(v) for k, v in extra.items()},
+            "seconds_sample": t1 - t0,
+            "seconds_reward": t2 - t1,
+            "seconds_train": t3 - t2,
+            "seconds_total": self.seconds,
+            "peak_memory_mb": _peak_memory_mb(),
+        }
+
+    def _update_chunks(self, traj) -> list[torch.Tensor]:
+        """Sample indices of each optimiser step of one inner epoch (whole groups when the loss pairs
+        group members)."""
+        parts = self.settings.updates_per_round
+        if self.algorithm.whole_groups:
+            groups = torch.unique(traj.group_ids)
+            groups = groups[torch.randperm(len(groups), generator=self.generator)]
+            return [torch.cat([torch.nonzero(traj.group_ids == g).flatten() for g in part])
+                    for part in torch.tensor_split(groups, parts) if len(part)]
+        order = torch.randperm(len(traj), generator=self.generator)
+        return [c for c in torch.tensor_split(order, parts) if len(c)]
+
+    def _micro_batches(self, chunk: torch.Tensor, steps: torch.Tensor):
+        """(samples, step columns) per forward/backward: memory only, the gradient is the same."""
+        if self.algorithm.whole_groups:
+            yield chunk, steps[chunk]
+            return
+        for mb in torch.split(chunk, self.cfg.micro_batch):
+            cols = steps[mb]
+            if self.algorithm.whole_trajectory or not self.cfg.step_chunk:
+                yield mb, cols
+            else:
+                yield from ((mb, c) for c in torch.split(cols, self.cfg.step_chunk, dim=1))
+
+    # ---- the run -------------------------------------------------------------------------
+    def checkpoint(self, budget: int) -> None:
+        folder = self.out / "checkpoints" / str(budget)
+        self.policy.save_denoiser(folder)
+        state = {"budget": budget, "images_seen": self.images_seen, "device_seconds": self.seconds,
+                 "peak_memory_mb": _peak_memory_mb()}
+        (folder / "state.json").write_text(json.dumps(state, indent=1))
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "run_config.json").write_text(json.dumps(asdict(self.cfg), indent=1, default=str))
+        budgets = sorted(self.cfg.budgets)
+        rounds = math.ceil(budgets[-1] / self.cfg.images_per_round)
+        status, error = "finished", None
+        with open(self.out / "log.jsonl", "w") as log:
+            try:
+                for i in range(rounds):
+                    line = {"round": i, **self.round()}
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                    for b in budgets:
+                        if self.images_seen - self.cfg.images_per_round < b <= self.images_seen:
+                            self.checkpoint(b)
+            except DivergedError as exc:
+                status, error = "diverged", str(exc)
+        summary = {"status": status, "error": error, "images_seen": self.images_seen,
+                   "device_seconds": self.seconds, "peak_memory_mb": _peak_memory_mb(),
+                   "algorithm": self.cfg.algorithm, "settings": asdict(self.settings)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+
+def train(cfg: RunConfig, out: str | Path) -> dict:
+    return Trainer(cfg, out).run()

@@ -1,0 +1,1 @@
+"""Reward families, one file each; registered as entry points in the group `bench.rewards`."""
