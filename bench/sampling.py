@@ -84,6 +84,10 @@ class DDIMSampler:
         ab_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], self.final_alpha_cumprod)
         return ab_t, ab_prev
 
+    def alpha_bars(self, t: torch.Tensor):
+        """(alpha_bar_t, alpha_bar_prev) of the steps at timesteps t, as the step rule uses them."""
+        return self._alpha_bars(t)
+
     def variance(self, t: torch.Tensor) -> torch.Tensor:
         ab_t, ab_prev = self._alpha_bars(t)
         return (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)  # DDIM eq. (16), sigma^2 at eta = 1
@@ -125,6 +129,18 @@ def flow_sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     """sigma schedule shift(linspace(1, 0, K+1)) with t' = s t / (1 + (s - 1) t) (SD3), (K+1,)."""
     t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+def diffusers_flow_sigmas(num_steps: int, shift: float = 3.0, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """The sigmas of diffusers' FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(K) (SD3/Flow-GRPO),
+    (K+1,): shift(linspace(1, shift(1/N), K)) with 0 appended, N = num_train_timesteps. The training
+    sigmas are already shifted, so the smallest is shifted twice; this differs from flow_sigmas."""
+
+    def shifted(t):
+        return shift * t / (1 + (shift - 1) * t)
+
+    t = torch.linspace(1.0, shifted(1.0 / num_train_timesteps), num_steps, dtype=torch.float64)
+    return torch.cat([shifted(t), torch.zeros(1, dtype=torch.float64)]).float()
 
 
 class FlowSDESampler:
