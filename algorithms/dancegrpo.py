@@ -1,0 +1,39 @@
+"""DanceGRPO on DDIM/flow SDE samplers (Xue et al. 2025, arXiv 2505.07818; code XueZeyue/DanceGRPO
+fastvideo/train_grpo_sd.py, train_grpo_flux.py; ALGORITHMS.md 5.1, 5.2, 5.5).
+
+    A_i  = (r_i - mean_g r) / (std_g r + 1e-8),  std_g unbiased (torch.std), per prompt group
+    loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)),  no KL
+
+One x_T is shared by the group (members differ only by the SDE noise) and the last sampler step
+is never trained. Group size is left to the study: the official recipes use 16 (SD-1.4, 4 prompts
+x 16 per GPU) and 12 (FLUX)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.losses import ppo_clip_loss
+
+
+@dataclass(frozen=True)
+class DanceGRPOSettings(AlgorithmSettings):
+    advantages: str = "grpo_group"
+    adv_clip: float = 5.0
+    clip_range: float = 1e-4  # config_sd/dgx.py and the FLUX scripts
+    inner_epochs: int = 1
+    updates_per_round: int = 2  # SD: 512 images / (train batch 4 x grad-accum 8 x 8 GPUs) = 2
+    timestep_fraction: float = 1.0  # train_grpo_sd.py trains all 49 kept steps; FLUX scripts use 0.6
+    drop_last_step: bool = True  # timesteps[:, :-1]
+    shuffle_timesteps: bool = True  # per-sample permutation of the time axis, as DDPO
+    same_noise_per_group: bool = True  # --init_same_noise / one global_input_latents
+
+
+class DanceGRPO(Algorithm):
+    """Group-relative advantages inside the PPO clip; shared initial noise per group."""
+
+    Settings = DanceGRPOSettings
+    settings: DanceGRPOSettings
+
+    def loss(self, batch: StepBatch) -> Loss:
+        return ppo_clip_loss(batch.logp, batch.logp_old, batch.advantages, self.settings.clip_range)

@@ -1,0 +1,35 @@
+"""DDPO-IS: PPO-clipped importance-sampled policy gradient over the denoising MDP
+(Black et al. 2023, arXiv 2305.13301, Sec. 4.3 and App. D; ALGORITHMS.md 2).
+
+    loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)),
+    rho_{i,t} = p_theta(x_{t-1} | x_t, c) / p_old(x_{t-1} | x_t, c)
+
+Log-probs are per-dimension means (ddpo-pytorch), so rho is a per-dimension geometric mean and
+the clip range is tiny. theta_old is only the stored sampling-time log-prob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.losses import ppo_clip_loss
+
+
+@dataclass(frozen=True)
+class DDPOISSettings(AlgorithmSettings):
+    clip_range: float = 1e-4  # DDPO App. D.5 Table; ddpo-pytorch config/base.py train.clip_range
+    adv_clip: float = 5.0  # ddpo-pytorch train.adv_clip_max
+    advantages: str = "per_prompt"  # per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
+    inner_epochs: int = 1  # ddpo-pytorch train.num_inner_epochs
+    updates_per_round: int = 4  # paper: 256 samples / batch 64 = 4 gradient updates per iteration
+    timestep_fraction: float = 1.0  # all 50 steps trained in the paper
+
+
+class DDPOIS(Algorithm):
+    """PPO clip on per-step ratios with per-prompt normalised advantages."""
+
+    Settings = DDPOISSettings
+    settings: DDPOISSettings
+
+    def loss(self, batch: StepBatch) -> Loss:
+        return ppo_clip_loss(batch.logp, batch.logp_old, batch.advantages, self.settings.clip_range)

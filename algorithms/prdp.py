@@ -1,0 +1,76 @@
+"""PRDP: Proximal Reward Difference Prediction (Deng et al., CVPR 2024, arXiv 2402.08714;
+ALGORITHMS.md 4; loss transcribed from the paper's App. G JAX code, 4.3).
+
+For two trajectories a, b of the same prompt with r_a > r_b (ties dropped):
+    lr_t     = log p_theta(x_{t-1}|x_t,c) - log p_ref(x_{t-1}|x_t,c)       implied reward of step t
+    lr_old_t = log p_old - log p_ref
+    lr_clip  = clip(lr_t, lr_old_t - eps, lr_old_t + eps)                   stepwise proximal clip
+    s, s_clip = reduce_t(lr), reduce_t(lr_clip)                             mean over t (App. G)
+    l, l_clip = (s_a - s_b - dr/beta)^2, (s_clip_a - s_clip_b - dr/beta)^2
+    loss     = mean over pairs of max(l, l_clip)
+The loss is zero iff pi_theta = pi_ref exp(r/beta)/Z on the trajectories (App. A.3).
+
+Defaults: the small-scale column of App. E Table 4 (45 prompts, SD-1.4): beta 3e-5, eps 1e-6,
+K = 10 gradient updates per epoch, DDPM sampling (eta 1), 16 images per prompt (left to the
+study's group size here). beta is convention-dependent (ALGORITHMS.md 4.4): App. C quotes
+beta in {0.1, 1, 10} for another log-prob scaling, and mean vs sum over steps (and over pixels)
+rescales it. We keep 3e-5 because the official loss (App. G) averages over steps, as `step_reduce`
+'mean' does here; with per-dim-mean log-probs dr/beta is far larger than any reachable implied
+reward difference, so beta then mostly sets the loss scale (Adam removes it) and the KL strength
+is weak. [unverified] that App. G's per-step log-probs are per-dim means like ddpo-pytorch's;
+calibrate beta (|dr/beta| ~ typical |ds|) when comparing KL strength. [unverified] whether the K
+updates each use all pairs (here: K inner epochs of one update each) or K minibatches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.advantages import reward_pairs
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+
+
+@dataclass(frozen=True)
+class PRDPSettings(AlgorithmSettings):
+    beta: float = 3e-5  # KL weight, App. E Table 4 small-scale (convention-dependent, see above)
+    clip_range: float = 1e-6  # stepwise clip eps on the implied reward, Table 4 small-scale
+    step_reduce: str = "mean"  # 'mean' over steps (App. G code) or 'sum' (the math of 4.1)
+    advantages: str = "none"  # the loss reads raw rewards
+    inner_epochs: int = 10  # K = 10 gradient updates per epoch, Table 4 small-scale
+    updates_per_round: int = 1
+    needs_reference: bool = True
+
+
+class PRDP(Algorithm):
+    """Reward-difference regression on same-prompt pairs with a stepwise proximal clip."""
+
+    Settings = PRDPSettings
+    settings: PRDPSettings
+    whole_trajectory = True  # s sums/averages all trained steps of a sample
+    whole_groups = True  # pairs are formed inside a prompt group
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        if self.settings.step_reduce not in ("mean", "sum"):
+            raise ValueError(f"PRDP: step_reduce must be 'mean' or 'sum', got {self.settings.step_reduce!r}")
+        if not self.settings.needs_reference:
+            raise ValueError("PRDP needs the reference policy's log-probs (needs_reference=True)")
+
+    def loss(self, batch: StepBatch) -> Loss:
+        s_ = self.settings
+        lr = batch.logp - batch.logp_ref  # (B, S)
+        lr_old = batch.logp_old - batch.logp_ref
+        lr_clip = lr.clamp(lr_old - s_.clip_range, lr_old + s_.clip_range)
+        reduce = torch.mean if s_.step_reduce == "mean" else torch.sum
+        s, s_clip = reduce(lr, dim=1), reduce(lr_clip, dim=1)  # (B,)
+        pairs = reward_pairs(batch.rewards, batch.group_ids)  # (P, 2), r_i > r_j
+        clipped = (lr - lr_clip).detach() != 0
+        if len(pairs) == 0:  # all groups tied: no signal, zero gradient
+            return Loss(0.0 * batch.logp.sum(), metrics={"pairs": torch.tensor(0.0)}, clipped=clipped)
+        i, j = pairs[:, 0], pairs[:, 1]
+        target = (batch.rewards[i] - batch.rewards[j]).to(lr) / s_.beta
+        l = (s[i] - s[j] - target) ** 2  # noqa: E741 - the paper's name
+        l_clip = (s_clip[i] - s_clip[j] - target) ** 2
+        return Loss(torch.maximum(l, l_clip).mean(), metrics={"pairs": torch.tensor(float(len(pairs)))},
+                    clipped=clipped)
