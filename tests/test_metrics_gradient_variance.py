@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from bench.metrics import gradient_variance as gv
+
+torch.set_num_threads(1)
+
+
+def _gaussian_gradients(k: int, a: torch.Tensor, b: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """g = A z + b with z ~ N(0, I): mean b, Cov = A A^T, tr Cov = ||A||_F^2."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(k, a.shape[1], generator=gen, dtype=torch.float64)
+    return z @ a.T + b
+
+
+def test_estimates_match_the_analytic_gradient_distribution():
+    gen = torch.Generator().manual_seed(1)
+    p, d, k = 20, 10, 4000
+    a = torch.randn(p, d, generator=gen, dtype=torch.float64) * 0.5
+    b = torch.randn(p, generator=gen, dtype=torch.float64)
+    g = _gaussian_gradients(k, a, b)
+    sigma = a @ a.T
+    tr, tr2, b2, bsb = sigma.trace(), (sigma @ sigma).trace(), b.square().sum(), b @ sigma @ b
+    stats = gv.gradient_statistics(g)
+    # sampling errors of a Gaussian sample: Var(tr S) = 2 tr(Sigma^2)/(K-1);
+    # Var ||mean||^2 = 4 b'Sigma b / K + 2 tr(Sigma^2) / K^2 around ||b||^2 + tr Sigma / K
+    assert abs(stats.trace_cov - tr) < 5 * math.sqrt(2 * tr2 / (k - 1))
+    se_mean = math.sqrt(4 * bsb / k + 2 * tr2 / k**2)
+    assert abs(stats.mean_sq_norm - (b2 + tr / k)) < 5 * se_mean
+    assert stats.snr == pytest.approx(float(b2 / tr), rel=0.1)
+    assert stats.snr_unbiased == pytest.approx(float(b2 / tr), rel=0.1)
+    assert stats.k == k
+
+
+def test_snr_is_scale_free_and_debiased_under_pure_noise():
+    k, p = 50, 400
+    g = _gaussian_gradients(k, torch.eye(p, dtype=torch.float64), torch.zeros(p, dtype=torch.float64))
+    assert gv.gradient_snr(g) * k == pytest.approx(1.0, abs=0.3)  # ||mean||^2 ~ tr Cov / K
+    assert abs(gv.gradient_snr_unbiased(g)) * k < 0.3
+    assert gv.gradient_snr(1e-3 * g) == pytest.approx(gv.gradient_snr(g))
+    assert abs(gv.mean_pairwise_cosine(g)) < 0.02  # independent directions in 400 dims
+
+
+def test_cosine_and_norm_variance_on_known_cases():
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    assert gv.mean_pairwise_cosine(e) == pytest.approx(1.0)
+    assert gv.mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-1.0)
+    assert gv.mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [0.0, 3.0]])) == pytest.approx(0.0)
+    g = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, -2.0]])  # norms 5, 1, 2
+    assert gv.norm_variance(g) == pytest.approx(torch.tensor([5.0, 1.0, 2.0]).var().item())
+    assert gv.gradient_snr(e) == math.inf
+    with pytest.raises(ValueError):
+        gv.trace_covariance(torch.ones(1, 3))
+
+
+def test_credit_share_and_its_spread():
+    s = 5
+    equal = gv.credit_share(torch.ones(s))
+    assert torch.allclose(equal, torch.full((s,), 1 / s, dtype=torch.float64))
+    assert gv.gini(equal) == pytest.approx(0.0, abs=1e-12)
+    assert gv.max_min_ratio(equal) == pytest.approx(1.0)
+    one_hot = gv.credit_share(torch.tensor([0.0, 0.0, 3.0, 0.0, 0.0]))
+    assert gv.gini(one_hot) == pytest.approx((s - 1) / s)
+    assert gv.max_min_ratio(one_hot) == math.inf
+    # (K, S, P) vectors: mean over K of the per-step norms, then normalised
+    vecs = torch.zeros(2, 2, 3)
+    vecs[0, 0, 0], vecs[1, 0, 1], vecs[0, 1, 2], vecs[1, 1, 2] = 1.0, 3.0, 4.0, 4.0
+    assert torch.allclose(gv.credit_share(vecs), torch.tensor([1 / 3, 2 / 3], dtype=torch.float64))
+    assert torch.allclose(gv.credit_share(vecs.norm(dim=-1)), gv.credit_share(vecs))
+
+
+def test_minibatch_gradients_of_a_linear_least_squares_loss():
+    gen = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(3, 2, bias=False)
+    unused = torch.nn.Parameter(torch.ones(4))
+    xs, ys = torch.randn(4, 8, 3, generator=gen), torch.randn(4, 8, 2, generator=gen)
+
+    def loss_fn(i):
+        return 0.5 * (lin(xs[i]) - ys[i]).square().sum(-1).mean()
+
+    g = gv.minibatch_gradients(loss_fn, [lin.weight, unused], k=4)
+    assert g.shape == (4, 6 + 4)
+    for i in range(4):
+        resid = xs[i] @ lin.weight.detach().T - ys[i]  # (8, 2)
+        expected = (resid.T @ xs[i]) / 8  # dL/dW = mean_n (W x_n - y_n) x_n^T
+        assert torch.allclose(g[i, :6], expected.reshape(-1), atol=1e-6)
+    assert (g[:, 6:] == 0).all()
+    assert lin.weight.grad is None  # autograd.grad leaves .grad alone
+
+
+def test_per_step_gradient_norms_feed_credit_share():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    weights = torch.tensor([1.0, 2.0, 5.0])  # step s's term = weights[s] * (w . x_i)
+
+    def step_losses(i):
+        x = torch.tensor([1.0, float(i + 1)])
+        return weights * (w * x).sum()
+
+    norms = gv.per_step_gradient_norms(step_losses, [w], k=2)
+    assert norms.shape == (2, 3)
+    assert torch.allclose(norms[1], weights * math.sqrt(5.0))
+    assert torch.allclose(gv.credit_share(norms), (weights / weights.sum()).double())
