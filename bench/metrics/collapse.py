@@ -1,0 +1,45 @@
+"""Collapse along training: when diversity falls away from the base model's, and quality compared
+at matched reward (the PCPO protocol: a method that reaches a reward by collapsing should not look
+better than one that reaches it while keeping quality and diversity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from bench.metrics.convergence import first_crossing
+
+
+def collapse_onset(checkpoints, diversity, base_diversity: float, fraction: float = 0.5) -> float | None:
+    """The first checkpoint (e.g. samples seen) whose diversity is below fraction * base_diversity,
+    or None when the run never collapses that far. No interpolation: onset is a checkpoint."""
+    x, d = np.asarray(checkpoints, dtype=float), np.asarray(diversity, dtype=float)
+    if x.shape != d.shape:
+        raise ValueError(f"checkpoints {x.shape} and diversity {d.shape} differ in shape")
+    below = np.flatnonzero(d < fraction * base_diversity)
+    return float(x[below[0]]) if below.size else None
+
+
+def matched_reward_level(rewards_per_run: Iterable) -> float:
+    """The highest reward every run reaches: min over runs of each run's max reward."""
+    return float(min(np.max(np.asarray(r, dtype=float)) for r in rewards_per_run))
+
+
+def metric_at_reward(rewards, metric, level: float) -> float:
+    """A metric (FID, Vendi score, ...) read along a run's checkpoints at the moment its reward
+    first reaches `level`, interpolated linearly between the two checkpoints around that crossing
+    (the same rule as `convergence.samples_to_reach`); NaN when the run never reaches it."""
+    r, m = np.asarray(rewards, dtype=float), np.asarray(metric, dtype=float)
+    if r.shape != m.shape or r.ndim != 1:
+        raise ValueError(f"rewards {r.shape} and metric {m.shape} must be 1-D of the same length")
+    pos = first_crossing(r, level)
+    return float("nan") if np.isnan(pos) else float(np.interp(pos, np.arange(r.size), m))
+
+
+def metric_at_matched_reward(runs: dict[str, tuple]) -> tuple[float, dict[str, float]]:
+    """`runs` maps a run (or method) name to its (rewards, metric) checkpoint series. Returns the
+    matched reward level and each run's metric at that level."""
+    level = matched_reward_level(rewards for rewards, _ in runs.values())
+    return level, {name: metric_at_reward(r, m, level) for name, (r, m) in runs.items()}
