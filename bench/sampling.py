@@ -52,14 +52,15 @@ def _draw(mean: torch.Tensor, std: torch.Tensor, prev, generator) -> torch.Tenso
 
 
 class DDIMSampler:
-    """DDIM with eta > 0 over an epsilon-prediction model (Song et al. 2021), as
-    ddpo-pytorch's `ddim_step_with_logprob`. Timesteps come from the diffusers scheduler."""
+    """DDIM over an epsilon- or v-prediction model (Song et al. 2021), as ddpo-pytorch's
+    `ddim_step_with_logprob`. Timesteps come from the diffusers scheduler. eta > 0 makes each step
+    a Gaussian policy; eta = 0 is the deterministic DDIM step (its log-prob is undefined: NaN)."""
 
     family = "ddim"
 
     def __init__(self, scheduler, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean"):
-        if eta <= 0:
-            raise ValueError(f"eta must be > 0 for a stochastic policy (got {eta}); ALGORITHMS.md P4")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (got {eta}); RL needs eta > 0, ALGORITHMS.md P4")
         scheduler.set_timesteps(num_steps)
         self.num_steps = num_steps
         self.eta = eta
@@ -68,6 +69,10 @@ class DDIMSampler:
         self.alphas_cumprod = scheduler.alphas_cumprod.float().clone()
         self.final_alpha_cumprod = torch.as_tensor(float(scheduler.final_alpha_cumprod))
         self.prediction_type = scheduler.config.prediction_type
+        # x0 clipping as in diffusers' DDIMScheduler: pixel-space models with a cosine schedule
+        # need it, since alpha_bar(T) ~ 0 amplifies any epsilon error at the first step
+        self.clip_sample = bool(scheduler.config.clip_sample)
+        self.clip_sample_range = float(scheduler.config.clip_sample_range)
         self.timesteps = scheduler.timesteps.clone().long()  # (K,) model timesteps, descending
         self.sigma_override: torch.Tensor | None = None  # (K,) per-step std, e.g. PCPO's sigma tilde
 
@@ -109,10 +114,14 @@ class DDIMSampler:
             eps = _expand(ab_t.sqrt(), x32) * eps + _expand((1 - ab_t).sqrt(), x32) * x32
         else:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        if self.clip_sample:
+            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         std = self.std(t, step_index).to(x.device).float()
         direction = _expand((1 - ab_prev - std**2).clamp(min=0).sqrt(), x32) * eps  # eq. (12), "direction to x_t"
         mean = _expand(ab_prev.sqrt(), x32) * x0 + direction
         x_next = _draw(mean, std, prev, generator)
+        if self.eta == 0:
+            return StepResult(mean.to(x.dtype), torch.full((x.shape[0],), float("nan")), mean, std)
         return StepResult(x_next.to(x.dtype), gaussian_logp(x_next, mean, std, self.logp_reduce), mean, std)
 
     def native_weights(self) -> torch.Tensor:

@@ -64,11 +64,12 @@ def build_scheduler(spec: EmbeddedSpec):
     if spec.objective == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     # cosine betas suit pixel-space 16x16 images; "trailing" spacing starts sampling at pure
-    # noise; set_alpha_to_one=False keeps the last step's std > 0 (as SD does; ALGORITHMS.md P4)
+    # noise, where alpha_bar ~ 0, so x0 is clipped to the data range as in pixel-space DDPM;
+    # set_alpha_to_one=False keeps the last step's std > 0 (as SD does; ALGORITHMS.md P4)
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
-        clip_sample=False,
+        clip_sample=True,
         set_alpha_to_one=False,
         timestep_spacing="trailing",
         prediction_type="epsilon",

@@ -1,0 +1,125 @@
+# t2i-rl-bench: the whole study. `snakemake --cores all` (see README).
+# The grid (model x reward x algorithm x seed) comes from the validated config; every rule body
+# is one `python -m bench <command>`, so each stage also runs by hand.
+import json
+import sys
+
+from bench import config as study
+
+# the default study unless --configfile names another (a preset replaces it; it is not merged)
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+_validated = study.validate(config)  # schema + semantic checks, before any job starts
+config.clear()
+config.update(_validated)
+RUNS = study.runs(config)
+PY = sys.executable
+RUN_DIR = "results/runs/{model}/{reward}/{algorithm}/seed{seed}"
+
+shell.prefix("export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false; ")
+wildcard_constraints:
+    seed=r"\d+",
+
+
+def run_config(w):
+    return json.dumps(study.run_config(config, study.RunKey(w.model, w.reward, w.algorithm, int(w.seed))))
+
+
+rule all:
+    input:
+        "report/index.html",
+        "results/citable.json",
+
+
+rule world:
+    output:
+        "results/world/prompts.json",
+    log:
+        "results/logs/world.log",
+    shell:
+        "{PY} -m bench world --out {output} > {log} 2>&1"
+
+
+rule pretrain:
+    # Shipped checkpoints are committed; regenerate with `snakemake --cores 1 --forcerun pretrain`.
+    output:
+        "results/models/{model}/bench_model.json",
+    params:
+        p=lambda w: config["models"][w.model].get("pretrain", {}),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        "results/logs/pretrain/{model}.log",
+    shell:
+        "{PY} -m bench pretrain --out results/models/{wildcards.model} --steps {params.p[steps]} "
+        "--seed {params.p[seed]} --objective {params.p[objective]} > {log} 2>&1"
+
+
+rule train:
+    input:
+        model=lambda w: config["models"][w.model]["path"] + "/bench_model.json",
+        prompts="results/world/prompts.json",
+    output:
+        RUN_DIR + "/summary.json",
+    params:
+        run=run_config,
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    log:
+        "results/logs/train/{model}/{reward}/{algorithm}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+    shell:
+        "{PY} -m bench train --run-config {params.run:q} --prompts {input.prompts} "
+        "--out $(dirname {output}) > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        RUN_DIR + "/summary.json",
+    output:
+        RUN_DIR + "/eval.json",
+    params:
+        evaluation=lambda w: json.dumps(config["evaluation"]),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    log:
+        "results/logs/evaluate/{model}/{reward}/{algorithm}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+    shell:
+        "{PY} -m bench evaluate --run-dir $(dirname {output}) --evaluation {params.evaluation:q} > {log} 2>&1"
+
+
+rule aggregate:
+    input:
+        expand(RUN_DIR + "/eval.json", zip, **{k: [getattr(r, k) for r in RUNS] for k in ("model", "reward", "algorithm", "seed")}),
+    output:
+        table="results/tables/eval.csv",
+        citable="results/citable.json",
+    params:
+        cfg=lambda w: json.dumps(config),
+    log:
+        "results/logs/aggregate.log",
+    shell:
+        "{PY} -m bench aggregate --config {params.cfg:q} --runs-root results/runs --out results/tables > {log} 2>&1"
+
+
+rule report:
+    input:
+        "results/tables/eval.csv",
+    output:
+        "report/index.html",
+    log:
+        "results/logs/report.log",
+    shell:
+        "{PY} -m bench report --tables results/tables --runs-root results/runs --out {output} > {log} 2>&1"

@@ -1,0 +1,137 @@
+"""Command line: `python -m bench <command>` (also installed as `t2i-rl-bench`).
+Each workflow rule calls one of these commands, so every stage also runs by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _threads(n: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cmd_list(args) -> None:
+    from bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
+
+    import bench.metrics  # noqa: F401  (registers the built-in metrics)
+
+    for title, reg in (("algorithms", ALGORITHMS), ("rewards", REWARDS), ("metrics", METRICS), ("models", MODELS)):
+        print(f"{title}: {', '.join(reg.names()) or '(none)'}")
+
+
+def cmd_validate(args) -> None:
+    from bench import config
+
+    cfg = config.load(args.configfile)
+    print(f"{args.configfile}: valid; {len(config.runs(cfg))} runs, config hash {config.config_hash(cfg)}")
+
+
+def cmd_world(args) -> None:
+    from bench.world.captions import prompt_sets
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sets = prompt_sets()
+    out.write_text(json.dumps(sets, indent=1))
+    print(f"wrote {out}: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
+
+
+def cmd_pretrain(args) -> None:
+    _threads(args.threads)
+    from bench.models.embedded import EmbeddedSpec
+    from bench.world.pretrain import pretrain
+
+    out = pretrain(args.out, steps=args.steps, seed=args.seed, spec=EmbeddedSpec(objective=args.objective))
+    if args.evaluate:
+        from bench.world.base_quality import record_base_quality
+
+        record_base_quality(out)
+    print(f"wrote {out}")
+
+
+def cmd_train(args) -> None:
+    _threads(args.threads)
+    from bench.train import RunConfig, train
+
+    cfg = RunConfig(**json.loads(args.run_config), threads=args.threads)
+    if args.prompts:
+        cfg.prompts = json.loads(Path(args.prompts).read_text())["train"]
+    summary = train(cfg, args.out)
+    print(json.dumps({k: summary[k] for k in ("status", "images_seen", "device_seconds")}))
+
+
+def cmd_evaluate(args) -> None:
+    _threads(args.threads)
+    from bench.evaluate import evaluate_run
+
+    run_dir = Path(args.run_dir)
+    run_cfg = json.loads((run_dir / "run_config.json").read_text())
+    evaluate_run(run_dir, run_cfg, json.loads(args.evaluation), threads=args.threads)
+
+
+def cmd_aggregate(args) -> None:
+    from bench import config, tables
+
+    cfg = config.validate(json.loads(args.config), check_paths=False)
+    tables.aggregate(cfg, Path(args.runs_root), Path(args.out))
+
+
+def cmd_report(args) -> None:
+    from bench import report
+
+    report.render(Path(args.tables), Path(args.runs_root), Path(args.out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="t2i-rl-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="what is registered: algorithms, rewards, metrics, models").set_defaults(fn=cmd_list)
+    p = sub.add_parser("validate", help="validate a study config")
+    p.add_argument("configfile")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("world", help="write the prompt sets of the embedded world")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_world)
+    p = sub.add_parser("pretrain", help="pretrain the embedded base model (seeded)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objective", choices=["epsilon", "flow"], default="epsilon")
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("train", help="one training run")
+    p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig")
+    p.add_argument("--prompts", help="prompt-set JSON (its 'train' list); default: the embedded world's")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoints")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("aggregate", help="tables over seeds with confidence intervals")
+    p.add_argument("--config", required=True, help="JSON of the validated study config")
+    p.add_argument("--runs-root", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_aggregate)
+    p = sub.add_parser("report", help="render the comparative HTML report")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--runs-root", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_report)
+    args = parser.parse_args(argv)
+    args.fn(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The study config: schema validation with defaults, semantic checks that name the offending key,
+and the grid of runs (model x reward x algorithm x seed) the Snakefile expands."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from bench.models.checkpoint import MANIFEST
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A study config that cannot run; the message names the key."""
+
+
+def _fill_defaults(validator_cls):
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def reward_label(spec) -> str:
+    return spec if isinstance(spec, str) else "+".join(f"{k}x{v:g}" for k, v in spec.items())
+
+
+@dataclass(frozen=True)
+class RunKey:
+    model: str
+    reward: str
+    algorithm: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.model}/{self.reward}/{self.algorithm}/seed{self.seed}"
+
+
+def validate(config: dict, check_paths: bool = True) -> dict:
+    """Validated copy of the config with defaults filled in; raises ConfigError naming the key."""
+    from bench.registry import ALGORITHMS, REWARDS, PluginError
+
+    config = copy.deepcopy(config)
+    validator = _fill_defaults(jsonschema.Draft202012Validator)(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ConfigError(f"config key '{key}': {e.message}")
+    train = config["train"]
+    budgets = train["budgets"]
+    if any(b2 <= b1 for b1, b2 in zip(budgets, budgets[1:])):
+        raise ConfigError(f"config key 'train.budgets': budgets must be strictly increasing, got {budgets}")
+    for b in budgets:
+        if b % train["images_per_round"]:
+            raise ConfigError(f"config key 'train.budgets': budget {b} is not a multiple of "
+                              f"train.images_per_round={train['images_per_round']}")
+    for label, settings in config["algorithms"].items():
+        settings = dict(settings or {})
+        ref = settings.pop("plugin", label)
+        try:
+            algo = ALGORITHMS.get(ref)(**settings)
+        except (KeyError, PluginError, ValueError, TypeError) as exc:
+            raise ConfigError(f"config key 'algorithms.{label}': {exc}") from exc
+        group = algo.settings.group_size or train["group_size"]
+        if train["images_per_round"] % group:
+            raise ConfigError(f"config key 'algorithms.{label}': group size {group} does not divide "
+                              f"train.images_per_round={train['images_per_round']}")
+    for i, spec in enumerate(config["rewards"]):
+        for name in [spec] if isinstance(spec, str) else list(spec):
+            try:
+                REWARDS.get(name)
+            except (KeyError, PluginError) as exc:
+                raise ConfigError(f"config key 'rewards[{i}]': {exc}") from exc
+    for name in config["evaluation"]["rewards"]:
+        try:
+            REWARDS.get(name)
+        except (KeyError, PluginError) as exc:
+            raise ConfigError(f"config key 'evaluation.rewards': {exc}") from exc
+    if check_paths:
+        for name, model in config["models"].items():
+            folder = Path(model["path"])
+            buildable = model.get("family", "embedded") == "embedded"
+            if not (folder / MANIFEST).is_file() and not buildable:
+                raise ConfigError(f"config key 'models.{name}.path': no model at {folder} "
+                                  f"(missing {folder / MANIFEST}); give a local model folder")
+    return config
+
+
+def load(path: str | Path, check_paths: bool = True) -> dict:
+    return validate(yaml.safe_load(Path(path).read_text()), check_paths)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def runs(config: dict) -> list[RunKey]:
+    return [
+        RunKey(model, reward_label(reward), algo, seed)
+        for model in config["models"]
+        for reward in config["rewards"]
+        for algo in config["algorithms"]
+        for seed in config["seeds"]
+    ]
+
+
+def run_config(config: dict, key: RunKey) -> dict:
+    """The keyword arguments of bench.train.RunConfig for one run of the grid."""
+    reward = next(r for r in config["rewards"] if reward_label(r) == key.reward)
+    settings = dict(config["algorithms"][key.algorithm] or {})
+    algorithm = settings.pop("plugin", key.algorithm)
+    return {
+        "model_path": config["models"][key.model]["path"],
+        "algorithm": algorithm,
+        "algorithm_settings": settings,
+        "reward": reward,
+        "seed": key.seed,
+        **config["sampling"],
+        **config["train"],
+    }

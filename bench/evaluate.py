@@ -1,0 +1,78 @@
+"""Evaluation of one run: held-out prompts, fixed seeds, the same noise for every method and
+checkpoint; every evaluation reward and the attribute checker at each budget (0 = the base model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.models.policy import Policy
+from bench.reward import build_reward
+from bench.rollout import make_sampler, rollout
+from bench.world.captions import prompt_sets
+from bench.world.checker import accuracy
+
+
+def eval_prompts(split: str, max_prompts: int) -> list[str]:
+    """A fixed, evenly spread subset of a prompt set (the same for every run)."""
+    prompts = prompt_sets()[split]
+    idx = np.linspace(0, len(prompts) - 1, num=min(max_prompts, len(prompts))).round().astype(int)
+    return [prompts[i] for i in idx]
+
+
+@torch.no_grad()
+def sample_images(policy: Policy, sampler, prompts: list[str], guidance: float, seed: int, batch: int = 64):
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, len(prompts), batch):
+        traj = rollout(policy, sampler, prompts[start : start + batch], guidance, generator)
+        images.append(policy.decode(traj.x0))
+    return torch.cat(images)
+
+
+def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    prompts = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
+               for _ in range(evaluation["images_per_prompt"])]
+    rewards = {name: build_reward(name) for name in evaluation["rewards"]}
+    policy = Policy.load(run_cfg["model_path"])
+    sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"))
+    rows = []
+    checkpoints = [(0, None)] + [(b, run_dir / "checkpoints" / str(b)) for b in sorted(run_cfg["budgets"])]
+    for budget, folder in checkpoints:
+        if folder is not None and not (folder / "state.json").is_file():
+            break  # a diverged run stops at its last good checkpoint
+        state = json.loads((folder / "state.json").read_text()) if folder else {"device_seconds": 0.0}
+        if folder is not None:
+            policy.load_denoiser_state(folder)
+        images = sample_images(policy, sampler, prompts, run_cfg["guidance"], evaluation["seed"])
+        row = {"budget": budget, "device_seconds": state["device_seconds"]}
+        for name, fn in rewards.items():
+            scores, _ = fn(images, prompts, {})
+            row[f"reward/{name}"] = float(scores.mean())
+        acc = accuracy(images.numpy(), prompts)
+        row.update({f"attribute/{k}": v for k, v in acc.items()})
+        rows.append(row)
+        _save_grid(images[: min(16, len(images))], run_dir / "samples" / f"{budget}.png")
+    out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(prompts), "rows": rows}
+    (run_dir / "eval.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, _, h, w = images.shape
+    rows = (n + columns - 1) // columns
+    canvas = np.zeros((rows * (h + 1), columns * (w + 1), 3), dtype=np.uint8)
+    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for i, img in enumerate(arr):
+        r, c = divmod(i, columns)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
+    Image.fromarray(canvas).resize((canvas.shape[1] * 4, canvas.shape[0] * 4), Image.NEAREST).save(path)

@@ -1,0 +1,114 @@
+"""Tidy result tables over seeds, with confidence intervals and provenance, as CSV, Markdown and
+LaTeX (booktabs), plus `results/citable.json` with stable keys. Every number traces back to a
+commit, a config hash and seeds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import config as study
+from bench.metrics.statistics import mean_ci
+
+KEYS = ["model", "reward", "algorithm", "budget", "metric"]
+PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
+
+
+def provenance(cfg: dict) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "absent"
+    return {
+        "study": cfg.get("study"),
+        "commit": commit + ("+dirty" if dirty else ""),
+        "config_hash": study.config_hash(cfg),
+        "seeds": cfg["seeds"],
+        "packages": versions,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+    }
+
+
+def collect(cfg: dict, runs_root: Path) -> pd.DataFrame:
+    """One row per run, budget and metric (seed-level, before aggregation)."""
+    rows = []
+    for key in study.runs(cfg):
+        path = runs_root / key.path / "eval.json"
+        ev = json.loads(path.read_text())
+        for r in ev["rows"]:
+            for metric, value in r.items():
+                if metric == "budget":
+                    continue
+                rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm,
+                             "seed": key.seed, "budget": r["budget"], "metric": metric, "value": value,
+                             "status": ev["status"]})
+    return pd.DataFrame(rows)
+
+
+def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
+    out = []
+    for keys, group in seed_rows.groupby(KEYS, sort=True):
+        values = group["value"].to_numpy(dtype=float)
+        ci = mean_ci(values, confidence_level=stats_cfg["confidence"],
+                     n_resamples=stats_cfg["bootstrap_resamples"], seed=stats_cfg["seed"])
+        out.append({**dict(zip(KEYS, keys)), "mean": ci.point, "ci_low": ci.low, "ci_high": ci.high,
+                    "n_seeds": len(values), "diverged": int((group["status"] == "diverged").sum())})
+    return pd.DataFrame(out)
+
+
+def _header(prov: dict, comment: str) -> str:
+    lines = [f"t2i-rl-bench results, study '{prov['study']}'",
+             f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
+             "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
+             "mean over seeds with a percentile-bootstrap confidence interval"]
+    return "".join(f"{comment} {line}\n" for line in lines)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not np.isfinite(v) else f"{v:.4g}"
+
+
+def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.csv").write_text(_header(prov, "#") + table.to_csv(index=False, float_format="%.6g"))
+    shown = table.assign(value=[f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+                                for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])])
+    shown = shown[KEYS + ["value", "n_seeds"]]
+    md = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    md += "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    (out / f"{name}.md").write_text(_header(prov, "<!--").replace("\n", " -->\n") + "\n" + md)
+    tex = [_header(prov, "%"), "\\begin{tabular}{lllrlr}", "\\toprule",
+           " & ".join(c.replace("_", "\\_") for c in shown.columns) + " \\\\", "\\midrule"]
+    tex += [" & ".join(str(v).replace("_", "\\_") for v in row) + " \\\\" for row in shown.itertuples(index=False)]
+    tex += ["\\bottomrule", "\\end{tabular}", ""]
+    (out / f"{name}.tex").write_text("\n".join(tex))
+
+
+def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
+    prov = provenance(cfg)
+    seed_rows = collect(cfg, runs_root)
+    table = summarise(seed_rows, cfg["statistics"])
+    write_tables(table, prov, out, "eval")
+    seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
+    num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
+    citable = {"provenance": prov, "results": {
+        "/".join(str(r[k]) for k in KEYS): {"mean": num(r["mean"]), "ci_low": num(r["ci_low"]),
+                                            "ci_high": num(r["ci_high"]), "n_seeds": int(r["n_seeds"])}
+        for r in table.to_dict("records")}}
+    citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
+    citable_path.write_text(json.dumps(citable, indent=1))
+    return table

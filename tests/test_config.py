@@ -1,0 +1,58 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import config as study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _base():
+    return yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+
+
+@pytest.mark.parametrize("preset", ["config.yaml", "quick.yaml"])
+def test_presets_validate_and_fill_defaults(preset):
+    cfg = study.load(ROOT / "config" / preset)
+    assert cfg["statistics"]["confidence"] == 0.95
+    assert cfg["sampling"]["logp_reduce"] == "mean"
+    assert len(study.runs(cfg)) == len(cfg["models"]) * len(cfg["rewards"]) * len(cfg["algorithms"]) * len(cfg["seeds"])
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["algorithms"].update({"no_such_algo": {}}), r"algorithms\.no_such_algo.*known algorithms: .*reinforce"),
+        (lambda c: c.update(rewards=["no_such_reward"]), r"rewards\[0\].*unknown reward"),
+        (lambda c: c.update(seeds=[]), r"'seeds'"),
+        (lambda c: c.update(seeds=[1, 1]), r"'seeds'.*non-unique"),
+        (lambda c: c["train"].update(budgets=[32, 16]), r"train\.budgets.*strictly increasing"),
+        (lambda c: c["train"].update(budgets=[20]), r"train\.budgets.*multiple"),
+        (lambda c: c.update(algorithms={}), r"'algorithms'"),
+        (lambda c: c["algorithms"].update(reinforce={"clip_rnage": 1}), r"algorithms\.reinforce.*clip_rnage"),
+        (lambda c: c["sampling"].update(eta=0), r"sampling\.eta"),
+        (lambda c: c.update(unknown_key=1), r"unknown_key"),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_key(edit, key):
+    cfg = copy.deepcopy(_base())
+    edit(cfg)
+    with pytest.raises(study.ConfigError, match=key):
+        study.validate(cfg)
+
+
+def test_a_missing_real_model_is_refused_naming_key_and_path(tmp_path):
+    cfg = _base()
+    cfg["models"] = {"sd15": {"family": "sd", "path": str(tmp_path / "nowhere")}}
+    with pytest.raises(study.ConfigError, match=r"models\.sd15\.path.*nowhere"):
+        study.validate(cfg)
+
+
+def test_run_config_carries_the_grid_point():
+    cfg = study.load(ROOT / "config" / "quick.yaml")
+    key = study.runs(cfg)[-1]
+    rc = study.run_config(cfg, key)
+    assert rc["seed"] == key.seed and rc["algorithm"] == key.algorithm
+    assert rc["budgets"] == cfg["train"]["budgets"] and rc["num_steps"] == cfg["sampling"]["num_steps"]

@@ -1,0 +1,72 @@
+"""The workflow end to end on the quick preset, in a fresh copy of the study folder."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    work = tmp_path_factory.mktemp("study")
+    for name in ("Snakefile", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    shutil.copytree(ROOT / "results" / "models", work / "results" / "models")
+    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml"],
+                          cwd=work, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return work, done
+
+
+@pytest.mark.slow
+def test_quick_study_writes_tables_and_report(quick_study):
+    work, done = quick_study
+    assert "rule pretrain" not in done.stdout + done.stderr  # the shipped checkpoint is used as is
+    cfg = yaml.safe_load((work / "config" / "quick.yaml").read_text())
+    table = pd.read_csv(work / "results" / "tables" / "eval.csv", comment="#")
+    budgets = [0] + cfg["train"]["budgets"]
+    for algo in cfg["algorithms"]:
+        rows = table[(table["algorithm"] == algo) & (table["metric"] == "reward/jpeg_compressibility")]
+        assert sorted(rows["budget"]) == budgets
+        assert (rows["n_seeds"] == len(cfg["seeds"])).all()
+        assert (rows["ci_low"] <= rows["mean"] + 1e-12).all() and (rows["mean"] <= rows["ci_high"] + 1e-12).all()
+    html = (work / "report" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2
+    assert (work / "results" / "citable.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_second_run_has_nothing_to_do(quick_study):
+    work, _ = quick_study
+    again = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml", "-n"],
+                           cwd=work, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_config_is_refused_before_any_job(tmp_path):
+    for name in ("Snakefile", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    cfg["train"]["budgets"] = [32, 16]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([str(SNAKEMAKE), "--cores", "1", "--configfile", "bad.yaml", "-n"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "train.budgets" in done.stdout + done.stderr
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_cli_lists_what_is_registered():
+    out = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True, check=True).stdout
+    assert "reinforce" in out and "jpeg_compressibility" in out and "attribute_match" in out
+    assert out.splitlines()[0].startswith("algorithms:")
