@@ -20,8 +20,6 @@ def _threads(n: int) -> None:
 def cmd_list(args) -> None:
     from bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
 
-    import bench.metrics  # noqa: F401  (registers the built-in metrics)
-
     for title, reg in (("algorithms", ALGORITHMS), ("rewards", REWARDS), ("metrics", METRICS), ("models", MODELS)):
         print(f"{title}: {', '.join(reg.names()) or '(none)'}")
 

@@ -22,8 +22,9 @@ class PluginError(Exception):
 
 
 class Registry:
-    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None):
+    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None, builtins: str | None = None):
         self.kind = kind
+        self._builtins = builtins  # a module that registers built-in entries when imported
         self.group = f"bench.{kind}s"
         self._local: dict[str, Any] = {}
         self._check = check
@@ -35,15 +36,23 @@ class Registry:
 
         return deco
 
+    def _load_builtins(self) -> None:
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
+
     def _entry_points(self) -> dict:
+        self._load_builtins()
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
     def names(self) -> list[str]:
+        self._load_builtins()
         return sorted(set(self._local) | set(self._entry_points()))
 
     def get(self, name: str) -> Any:
         if not isinstance(name, str) or not name:
             raise KeyError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        self._load_builtins()
         if name in self._local:
             return self._local[name]
         if ":" in name:
@@ -102,5 +111,5 @@ def _check_callable(kind: str):
 
 ALGORITHMS = Registry("algorithm", _check_algorithm)
 REWARDS = Registry("reward", _check_callable("reward"))
-METRICS = Registry("metric", _check_callable("metric"))
+METRICS = Registry("metric", _check_callable("metric"), builtins="bench.metrics")
 MODELS = Registry("model", _check_callable("model"))

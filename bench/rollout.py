@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.models.policy import Cond, Policy
-from bench.sampling import DDIMSampler, FlowSDESampler, flow_sigmas
+from bench.sampling import DDIMSampler, FlowSDESampler
 
 
 @dataclass
@@ -32,10 +32,12 @@ class Trajectory:
 
 
 def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean",
-                 flow_variant: str = "flowgrpo", flow_shift: float = 1.0):
-    """The sampler that matches the policy's objective: DDIM (epsilon/v) or a flow SDE."""
+                 flow_variant: str = "flowgrpo"):
+    """The sampler that matches the policy's objective: DDIM (epsilon/v) over the policy's
+    scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included)."""
     if policy.objective == "flow":
-        return FlowSDESampler(flow_sigmas(num_steps, flow_shift), noise_level=eta, variant=flow_variant,
+        policy.scheduler.set_timesteps(num_steps)
+        return FlowSDESampler(policy.scheduler.sigmas.float().clone(), noise_level=eta, variant=flow_variant,
                               logp_reduce=logp_reduce)
     return DDIMSampler(policy.scheduler, num_steps, eta=eta, logp_reduce=logp_reduce)
 

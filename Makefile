@@ -1,0 +1,35 @@
+# The common commands; the README opens with `make study` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+
+.PHONY: setup study quick test test-fast lint report pretrain
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+study: setup            ## the default study: runs, tables, report
+	$(SNAKEMAKE) --cores all
+
+quick: setup            ## the smoke preset (same DAG, a few minutes)
+	$(SNAKEMAKE) --cores all --configfile config/quick.yaml
+
+test: setup             ## the whole test suite (pytest's "no tests" exit 5 counts as a failure here too)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+test-fast: setup        ## everything but the end-to-end workflow tests
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check bench algorithms rewards tests
+
+report: setup           ## re-render the report from existing tables, no retraining
+	$(SNAKEMAKE) --cores 1 --forcerun report report/index.html
+
+pretrain: setup         ## regenerate the shipped base model(s) (about 20 minutes on 1 core)
+	$(SNAKEMAKE) --cores 1 --forcerun pretrain -- results/models/dit16-ddim/bench_model.json

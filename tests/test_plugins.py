@@ -1,0 +1,106 @@
+"""The plugin path: the README's example algorithm, as a plain file and as an installed package
+with an entry point, runs through the training loop, evaluation and the aggregate step."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import config as study
+from bench.evaluate import evaluate_run
+from bench.tables import aggregate
+from bench.train import RunConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- plugin-example:start -->\s*```python\n(.*?)```\s*<!-- plugin-example:end -->", text, re.S)
+    assert block, "README lost its plugin example"
+    return block.group(1)
+
+
+def small_study(model: Path, algorithms: dict) -> dict:
+    return study.validate({
+        "study": "plugin-test", "seeds": [0], "models": {"tiny": {"path": str(model)}},
+        "rewards": ["jpeg_compressibility"], "algorithms": algorithms,
+        "sampling": {"num_steps": 3}, "train": {"images_per_round": 4, "group_size": 2, "budgets": [4]},
+        "evaluation": {"max_prompts": 2, "images_per_prompt": 1}, "statistics": {"bootstrap_resamples": 100},
+    })
+
+
+def run_study(cfg: dict, runs_root: Path) -> pd.DataFrame:
+    for key in study.runs(cfg):
+        out = runs_root / key.path
+        train(RunConfig(**study.run_config(cfg, key)), out)
+        evaluate_run(out, json.loads((out / "run_config.json").read_text()), cfg["evaluation"])
+    return aggregate(cfg, runs_root, runs_root.parent / "tables")
+
+
+def test_readme_plugin_as_a_file_reaches_the_table(tiny_model, tmp_path):
+    plugin = tmp_path / "my_algo.py"
+    plugin.write_text(readme_example())
+    cfg = small_study(tiny_model, {"clipped_reinforce": {"plugin": f"{plugin}:ClippedReinforce",
+                                                         "max_log_ratio": 2e-3}})
+    table = run_study(cfg, tmp_path / "runs")
+    assert set(table["algorithm"]) == {"clipped_reinforce"}
+    assert sorted(table["budget"].unique()) == [0, 4]
+    assert (tmp_path / "tables" / "eval.csv").read_text().count("clipped_reinforce") == len(table)
+
+
+def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, tmp_path):
+    site = tmp_path / "site"
+    (site / "my_package").mkdir(parents=True)
+    (site / "my_package" / "__init__.py").write_text("")
+    (site / "my_package" / "my_algo.py").write_text(readme_example())
+    dist = site / "my_package-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[bench.algorithms]\nclipped_reinforce = my_package.my_algo:ClippedReinforce\n")
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT / "tests")!r})
+        from pathlib import Path
+        from test_plugins import small_study, run_study
+        cfg = small_study(Path({str(tiny_model)!r}), {{"clipped_reinforce": {{}}}})
+        table = run_study(cfg, Path({str(tmp_path / "runs")!r}))
+        print(sorted(set(table["algorithm"])))
+    """)
+    env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run([sys.executable, "-m", "bench", "list"], env=env, capture_output=True, text=True)
+    assert "clipped_reinforce" in listed.stdout.splitlines()[0], listed.stderr
+    ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "['clipped_reinforce']" in ran.stdout
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("import no_such_module\n", "failed to import"),
+        ("from bench.algorithm import Algorithm\nclass Broken(Algorithm):\n    pass\n", "does not define loss"),
+        ("Broken = 42\n", "not a subclass"),
+    ],
+)
+def test_a_broken_plugin_is_refused_at_validation_naming_it(tiny_model, tmp_path, source, message):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(source)
+    with pytest.raises(study.ConfigError, match=rf"algorithms\.mine.*broken\.py:Broken.*{message}"):
+        small_study(tiny_model, {"mine": {"plugin": f"{plugin}:Broken"}})
+
+
+def test_a_loss_of_the_wrong_type_fails_naming_the_plugin(tiny_model, tmp_path):
+    plugin = tmp_path / "wrong.py"
+    plugin.write_text("from bench.algorithm import Algorithm\n"
+                      "class Wrong(Algorithm):\n    def loss(self, batch):\n        return 0.0\n")
+    cfg = small_study(tiny_model, {"wrong": {"plugin": f"{plugin}:Wrong"}})
+    from bench.registry import PluginError
+
+    with pytest.raises(PluginError, match=r"wrong\.py:Wrong.*returned float"):
+        run_study(cfg, tmp_path / "runs")
