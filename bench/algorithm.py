@@ -5,6 +5,7 @@ optimiser or the files; the training loop (bench/train.py) does that, the same w
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -83,3 +84,13 @@ class Algorithm:
 
     def loss(self, batch: StepBatch) -> Loss:
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """State that carries across rounds (the per-prompt tracker's buffers), for resuming."""
+        tracker = self._advantages.tracker
+        return {"tracker": None if tracker is None else {k: list(v) for k, v in tracker.buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        tracker = self._advantages.tracker
+        if tracker is not None and state.get("tracker") is not None:
+            tracker.buffers = {k: deque(v, maxlen=tracker.buffer_size) for k, v in state["tracker"].items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from bench.algorithm import Algorithm, Loss, StepBatch
+from bench.io import atomic_write_json, atomic_write_text, replace_dir
 from bench.models.policy import Policy
 from bench.registry import ALGORITHMS, PluginError
 from bench.reward import build_reward, zero_spread_fraction
@@ -44,6 +46,7 @@ class RunConfig:
     group_size: int = 4
     micro_batch: int = 32  # samples per forward/backward (memory), not a hyper-parameter
     step_chunk: int = 0  # steps per forward/backward, 0 = all (memory only)
+    state_every: int = 1  # rounds between resumable states (a killed run continues from the last)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
@@ -226,32 +229,82 @@ class Trainer:
     # ---- the run -------------------------------------------------------------------------
     def checkpoint(self, budget: int) -> None:
         folder = self.out / "checkpoints" / str(budget)
-        self.policy.save_denoiser(folder)
+        tmp = folder.with_name(f".{budget}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.policy.save_denoiser(tmp)
         state = {"budget": budget, "images_seen": self.images_seen, "device_seconds": self.seconds,
                  "peak_memory_mb": _peak_memory_mb()}
-        (folder / "state.json").write_text(json.dumps(state, indent=1))
+        atomic_write_json(tmp / "state.json", state)
+        replace_dir(tmp, folder)
 
+    # ---- resuming ------------------------------------------------------------------------
+    def _save_state(self, rounds_done: int) -> None:
+        """Everything needed to continue bit-for-bit: weights, optimiser, every RNG, the
+        algorithm's cross-round state; swapped into place atomically."""
+        tmp = self.out / ".state.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.policy.save_denoiser(tmp)
+        torch.save({
+            "rounds_done": rounds_done, "images_seen": self.images_seen, "seconds": self.seconds,
+            "optimiser": self.optimiser.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
+            "algorithm": self.algorithm.state_dict(), "run_config": self._config_key(),
+        }, tmp / "trainer.pt")
+        replace_dir(tmp, self.out / "state")
+
+    def _config_key(self) -> dict:
+        key = asdict(self.cfg)
+        key.pop("threads", None)
+        return json.loads(json.dumps(key, default=str))
+
+    def _restore(self) -> int:
+        """Rounds already done by an earlier, interrupted process (0 when starting fresh)."""
+        state_dir = self.out / "state"
+        if not (state_dir / "trainer.pt").is_file():
+            return 0
+        state = torch.load(state_dir / "trainer.pt", weights_only=False)
+        if state["run_config"] != self._config_key():
+            shutil.rmtree(state_dir)  # an interrupted run of another config: start over
+            return 0
+        self.policy.load_denoiser_state(state_dir)
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.images_seen, self.seconds = state["images_seen"], state["seconds"]
+        return state["rounds_done"]
+
+    # ---- the run -------------------------------------------------------------------------
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "run_config.json").write_text(json.dumps(asdict(self.cfg), indent=1, default=str))
+        atomic_write_json(self.out / "run_config.json", asdict(self.cfg))
         budgets = sorted(self.cfg.budgets)
         rounds = math.ceil(budgets[-1] / self.cfg.images_per_round)
+        done = self._restore()
+        log_path = self.out / "log.jsonl"
+        kept = log_path.read_text().splitlines()[:done] if done and log_path.is_file() else []
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         status, error = "finished", None
-        with open(self.out / "log.jsonl", "w") as log:
+        with open(log_path, "a") as log:
             try:
-                for i in range(rounds):
+                for i in range(done, rounds):
                     line = {"round": i, **self.round()}
                     log.write(json.dumps(line) + "\n")
                     log.flush()
                     for b in budgets:
                         if self.images_seen - self.cfg.images_per_round < b <= self.images_seen:
                             self.checkpoint(b)
+                    if (i + 1) % self.cfg.state_every == 0 or i + 1 == rounds:
+                        self._save_state(i + 1)
             except DivergedError as exc:
                 status, error = "diverged", str(exc)
         summary = {"status": status, "error": error, "images_seen": self.images_seen,
                    "device_seconds": self.seconds, "peak_memory_mb": _peak_memory_mb(),
                    "algorithm": self.cfg.algorithm, "settings": asdict(self.settings)}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        atomic_write_json(self.out / "summary.json", summary)
         return summary
 
 

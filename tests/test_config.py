@@ -24,7 +24,8 @@ def test_presets_validate_and_fill_defaults(preset):
 @pytest.mark.parametrize(
     "edit, key",
     [
-        (lambda c: c["algorithms"].update({"no_such_algo": {}}), r"algorithms\.no_such_algo.*known algorithms: .*reinforce"),
+        (lambda c: c["algorithms"].update({"no_such_algo": {}}),
+         r"algorithms\.no_such_algo.*known algorithms: .*reinforce"),
         (lambda c: c.update(rewards=["no_such_reward"]), r"rewards\[0\].*unknown reward"),
         (lambda c: c.update(seeds=[]), r"'seeds'"),
         (lambda c: c.update(seeds=[1, 1]), r"'seeds'.*non-unique"),

@@ -10,7 +10,8 @@ from bench.train import RunConfig, train, trained_steps
 
 def _cfg(model, **kw):
     base = dict(model_path=str(model), algorithm="reinforce", reward="jpeg_compressibility", seed=3,
-                num_steps=4, images_per_round=8, group_size=2, budgets=[8, 16], prompts=["a red circle", "a blue square"])
+                num_steps=4, images_per_round=8, group_size=2, budgets=[8, 16],
+                prompts=["a red circle", "a blue square"])
     return RunConfig(**{**base, **kw})
 
 

@@ -9,7 +9,6 @@ caption dropout for classifier-free guidance and an EMA of the weights, which is
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict
@@ -78,11 +77,13 @@ def pretrain(
                     ps.lerp_(pl, 1 - ema_decay)
         losses.append(loss.item())
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
-            _save(out / f"step{step + 1}", ema, tokenizer, scheduler, spec, seed, step + 1, losses, started, lr, batch_size)
-    return _save(out, ema, tokenizer, scheduler, spec, seed, steps, losses, started, lr, batch_size)
+            _save(out / f"step{step + 1}", ema, tokenizer, scheduler, spec, losses,
+                  dict(seed=seed, steps=step + 1, batch_size=batch_size, lr=lr, started=started))
+    return _save(out, ema, tokenizer, scheduler, spec, losses,
+                 dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, started=started))
 
 
-def _save(out, ema, tokenizer, scheduler, spec, seed, steps, losses, started, lr, batch_size) -> Path:
+def _save(out, ema, tokenizer, scheduler, spec, losses, run: dict) -> Path:
     from bench.models.checkpoint import write_manifest
 
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +96,8 @@ def _save(out, ema, tokenizer, scheduler, spec, seed, steps, losses, started, lr
         "family": "embedded",
         "spec": asdict(spec),
         "pretraining": {
-            "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
-            "seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads(),
+            "seed": run["seed"], "steps": run["steps"], "batch_size": run["batch_size"], "lr": run["lr"],
+            "seconds": round(time.time() - run["started"], 1), "torch_threads": torch.get_num_threads(),
             "loss_per_100_steps": [round(v, 5) for v in curve],
         },
     }
