@@ -45,7 +45,10 @@ def test_kill_and_rerun_ends_like_an_uninterrupted_run(tiny_model, tmp_path):
     proc = subprocess.Popen(_command(tiny_model, reward, resumed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     state = resumed / "state" / "trainer.pt"
-    while time.time() < deadline and not (state.is_file() and torch.load(state, weights_only=False)["rounds_done"] >= 2):
+    def rounds_done():
+        return torch.load(state, weights_only=False)["rounds_done"] if state.is_file() else 0
+
+    while time.time() < deadline and rounds_done() < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
