@@ -100,9 +100,33 @@ rule evaluate:
         "{PY} -m bench evaluate --run-dir $(dirname {output}) --evaluation {params.evaluation:q} > {log} 2>&1"
 
 
+rule probe:
+    input:
+        RUN_DIR + "/summary.json",
+    output:
+        RUN_DIR + "/probe.json",
+    params:
+        probe=lambda w: json.dumps(config["probe"]),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    log:
+        "results/logs/probe/{model}/{reward}/{algorithm}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/probe/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+    shell:
+        "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} > {log} 2>&1"
+
+
+def run_files(name):
+    return expand(RUN_DIR + "/" + name, zip, **{k: [getattr(r, k) for r in RUNS] for k in ("model", "reward", "algorithm", "seed")})
+
+
 rule aggregate:
     input:
-        expand(RUN_DIR + "/eval.json", zip, **{k: [getattr(r, k) for r in RUNS] for k in ("model", "reward", "algorithm", "seed")}),
+        evals=run_files("eval.json"),
+        probes=run_files("probe.json") if config["probe"]["enabled"] else [],
     output:
         table="results/tables/eval.csv",
         citable="results/citable.json",

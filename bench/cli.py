@@ -74,6 +74,15 @@ def cmd_evaluate(args) -> None:
     evaluate_run(run_dir, run_cfg, json.loads(args.evaluation), threads=args.threads)
 
 
+def cmd_probe(args) -> None:
+    _threads(args.threads)
+    from bench.probe import probe_run
+
+    run_dir = Path(args.run_dir)
+    run_cfg = json.loads((run_dir / "run_config.json").read_text())
+    probe_run(run_dir, run_cfg, json.loads(args.probe), threads=args.threads)
+
+
 def cmd_aggregate(args) -> None:
     from bench import config, tables
 
@@ -116,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("probe", help="gradient variance and per-step credit at a run's checkpoints")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--probe", required=True, help="JSON of the config's probe section")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("aggregate", help="tables over seeds with confidence intervals")
     p.add_argument("--config", required=True, help="JSON of the validated study config")
     p.add_argument("--runs-root", required=True)

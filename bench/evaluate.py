@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.io import atomic_write_text
 from bench.models.policy import Policy
 from bench.reward import build_reward
 from bench.rollout import make_sampler, rollout
@@ -60,7 +61,7 @@ def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: 
         rows.append(row)
         _save_grid(images[: min(16, len(images))], run_dir / "samples" / f"{budget}.png")
     out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(prompts), "rows": rows}
-    (run_dir / "eval.json").write_text(json.dumps(out, indent=1))
+    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
     return out
 
 

@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.io import atomic_write_text  # noqa: E402
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3}img{max-width:100%}.prov{color:#555;font-size:13px}figure{margin:1em 0}"""
@@ -54,6 +56,40 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
     return figures
 
 
+def probe_figures(probe: pd.DataFrame) -> list[tuple[str, str]]:
+    """Per-step credit share heat maps (start and final budget) and gradient SNR vs budget."""
+    figures = []
+    for (model, reward), part in probe.groupby(["model", "reward"]):
+        credit = part[part["metric"].str.startswith("credit_share/")].copy()
+        credit["step"] = credit["metric"].str.split("/").str[1].astype(int)
+        budgets = sorted(credit["budget"].unique())
+        shown = [budgets[0], budgets[-1]] if len(budgets) > 1 else budgets
+        algos = sorted(credit["algorithm"].unique())
+        fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 0.45 * len(algos) + 1.6), squeeze=False)
+        for ax, budget in zip(axes[0], shown):
+            grid = credit[credit["budget"] == budget].pivot_table(index="algorithm", columns="step", values="mean")
+            grid = grid.reindex(algos)
+            im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", vmin=0)
+            ax.set_yticks(range(len(algos)), algos, fontsize=8)
+            ax.set_xlabel("sampler step (0 = first, noisiest)")
+            ax.set_title(f"credit share per step, budget {budget}", fontsize=10)
+            fig.colorbar(im, ax=ax, fraction=0.03)
+        figures.append((f"Per-step credit share: {model} / {reward}", _png(fig)))
+        snr = part[part["metric"] == "snr"]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for algo, rows in snr.groupby("algorithm"):
+            rows = rows.sort_values("budget")
+            ax.plot(rows["budget"], rows["mean"], marker="o", label=algo)
+            ax.fill_between(rows["budget"], rows["ci_low"], rows["ci_high"], alpha=0.2)
+        if len(snr) and (snr["mean"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("training images")
+        ax.set_title("gradient SNR = ||mean g||^2 / tr Cov(g)", fontsize=10)
+        ax.legend(fontsize=8)
+        figures.append((f"Gradient signal-to-noise: {model} / {reward}", _png(fig)))
+    return figures
+
+
 def sample_grids(runs_root: Path, table: pd.DataFrame) -> list[tuple[str, str]]:
     grids = []
     for (model, reward, algo), rows in table.groupby(["model", "reward", "algorithm"]):
@@ -76,6 +112,12 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     for title, uri in curve_figures(table):
         parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
                      "</figcaption></figure>")
+    if (tables / "probe.csv").is_file():
+        probe, _ = read_table(tables / "probe.csv")
+        parts.append("<h2>Gradient variance and per-step credit</h2>")
+        for title, uri in probe_figures(probe):
+            parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
+                         "</figcaption></figure>")
     parts.append("<h2>Samples (fixed held-out prompts and seeds)</h2>")
     for title, uri in sample_grids(runs_root, table):
         parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
@@ -84,5 +126,5 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     parts.append("<h2>Final budget</h2>" + final.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
+    atomic_write_text(out, "\n".join(parts))
     return out

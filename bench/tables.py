@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench import config as study
+from bench.io import atomic_write_text
 from bench.metrics.statistics import mean_ci
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
@@ -43,19 +44,29 @@ def provenance(cfg: dict) -> dict:
     }
 
 
-def collect(cfg: dict, runs_root: Path) -> pd.DataFrame:
+def _numbers(row: dict):
+    """(metric, value) pairs of one result row; a list (per-step credit) becomes metric/k."""
+    for metric, value in row.items():
+        if metric == "budget":
+            continue
+        if isinstance(value, list):
+            yield from ((f"{metric}/{k}", v) for k, v in enumerate(value))
+        elif isinstance(value, int | float):
+            yield metric, float(value)
+
+
+def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame:
     """One row per run, budget and metric (seed-level, before aggregation)."""
     rows = []
     for key in study.runs(cfg):
-        path = runs_root / key.path / "eval.json"
-        ev = json.loads(path.read_text())
-        for r in ev["rows"]:
-            for metric, value in r.items():
-                if metric == "budget":
-                    continue
+        run = runs_root / key.path
+        result = json.loads((run / name).read_text())
+        status = json.loads((run / "summary.json").read_text())["status"]
+        for r in result["rows"]:
+            for metric, value in _numbers(r):
                 rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm,
                              "seed": key.seed, "budget": r["budget"], "metric": metric, "value": value,
-                             "status": ev["status"]})
+                             "status": status})
     return pd.DataFrame(rows)
 
 
@@ -84,18 +95,18 @@ def _fmt(v: float) -> str:
 
 def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.csv").write_text(_header(prov, "#") + table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / f"{name}.csv", _header(prov, "#") + table.to_csv(index=False, float_format="%.6g"))
     shown = table.assign(value=[f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
                                 for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])])
     shown = shown[KEYS + ["value", "n_seeds"]]
     md = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     md += "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-    (out / f"{name}.md").write_text(_header(prov, "<!--").replace("\n", " -->\n") + "\n" + md)
+    atomic_write_text(out / f"{name}.md", _header(prov, "<!--").replace("\n", " -->\n") + "\n" + md)
     tex = [_header(prov, "%"), "\\begin{tabular}{lllrlr}", "\\toprule",
            " & ".join(c.replace("_", "\\_") for c in shown.columns) + " \\\\", "\\midrule"]
     tex += [" & ".join(str(v).replace("_", "\\_") for v in row) + " \\\\" for row in shown.itertuples(index=False)]
     tex += ["\\bottomrule", "\\end{tabular}", ""]
-    (out / f"{name}.tex").write_text("\n".join(tex))
+    atomic_write_text(out / f"{name}.tex", "\n".join(tex))
 
 
 def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
@@ -104,11 +115,17 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     table = summarise(seed_rows, cfg["statistics"])
     write_tables(table, prov, out, "eval")
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
+    if cfg.get("probe", {}).get("enabled"):
+        probe_rows = collect(cfg, runs_root, "probe.json")
+        probe_table = summarise(probe_rows, cfg["statistics"])
+        write_tables(probe_table, prov, out, "probe")
+        probe_rows.to_csv(out / "probe_per_seed.csv", index=False)
+        table = pd.concat([table, probe_table.assign(metric="probe/" + probe_table["metric"])])
     num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
     citable = {"provenance": prov, "results": {
         "/".join(str(r[k]) for k in KEYS): {"mean": num(r["mean"]), "ci_low": num(r["ci_low"]),
                                             "ci_high": num(r["ci_high"]), "n_seeds": int(r["n_seeds"])}
         for r in table.to_dict("records")}}
     citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
-    citable_path.write_text(json.dumps(citable, indent=1))
+    atomic_write_text(citable_path, json.dumps(citable, indent=1))
     return table

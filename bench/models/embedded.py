@@ -63,15 +63,20 @@ def build_text_encoder(spec: EmbeddedSpec, vocab_size: int) -> CLIPTextModel:
 def build_scheduler(spec: EmbeddedSpec):
     if spec.objective == "flow":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
-    # cosine betas suit pixel-space 16x16 images; "trailing" spacing starts sampling at pure
-    # noise, where alpha_bar ~ 0, so x0 is clipped to the data range as in pixel-space DDPM;
-    # set_alpha_to_one=False keeps the last step's std > 0 (as SD does; ALGORITHMS.md P4)
+    # Stable Diffusion 1.x's schedule (scaled-linear betas 0.00085-0.012, "leading" spacing with
+    # steps_offset 1, set_alpha_to_one False): the sampler then has SD's per-step credit structure
+    # (ALGORITHMS.md 6.3), so what the study measures about credit transfers to real models. A
+    # cosine schedule with alpha_bar(T) ~ 0 was tried first: its first DDIM step takes ~98% of the
+    # gradient norm, a pathology SD does not have. x0 is clipped to the data range (pixel space).
     return DDIMScheduler(
         num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
         clip_sample=True,
         set_alpha_to_one=False,
-        timestep_spacing="trailing",
+        timestep_spacing="leading",
         prediction_type="epsilon",
     )
 
