@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import analysis
 from bench import config as study
 from bench.io import atomic_write_text
 from bench.metrics.statistics import mean_ci
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
+QUALITY_METRICS = ["quality/fid", "quality/kid", "quality/clip_score", "diversity/vendi", "attribute/mean"]
+DIVERSITY_METRIC = "diversity/vendi"
 PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
 
 
@@ -74,6 +77,12 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
     out = []
     for keys, group in seed_rows.groupby(KEYS, sort=True):
         values = group["value"].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]  # censored / undefined seeds are counted apart
+        if values.size == 0:
+            out.append({**dict(zip(KEYS, keys)), "mean": float("nan"), "ci_low": float("nan"),
+                        "ci_high": float("nan"), "n_seeds": 0,
+                        "diverged": int((group["status"] == "diverged").sum())})
+            continue
         ci = mean_ci(values, confidence_level=stats_cfg["confidence"],
                      n_resamples=stats_cfg["bootstrap_resamples"], seed=stats_cfg["seed"])
         out.append({**dict(zip(KEYS, keys)), "mean": ci.point, "ci_low": ci.low, "ci_high": ci.high,
@@ -115,6 +124,13 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     table = summarise(seed_rows, cfg["statistics"])
     write_tables(table, prov, out, "eval")
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
+    derived = pd.concat([analysis.convergence(seed_rows),
+                         analysis.matched_quality(seed_rows, QUALITY_METRICS),
+                         analysis.collapse(seed_rows, DIVERSITY_METRIC)])
+    if len(derived):
+        derived_table = summarise(derived, cfg["statistics"])
+        write_tables(derived_table, prov, out, "derived")
+        table = pd.concat([table, derived_table])
     if cfg.get("probe", {}).get("enabled"):
         probe_rows = collect(cfg, runs_root, "probe.json")
         probe_table = summarise(probe_rows, cfg["statistics"])
