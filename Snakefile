@@ -70,8 +70,7 @@ rule train:
         run=run_config,
     threads: 1
     resources:
-        mem_mb=6000,
-        runtime=120,
+        **config["resources"]["train"],
     log:
         "results/logs/train/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
@@ -90,8 +89,7 @@ rule evaluate:
         evaluation=lambda w: json.dumps(config["evaluation"]),
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=30,
+        **config["resources"]["evaluate"],
     log:
         "results/logs/evaluate/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
@@ -109,8 +107,7 @@ rule probe:
         probe=lambda w: json.dumps(config["probe"]),
     threads: 1
     resources:
-        mem_mb=3000,
-        runtime=30,
+        **config["resources"]["probe"],
     log:
         "results/logs/probe/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:

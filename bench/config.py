@@ -95,6 +95,7 @@ def validate(config: dict, check_paths: bool = True) -> dict:
             REWARDS.get(name)
         except (KeyError, PluginError) as exc:
             raise ConfigError(f"config key 'evaluation.rewards': {exc}") from exc
+    check_gpu_budget(config)
     if check_paths:
         for name, model in config["models"].items():
             folder = Path(model["path"])
@@ -103,6 +104,23 @@ def validate(config: dict, check_paths: bool = True) -> dict:
                 raise ConfigError(f"config key 'models.{name}.path': no model at {folder} "
                                   f"(missing {folder / MANIFEST}); give a local model folder")
     return config
+
+
+def gpu_hours(config: dict) -> float:
+    """GPU-hours the grid declares: jobs x gpus x runtime, summed over train, evaluate and probe."""
+    n_runs = len(runs(config))
+    rules = ["train", "evaluate"] + (["probe"] if config["probe"]["enabled"] else [])
+    return sum(n_runs * config["resources"][r]["gpu"] * config["resources"][r]["runtime"] / 60 for r in rules)
+
+
+def check_gpu_budget(config: dict) -> None:
+    budget = config["resources"]["gpu_hours_budget"]
+    needed = gpu_hours(config)
+    if budget is not None and needed > budget:
+        per_rule = ", ".join(f"{r}: {config['resources'][r]['gpu']} GPU x {config['resources'][r]['runtime']} min"
+                             for r in ("train", "evaluate", "probe"))
+        raise ConfigError(f"config key 'resources.gpu_hours_budget': the grid declares {needed:.1f} GPU-hours "
+                          f"({len(runs(config))} runs; {per_rule}) but the budget is {budget:g}")
 
 
 def load(path: str | Path, check_paths: bool = True) -> dict:

@@ -57,3 +57,18 @@ def test_run_config_carries_the_grid_point():
     rc = study.run_config(cfg, key)
     assert rc["seed"] == key.seed and rc["algorithm"] == key.algorithm
     assert rc["budgets"] == cfg["train"]["budgets"] and rc["num_steps"] == cfg["sampling"]["num_steps"]
+
+
+def test_a_grid_over_its_gpu_hours_budget_is_refused_with_the_numbers():
+    cfg = _base()
+    cfg["resources"] = {"gpu_hours_budget": 2.0, "train": {"gpu": 1, "runtime": 30}}
+    n = len(cfg["seeds"]) * len(cfg["algorithms"]) * len(cfg["rewards"])
+    with pytest.raises(study.ConfigError, match=rf"gpu_hours_budget.*{n / 2:.1f} GPU-hours.*budget is 2"):
+        study.validate(cfg)
+    cfg["resources"]["gpu_hours_budget"] = n / 2
+    assert study.gpu_hours(study.validate(cfg)) == n / 2
+
+
+def test_slurm_profile_names_the_executor():
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["rerun-incomplete"] is True

@@ -70,3 +70,11 @@ def test_cli_lists_what_is_registered():
     out = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True, check=True).stdout
     assert "reinforce" in out and "jpeg_compressibility" in out and "attribute_match" in out
     assert out.splitlines()[0].startswith("algorithms:")
+
+
+def test_the_slurm_profile_dry_runs_the_study():
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    done = subprocess.run([str(SNAKEMAKE), "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rule train" in done.stdout + done.stderr
