@@ -71,6 +71,18 @@ def check_scores(name: str, scores, prompts: list[str]) -> torch.Tensor:
     return scores
 
 
+def check_weights(spec) -> list[str]:
+    """Problems with the local weights of every component of a reward spec (the spec forms
+    ComposedReward reads), found without loading them: each names the reward, the setting and the
+    path. Rewards with no weights (or no `check_weights`) add nothing. Call it before any job starts."""
+    problems = []
+    for s in _as_specs(spec):
+        check = getattr(REWARDS.get(s.name), "check_weights", None)
+        if check is not None:
+            problems += [p if p.startswith(s.name) else f"{s.name}: {p}" for p in check(dict(s.settings or {}))]
+    return problems
+
+
 def build_reward(spec) -> ComposedReward:
     return ComposedReward(spec)
 

@@ -1,0 +1,2 @@
+"""In-house judges of the embedded world (the small CLIP) and the loading of real judges' weights
+from local paths."""

@@ -1,0 +1,28 @@
+"""CLIP score (Hessel et al. 2021) with OpenAI CLIP ViT-L/14 as a transformers `CLIPModel`:
+100 * max(cos(image, prompt), 0), the torchmetrics convention (`bench.metrics.quality.clip_score`),
+about 20-35 on real generations. The info holds the cosine.
+
+Weights: `model_path` = a local copy of the `openai/clip-vit-large-patch14` folder (config.json,
+model.safetensors, tokenizer files, preprocessor_config.json).
+"""
+
+from __future__ import annotations
+
+from bench.judges.weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, raise_problems
+
+NAME = "clip_score"
+
+
+class ClipScore:
+    def __init__(self, model_path: str | None = None, device: str | None = None, batch_size: int = 32):
+        raise_problems(self.check_weights(dict(model_path=model_path)))
+        self.model, self.tokenizer, self.preprocess = load_hf_clip(NAME, "model_path", model_path, device=device)
+        self.batch_size = batch_size
+
+    @staticmethod
+    def check_weights(settings: dict) -> list[str]:
+        return hf_clip_problems(NAME, "model_path", settings.get("model_path"))
+
+    def __call__(self, images, prompts, metadata=None):
+        cos = hf_clip_cosine(self.model, self.tokenizer, self.preprocess, images, prompts, self.batch_size)
+        return 100 * cos.clamp_min(0), {"cosine": cos}
