@@ -37,9 +37,16 @@ def _as_specs(spec) -> list[RewardSpec]:
     raise RewardError(f"cannot read reward spec {spec!r}: give a name, a list, or {{name: weight}}")
 
 
+def _with_settings(spec, settings: dict | None) -> list[RewardSpec]:
+    """The specs, each with `settings[name]` (per-reward settings from the config, e.g. weight paths)
+    under its own settings."""
+    return [RewardSpec(s.name, s.weight, {**((settings or {}).get(s.name) or {}), **(s.settings or {})} or None)
+            for s in _as_specs(spec)]
+
+
 class ComposedReward:
-    def __init__(self, spec):
-        self.specs = _as_specs(spec)
+    def __init__(self, spec, settings: dict | None = None):
+        self.specs = _with_settings(spec, settings)
         self.name = "+".join(s.name for s in self.specs)
         self.components = []
         for s in self.specs:
@@ -71,20 +78,21 @@ def check_scores(name: str, scores, prompts: list[str]) -> torch.Tensor:
     return scores
 
 
-def check_weights(spec) -> list[str]:
-    """Problems with the local weights of every component of a reward spec (the spec forms
+def check_weights(spec, settings: dict | None = None) -> list[str]:
+    """Problems with the local weights of every component of a reward spec (the spec and settings
     ComposedReward reads), found without loading them: each names the reward, the setting and the
     path. Rewards with no weights (or no `check_weights`) add nothing. Call it before any job starts."""
     problems = []
-    for s in _as_specs(spec):
+    for s in _with_settings(spec, settings):
         check = getattr(REWARDS.get(s.name), "check_weights", None)
         if check is not None:
             problems += [p if p.startswith(s.name) else f"{s.name}: {p}" for p in check(dict(s.settings or {}))]
     return problems
 
 
-def build_reward(spec) -> ComposedReward:
-    return ComposedReward(spec)
+def build_reward(spec, settings: dict | None = None) -> ComposedReward:
+    """`settings`: {reward name: settings} applied wherever that reward appears in `spec`."""
+    return ComposedReward(spec, settings)
 
 
 def zero_spread_fraction(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:

@@ -248,6 +248,16 @@ def test_composition_passes_settings_to_a_component():
     assert (total < 0).all()  # quality 50 files are smaller than quality 95 ones
 
 
+def test_per_reward_settings_reach_every_component_and_its_weights_check(tmp_path):
+    settings = {"jpeg_incompressibility": {"quality": 50}, "clip_score": {"model_path": str(tmp_path / "none")}}
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    low, _ = ComposedReward("jpeg_incompressibility", settings)(images, ["x", "x"], {})
+    high, _ = ComposedReward("jpeg_incompressibility")(images, ["x", "x"], {})
+    assert (low < high).all()
+    assert check_weights({"clip_score": 1.0}, settings) == [f"clip_score setting 'model_path' ({tmp_path / 'none'}): "
+                                                            "no such folder"]
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_non_finite_score_is_refused_naming_the_reward_and_the_prompt(monkeypatch, bad):
     monkeypatch.setitem(REWARDS._local, "broken", lambda images, prompts, metadata: ([1.0, bad], {}))
