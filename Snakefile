@@ -60,6 +60,17 @@ rule pretrain:
         "--seed {params.p[seed]} --objective {params.p[objective]} > {log} 2>&1"
 
 
+rule pretrain_clip:
+    # The in-house CLIP judge (shipped); regenerate with `snakemake --cores 1 --forcerun pretrain_clip`.
+    output:
+        "results/models/clip16/bench_model.json",
+    threads: 1
+    log:
+        "results/logs/pretrain/clip16.log",
+    shell:
+        "{PY} -m bench pretrain-clip --out results/models/clip16 --steps 1500 --seed 0 > {log} 2>&1"
+
+
 rule train:
     input:
         model=lambda w: config["models"][w.model]["path"] + "/bench_model.json",
@@ -83,10 +94,11 @@ rule train:
 rule evaluate:
     input:
         RUN_DIR + "/summary.json",
+        judge=[config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else [],
     output:
         RUN_DIR + "/eval.json",
     params:
-        evaluation=lambda w: json.dumps(config["evaluation"]),
+        evaluation=lambda w: json.dumps({**config["evaluation"], "reward_settings": config["reward_settings"]}),
     threads: 1
     resources:
         **config["resources"]["evaluate"],

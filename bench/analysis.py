@@ -71,8 +71,8 @@ def matched_quality(seed_rows: pd.DataFrame, quality_metrics: list[str]) -> pd.D
                     m = values[key].reindex(r.index).to_numpy(dtype=float)
                     out.append(_row(key, int(r.index[-1]), f"matched/{metric}",
                                     metric_at_reward(r.to_numpy(), m, level)))
-            out.append(_row((model, reward, "(all)", -1), int(max(r.index[-1] for r in rewards.values())),
-                            "matched/reward_level", level))
+        out.append(_row((model, reward, "(all)", -1), int(max(r.index[-1] for r in rewards.values())),
+                        "matched/reward_level", level))
     return pd.DataFrame(out)
 
 

@@ -54,6 +54,13 @@ def cmd_pretrain(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_pretrain_clip(args) -> None:
+    _threads(args.threads)
+    from bench.judges.clip import pretrain_clip
+
+    print(f"wrote {pretrain_clip(args.out, steps=args.steps, seed=args.seed)}")
+
+
 def cmd_train(args) -> None:
     _threads(args.threads)
     from bench.train import RunConfig, train
@@ -114,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_pretrain)
+    p = sub.add_parser("pretrain-clip", help="pretrain the in-house CLIP judge (seeded)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_pretrain_clip)
     p = sub.add_parser("train", help="one training run")
     p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig")
     p.add_argument("--prompts", help="prompt-set JSON (its 'train' list); default: the embedded world's")

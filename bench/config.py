@@ -84,17 +84,24 @@ def validate(config: dict, check_paths: bool = True) -> dict:
         if train["images_per_round"] % group:
             raise ConfigError(f"config key 'algorithms.{label}': group size {group} does not divide "
                               f"train.images_per_round={train['images_per_round']}")
-    for i, spec in enumerate(config["rewards"]):
+    from bench.reward import check_weights
+
+    reward_specs = [(f"rewards[{i}]", spec) for i, spec in enumerate(config["rewards"])]
+    reward_specs += [("evaluation.rewards", name) for name in config["evaluation"]["rewards"]]
+    for key, spec in reward_specs:
         for name in [spec] if isinstance(spec, str) else list(spec):
             try:
                 REWARDS.get(name)
             except (KeyError, PluginError) as exc:
-                raise ConfigError(f"config key 'rewards[{i}]': {exc}") from exc
-    for name in config["evaluation"]["rewards"]:
-        try:
-            REWARDS.get(name)
-        except (KeyError, PluginError) as exc:
-            raise ConfigError(f"config key 'evaluation.rewards': {exc}") from exc
+                raise ConfigError(f"config key '{key}': {exc}") from exc
+        if check_paths:
+            problems = check_weights(spec, config["reward_settings"])
+            if problems:
+                raise ConfigError(f"config key '{key}': {problems[0]}")
+    clip_model = config["evaluation"]["clip_model"]
+    if check_paths and clip_model and not (Path(clip_model) / MANIFEST).is_file():
+        raise ConfigError(f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
+                          "regenerate it with `python -m bench pretrain-clip` or set the key to null")
     check_gpu_budget(config)
     if check_paths:
         for name, model in config["models"].items():
@@ -152,6 +159,7 @@ def run_config(config: dict, key: RunKey) -> dict:
         "algorithm_settings": settings,
         "reward": reward,
         "seed": key.seed,
+        "reward_settings": config["reward_settings"],
         **config["sampling"],
         **config["train"],
     }

@@ -34,13 +34,51 @@ def sample_images(policy: Policy, sampler, prompts: list[str], guidance: float, 
     return torch.cat(images)
 
 
+class QualityJudge:
+    """FID/KID against rendered reference scenes of the same prompts, CLIP score, and per-prompt
+    diversity, all in the in-house CLIP's feature space (a named, shipped feature network)."""
+
+    def __init__(self, clip_model: str, prompts: list[str], per_prompt: int, seed: int):
+        from bench.judges.clip import ImageFeatures, load_clip
+        from bench.world.dataset import reference_images
+
+        self.judge = load_clip(clip_model).eval()
+        self.features = ImageFeatures(self.judge)
+        self.prompts, self.per_prompt = prompts, per_prompt
+        unique = list(dict.fromkeys(prompts))
+        self.reference = torch.from_numpy(reference_images(unique, per_prompt, seed + 1))
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, float]:
+        from bench.metrics.diversity import mean_pairwise_distance, vendi_score
+        from bench.metrics.quality import clip_score, fid, kid
+
+        n = len(images)
+        feats = self.features(images)
+        vendi, dist = [], []
+        for start in range(0, n, self.per_prompt):  # the images of one prompt are contiguous
+            f = feats[start : start + self.per_prompt]
+            vendi.append(vendi_score(f))
+            dist.append(mean_pairwise_distance(f, metric="cosine"))
+        score = clip_score(self.judge.encode_images(images), self.judge.encode_texts(self.prompts))
+        return {
+            "quality/fid": fid(self.reference, images, self.features),
+            "quality/kid": kid(self.reference, images, self.features, subset_size=min(n, len(self.reference)) // 2),
+            "quality/clip_score": float(score.mean()),
+            "diversity/vendi": float(np.mean(vendi)),
+            "diversity/pairwise_cosine_distance": float(np.nanmean(dist)),
+        }
+
+
 def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     prompts = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
                for _ in range(evaluation["images_per_prompt"])]
-    rewards = {name: build_reward(name) for name in evaluation["rewards"]}
+    rewards = {name: build_reward(name, evaluation.get("reward_settings")) for name in evaluation["rewards"]}
+    quality = (QualityJudge(evaluation["clip_model"], prompts, evaluation["images_per_prompt"], evaluation["seed"])
+               if evaluation.get("clip_model") else None)
     policy = Policy.load(run_cfg["model_path"])
     sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"))
     rows = []
@@ -58,6 +96,8 @@ def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: 
             row[f"reward/{name}"] = float(scores.mean())
         acc = accuracy(images.numpy(), prompts)
         row.update({f"attribute/{k}": v for k, v in acc.items()})
+        if quality is not None:
+            row.update(quality(images))
         rows.append(row)
         _save_grid(images[: min(16, len(images))], run_dir / "samples" / f"{budget}.png")
     out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(prompts), "rows": rows}

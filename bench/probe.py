@@ -90,7 +90,7 @@ def probe_run(run_dir: str | Path, run_cfg: dict, probe: dict, threads: int = 1)
     policy = Policy.load(run_cfg["model_path"])
     sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"))
     algo_cls = ALGORITHMS.get(run_cfg["algorithm"])
-    reward = build_reward(run_cfg["reward"])
+    reward = build_reward(run_cfg["reward"], run_cfg.get("reward_settings"))
     prompts = probe_prompts(probe["minibatches"], probe["seed"])
     if algo_cls(**run_cfg.get("algorithm_settings", {})).settings.needs_reference:
         policy.freeze_reference()  # the base weights, before any checkpoint is loaded

@@ -56,6 +56,62 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
     return figures
 
 
+def seconds_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The training reward's eval curve against measured device-seconds (mean over seeds)."""
+    figures = []
+    for (model, reward), part in table.groupby(["model", "reward"]):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for algo, rows in part.groupby("algorithm"):
+            r = rows[rows["metric"] == f"reward/{reward}"].set_index("budget")["mean"]
+            sec = rows[rows["metric"] == "device_seconds"].set_index("budget")["mean"]
+            if len(r) and len(sec):
+                ax.plot(sec.reindex(r.index), r, marker="o", label=algo)
+        ax.set_xlabel("device-seconds of training")
+        ax.set_title(f"eval reward/{reward} vs seconds ({model})", fontsize=10)
+        ax.legend(fontsize=8)
+        figures.append((f"Eval reward vs device-seconds: {model} / {reward}", _png(fig)))
+    return figures
+
+
+def findings(table: pd.DataFrame, tables: Path) -> list[str]:
+    """Sentences generated from the numbers: the best method per reward, the pairwise differences
+    whose probability-of-improvement interval excludes 0.5, the credit spread at the start."""
+    lines = []
+    for (model, reward), part in table.groupby(["model", "reward"]):
+        final = part[(part["metric"] == f"reward/{reward}") & (part["budget"] == part["budget"].max())]
+        if len(final):
+            best = final.sort_values("mean", ascending=False).iloc[0]
+            lines.append(f"{model}, trained on {reward}: highest held-out {reward} after {best['budget']} images: "
+                         f"{best['algorithm']} ({best['mean']:.4g} [{best['ci_low']:.4g}, {best['ci_high']:.4g}], "
+                         f"{best['n_seeds']} seeds).")
+        diverged = part.groupby("algorithm")["diverged"].max()
+        for algo in diverged[diverged > 0].index:
+            lines.append(f"{model} / {reward}: {algo} diverged in {int(diverged[algo])} seed(s); "
+                         "its curves stop at the last good checkpoint.")
+    poi_path = tables / "improvement.csv"
+    if poi_path.is_file():
+        poi = pd.read_csv(poi_path, comment="#")
+        for (model, reward, metric), part in poi.groupby(["model", "reward", "metric"]):
+            wins = part[part["significant"] & (part["poi"] > 0.5)]
+            if len(wins):
+                for w in wins.itertuples():
+                    lines.append(f"{model} / {reward}, {metric}: {w.method} beats {w.over} "
+                                 f"(P(improvement) {w.poi:.2f} [{w.ci_low:.2f}, {w.ci_high:.2f}], {w.n_seeds} seeds).")
+            else:
+                n = int(part["n_seeds"].min()) if len(part) else 0
+                lines.append(f"{model} / {reward}, {metric}: no pairwise difference is significant at this "
+                             f"confidence with {n} seeds.")
+    probe_path = tables / "probe.csv"
+    if probe_path.is_file():
+        probe = pd.read_csv(probe_path, comment="#")
+        start = probe[(probe["metric"] == "credit_gini") & (probe["budget"] == 0)]
+        for (model, reward), part in start.groupby(["model", "reward"]):
+            desc = ", ".join(f"{r.algorithm} {r.mean:.2f}" for r in part.sort_values("mean").itertuples())
+            lines.append(f"{model} / {reward}: Gini of the per-step credit at the start (0 = equal credit for "
+                         f"every step): {desc}.")
+    return lines
+
+
 def probe_figures(probe: pd.DataFrame) -> list[tuple[str, str]]:
     """Per-step credit share heat maps (start and final budget) and gradient SNR vs budget."""
     figures = []
@@ -108,8 +164,15 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>t2i-rl-bench report</title>",
              f"<style>{CSS}</style></head><body><h1>t2i-rl-bench: comparative report</h1>",
              "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>"]
+    parts.append("<h2>What the study says</h2><ul>")
+    parts += [f"<li>{html.escape(line)}</li>" for line in findings(table, tables)]
+    parts.append("</ul><p class='prov'>Generated from the tables; intervals are 95% percentile bootstraps "
+                 "over seeds, which are too narrow with few seeds.</p>")
     parts.append("<h2>Reward and alignment vs budget</h2>")
     for title, uri in curve_figures(table):
+        parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
+                     "</figcaption></figure>")
+    for title, uri in seconds_figures(table):
         parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
                      "</figcaption></figure>")
     if (tables / "probe.csv").is_file():
@@ -122,6 +185,11 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     for title, uri in sample_grids(runs_root, table):
         parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
                      "</figcaption></figure>")
+    if (tables / "derived.csv").is_file():
+        derived, _ = read_table(tables / "derived.csv")
+        parts.append("<h2>Convergence, quality at matched reward, collapse</h2>"
+                     + derived.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+    table = table[~table["metric"].str.startswith("attribute/") | (table["metric"] == "attribute/mean")]
     final = table[table["budget"] == table.groupby(["model", "reward", "algorithm"])["budget"].transform("max")]
     parts.append("<h2>Final budget</h2>" + final.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
     parts.append("</body></html>")

@@ -35,6 +35,7 @@ class RunConfig:
     model_path: str
     algorithm: str
     reward: object  # a reward spec (bench.reward)
+    reward_settings: dict = field(default_factory=dict)  # {reward name: settings}, e.g. weight paths
     seed: int = 0
     algorithm_settings: dict = field(default_factory=dict)
     prompts: list[str] = field(default_factory=list)  # training prompts; empty = the world's 'train' set
@@ -92,7 +93,7 @@ class Trainer:
         self.policy = Policy.load(cfg.model_path)
         self.algorithm: Algorithm = ALGORITHMS.get(cfg.algorithm)(**cfg.algorithm_settings)
         self.settings = self.algorithm.settings
-        self.reward = build_reward(cfg.reward)
+        self.reward = build_reward(cfg.reward, cfg.reward_settings)
         self.sampler = make_sampler(self.policy, cfg.num_steps, cfg.eta, cfg.logp_reduce)
         self.algorithm.setup(self.sampler)
         if self.settings.needs_reference:

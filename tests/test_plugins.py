@@ -13,6 +13,7 @@ import pytest
 
 from bench import config as study
 from bench.evaluate import evaluate_run
+from bench.probe import probe_run
 from bench.tables import aggregate
 from bench.train import RunConfig, train
 
@@ -31,7 +32,9 @@ def small_study(model: Path, algorithms: dict) -> dict:
         "study": "plugin-test", "seeds": [0], "models": {"tiny": {"path": str(model)}},
         "rewards": ["jpeg_compressibility"], "algorithms": algorithms,
         "sampling": {"num_steps": 3}, "train": {"images_per_round": 4, "group_size": 2, "budgets": [4]},
-        "evaluation": {"max_prompts": 2, "images_per_prompt": 1}, "statistics": {"bootstrap_resamples": 100},
+        "evaluation": {"max_prompts": 2, "images_per_prompt": 2, "rewards": ["jpeg_compressibility"],
+                       "clip_model": None},
+        "probe": {"minibatches": 2}, "statistics": {"bootstrap_resamples": 100},
     })
 
 
@@ -39,7 +42,9 @@ def run_study(cfg: dict, runs_root: Path) -> pd.DataFrame:
     for key in study.runs(cfg):
         out = runs_root / key.path
         train(RunConfig(**study.run_config(cfg, key)), out)
-        evaluate_run(out, json.loads((out / "run_config.json").read_text()), cfg["evaluation"])
+        run_cfg = json.loads((out / "run_config.json").read_text())
+        evaluate_run(out, run_cfg, cfg["evaluation"])
+        probe_run(out, run_cfg, cfg["probe"])
     return aggregate(cfg, runs_root, runs_root.parent / "tables")
 
 
@@ -49,9 +54,11 @@ def test_readme_plugin_as_a_file_reaches_the_table(tiny_model, tmp_path):
     cfg = small_study(tiny_model, {"clipped_reinforce": {"plugin": f"{plugin}:ClippedReinforce",
                                                          "max_log_ratio": 2e-3}})
     table = run_study(cfg, tmp_path / "runs")
-    assert set(table["algorithm"]) == {"clipped_reinforce"}
-    assert sorted(table["budget"].unique()) == [0, 4]
-    assert (tmp_path / "tables" / "eval.csv").read_text().count("clipped_reinforce") == len(table)
+    assert set(table["algorithm"]) - {"(all)"} == {"clipped_reinforce"}  # "(all)": the matched reward level
+    written = pd.read_csv(tmp_path / "tables" / "eval.csv", comment="#")
+    assert set(written["algorithm"]) == {"clipped_reinforce"} and sorted(written["budget"].unique()) == [0, 4]
+    probes = pd.read_csv(tmp_path / "tables" / "probe.csv", comment="#")
+    assert set(probes["algorithm"]) == {"clipped_reinforce"}
 
 
 def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, tmp_path):
@@ -70,7 +77,7 @@ def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, t
         from test_plugins import small_study, run_study
         cfg = small_study(Path({str(tiny_model)!r}), {{"clipped_reinforce": {{}}}})
         table = run_study(cfg, Path({str(tmp_path / "runs")!r}))
-        print(sorted(set(table["algorithm"])))
+        print(sorted(set(table["algorithm"]) - {{"(all)"}}))
     """)
     env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     listed = subprocess.run([sys.executable, "-m", "bench", "list"], env=env, capture_output=True, text=True)
