@@ -128,6 +128,27 @@ rule probe:
         "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} > {log} 2>&1"
 
 
+rule recursive:
+    input:
+        RUN_DIR + "/summary.json",
+        judge=config["evaluation"]["clip_model"] + "/bench_model.json",
+    output:
+        RUN_DIR + "/recursive.json",
+    params:
+        settings=lambda w: json.dumps(config["recursive"]),
+        evaluation=lambda w: json.dumps(config["evaluation"]),
+    threads: 1
+    resources:
+        **config["resources"]["evaluate"],
+    log:
+        "results/logs/recursive/{model}/{reward}/{algorithm}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/recursive/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+    shell:
+        "{PY} -m bench recursive --run-dir $(dirname {output}) --settings {params.settings:q} "
+        "--evaluation {params.evaluation:q} > {log} 2>&1"
+
+
 def run_files(name):
     return expand(RUN_DIR + "/" + name, zip, **{k: [getattr(r, k) for r in RUNS] for k in ("model", "reward", "algorithm", "seed")})
 
@@ -136,6 +157,7 @@ rule aggregate:
     input:
         evals=run_files("eval.json"),
         probes=run_files("probe.json") if config["probe"]["enabled"] else [],
+        recursive=run_files("recursive.json") if config["recursive"]["enabled"] else [],
     output:
         table="results/tables/eval.csv",
         citable="results/citable.json",

@@ -90,6 +90,16 @@ def cmd_probe(args) -> None:
     probe_run(run_dir, run_cfg, json.loads(args.probe), threads=args.threads)
 
 
+def cmd_recursive(args) -> None:
+    _threads(args.threads)
+    from bench.recursive import RecursiveSettings, recursive_run
+
+    run_dir = Path(args.run_dir)
+    run_cfg = json.loads((run_dir / "run_config.json").read_text())
+    settings = {k: v for k, v in json.loads(args.settings).items() if k != "enabled"}
+    recursive_run(run_dir, run_cfg, RecursiveSettings(**settings), json.loads(args.evaluation), threads=args.threads)
+
+
 def cmd_aggregate(args) -> None:
     from bench import config, tables
 
@@ -143,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe", required=True, help="JSON of the config's probe section")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe)
+    p = sub.add_parser("recursive", help="the self-consuming loop from a run's final checkpoint")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--settings", required=True, help="JSON of the config's recursive section")
+    p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_recursive)
     p = sub.add_parser("aggregate", help="tables over seeds with confidence intervals")
     p.add_argument("--config", required=True, help="JSON of the validated study config")
     p.add_argument("--runs-root", required=True)

@@ -61,9 +61,10 @@ class QualityJudge:
             vendi.append(vendi_score(f))
             dist.append(mean_pairwise_distance(f, metric="cosine"))
         score = clip_score(self.judge.encode_images(images), self.judge.encode_texts(self.prompts))
+        kid_mean, _ = kid(self.reference, images, self.features, subset_size=min(n, len(self.reference)) // 2)
         return {
             "quality/fid": fid(self.reference, images, self.features),
-            "quality/kid": kid(self.reference, images, self.features, subset_size=min(n, len(self.reference)) // 2),
+            "quality/kid": kid_mean,
             "quality/clip_score": float(score.mean()),
             "diversity/vendi": float(np.mean(vendi)),
             "diversity/pairwise_cosine_distance": float(np.nanmean(dist)),

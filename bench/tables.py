@@ -53,7 +53,7 @@ def provenance(cfg: dict) -> dict:
 def _numbers(row: dict):
     """(metric, value) pairs of one result row; a list (per-step credit) becomes metric/k."""
     for metric, value in row.items():
-        if metric == "budget":
+        if metric in ("budget", "generation"):
             continue
         if isinstance(value, list):
             yield from ((f"{metric}/{k}", v) for k, v in enumerate(value))
@@ -68,7 +68,10 @@ def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame
         run = runs_root / key.path
         result = json.loads((run / name).read_text())
         status = json.loads((run / "summary.json").read_text())["status"]
-        for r in result["rows"]:
+        rows_in = [{**r, "budget": r.get("budget", r.get("generation"))} for r in result["rows"]]
+        if "decay" in result:  # the self-consuming loop: one slope per run, filed at the last generation
+            rows_in.append({"budget": rows_in[-1]["budget"], **result["decay"]})
+        for r in rows_in:
             for metric, value in _numbers(r):
                 rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm,
                              "seed": key.seed, "budget": r["budget"], "metric": metric, "value": value,
@@ -158,6 +161,10 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     table = summarise(seed_rows, cfg["statistics"])
     write_tables(table, prov, out, "eval")
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
+    if cfg.get("recursive", {}).get("enabled"):
+        rec_table = summarise(collect(cfg, runs_root, "recursive.json"), cfg["statistics"])
+        write_tables(rec_table, prov, out, "recursive")  # here the budget column holds the generation
+        table = pd.concat([table, rec_table.assign(metric="recursive/" + rec_table["metric"])])
     poi = improvement(seed_rows, cfg["statistics"], IMPROVEMENT_METRICS)
     if len(poi):
         atomic_write_text(out / "improvement.csv", _header(prov, "#") + poi.to_csv(index=False, float_format="%.6g"))

@@ -52,6 +52,45 @@ def test_a_second_run_has_nothing_to_do(quick_study):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def _chromium():
+    """Debian's chromium + chromium-driver (installed by .ci/run); CI sets REQUIRE_BROWSER=1."""
+    import os
+
+    found = shutil.which("chromium") and shutil.which("chromedriver")
+    if not found:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium/chromedriver missing: apt-get install chromium chromium-driver")
+        pytest.skip("chromium/chromedriver not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+@pytest.mark.slow
+def test_report_opens_in_a_browser_with_every_figure_loaded(quick_study):
+    work, _ = quick_study
+    driver = _chromium()
+    try:
+        driver.get((work / "report" / "index.html").as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+    finally:
+        driver.quit()
+    assert len(images) >= 4 and all(ok for _, ok in images), images
+    assert errors == []
+    assert "What the study says" in headings and "Gradient variance and per-step credit" in headings
+
+
 def test_bad_config_is_refused_before_any_job(tmp_path):
     for name in ("Snakefile", "config", "profiles"):
         src = ROOT / name

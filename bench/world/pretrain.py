@@ -53,19 +53,7 @@ def pretrain(
         x0 = torch.from_numpy(images) * 2 - 1
         tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
         embeds = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        noise = torch.randn(x0.shape, generator=generator)
-        if spec.objective == "flow":
-            t = torch.sigmoid(torch.randn(batch_size, generator=generator))  # logit-normal times (SD3)
-            xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-            target, model_t = noise - x0, t * 1000
-        else:
-            t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=generator)
-            ab = alphas_cumprod[t][:, None, None, None]
-            xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            target, model_t = noise, t
-        pred = transformer(xt, encoder_hidden_states=embeds, timestep=model_t,
-                           encoder_attention_mask=tokens.attention_mask).sample
-        loss = (pred - target).pow(2).mean()
+        loss = denoising_loss(transformer, x0, embeds, tokens.attention_mask, spec.objective, alphas_cumprod, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -81,6 +69,24 @@ def pretrain(
                   dict(seed=seed, steps=step + 1, batch_size=batch_size, lr=lr, started=started))
     return _save(out, ema, tokenizer, scheduler, spec, losses,
                  dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, started=started))
+
+
+def denoising_loss(denoiser, x0, embeds, mask, objective: str, alphas_cumprod, generator) -> torch.Tensor:
+    """The pretraining objective on clean images x0 in [-1, 1]: epsilon MSE at a uniform DDPM
+    timestep (Ho et al. 2020), or velocity MSE at a logit-normal time (rectified flow, SD3)."""
+    n = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)
+    if objective == "flow":
+        t = torch.sigmoid(torch.randn(n, generator=generator))
+        xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
+        target, model_t = noise - x0, t * 1000
+    else:
+        t = torch.randint(0, len(alphas_cumprod), (n,), generator=generator)
+        ab = alphas_cumprod[t][:, None, None, None]
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        target, model_t = noise, t
+    pred = denoiser(xt, encoder_hidden_states=embeds, timestep=model_t, encoder_attention_mask=mask).sample
+    return (pred - target).pow(2).mean()
 
 
 def _save(out, ema, tokenizer, scheduler, spec, losses, run: dict) -> Path:
