@@ -47,6 +47,8 @@ class RunConfig:
     group_size: int = 4
     micro_batch: int = 32  # samples per forward/backward (memory), not a hyper-parameter
     step_chunk: int = 0  # steps per forward/backward, 0 = all (memory only)
+    lora_rank: int = 0  # 0: full fine-tuning of the denoiser; > 0: LoRA adapters of this rank
+    lora_alpha: float | None = None  # None: = rank
     state_every: int = 1  # rounds between resumable states (a killed run continues from the last)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -91,6 +93,8 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.policy = Policy.load(cfg.model_path)
+        if cfg.lora_rank:
+            self.policy.enable_lora(cfg.lora_rank, cfg.lora_alpha)
         self.algorithm: Algorithm = ALGORITHMS.get(cfg.algorithm)(**cfg.algorithm_settings)
         self.settings = self.algorithm.settings
         self.reward = build_reward(cfg.reward, cfg.reward_settings)

@@ -44,6 +44,7 @@ class Policy(nn.Module):
         self.info = info
         self.objective = info.get("spec", {}).get("objective", "epsilon")
         self._reference: nn.Module | None = None
+        self.lora: dict | None = None  # LoRA settings when adapters are trained
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -69,13 +70,60 @@ class Policy(nn.Module):
         )
 
     def save_denoiser(self, folder: str | Path) -> None:
-        self.denoiser.save_pretrained(Path(folder) / "transformer")
+        """The trained weights: the whole denoiser, or only the LoRA adapter and its settings."""
+        folder = Path(folder)
+        if self.lora is None:
+            self.denoiser.save_pretrained(folder / "transformer")
+            return
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        (folder / "adapter").mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(self.denoiser).items()},
+                  folder / "adapter" / "adapter_model.safetensors")
+        (folder / "adapter" / "lora.json").write_text(json.dumps(self.lora))
 
     def load_denoiser_state(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        if (folder / "adapter" / "lora.json").is_file():
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            if self.lora is None:
+                self.enable_lora(**json.loads((folder / "adapter" / "lora.json").read_text()))
+            set_peft_model_state_dict(self.denoiser, load_file(folder / "adapter" / "adapter_model.safetensors"))
+            return
         from diffusers import PixArtTransformer2DModel
 
-        loaded = PixArtTransformer2DModel.from_pretrained(Path(folder) / "transformer")
+        loaded = PixArtTransformer2DModel.from_pretrained(folder / "transformer")
         self.denoiser.load_state_dict(loaded.state_dict())
+
+    # ---- LoRA ----------------------------------------------------------------------------
+    def enable_lora(self, rank: int, alpha: float | None = None,
+                    targets: tuple[str, ...] | list[str] = ("to_q", "to_k", "to_v", "to_out.0")) -> None:
+        """Freeze the denoiser and train low-rank adapters on the attention projections (peft).
+        The adapters start at zero, so the policy starts as the base model."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        self.lora = {"rank": int(rank), "alpha": float(alpha or rank), "targets": list(targets)}
+        self.denoiser.requires_grad_(False)
+        config = LoraConfig(r=rank, lora_alpha=self.lora["alpha"], target_modules=list(targets))
+        self.denoiser = inject_adapter_in_model(config, self.denoiser)
+        for name, param in self.denoiser.named_parameters():
+            param.requires_grad_("lora_" in name)
+
+    @contextmanager
+    def adapters_disabled(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.denoiser.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
     # ---- shapes --------------------------------------------------------------------------
     @property
@@ -102,7 +150,11 @@ class Policy(nn.Module):
 
     def predict(self, x, t_model, cond: Cond, uncond: Cond | None, guidance: float,
                 detach_uncond: bool = False, reference: bool = False) -> torch.Tensor:
-        """Guided model output eps_u + w (eps_c - eps_u), one forward over the concatenated batch."""
+        """Guided model output eps_u + w (eps_c - eps_u), one forward over the concatenated batch.
+        reference=True: the frozen initial policy (LoRA: the same network with adapters off)."""
+        if reference and self.lora is not None:
+            with self.adapters_disabled():
+                return self.predict(x, t_model, cond, uncond, guidance, detach_uncond)
         module = self.reference_denoiser() if reference else self.denoiser
         if uncond is None or guidance == 1.0:
             return self._forward(module, x, t_model, cond)
@@ -125,7 +177,10 @@ class Policy(nn.Module):
         return self._reference
 
     def freeze_reference(self) -> None:
-        self._reference = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        """Keep the initial policy for reference log-probs: LoRA needs nothing (adapters off);
+        full fine-tuning keeps a frozen copy."""
+        if self.lora is None:
+            self._reference = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
 
     def describe(self) -> dict:
         return {"family": self.info.get("family"), "objective": self.objective,
