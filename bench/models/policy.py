@@ -181,21 +181,3 @@ class Policy(nn.Module):
         full fine-tuning keeps a frozen copy."""
         if self.lora is None:
             self._reference = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-
-    def describe(self) -> dict:
-        return {"family": self.info.get("family"), "objective": self.objective,
-                "parameters": sum(p.numel() for p in self.denoiser.parameters()),
-                "sample_shape": list(self.sample_shape)}
-
-
-@contextmanager
-def no_grad_if(flag: bool):
-    if flag:
-        with torch.no_grad():
-            yield
-    else:
-        yield
-
-
-def model_summary(folder: str | Path) -> str:
-    return json.dumps(read_manifest(folder).get("spec", {}))
