@@ -1,5 +1,6 @@
 """Model folders: a manifest (`bench_model.json`) beside the diffusers/transformers subfolders,
-with the SHA-256 of every weight file so a shipped checkpoint can be verified."""
+with the SHA-256 of every weight file so a shipped checkpoint can be verified; or a diffusers
+pipeline folder (`model_index.json`) of a real model. `model_family` tells which family a folder is."""
 
 from __future__ import annotations
 
@@ -37,3 +38,33 @@ def verify(folder: str | Path) -> list[str]:
     recorded = read_manifest(folder).get("sha256", {})
     actual = file_hashes(Path(folder))
     return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
+
+
+# model families: the built-in ones by module path (no install needed), plugins by entry point
+BUILTIN_FAMILIES = {
+    "embedded": "bench.models.policy:Policy",
+    "sd": "bench.models.stable_diffusion:StableDiffusionPolicy",
+    "flow": "bench.models.flow_matching:FlowMatchingPolicy",
+}
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusion3Pipeline": "flow"}
+MODEL_INDEX = "model_index.json"
+
+
+def model_family(folder: str | Path, config_key: str = "model.path") -> str:
+    """The family of a model folder; errors name the folder and the config key."""
+    folder = Path(folder)
+    where = f"model folder {folder} (config key '{config_key}')"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{where} does not exist; point the key at a local model folder")
+    if (folder / MANIFEST).is_file():
+        return read_manifest(folder).get("family", "embedded")
+    if (folder / MODEL_INDEX).is_file():
+        pipeline = json.loads((folder / MODEL_INDEX).read_text()).get("_class_name")
+        if pipeline not in PIPELINE_FAMILIES:
+            raise ValueError(f"{where} holds a diffusers {pipeline!r}; supported pipelines: "
+                             + ", ".join(f"{k} (family {v})" for k, v in PIPELINE_FAMILIES.items()))
+        return PIPELINE_FAMILIES[pipeline]
+    raise FileNotFoundError(
+        f"{where} has neither {MANIFEST} (embedded model; regenerate it with `python -m bench pretrain`) "
+        f"nor {MODEL_INDEX} (diffusers pipeline folder)"
+    )

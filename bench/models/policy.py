@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.models.checkpoint import MANIFEST, read_manifest
+from bench.models.checkpoint import BUILTIN_FAMILIES, model_family, read_manifest
 
 
 @dataclass
@@ -48,16 +48,29 @@ class Policy(nn.Module):
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str | Path, config_key: str = "model.path") -> Policy:
+    def load(cls, folder: str | Path, config_key: str = "model.path", **options) -> Policy:
+        """The policy of a model folder, whatever its family: a `bench_model.json` names it (the
+        embedded models), else a diffusers `model_index.json` does through its pipeline class.
+        options go to the family's `from_folder` (e.g. resolution, mixed_precision)."""
+        from bench.registry import MODELS
+
+        family = model_family(folder, config_key)
+        try:
+            family_cls = MODELS.get(BUILTIN_FAMILIES.get(family, family))
+        except KeyError as exc:
+            raise ValueError(f"model folder {folder} (config key '{config_key}') is of family {family!r}, "
+                             f"not a policy family: {exc}") from exc
+        return family_cls.from_folder(folder, **options)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, **options) -> Policy:
+        """The embedded family: PixArt-style DiT, CLIP text encoder, word-level tokenizer."""
+        if options:
+            raise ValueError(f"the embedded model family takes no model options, got {sorted(options)}")
         from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
         from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
         folder = Path(folder)
-        if not (folder / MANIFEST).is_file():
-            raise FileNotFoundError(
-                f"model folder {folder} (config key '{config_key}') has no {MANIFEST}; "
-                "regenerate it with `python -m bench pretrain` or point the key at a model folder"
-            )
         info = read_manifest(folder)
         objective = info.get("spec", {}).get("objective", "epsilon")
         scheduler_cls = FlowMatchEulerDiscreteScheduler if objective == "flow" else DDIMScheduler
