@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from bench.models.checkpoint import MANIFEST
+from bench.models.checkpoint import BUILTIN_FAMILIES, MANIFEST, MODEL_INDEX, PIPELINE_FAMILIES
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -103,14 +103,42 @@ def validate(config: dict, check_paths: bool = True) -> dict:
         raise ConfigError(f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
                           "regenerate it with `python -m bench pretrain-clip` or set the key to null")
     check_gpu_budget(config)
-    if check_paths:
-        for name, model in config["models"].items():
-            folder = Path(model["path"])
-            buildable = model.get("family", "embedded") == "embedded"
-            if not (folder / MANIFEST).is_file() and not buildable:
-                raise ConfigError(f"config key 'models.{name}.path': no model at {folder} "
-                                  f"(missing {folder / MANIFEST}); give a local model folder")
+    for name, model in config["models"].items():
+        check_model(name, model, check_paths)
     return config
+
+
+def model_file(model: dict) -> str:
+    """The file that marks a model folder as present: the diffusers pipeline index of a real model
+    (family sd or flow), else the harness manifest (what the Snakefile's train rule waits for)."""
+    marker = MODEL_INDEX if model.get("family", "embedded") in PIPELINE_FAMILIES.values() else MANIFEST
+    return str(Path(model["path"]) / marker)
+
+
+def check_model(name: str, model: dict, check_paths: bool) -> None:
+    """A known family, options the family takes, and (check_paths) a folder of that family."""
+    from bench.registry import MODELS
+
+    family = model.get("family", "embedded")
+    if family not in BUILTIN_FAMILIES and family not in MODELS.names():
+        raise ConfigError(f"config key 'models.{name}.family': unknown model family {family!r}; known: "
+                          + ", ".join(sorted(set(BUILTIN_FAMILIES) | set(MODELS.names()))))
+    options = sorted(set(model) & {"resolution", "mixed_precision"})
+    if family == "embedded" and options:
+        raise ConfigError(f"config key 'models.{name}.{options[0]}': the embedded family takes no such option")
+    if not check_paths:
+        return
+    folder, marker = Path(model["path"]), Path(model_file(model))
+    if family == "embedded":  # the pretrain rule builds a missing embedded model
+        return
+    if not marker.is_file():
+        raise ConfigError(f"config key 'models.{name}.path': no model at {folder} "
+                          f"(missing {marker}); give a local model folder")
+    if marker.name == MODEL_INDEX:
+        pipeline = json.loads(marker.read_text()).get("_class_name")
+        if PIPELINE_FAMILIES.get(pipeline) != family:
+            raise ConfigError(f"config key 'models.{name}.family': {folder} holds a {pipeline!r}, "
+                              f"not a family {family!r} pipeline")
 
 
 def gpu_hours(config: dict) -> float:
