@@ -114,25 +114,6 @@ class LatentPolicy(Policy):
             out = self._denoise(module, x.to(self.device), t, cond_to(cond, self.device))
         return out.float().to(x.device)
 
-    def predict(self, x, t_model, cond: Cond, uncond: Cond | None, guidance: float,
-                detach_uncond: bool = False, reference: bool = False) -> torch.Tensor:
-        """Guided output out_u + w (out_c - out_u), one forward over [uncond; cond] (ddpo-pytorch
-        and Flow-GRPO train through the same guided output they sample with), in fp32."""
-        if reference and self.lora is not None:
-            with self.adapters_disabled():
-                return self.predict(x, t_model, cond, uncond, guidance, detach_uncond)
-        module = self.reference_denoiser() if reference else self.denoiser
-        if uncond is None or guidance == 1.0:
-            return self._forward(module, x, t_model, cond)
-        t = torch.as_tensor(t_model).expand(x.shape[0])
-        both = self._forward(module, torch.cat([x, x]), torch.cat([t, t]), type(cond).cat([uncond, cond]))
-        out_u, out_c = both.chunk(2)
-        if detach_uncond:  # Flow-GRPO detaches the unconditional branch
-            out_u = out_u.detach()
-        return out_u + guidance * (out_c - out_u)
-
-    # ---- images --------------------------------------------------------------------------
-    @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, 3, H, W) fp32 on x's device: VAE decode of latents / scaling_factor
         (+ shift_factor, SD3), then (image + 1) / 2 as the diffusers pipelines post-process."""

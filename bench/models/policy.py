@@ -172,7 +172,7 @@ class Policy(nn.Module):
         if uncond is None or guidance == 1.0:
             return self._forward(module, x, t_model, cond)
         t_model = torch.as_tensor(t_model).expand(x.shape[0])
-        both = self._forward(module, torch.cat([x, x]), torch.cat([t_model, t_model]), Cond.cat([uncond, cond]))
+        both = self._forward(module, torch.cat([x, x]), torch.cat([t_model, t_model]), type(cond).cat([uncond, cond]))
         out_u, out_c = both.chunk(2)
         if detach_uncond:  # Flow-GRPO detaches the unconditional branch
             out_u = out_u.detach()
