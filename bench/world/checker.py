@@ -44,18 +44,17 @@ def _best_template(component: np.ndarray) -> tuple[str, str]:
     resolution = component.shape[0]
     cy, cx = ndimage.center_of_mass(component)
     cx, cy = cx + 0.5, cy + 0.5  # pixel centres sit at +0.5
+    # a triangle's centroid sits below its anchor point: search a small window of offsets
+    oy, ox = np.meshgrid(np.arange(-1.0, 1.01, 0.25), (-0.5, -0.25, 0.0, 0.25, 0.5), indexing="ij")
+    centres_x, centres_y = (cx + ox).reshape(-1, 1, 1), (cy + oy).reshape(-1, 1, 1)
     best, best_iou = ("circle", "small"), -1.0
     for shape in SHAPES:
         for size, half in SIZES.items():
-            r = half * resolution / 16
-            # a triangle's centroid sits below its anchor point: search a small window of offsets
-            for oy in np.arange(-1.0, 1.01, 0.25):
-                for ox in (-0.5, -0.25, 0.0, 0.25, 0.5):
-                    template = shape_mask(shape, cx + ox, cy + oy, r, resolution)
-                    union = np.logical_or(template, component).sum()
-                    iou = np.logical_and(template, component).sum() / max(union, 1)
-                    if iou > best_iou:
-                        best, best_iou = (shape, size), iou
+            templates = shape_mask(shape, centres_x, centres_y, half * resolution / 16, resolution)  # (offsets, H, W)
+            union = np.logical_or(templates, component).sum(axis=(1, 2))
+            iou = (np.logical_and(templates, component).sum(axis=(1, 2)) / np.maximum(union, 1)).max()
+            if iou > best_iou:
+                best, best_iou = (shape, size), iou
     return best
 
 

@@ -66,8 +66,9 @@ def object_centres(scene: Scene, resolution: int = 16, jitter: tuple[float, floa
     return [(cx + jitter[0], cy + jitter[1]) for cx, cy in centres]
 
 
-def shape_mask(shape: str, cx: float, cy: float, r: float, resolution: int = 16) -> np.ndarray:
-    """Boolean (H, W) mask of one shape; a pixel is in when its centre is."""
+def shape_mask(shape: str, cx, cy, r: float, resolution: int = 16) -> np.ndarray:
+    """Boolean (H, W) mask of one shape; a pixel is in when its centre is. Centres given as
+    (N, 1, 1) arrays give N masks (N, H, W) in one go."""
     ys, xs = np.mgrid[0:resolution, 0:resolution] + 0.5
     dx, dy = xs - cx, ys - cy
     if shape == "circle":
