@@ -12,6 +12,22 @@ from bench.sampling import DDIMSampler, FlowSDESampler
 
 
 @dataclass
+class StepGraph:
+    """Differentiable log-probs and means of every sampled transition, from the sampling forward
+    itself: while the weights are still the sampling weights (the first optimiser step of a round)
+    they are what `recompute` would return, so training needs only the backward pass."""
+
+    logp: torch.Tensor  # (B, K), requires grad
+    means: torch.Tensor  # (B, K, C, H, W) fp32, requires grad
+    stds: torch.Tensor  # (B, K)
+
+    def select(self, samples: torch.Tensor, steps: torch.Tensor):
+        """(logp (b, S), mean (b, S, C, H, W), std (b, S)) of samples (b,) at steps (b, S), as `recompute`."""
+        rows = samples[:, None].expand_as(steps)
+        return self.logp[rows, steps], self.means[rows, steps], self.stds[rows, steps]
+
+
+@dataclass
 class Trajectory:
     prompts: list[str]
     group_ids: torch.Tensor  # (B,) index of the prompt group each sample belongs to
@@ -22,6 +38,7 @@ class Trajectory:
     timesteps: torch.Tensor  # (K,) model timesteps
     cond: Cond
     uncond: Cond
+    graph: StepGraph | None = None  # the sampling forward's autograd graph, when kept
 
     @property
     def x0(self) -> torch.Tensor:
@@ -44,8 +61,13 @@ def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: 
 
 @torch.no_grad()
 def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, generator: torch.Generator,
-            group_ids: torch.Tensor | None = None, same_noise_per_group: bool = False) -> Trajectory:
-    """Sample one trajectory per prompt (repeat a prompt G times for a group of G)."""
+            group_ids: torch.Tensor | None = None, same_noise_per_group: bool = False,
+            keep_graph: bool = False) -> Trajectory:
+    """Sample one trajectory per prompt (repeat a prompt G times for a group of G).
+
+    keep_graph: run the denoiser with autograd on and keep each step's graph (`Trajectory.graph`):
+    the same samples, and training can backpropagate without a second forward. Each step's input
+    is detached, so no gradient flows through the chain of steps (as in recompute)."""
     n = len(prompts)
     group_ids = torch.arange(n) if group_ids is None else group_ids
     cond, uncond = policy.encode(prompts), policy.encode([""] * n)
@@ -58,19 +80,29 @@ def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, genera
         x = torch.randn((n, *shape), generator=generator)
     model_t = sampler.model_timesteps()
     latents, means, stds, logps = [x], [], [], []
+    graph_means, graph_logps = [], []
     for k in range(sampler.num_steps):
         t = sampler.timesteps[k]
-        out = policy.predict(x, model_t[k], cond, uncond, guidance)
-        res = sampler.step(out, x, t.expand(n), step_index=torch.full((n,), k), generator=generator)
-        x = res.x_next
+        with torch.set_grad_enabled(keep_graph):
+            out = policy.predict(x, model_t[k], cond, uncond, guidance)
+            res = sampler.step(out, x, t.expand(n), step_index=torch.full((n,), k), generator=generator)
+        x = res.x_next.detach()
         latents.append(x)
-        means.append(res.mean)
+        means.append(res.mean.detach())
         stds.append(res.std.expand(n))
-        logps.append(res.logp)
+        logps.append(res.logp.detach())
+        if keep_graph:
+            graph_means.append(res.mean)
+            graph_logps.append(res.logp)
+    stds = torch.stack(stds, 1)
+    graph = None
+    if keep_graph:
+        with torch.enable_grad():
+            graph = StepGraph(torch.stack(graph_logps, 1), torch.stack(graph_means, 1), stds)
     return Trajectory(
         prompts=list(prompts), group_ids=group_ids, latents=torch.stack(latents, 1),
-        means=torch.stack(means, 1), stds=torch.stack(stds, 1), logp=torch.stack(logps, 1),
-        timesteps=sampler.timesteps.clone(), cond=cond, uncond=uncond,
+        means=torch.stack(means, 1), stds=stds, logp=torch.stack(logps, 1),
+        timesteps=sampler.timesteps.clone(), cond=cond, uncond=uncond, graph=graph,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 
 from bench.algorithm import Algorithm, Loss, StepBatch
 from bench.io import atomic_write_json, atomic_write_text, replace_dir
+from bench.models.latent import LatentPolicy
 from bench.models.policy import Policy
 from bench.registry import ALGORITHMS, PluginError
 from bench.reward import build_reward, zero_spread_fraction
@@ -49,6 +50,10 @@ class RunConfig:
     step_chunk: int = 0  # steps per forward/backward, 0 = all (memory only)
     lora_rank: int = 0  # 0: full fine-tuning of the denoiser; > 0: LoRA adapters of this rank
     lora_alpha: float | None = None  # None: = rank
+    # train the first optimiser step of a round on the sampling forward's own graph (speed only;
+    # same log-probs, same gradient up to float rounding). None: on for the diffusers families, off
+    # for the embedded one, whose committed study numbers depend on its bit-exact path
+    reuse_sampling_graph: bool | None = None
     state_every: int = 1  # rounds between resumable states (a killed run continues from the last)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -117,6 +122,7 @@ class Trainer:
             cfg.prompts = prompt_sets()["train"]
         self.images_seen = 0
         self.seconds = 0.0
+        self.reuse_graph = self._can_reuse_graph()
 
     # ---- one round -----------------------------------------------------------------------
     def sample_round(self):
@@ -126,8 +132,23 @@ class Trainer:
         group_ids = torch.arange(n_prompts).repeat_interleave(self.group_size)
         self.policy.denoiser.eval()
         traj = rollout(self.policy, self.sampler, prompts, self.cfg.guidance, self.generator, group_ids,
-                       self.settings.same_noise_per_group)
+                       self.settings.same_noise_per_group, keep_graph=self.reuse_graph)
         return traj
+
+    def _can_reuse_graph(self) -> bool:
+        """Whether the first update of a round can backpropagate through the sampling forward: its
+        weights are the sampling weights, and it must train every recorded transition (one update
+        per inner epoch, all steps), else the graph's unused part would cost a wasted backward.
+        The denoiser must compute the same in eval and train mode (no dropout, no batch norm)."""
+        wanted = self.cfg.reuse_sampling_graph
+        if wanted is None:
+            wanted = isinstance(self.policy, LatentPolicy)
+        s = self.settings
+        trains_all = s.updates_per_round == 1 and s.timestep_fraction >= 1 and not s.drop_last_step
+        mode_free = not any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+                            or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                            for m in self.policy.denoiser.modules())
+        return bool(wanted and trains_all and mode_free)
 
     def round(self) -> dict:
         cfg, s = self.cfg, self.settings
@@ -154,8 +175,15 @@ class Trainer:
             n_train = steps.shape[1]
             for chunk in chunks:
                 self.optimiser.zero_grad(set_to_none=True)
-                for mb, cols in self._micro_batches(chunk, steps):
-                    logp, mean, std = recompute(self.policy, self.sampler, traj, mb, cols, cfg.guidance)
+                # only the round's first update still has the sampling weights; the graph holds
+                # every sample, so it is backpropagated once, whatever the micro-batch size
+                graph, traj.graph = traj.graph, None
+                batches = [(chunk, steps[chunk])] if graph is not None else self._micro_batches(chunk, steps)
+                for mb, cols in batches:
+                    if graph is not None:
+                        logp, mean, std = graph.select(mb, cols)
+                    else:
+                        logp, mean, std = recompute(self.policy, self.sampler, traj, mb, cols, cfg.guidance)
                     logp_old = torch.gather(traj.logp[mb], 1, cols)
                     batch = StepBatch(
                         logp=logp, logp_old=logp_old, advantages=advantages[mb], rewards=rewards[mb],
