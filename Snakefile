@@ -22,10 +22,24 @@ RUN_DIR = "results/runs/{model}/{reward}/{algorithm}/seed{seed}"
 shell.prefix("export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false; ")
 wildcard_constraints:
     seed=r"\d+",
+    model=r"[^/]+",
+    reward=r"[^/]+",
+    algorithm=r"[^/]+",
 
 
 def run_config(w):
     return json.dumps(study.run_config(config, study.RunKey(w.model, w.reward, w.algorithm, int(w.seed))))
+
+
+def base_run_config(model, reward=None, algorithm=None):
+    """A run config standing for every run that shares the base model's evaluation (a model) or
+    probe (a model x reward x algorithm); the commands check the key before reusing it."""
+    reward = reward or study.reward_label(config["rewards"][0])
+    algorithm = algorithm or next(iter(config["algorithms"]))
+    return json.dumps(study.run_config(config, study.RunKey(model, reward, algorithm, config["seeds"][0])))
+
+
+EVALUATION = json.dumps({**config["evaluation"], "reward_settings": config["reward_settings"]})
 
 
 rule all:
@@ -91,14 +105,33 @@ rule train:
         "--out $(dirname {output}) > {log} 2>&1"
 
 
+rule evaluate_base:
+    # the base model (budget 0) is the same for every algorithm, reward and seed: evaluated once
+    input:
+        model=lambda w: study.model_file(config["models"][w.model]),
+        judge=[config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else [],
+    output:
+        "results/runs/{model}/base_eval.json",
+    params:
+        run=lambda w: base_run_config(w.model),
+    threads: 1
+    resources:
+        **config["resources"]["evaluate"],
+    log:
+        "results/logs/evaluate/{model}/base.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/base.tsv"
+    shell:
+        "{PY} -m bench evaluate-base --run-config {params.run:q} --evaluation {EVALUATION:q} --out {output} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         RUN_DIR + "/summary.json",
+        base="results/runs/{model}/base_eval.json",
         judge=[config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else [],
     output:
         RUN_DIR + "/eval.json",
-    params:
-        evaluation=lambda w: json.dumps({**config["evaluation"], "reward_settings": config["reward_settings"]}),
     threads: 1
     resources:
         **config["resources"]["evaluate"],
@@ -107,12 +140,34 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m bench evaluate --run-dir $(dirname {output}) --evaluation {params.evaluation:q} > {log} 2>&1"
+        "{PY} -m bench evaluate --run-dir $(dirname {output}) --evaluation {EVALUATION:q} --base {input.base} "
+        "> {log} 2>&1"
+
+
+rule probe_base:
+    # the base model's probe depends on the algorithm and reward, not on the seed (full fine-tuning)
+    input:
+        model=lambda w: study.model_file(config["models"][w.model]),
+    output:
+        "results/runs/{model}/{reward}/{algorithm}/base_probe.json",
+    params:
+        run=lambda w: base_run_config(w.model, w.reward, w.algorithm),
+        probe=lambda w: json.dumps(config["probe"]),
+    threads: 1
+    resources:
+        **config["resources"]["probe"],
+    log:
+        "results/logs/probe/{model}/{reward}/{algorithm}/base.log",
+    benchmark:
+        "results/benchmarks/probe/{model}/{reward}/{algorithm}/base.tsv"
+    shell:
+        "{PY} -m bench probe-base --run-config {params.run:q} --probe {params.probe:q} --out {output} > {log} 2>&1"
 
 
 rule probe:
     input:
         RUN_DIR + "/summary.json",
+        base="results/runs/{model}/{reward}/{algorithm}/base_probe.json",
     output:
         RUN_DIR + "/probe.json",
     params:
@@ -125,7 +180,7 @@ rule probe:
     benchmark:
         "results/benchmarks/probe/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} > {log} 2>&1"
+        "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} --base {input.base} > {log} 2>&1"
 
 
 rule recursive:
@@ -136,7 +191,6 @@ rule recursive:
         RUN_DIR + "/recursive.json",
     params:
         settings=lambda w: json.dumps(config["recursive"]),
-        evaluation=lambda w: json.dumps(config["evaluation"]),
     threads: 1
     resources:
         **config["resources"]["evaluate"],
@@ -146,7 +200,7 @@ rule recursive:
         "results/benchmarks/recursive/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
         "{PY} -m bench recursive --run-dir $(dirname {output}) --settings {params.settings:q} "
-        "--evaluation {params.evaluation:q} > {log} 2>&1"
+        "--evaluation {EVALUATION:q} > {log} 2>&1"
 
 
 def run_files(name):

@@ -78,7 +78,14 @@ def cmd_evaluate(args) -> None:
 
     run_dir = Path(args.run_dir)
     run_cfg = json.loads((run_dir / "run_config.json").read_text())
-    evaluate_run(run_dir, run_cfg, json.loads(args.evaluation), threads=args.threads)
+    evaluate_run(run_dir, run_cfg, json.loads(args.evaluation), threads=args.threads, base=args.base)
+
+
+def cmd_evaluate_base(args) -> None:
+    _threads(args.threads)
+    from bench.evaluate import evaluate_base
+
+    evaluate_base(json.loads(args.run_config), json.loads(args.evaluation), args.out, threads=args.threads)
 
 
 def cmd_probe(args) -> None:
@@ -87,7 +94,14 @@ def cmd_probe(args) -> None:
 
     run_dir = Path(args.run_dir)
     run_cfg = json.loads((run_dir / "run_config.json").read_text())
-    probe_run(run_dir, run_cfg, json.loads(args.probe), threads=args.threads)
+    probe_run(run_dir, run_cfg, json.loads(args.probe), threads=args.threads, base=args.base)
+
+
+def cmd_probe_base(args) -> None:
+    _threads(args.threads)
+    from bench.probe import probe_base
+
+    probe_base(json.loads(args.run_config), json.loads(args.probe), args.out, threads=args.threads)
 
 
 def cmd_recursive(args) -> None:
@@ -146,13 +160,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoints")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
+    p.add_argument("--base", help="the shared base-model row (from evaluate-base), used when its key matches")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_evaluate)
+    p = sub.add_parser("evaluate-base", help="evaluate the base model once for every run that shares it")
+    p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig (any run of the model)")
+    p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_evaluate_base)
     p = sub.add_parser("probe", help="gradient variance and per-step credit at a run's checkpoints")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--probe", required=True, help="JSON of the config's probe section")
+    p.add_argument("--base", help="the shared base-model probe (from probe-base), used when its key matches")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe)
+    p = sub.add_parser("probe-base", help="probe the base model once for the runs (seeds) that share it")
+    p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig (any seed of the run)")
+    p.add_argument("--probe", required=True, help="JSON of the config's probe section")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_probe_base)
     p = sub.add_parser("recursive", help="the self-consuming loop from a run's final checkpoint")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--settings", required=True, help="JSON of the config's recursive section")

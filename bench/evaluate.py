@@ -4,6 +4,7 @@ checkpoint; every evaluation reward and the attribute checker at each budget (0 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,37 +72,82 @@ class QualityJudge:
         }
 
 
-def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: int = 1) -> dict:
-    torch.set_num_threads(threads)
+# the run-config fields the base model's evaluation depends on: runs that agree on them share it
+BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant")
+
+
+def base_key(run_cfg: dict, evaluation: dict) -> dict:
+    return {"run": {k: run_cfg.get(k) for k in BASE_FIELDS}, "evaluation": evaluation}
+
+
+class Evaluator:
+    """Held-out images of one policy at fixed seeds, scored by every evaluation reward, the
+    attribute checker and the quality judge."""
+
+    def __init__(self, run_cfg: dict, evaluation: dict, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.run_cfg, self.evaluation = run_cfg, evaluation
+        self.prompts = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
+                        for _ in range(evaluation["images_per_prompt"])]
+        self.rewards = {name: build_reward(name, evaluation.get("reward_settings")) for name in evaluation["rewards"]}
+        self.quality = (QualityJudge(evaluation["clip_model"], self.prompts, evaluation["images_per_prompt"],
+                                     evaluation["seed"]) if evaluation.get("clip_model") else None)
+        self.policy = Policy.load(run_cfg["model_path"])
+        self.sampler = make_sampler(self.policy, run_cfg["num_steps"], run_cfg["eta"],
+                                    run_cfg.get("logp_reduce", "mean"))
+
+    def __call__(self, budget: int, device_seconds: float, grid: Path) -> dict:
+        images = sample_images(self.policy, self.sampler, self.prompts, self.run_cfg["guidance"],
+                               self.evaluation["seed"])
+        row = {"budget": budget, "device_seconds": device_seconds}
+        for name, fn in self.rewards.items():
+            scores, _ = fn(images, self.prompts, {})
+            row[f"reward/{name}"] = float(scores.mean())
+        acc = accuracy(images.numpy(), self.prompts)
+        row.update({f"attribute/{k}": v for k, v in acc.items()})
+        if self.quality is not None:
+            row.update(self.quality(images))
+        _save_grid(images[: min(16, len(images))], grid)
+        return row
+
+
+def evaluate_base(run_cfg: dict, evaluation: dict, out: str | Path, threads: int = 1) -> dict:
+    """The base model's row (budget 0), once for every run that shares its key (all algorithms,
+    rewards and seeds of a model): written to `out` with its sample grid beside it."""
+    out = Path(out)
+    row = Evaluator(run_cfg, evaluation, threads)(0, 0.0, out.with_suffix(".png"))
+    result = {"key": base_key(run_cfg, evaluation), "row": row}
+    atomic_write_text(out, json.dumps(result, indent=1))
+    return result
+
+
+def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: int = 1,
+                 base: str | Path | None = None) -> dict:
+    """Every checkpoint of a run (0 = the base model) -> eval.json. `base`: a file from
+    evaluate_base; its row is used when its key matches this run's, else the base is evaluated here."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    prompts = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
-               for _ in range(evaluation["images_per_prompt"])]
-    rewards = {name: build_reward(name, evaluation.get("reward_settings")) for name in evaluation["rewards"]}
-    quality = (QualityJudge(evaluation["clip_model"], prompts, evaluation["images_per_prompt"], evaluation["seed"])
-               if evaluation.get("clip_model") else None)
-    policy = Policy.load(run_cfg["model_path"])
-    sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"))
+    evaluate = Evaluator(run_cfg, evaluation, threads)
+    shared = json.loads(Path(base).read_text()) if base is not None and Path(base).is_file() else None
+    if shared is not None and shared["key"] != json.loads(json.dumps(base_key(run_cfg, evaluation))):
+        shared = None
     rows = []
     checkpoints = [(0, None)] + [(b, run_dir / "checkpoints" / str(b)) for b in sorted(run_cfg["budgets"])]
     for budget, folder in checkpoints:
+        grid = run_dir / "samples" / f"{budget}.png"
+        if folder is None and shared is not None:
+            rows.append(shared["row"])
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(base).with_suffix(".png"), grid)
+            continue
         if folder is not None and not (folder / "state.json").is_file():
             break  # a diverged run stops at its last good checkpoint
         state = json.loads((folder / "state.json").read_text()) if folder else {"device_seconds": 0.0}
         if folder is not None:
-            policy.load_denoiser_state(folder)
-        images = sample_images(policy, sampler, prompts, run_cfg["guidance"], evaluation["seed"])
-        row = {"budget": budget, "device_seconds": state["device_seconds"]}
-        for name, fn in rewards.items():
-            scores, _ = fn(images, prompts, {})
-            row[f"reward/{name}"] = float(scores.mean())
-        acc = accuracy(images.numpy(), prompts)
-        row.update({f"attribute/{k}": v for k, v in acc.items()})
-        if quality is not None:
-            row.update(quality(images))
-        rows.append(row)
-        _save_grid(images[: min(16, len(images))], run_dir / "samples" / f"{budget}.png")
-    out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(prompts), "rows": rows}
+            evaluate.policy.load_denoiser_state(folder)
+        rows.append(evaluate(budget, state["device_seconds"], grid))
+    out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(evaluate.prompts),
+           "base_shared": shared is not None, "rows": rows}
     atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
     return out
 

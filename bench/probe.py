@@ -83,29 +83,69 @@ def probe_gradients(policy: Policy, sampler, algorithm, reward, prompts: list[st
     }
 
 
-def probe_run(run_dir: str | Path, run_cfg: dict, probe: dict, threads: int = 1) -> dict:
-    """Probe every checkpoint of a run (0 = the base model) and write probe.json."""
-    torch.set_num_threads(threads)
+# run-config fields that cannot change the probe of the base model (training-only or bookkeeping);
+# runs that agree on every other field share it. With LoRA the seed draws the initial adapters.
+_NOT_BASE = ("seed", "budgets", "threads", "state_every", "prompts", "micro_batch", "step_chunk", "lr", "betas",
+             "weight_decay", "adam_eps", "max_grad_norm", "images_per_round")
+
+
+def base_key(run_cfg: dict, probe: dict) -> dict:
+    lora = bool(run_cfg.get("lora_rank"))
+    run = {k: v for k, v in run_cfg.items() if k not in _NOT_BASE or (lora and k == "seed")}
+    return json.loads(json.dumps({"run": run, "probe": probe}))
+
+
+class Prober:
+    """The probe of one run's policy at its checkpoints; starts as the base model with the
+    run's trainable parameters (LoRA adapters drawn from the run's seed, as in training)."""
+
+    def __init__(self, run_cfg: dict, probe: dict, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.run_cfg, self.probe = run_cfg, probe
+        torch.manual_seed(run_cfg["seed"])  # the order of the trainer's set-up: seed, load, LoRA
+        self.policy = Policy.load(run_cfg["model_path"])
+        if run_cfg.get("lora_rank"):
+            self.policy.enable_lora(run_cfg["lora_rank"], run_cfg.get("lora_alpha"))
+        self.sampler = make_sampler(self.policy, run_cfg["num_steps"], run_cfg["eta"],
+                                    run_cfg.get("logp_reduce", "mean"))
+        self.algo_cls = ALGORITHMS.get(run_cfg["algorithm"])
+        self.reward = build_reward(run_cfg["reward"], run_cfg.get("reward_settings"))
+        self.prompts = probe_prompts(probe["minibatches"], probe["seed"])
+        if self.algo_cls(**run_cfg.get("algorithm_settings", {})).settings.needs_reference:
+            self.policy.freeze_reference()  # the base weights, before any checkpoint is loaded
+
+    def __call__(self, budget: int) -> dict:
+        algorithm = self.algo_cls(**self.run_cfg.get("algorithm_settings", {}))  # fresh: no tracker history
+        algorithm.setup(self.sampler)
+        group = algorithm.settings.group_size or self.run_cfg["group_size"]
+        return {"budget": budget, **probe_gradients(self.policy, self.sampler, algorithm, self.reward, self.prompts,
+                                                    group, self.run_cfg["guidance"], self.probe["seed"])}
+
+
+def probe_base(run_cfg: dict, probe: dict, out: str | Path, threads: int = 1) -> dict:
+    """The base model's probe (budget 0), once for every run that shares its key (the seeds of a
+    model x reward x algorithm under full fine-tuning)."""
+    result = {"key": base_key(run_cfg, probe), "row": Prober(run_cfg, probe, threads)(0)}
+    atomic_write_json(Path(out), json.loads(json.dumps(result)))
+    return result
+
+
+def probe_run(run_dir: str | Path, run_cfg: dict, probe: dict, threads: int = 1,
+              base: str | Path | None = None) -> dict:
+    """Probe every checkpoint of a run (0 = the base model) and write probe.json. `base`: a file
+    from probe_base; its row is used when its key matches this run's, else the base is probed here."""
     run_dir = Path(run_dir)
-    policy = Policy.load(run_cfg["model_path"])
-    sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"))
-    algo_cls = ALGORITHMS.get(run_cfg["algorithm"])
-    reward = build_reward(run_cfg["reward"], run_cfg.get("reward_settings"))
-    prompts = probe_prompts(probe["minibatches"], probe["seed"])
-    if algo_cls(**run_cfg.get("algorithm_settings", {})).settings.needs_reference:
-        policy.freeze_reference()  # the base weights, before any checkpoint is loaded
-    rows = []
-    checkpoints = [(0, None)] + [(b, run_dir / "checkpoints" / str(b)) for b in sorted(run_cfg["budgets"])]
-    for budget, folder in checkpoints:
-        if folder is not None and not (folder / "state.json").is_file():
-            break
-        if folder is not None:
-            policy.load_denoiser_state(folder)
-        algorithm = algo_cls(**run_cfg.get("algorithm_settings", {}))  # fresh: no tracker history
-        algorithm.setup(sampler)
-        group = algorithm.settings.group_size or run_cfg["group_size"]
-        rows.append({"budget": budget, **probe_gradients(policy, sampler, algorithm, reward, prompts, group,
-                                                          run_cfg["guidance"], probe["seed"])})
-    out = {"minibatches": probe["minibatches"], "seed": probe["seed"], "rows": rows}
+    prober = Prober(run_cfg, probe, threads)
+    shared = json.loads(Path(base).read_text()) if base is not None and Path(base).is_file() else None
+    if shared is not None and shared["key"] != base_key(run_cfg, probe):
+        shared = None
+    rows = [shared["row"]] if shared is not None else [prober(0)]
+    for budget in sorted(run_cfg["budgets"]):
+        folder = run_dir / "checkpoints" / str(budget)
+        if not (folder / "state.json").is_file():
+            break  # a diverged run stops at its last good checkpoint
+        prober.policy.load_denoiser_state(folder)
+        rows.append(prober(budget))
+    out = {"minibatches": probe["minibatches"], "seed": probe["seed"], "base_shared": shared is not None, "rows": rows}
     atomic_write_json(run_dir / "probe.json", json.loads(json.dumps(out)))
     return out
