@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup study quick test test-fast lint report pretrain
+.PHONY: setup study quick test test-fast lint report snakemake-report pretrain
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: setup
 
 report: setup           ## re-render the report from existing tables, no retraining
 	$(SNAKEMAKE) --cores 1 --forcerun report report/index.html
+
+snakemake-report: setup ## Snakemake's own report of the last run (provenance, runtimes, the report and tables)
+	$(SNAKEMAKE) --report report/snakemake.html
 
 pretrain: setup         ## regenerate the shipped base model(s) (about 20 minutes on 1 core)
 	$(SNAKEMAKE) --cores 1 --forcerun pretrain -- results/models/dit16-ddim/bench_model.json

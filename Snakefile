@@ -16,6 +16,9 @@ _validated = study.validate(config)  # schema + semantic checks, before any job 
 config.clear()
 config.update(_validated)
 RUNS = study.runs(config)
+
+
+report: "report/snakemake/workflow.rst"  # `snakemake --report report/snakemake.html` after a run
 PY = sys.executable
 RUN_DIR = "results/runs/{model}/{reward}/{algorithm}/seed{seed}"
 
@@ -213,7 +216,7 @@ rule aggregate:
         probes=run_files("probe.json") if config["probe"]["enabled"] else [],
         recursive=run_files("recursive.json") if config["recursive"]["enabled"] else [],
     output:
-        table="results/tables/eval.csv",
+        table=report("results/tables/eval.csv", caption="report/snakemake/tables.rst", category="Tables"),
         citable="results/citable.json",
     params:
         cfg=lambda w: json.dumps(config),
@@ -227,7 +230,7 @@ rule report:
     input:
         "results/tables/eval.csv",
     output:
-        "report/index.html",
+        report("report/index.html", caption="report/snakemake/comparative.rst", category="Report"),
     log:
         "results/logs/report.log",
     shell:

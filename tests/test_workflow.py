@@ -20,6 +20,7 @@ def quick_study(tmp_path_factory):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     shutil.copytree(ROOT / "results" / "models", work / "results" / "models")
+    shutil.copytree(ROOT / "report" / "snakemake", work / "report" / "snakemake")  # --report's captions
     done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml"],
                           cwd=work, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -50,6 +51,16 @@ def test_a_second_run_has_nothing_to_do(quick_study):
                            cwd=work, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_comparative_report_and_tables(quick_study):
+    work, _ = quick_study
+    done = subprocess.run([str(SNAKEMAKE), "--configfile", "config/quick.yaml", "--report", "report/snakemake.html"],
+                          cwd=work, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = (work / "report" / "snakemake.html").read_text()
+    assert "index.html" in html and "eval.csv" in html
 
 
 def _chromium():
