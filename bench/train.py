@@ -38,12 +38,14 @@ class RunConfig:
     reward: object  # a reward spec (bench.reward)
     reward_settings: dict = field(default_factory=dict)  # {reward name: settings}, e.g. weight paths
     seed: int = 0
+    model_options: dict = field(default_factory=dict)  # Policy.load keywords: resolution, mixed_precision
     algorithm_settings: dict = field(default_factory=dict)
     prompts: list[str] = field(default_factory=list)  # training prompts; empty = the world's 'train' set
     num_steps: int = 20
     eta: float = 1.0
     guidance: float = 3.0
     logp_reduce: str = "mean"
+    flow_variant: str | None = None  # flow models: the SDE ('flowgrpo' or 'dancegrpo'); None: 'flowgrpo'
     images_per_round: int = 32
     group_size: int = 4
     micro_batch: int = 32  # samples per forward/backward (memory), not a hyper-parameter
@@ -51,8 +53,10 @@ class RunConfig:
     lora_rank: int = 0  # 0: full fine-tuning of the denoiser; > 0: LoRA adapters of this rank
     lora_alpha: float | None = None  # None: = rank
     # train the first optimiser step of a round on the sampling forward's own graph (speed only;
-    # same log-probs, same gradient up to float rounding). None: on for the diffusers families, off
-    # for the embedded one, whose committed study numbers depend on its bit-exact path
+    # same log-probs, same gradient up to float rounding; it holds every step's activations, as a
+    # full-batch recompute does). None: on for the diffusers families when micro_batch and
+    # step_chunk already ask for full-batch training; off for the embedded family, whose committed
+    # study numbers depend on its bit-exact path
     reuse_sampling_graph: bool | None = None
     state_every: int = 1  # rounds between resumable states (a killed run continues from the last)
     lr: float = 3e-4
@@ -97,13 +101,14 @@ class Trainer:
         self.out = Path(out)
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.policy = Policy.load(cfg.model_path)
+        self.policy = Policy.load(cfg.model_path, **cfg.model_options)
         if cfg.lora_rank:
             self.policy.enable_lora(cfg.lora_rank, cfg.lora_alpha)
         self.algorithm: Algorithm = ALGORITHMS.get(cfg.algorithm)(**cfg.algorithm_settings)
         self.settings = self.algorithm.settings
         self.reward = build_reward(cfg.reward, cfg.reward_settings)
-        self.sampler = make_sampler(self.policy, cfg.num_steps, cfg.eta, cfg.logp_reduce)
+        self.sampler = make_sampler(self.policy, cfg.num_steps, cfg.eta, cfg.logp_reduce,
+                                    flow_variant=cfg.flow_variant or "flowgrpo")
         self.algorithm.setup(self.sampler)
         if self.settings.needs_reference:
             self.policy.freeze_reference()
@@ -140,9 +145,11 @@ class Trainer:
         weights are the sampling weights, and it must train every recorded transition (one update
         per inner epoch, all steps), else the graph's unused part would cost a wasted backward.
         The denoiser must compute the same in eval and train mode (no dropout, no batch norm)."""
-        wanted = self.cfg.reuse_sampling_graph
-        if wanted is None:
-            wanted = isinstance(self.policy, LatentPolicy)
+        cfg = self.cfg
+        wanted = cfg.reuse_sampling_graph
+        if wanted is None:  # only where the memory of a full-batch recompute was asked for anyway
+            full_batch = cfg.micro_batch >= cfg.images_per_round and not cfg.step_chunk
+            wanted = isinstance(self.policy, LatentPolicy) and full_batch
         s = self.settings
         trains_all = s.updates_per_round == 1 and s.timestep_fraction >= 1 and not s.drop_last_step
         mode_free = not any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
@@ -160,11 +167,13 @@ class Trainer:
         advantages = self.algorithm.advantages(rewards, traj.group_ids, traj.prompts).float()
         t2 = time.perf_counter()
         n, k = len(traj), self.sampler.num_steps
-        logp_ref_all = None
+        logp_ref_all = mean_ref_all = None
         if s.needs_reference:
             with torch.no_grad():
-                logp_ref_all, _, _ = recompute(self.policy, self.sampler, traj, torch.arange(n),
-                                               torch.arange(k).expand(n, k), cfg.guidance, reference=True)
+                logp_ref_all, mean_ref_all, _ = recompute(self.policy, self.sampler, traj, torch.arange(n),
+                                                          torch.arange(k).expand(n, k), cfg.guidance, reference=True)
+            if not getattr(s, "kl_beta", 0):  # the reference's means serve only Flow-GRPO's KL
+                mean_ref_all = None
         self.policy.denoiser.train()
         stats: dict[str, list] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
         clip_hits, clip_counts = torch.zeros(k), torch.zeros(k)
@@ -190,6 +199,7 @@ class Trainer:
                         group_ids=traj.group_ids[mb], timesteps=self.sampler.timesteps[cols], step_index=cols,
                         logp_ref=None if logp_ref_all is None else torch.gather(logp_ref_all[mb], 1, cols),
                         mean=mean, std=std,
+                        mean_ref=None if mean_ref_all is None else mean_ref_all[mb[:, None].expand_as(cols), cols],
                     )
                     loss = _check_loss(cfg.algorithm, self.algorithm.loss(batch))
                     (loss.value * cols.numel() / (len(chunk) * n_train)).backward()

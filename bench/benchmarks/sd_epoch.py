@@ -58,9 +58,9 @@ def measure_harness(args, algorithm: str) -> dict:
     cfg = RunConfig(model_path=args.model, algorithm=algorithm, reward="jpeg_compressibility", seed=args.seed,
                     algorithm_settings={"updates_per_round": 1, "inner_epochs": 1}, prompts=list(PROMPTS),
                     num_steps=args.steps, eta=args.eta, guidance=args.guidance, images_per_round=args.images,
-                    group_size=args.group_size, micro_batch=args.micro_batch, lora_rank=args.lora_rank,
-                    budgets=[args.images * args.epochs], threads=args.threads,
-                    **({} if reuse is None else {"reuse_sampling_graph": reuse}))
+                    group_size=args.group_size, micro_batch=args.micro_batch, step_chunk=args.step_chunk,
+                    lora_rank=args.lora_rank, budgets=[args.images * args.epochs], threads=args.threads,
+                    reuse_sampling_graph=reuse)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
         lines = [trainer.round() for _ in range(args.epochs)]
@@ -90,7 +90,8 @@ def _child(args, mode: str, threads: int, algorithm: str | None = None) -> list[
     cmd = [sys.executable, "-m", "bench.benchmarks.sd_epoch", "--child", "--mode", mode, "--model", args.model,
            "--threads", str(threads), "--epochs", str(args.epochs), "--images", str(args.images),
            "--group-size", str(args.group_size), "--steps", str(args.steps), "--guidance", str(args.guidance),
-           "--eta", str(args.eta), "--micro-batch", str(args.micro_batch), "--sample-batch", str(args.sample_batch),
+           "--eta", str(args.eta), "--micro-batch", str(args.micro_batch), "--step-chunk", str(args.step_chunk),
+           "--sample-batch", str(args.sample_batch),
            "--lora-rank", str(args.lora_rank), "--reuse-graph", args.reuse_graph, "--seed", str(args.seed)]
     if algorithm:
         cmd += ["--algorithm", algorithm]
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--eta", type=float, default=1.0)
     parser.add_argument("--micro-batch", type=int, default=32, help="harness: samples per forward/backward")
+    parser.add_argument("--step-chunk", type=int, default=0, help="harness: steps per forward/backward, 0 = all")
     parser.add_argument("--sample-batch", type=int, default=8, help="plain loop: images per sampling forward")
     parser.add_argument("--lora-rank", type=int, default=0)
     parser.add_argument("--reuse-graph", choices=("auto", "on", "off"), default="auto",
