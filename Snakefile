@@ -90,7 +90,7 @@ rule pretrain_clip:
 
 rule train:
     input:
-        model=lambda w: config["models"][w.model]["path"] + "/bench_model.json",
+        model=lambda w: study.model_file(config["models"][w.model]),
         prompts="results/world/prompts.json",
     output:
         RUN_DIR + "/summary.json",

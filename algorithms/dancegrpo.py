@@ -4,6 +4,10 @@ fastvideo/train_grpo_sd.py, train_grpo_flux.py; ALGORITHMS.md 5.1, 5.2, 5.5).
     A_i  = (r_i - mean_g r) / (std_g r + 1e-8),  std_g unbiased (torch.std), per prompt group
     loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)),  no KL
 
+With kl_beta > 0 it is Flow-GRPO's objective (Liu et al. 2025, yifan123/flow_grpo
+scripts/train_sd3.py; ALGORITHMS.md 5.3): + beta mean_{i,t} KL(pi_theta || pi_ref) of the Gaussian
+transitions, the reference being the frozen base weights (LoRA: the adapters switched off).
+
 One x_T is shared by the group (members differ only by the SDE noise) and the last sampler step
 is never trained. Group size is left to the study: the official recipes use 16 (SD-1.4, 4 prompts
 x 16 per GPU) and 12 (FLUX)."""
@@ -13,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
-from bench.losses import ppo_clip_loss
+from bench.losses import gaussian_kl_to_reference, ppo_clip_loss
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,11 @@ class DanceGRPOSettings(AlgorithmSettings):
     drop_last_step: bool = True  # timesteps[:, :-1]
     shuffle_timesteps: bool = True  # per-sample permutation of the time axis, as DDPO
     same_noise_per_group: bool = True  # --init_same_noise / one global_input_latents
+    kl_beta: float = 0.0  # Flow-GRPO's KL to the reference (config.train.beta); 0 = DanceGRPO, no KL
+
+    def __post_init__(self):
+        if self.kl_beta > 0:  # the trainer then keeps the reference and its transition means
+            object.__setattr__(self, "needs_reference", True)
 
 
 class DanceGRPO(Algorithm):
@@ -36,4 +45,11 @@ class DanceGRPO(Algorithm):
     settings: DanceGRPOSettings
 
     def loss(self, batch: StepBatch) -> Loss:
-        return ppo_clip_loss(batch.logp, batch.logp_old, batch.advantages, self.settings.clip_range)
+        loss = ppo_clip_loss(batch.logp, batch.logp_old, batch.advantages, self.settings.clip_range)
+        if self.settings.kl_beta <= 0:
+            return loss
+        if batch.mean_ref is None:
+            raise ValueError("kl_beta > 0 needs the reference's transition means (StepBatch.mean_ref)")
+        kl = gaussian_kl_to_reference(batch.mean, batch.mean_ref, batch.std).mean()
+        return Loss(loss.value + self.settings.kl_beta * kl, metrics={**loss.metrics, "kl_ref": kl.detach()},
+                    clipped=loss.clipped)

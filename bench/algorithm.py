@@ -46,6 +46,7 @@ class StepBatch:
     logp_ref: torch.Tensor | None = None  # (B, S) frozen reference policy, when needs_reference
     mean: torch.Tensor | None = None  # (B, S, C, H, W) current transition mean
     std: torch.Tensor | None = None  # (B, S)
+    mean_ref: torch.Tensor | None = None  # (B, S, C, H, W) frozen reference's mean (Flow-GRPO's KL)
 
 
 @dataclass

@@ -17,6 +17,10 @@ from bench.models.checkpoint import BUILTIN_FAMILIES, MANIFEST, MODEL_INDEX, PIP
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 
+# per-model keys passed to Policy.load (RunConfig.model_options)
+MODEL_OPTIONS = ("resolution", "mixed_precision")
+
+
 class ConfigError(ValueError):
     """A study config that cannot run; the message names the key."""
 
@@ -123,7 +127,7 @@ def check_model(name: str, model: dict, check_paths: bool) -> None:
     if family not in BUILTIN_FAMILIES and family not in MODELS.names():
         raise ConfigError(f"config key 'models.{name}.family': unknown model family {family!r}; known: "
                           + ", ".join(sorted(set(BUILTIN_FAMILIES) | set(MODELS.names()))))
-    options = sorted(set(model) & {"resolution", "mixed_precision"})
+    options = sorted(set(model) & set(MODEL_OPTIONS))
     if family == "embedded" and options:
         raise ConfigError(f"config key 'models.{name}.{options[0]}': the embedded family takes no such option")
     if not check_paths:
@@ -181,13 +185,31 @@ def run_config(config: dict, key: RunKey) -> dict:
     reward = next(r for r in config["rewards"] if reward_label(r) == key.reward)
     settings = dict(config["algorithms"][key.algorithm] or {})
     algorithm = settings.pop("plugin", key.algorithm)
+    model = config["models"][key.model]
+    sampling = dict(config["sampling"])
+    variant = sampling.pop("flow_variant", None) or ("dancegrpo" if algorithm == "dancegrpo" else "flowgrpo")
     return {
-        "model_path": config["models"][key.model]["path"],
+        "model_path": model["path"],
+        "model_options": {k: model[k] for k in MODEL_OPTIONS if k in model},
         "algorithm": algorithm,
         "algorithm_settings": settings,
         "reward": reward,
         "seed": key.seed,
         "reward_settings": config["reward_settings"],
-        **config["sampling"],
+        # the flow SDE only where the model samples one: a DDIM run's key stays free of it
+        "flow_variant": variant if model_objective(model) == "flow" else None,
+        **sampling,
         **config["train"],
     }
+
+
+def model_objective(model: dict) -> str:
+    """'flow' or 'epsilon' (v-prediction counts as 'epsilon': DDIM samples it): the family's, or
+    for an embedded model the shipped manifest's spec, else the objective its pretrain rule uses."""
+    family = model.get("family", "embedded")
+    if family in PIPELINE_FAMILIES.values():
+        return "flow" if family == "flow" else "epsilon"
+    manifest = Path(model["path"]) / MANIFEST
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("spec", {}).get("objective", "epsilon")
+    return model.get("pretrain", {}).get("objective", "epsilon")

@@ -92,9 +92,9 @@ class Evaluator:
         self.rewards = {name: build_reward(name, evaluation.get("reward_settings")) for name in evaluation["rewards"]}
         self.quality = (QualityJudge(evaluation["clip_model"], self.prompts, evaluation["images_per_prompt"],
                                      evaluation["seed"]) if evaluation.get("clip_model") else None)
-        self.policy = Policy.load(run_cfg["model_path"])
+        self.policy = Policy.load(run_cfg["model_path"], **run_cfg.get("model_options", {}))
         self.sampler = make_sampler(self.policy, run_cfg["num_steps"], run_cfg["eta"],
-                                    run_cfg.get("logp_reduce", "mean"))
+                                    run_cfg.get("logp_reduce", "mean"), run_cfg.get("flow_variant") or "flowgrpo")
 
     def __call__(self, budget: int, device_seconds: float, grid: Path) -> dict:
         images = sample_images(self.policy, self.sampler, self.prompts, self.run_cfg["guidance"],

@@ -21,3 +21,14 @@ def ppo_clip_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
         removed = ((a > 0) & (ratio > 1 + clip_range)) | ((a < 0) & (ratio < 1 - clip_range))
         outside = ((ratio - 1).abs() > clip_range).float().mean()
     return Loss(torch.maximum(unclipped, clipped).mean(), metrics={"clipfrac_ratio": outside}, clipped=removed)
+
+
+def gaussian_kl_to_reference(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2 I) || N(mean_ref, std^2 I)) per transition, averaged over dimensions:
+    mean_dims((mean - mean_ref)^2) / (2 std^2), (B, S). Flow-GRPO's `kl_loss` (ALGORITHMS.md 5.3)
+    divides by its std_dev_t^2, which lacks the sqrt(dt) of the step's std: its value is this one
+    times |dt|, so its beta corresponds to beta x |dt| here.
+
+    mean, mean_ref: (B, S, C, H, W); std: (B, S)."""
+    sq = (mean.float() - mean_ref.float()).pow(2).flatten(2).mean(-1)  # (B, S)
+    return sq / (2 * std.float().pow(2))

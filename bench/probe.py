@@ -103,11 +103,11 @@ class Prober:
         torch.set_num_threads(threads)
         self.run_cfg, self.probe = run_cfg, probe
         torch.manual_seed(run_cfg["seed"])  # the order of the trainer's set-up: seed, load, LoRA
-        self.policy = Policy.load(run_cfg["model_path"])
+        self.policy = Policy.load(run_cfg["model_path"], **run_cfg.get("model_options", {}))
         if run_cfg.get("lora_rank"):
             self.policy.enable_lora(run_cfg["lora_rank"], run_cfg.get("lora_alpha"))
         self.sampler = make_sampler(self.policy, run_cfg["num_steps"], run_cfg["eta"],
-                                    run_cfg.get("logp_reduce", "mean"))
+                                    run_cfg.get("logp_reduce", "mean"), run_cfg.get("flow_variant") or "flowgrpo")
         self.algo_cls = ALGORITHMS.get(run_cfg["algorithm"])
         self.reward = build_reward(run_cfg["reward"], run_cfg.get("reward_settings"))
         self.prompts = probe_prompts(probe["minibatches"], probe["seed"])

@@ -79,13 +79,14 @@ def recursive_run(run_dir: str | Path, run_cfg: dict, settings: RecursiveSetting
     run_dir = Path(run_dir)
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    policy = Policy.load(run_cfg["model_path"])
+    policy = Policy.load(run_cfg["model_path"], **run_cfg.get("model_options", {}))
     final = run_dir / "checkpoints" / str(max(run_cfg["budgets"]))
     start = "base"
     if (final / "state.json").is_file():
         policy.load_denoiser_state(final)
         start = f"checkpoint {final.name}"
-    sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"])
+    sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"),
+                           run_cfg.get("flow_variant") or "flowgrpo")
     reward = build_reward(run_cfg["reward"], run_cfg.get("reward_settings"))
     eval_set = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
                 for _ in range(evaluation["images_per_prompt"])]
