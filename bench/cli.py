@@ -63,8 +63,10 @@ def cmd_pretrain_clip(args) -> None:
 
 def cmd_train(args) -> None:
     _threads(args.threads)
+    from bench.distributed import init_from_env
     from bench.train import RunConfig, train
 
+    init_from_env()  # under torchrun: one process of a distributed run (bench.distributed)
     cfg = RunConfig(**json.loads(args.run_config), threads=args.threads)
     if args.prompts:
         cfg.prompts = json.loads(Path(args.prompts).read_text())["train"]

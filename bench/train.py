@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from bench.algorithm import Algorithm, Loss, StepBatch
+from bench.distributed import World
 from bench.io import atomic_write_json, atomic_write_text, replace_dir
 from bench.models.latent import LatentPolicy
 from bench.models.policy import Policy
@@ -128,15 +130,18 @@ class Trainer:
         self.images_seen = 0
         self.seconds = 0.0
         self.reuse_graph = self._can_reuse_graph()
+        self.world = World.current()  # several processes under torchrun (bench.distributed), else one
 
     # ---- one round -----------------------------------------------------------------------
     def sample_round(self):
         n_prompts = self.cfg.images_per_round // self.group_size
         chosen = self.rng.choice(len(self.cfg.prompts), size=n_prompts, replace=len(self.cfg.prompts) < n_prompts)
-        prompts = [self.cfg.prompts[i] for i in chosen for _ in range(self.group_size)]
-        group_ids = torch.arange(n_prompts).repeat_interleave(self.group_size)
+        share = self.world.share(n_prompts)  # this process's prompt groups (one process: all)
+        prompts = [self.cfg.prompts[i] for i in chosen[share] for _ in range(self.group_size)]
+        group_ids = torch.arange(n_prompts)[share].repeat_interleave(self.group_size)
+        generator = self.world.sample_generator(self.cfg.seed, self.images_seen, self.generator)
         self.policy.denoiser.eval()
-        traj = rollout(self.policy, self.sampler, prompts, self.cfg.guidance, self.generator, group_ids,
+        traj = rollout(self.policy, self.sampler, prompts, self.cfg.guidance, generator, group_ids,
                        self.settings.same_noise_per_group, keep_graph=self.reuse_graph)
         return traj
 
@@ -164,9 +169,14 @@ class Trainer:
         t1 = time.perf_counter()
         rewards, info = self.reward(self.policy.decode(traj.x0), traj.prompts, {"group_ids": traj.group_ids})
         rewards = rewards.float()
-        advantages = self.algorithm.advantages(rewards, traj.group_ids, traj.prompts).float()
+        # the whole round's statistics on every process; each trains its own rows (one process: all)
+        rewards_all, group_ids_all = self.world.gather(rewards), self.world.gather(traj.group_ids)
+        prompts_all = self.world.gather_list(traj.prompts)
+        advantages_all = self.algorithm.advantages(rewards_all, group_ids_all, prompts_all).float()
         t2 = time.perf_counter()
         n, k = len(traj), self.sampler.num_steps
+        own = self.world.rows(n)
+        rewards, advantages = rewards_all[own], advantages_all[own]
         logp_ref_all = mean_ref_all = None
         if s.needs_reference:
             with torch.no_grad():
@@ -179,15 +189,18 @@ class Trainer:
         clip_hits, clip_counts = torch.zeros(k), torch.zeros(k)
         extra: dict[str, list] = {}
         for _ in range(s.inner_epochs):
-            chunks = self._update_chunks(traj)
-            steps = trained_steps(n, k, s.timestep_fraction, s.drop_last_step, s.shuffle_timesteps, self.generator)
+            chunks = self._update_chunks(group_ids_all)
+            steps = trained_steps(len(group_ids_all), k, s.timestep_fraction, s.drop_last_step, s.shuffle_timesteps,
+                                  self.generator)[own]
             n_train = steps.shape[1]
-            for chunk in chunks:
+            for part in chunks:
+                chunk = self.world.own(part, n)  # this process's samples of the step
                 self.optimiser.zero_grad(set_to_none=True)
                 # only the round's first update still has the sampling weights; the graph holds
                 # every sample, so it is backpropagated once, whatever the micro-batch size
                 graph, traj.graph = traj.graph, None
                 batches = [(chunk, steps[chunk])] if graph is not None else self._micro_batches(chunk, steps)
+                batches = batches if len(chunk) else []
                 for mb, cols in batches:
                     if graph is not None:
                         logp, mean, std = graph.select(mb, cols)
@@ -202,7 +215,7 @@ class Trainer:
                         mean_ref=None if mean_ref_all is None else mean_ref_all[mb[:, None].expand_as(cols), cols],
                     )
                     loss = _check_loss(cfg.algorithm, self.algorithm.loss(batch))
-                    (loss.value * cols.numel() / (len(chunk) * n_train)).backward()
+                    (loss.value * cols.numel() / (len(part) * n_train)).backward()  # the global step's mean
                     with torch.no_grad():
                         delta = logp.detach() - logp_old
                         stats["loss"].append(loss.value.item())
@@ -213,23 +226,24 @@ class Trainer:
                             clip_counts.index_add_(0, cols.flatten(), torch.ones(cols.numel()))
                         for key, value in loss.metrics.items():
                             extra.setdefault(key, []).append(float(value))
+                self.world.sum_gradients(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise DivergedError(f"algorithm {cfg.algorithm!r}: non-finite gradient norm")
                 stats["grad_norm"].append(grad_norm.item())
                 self.optimiser.step()
         t3 = time.perf_counter()
-        self.images_seen += n
+        self.images_seen += len(group_ids_all)
         self.seconds += t3 - t0
         mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
-        components = {f"reward/{k}": float(v.mean()) for k, v in info.items() if torch.is_tensor(v)}
+        components = {f"reward/{k}": float(self.world.gather(v).mean()) for k, v in info.items() if torch.is_tensor(v)}
         return {
             "images_seen": self.images_seen,
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
+            "reward_mean": float(rewards_all.mean()),
+            "reward_std": float(rewards_all.std(unbiased=False)),
             **components,
-            "adv_abs_mean": float(advantages.abs().mean()),
-            "zero_spread_groups": zero_spread_fraction(rewards, traj.group_ids),
+            "adv_abs_mean": float(advantages_all.abs().mean()),
+            "zero_spread_groups": zero_spread_fraction(rewards_all, group_ids_all),
             "trained_steps_per_sample": n_train,
             "loss": mean(stats["loss"]),
             "approx_kl": mean(stats["approx_kl"]),
@@ -245,16 +259,16 @@ class Trainer:
             "peak_memory_mb": _peak_memory_mb(),
         }
 
-    def _update_chunks(self, traj) -> list[torch.Tensor]:
-        """Sample indices of each optimiser step of one inner epoch (whole groups when the loss pairs
-        group members)."""
+    def _update_chunks(self, group_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Sample indices (of the whole round, group_ids (N,)) of each optimiser step of one inner
+        epoch (whole groups when the loss pairs group members)."""
         parts = self.settings.updates_per_round
         if self.algorithm.whole_groups:
-            groups = torch.unique(traj.group_ids)
+            groups = torch.unique(group_ids)
             groups = groups[torch.randperm(len(groups), generator=self.generator)]
-            return [torch.cat([torch.nonzero(traj.group_ids == g).flatten() for g in part])
+            return [torch.cat([torch.nonzero(group_ids == g).flatten() for g in part])
                     for part in torch.tensor_split(groups, parts) if len(part)]
-        order = torch.randperm(len(traj), generator=self.generator)
+        order = torch.randperm(len(group_ids), generator=self.generator)
         return [c for c in torch.tensor_split(order, parts) if len(c)]
 
     def _micro_batches(self, chunk: torch.Tensor, steps: torch.Tensor):
@@ -271,6 +285,8 @@ class Trainer:
 
     # ---- the run -------------------------------------------------------------------------
     def checkpoint(self, budget: int) -> None:
+        if not self.world.main:  # the weights are the same in every process
+            return
         folder = self.out / "checkpoints" / str(budget)
         tmp = folder.with_name(f".{budget}.tmp")
         if tmp.exists():
@@ -284,7 +300,10 @@ class Trainer:
     # ---- resuming ------------------------------------------------------------------------
     def _save_state(self, rounds_done: int) -> None:
         """Everything needed to continue bit-for-bit: weights, optimiser, every RNG, the
-        algorithm's cross-round state; swapped into place atomically."""
+        algorithm's cross-round state; swapped into place atomically. (The other processes of a
+        distributed run hold the same state, but for their sampling noise, seeded per round.)"""
+        if not self.world.main:
+            return
         tmp = self.out / ".state.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -322,16 +341,19 @@ class Trainer:
 
     # ---- the run -------------------------------------------------------------------------
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "run_config.json", asdict(self.cfg))
+        main = self.world.main  # the other processes of a distributed run write nothing
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "run_config.json", asdict(self.cfg))
         budgets = sorted(self.cfg.budgets)
         rounds = math.ceil(budgets[-1] / self.cfg.images_per_round)
         done = self._restore()
         log_path = self.out / "log.jsonl"
         kept = log_path.read_text().splitlines()[:done] if done and log_path.is_file() else []
-        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        if main:
+            atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         status, error = "finished", None
-        with open(log_path, "a") as log:
+        with open(log_path if main else os.devnull, "a") as log:
             try:
                 for i in range(done, rounds):
                     line = {"round": i, **self.round()}
@@ -347,7 +369,8 @@ class Trainer:
         summary = {"status": status, "error": error, "images_seen": self.images_seen,
                    "device_seconds": self.seconds, "peak_memory_mb": _peak_memory_mb(),
                    "algorithm": self.cfg.algorithm, "settings": asdict(self.settings)}
-        atomic_write_json(self.out / "summary.json", summary)
+        if main:
+            atomic_write_json(self.out / "summary.json", summary)
         return summary
 
 
