@@ -19,6 +19,7 @@ SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
 # per-model keys passed to Policy.load (RunConfig.model_options)
 MODEL_OPTIONS = ("resolution", "mixed_precision")
+FLOW_VARIANTS = ("flowgrpo", "dancegrpo")  # bench.sampling.FlowSDESampler
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,8 @@ def validate(config: dict, check_paths: bool = True) -> dict:
     for label, settings in config["algorithms"].items():
         settings = dict(settings or {})
         ref = settings.pop("plugin", label)
+        if settings.pop("flow_variant", "flowgrpo") not in FLOW_VARIANTS:
+            raise ConfigError(f"config key 'algorithms.{label}.flow_variant': one of {list(FLOW_VARIANTS)}")
         try:
             algo = ALGORITHMS.get(ref)(**settings)
         except (KeyError, PluginError, ValueError, TypeError) as exc:
@@ -187,7 +190,10 @@ def run_config(config: dict, key: RunKey) -> dict:
     algorithm = settings.pop("plugin", key.algorithm)
     model = config["models"][key.model]
     sampling = dict(config["sampling"])
-    variant = sampling.pop("flow_variant", None) or ("dancegrpo" if algorithm == "dancegrpo" else "flowgrpo")
+    # the algorithm's own flow_variant, else the study's, else the SDE its paper samples with
+    variant = (settings.pop("flow_variant", None) or sampling.pop("flow_variant", None)
+               or ("dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"))
+    sampling.pop("flow_variant", None)
     return {
         "model_path": model["path"],
         "model_options": {k: model[k] for k in MODEL_OPTIONS if k in model},

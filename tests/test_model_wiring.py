@@ -94,3 +94,16 @@ def test_flowgrpo_kl_term(pipelines, tmp_path):
     assert Trainer(cfg, out).run()["status"] == "finished"
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert lines[0]["kl_ref"] == 0.0 and lines[1]["kl_ref"] > 0
+
+
+def test_the_flow_preset_validates_with_its_variants():
+    from pathlib import Path
+
+    config = study.load(Path(__file__).resolve().parent.parent / "config" / "flow.yaml", check_paths=False)
+    cfg = {k.algorithm: study.run_config(config, k) for k in study.runs(config)}
+    assert cfg["flowgrpo"]["algorithm"] == "dancegrpo" and cfg["flowgrpo"]["flow_variant"] == "flowgrpo"
+    assert "flow_variant" not in cfg["flowgrpo"]["algorithm_settings"]
+    assert cfg["dancegrpo"]["flow_variant"] == "dancegrpo" and cfg["pcpo"]["flow_variant"] == "flowgrpo"
+    bad = {**config, "algorithms": {"x": {"plugin": "dancegrpo", "flow_variant": "ode"}}}
+    with pytest.raises(study.ConfigError, match=r"algorithms\.x\.flow_variant"):
+        study.validate(bad, check_paths=False)

@@ -1,0 +1,52 @@
+"""The embedded base model pretrained with the rectified-flow objective (the shipped dit16-flow's
+family at toy size): it samples with the flow SDEs, every registered algorithm trains two RL
+rounds on it, and PCPO's flow weights (ALGORITHMS.md 6.5, option F1) apply to its schedule."""
+
+import json
+
+import pytest
+import torch
+
+from bench.models.policy import Policy
+from bench.registry import ALGORITHMS
+from bench.sampling import FlowSDESampler
+from bench.train import RunConfig, Trainer
+
+PROMPTS = ["a red circle on the left", "two small blue squares"]
+
+
+@pytest.fixture(scope="module")
+def tiny_flow_model(tmp_path_factory):
+    from bench.models.embedded import EmbeddedSpec
+    from bench.world.pretrain import pretrain
+
+    spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1, objective="flow")
+    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec,
+                    progress=False)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS.names())
+def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
+    variant = "dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"
+    cfg = RunConfig(model_path=str(tiny_flow_model), algorithm=algorithm, reward="jpeg_compressibility",
+                    prompts=PROMPTS, num_steps=4, eta=0.7, images_per_round=4, group_size=2, budgets=[4, 8],
+                    lr=1e-3, flow_variant=variant)
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert isinstance(trainer.sampler, FlowSDESampler) and trainer.sampler.variant == variant
+    summary = trainer.run()
+    assert summary["status"] == "finished", summary["error"]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
+    base = dict(Policy.load(tiny_flow_model).denoiser.named_parameters())
+    assert any(not torch.equal(p, base[n]) for n, p in trainer.policy.denoiser.named_parameters())
+
+
+def test_pcpo_flow_weights_on_the_embedded_flow_model(tiny_flow_model, tmp_path):
+    cfg = RunConfig(model_path=str(tiny_flow_model), algorithm="pcpo", reward="jpeg_compressibility",
+                    prompts=PROMPTS, num_steps=6, eta=0.7, images_per_round=4, group_size=2, budgets=[4])
+    trainer = Trainer(cfg, tmp_path / "run")
+    sampler = trainer.sampler
+    assert sampler.family == "flow"
+    dt = sampler.sigmas[:-1] - sampler.sigmas[1:]
+    product = trainer.algorithm.multipliers * sampler.native_weights()  # option F1: m_i w(t_i) = zeta dt_i
+    torch.testing.assert_close(product / product.sum(), dt / dt.sum(), rtol=1e-5, atol=0)
