@@ -67,7 +67,7 @@ def cmd_train(args) -> None:
     from bench.train import RunConfig, train
 
     init_from_env()  # under torchrun: one process of a distributed run (bench.distributed)
-    cfg = RunConfig(**json.loads(args.run_config), threads=args.threads)
+    cfg = RunConfig(**{**json.loads(args.run_config), "threads": args.threads})  # a run_config.json too
     if args.prompts:
         cfg.prompts = json.loads(Path(args.prompts).read_text())["train"]
     summary = train(cfg, args.out)
