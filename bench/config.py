@@ -194,16 +194,18 @@ def run_config(config: dict, key: RunKey) -> dict:
     variant = (settings.pop("flow_variant", None) or sampling.pop("flow_variant", None)
                or ("dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"))
     sampling.pop("flow_variant", None)
+    # model_options and flow_variant only where they say something (an embedded DDIM run's config,
+    # hence its Snakemake params and resumable state, stay as they were; RunConfig's defaults apply)
+    options = {k: model[k] for k in MODEL_OPTIONS if k in model}
     return {
         "model_path": model["path"],
-        "model_options": {k: model[k] for k in MODEL_OPTIONS if k in model},
+        **({"model_options": options} if options else {}),
         "algorithm": algorithm,
         "algorithm_settings": settings,
         "reward": reward,
         "seed": key.seed,
         "reward_settings": config["reward_settings"],
-        # the flow SDE only where the model samples one: a DDIM run's key stays free of it
-        "flow_variant": variant if model_objective(model) == "flow" else None,
+        **({"flow_variant": variant} if model_objective(model) == "flow" else {}),
         **sampling,
         **config["train"],
     }
