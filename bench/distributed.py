@@ -85,14 +85,17 @@ class World:
         return indices[(indices >= lo) & (indices < lo + n_local)] - lo
 
     def sum_gradients(self, params: list[torch.Tensor]) -> None:
-        """Sum the gradients over processes in one flat all-reduce (a missing one counts as zero)."""
+        """Sum the gradients over processes in one flat all-reduce (a missing one counts as zero;
+        a parameter no process reached keeps no gradient, so the optimiser skips it as in one
+        process)."""
         if self.size == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         for p, g in zip(params, torch.split(flat, [g.numel() for g in grads]), strict=True):
-            p.grad = g.view_as(p).clone()
+            unreached = p.grad is None and not g.any()
+            p.grad = None if unreached else g.view_as(p).clone()
 
     def barrier(self) -> None:
         if self.size > 1:
