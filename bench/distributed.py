@@ -11,7 +11,9 @@ step with the loss normalised by the step's global sample count, and the gradien
 over processes before clipping and the step: the global-batch average (the ddpo-pytorch#10 bug
 averaged per process). This is what DistributedDataParallel's all-reduce does, done on the
 trainable parameters directly because the policy calls its denoiser inside the sampler loop.
-Process 0 alone writes the log, checkpoints and resumable states. A lone process is World(0, 1),
+Process 0 alone writes the log, checkpoints and resumable states; the log's reward, advantage and
+zero-spread columns are the whole round's, its loss, approx_kl, clipfrac and algorithm metrics
+process 0's share (the same in expectation). A lone process is World(0, 1),
 and every method is then the identity: the single-process path is unchanged, bit for bit.
 """
 
@@ -62,11 +64,12 @@ class World:
         return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenation over processes (rank order) along dim 0; equal shapes."""
+        """Concatenation over processes (rank order) along dim 0; equal shapes (a scalar counts as
+        one row)."""
         if self.size == 1:
             return t
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        x = t.detach().to(device).contiguous()
+        x = t.detach().to(device).reshape(-1, *t.shape[1:]).contiguous()
         parts = [torch.empty_like(x) for _ in range(self.size)]
         dist.all_gather(parts, x)
         return torch.cat(parts).to(t.device)
