@@ -328,7 +328,9 @@ class Trainer:
             return 0
         state = torch.load(state_dir / "trainer.pt", weights_only=False)
         if state["run_config"] != self._config_key():
-            shutil.rmtree(state_dir)  # an interrupted run of another config: start over
+            self.world.barrier()  # every process has read it before process 0 removes it
+            if self.world.main:
+                shutil.rmtree(state_dir)  # an interrupted run of another config: start over
             return 0
         self.policy.load_denoiser_state(state_dir)
         self.optimiser.load_state_dict(state["optimiser"])

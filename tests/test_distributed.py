@@ -1,7 +1,8 @@
 """One run across processes (bench.distributed; gloo on CPU, 2 processes spawned here): N processes
 x k micro-batches give the same update as 1 process x N k micro-batches on the same round (the
 average is over the global batch, ddpo-pytorch#10), with the same advantages; a real distributed
-run samples different noise per process, keeps the processes' weights equal and writes once."""
+run samples different noise per process, keeps the processes' weights equal, writes once, and a
+killed one resumes to the weights and log of an uninterrupted one."""
 
 import json
 import os
@@ -64,6 +65,13 @@ def _worker(rank: int, port: int, job: str, model: str, algorithm: str, out: str
             line, params = _one_round(model, algorithm, Path(out) / "unused")
         else:
             trainer = Trainer(_cfg(model, algorithm), Path(out) / "run")
+            if job == "crash":  # killed during the second round, after the first round's state
+                first = trainer.round
+                calls = []
+                trainer.round = lambda: first() if not calls.append(1) and len(calls) == 1 else 1 / 0
+                with pytest.raises(ZeroDivisionError):
+                    trainer.run()
+                return
             line = trainer.run()
             params = torch.cat([p.detach().flatten() for p in trainer.params])
             line["first_noise"] = trainer.sample_round().latents[:, 0].flatten()[:8].tolist()
@@ -76,8 +84,10 @@ def _spawn(job: str, model, algorithm: str, out: Path) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    out.mkdir(parents=True, exist_ok=True)
     mp.spawn(_worker, args=(port, job, str(model), algorithm, str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    files = [out / f"rank{r}.pt" for r in range(WORLD)]
+    return [torch.load(f, weights_only=False) for f in files if f.is_file()]
 
 
 @pytest.mark.parametrize("algorithm", ["ddpo_is", "dancegrpo", "prdp"])
@@ -115,3 +125,16 @@ def test_a_lone_process_is_the_identity():
     assert world.sample_generator(0, 0, g) is g
     with pytest.raises(ValueError, match="multiple of the process count"):
         World(0, 2).share(3)
+
+
+def test_a_killed_distributed_run_resumes_to_the_same_weights(tiny_model, tmp_path):
+    whole = _spawn("run", tiny_model, "dancegrpo", tmp_path / "whole")
+    _spawn_crash = _spawn("crash", tiny_model, "dancegrpo", tmp_path / "resumed")
+    assert _spawn_crash == [] and len((tmp_path / "resumed" / "run" / "log.jsonl").read_text().splitlines()) == 1
+    resumed = _spawn("run", tiny_model, "dancegrpo", tmp_path / "resumed")
+    for a, b in zip(whole, resumed, strict=True):
+        assert torch.equal(a["params"], b["params"])
+    logs = [(tmp_path / d / "run" / "log.jsonl").read_text().splitlines() for d in ("whole", "resumed")]
+    timing = ("seconds", "peak_memory")
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if not k.startswith(timing)}  # noqa: E731
+    assert [strip(x) for x in logs[0]] == [strip(x) for x in logs[1]]
