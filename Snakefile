@@ -3,6 +3,7 @@
 # is one `python -m bench <command>`, so each stage also runs by hand.
 import json
 import sys
+from pathlib import Path
 
 from bench import config as study
 
@@ -42,6 +43,11 @@ def base_run_config(model, reward=None, algorithm=None):
     return json.dumps(study.run_config(config, study.RunKey(model, reward, algorithm, config["seeds"][0])))
 
 
+# a run across several GPUs (resources.train.gpu > 1) is one torchrun job, a process per GPU
+# (bench/distributed.py); otherwise one process
+_GPUS = config["resources"]["train"].get("gpu", 0)
+TRAIN = (f"{Path(PY).with_name('torchrun')} --standalone --nproc-per-node {_GPUS} -m bench" if _GPUS > 1
+         else f"{PY} -m bench")
 EVALUATION = json.dumps({**config["evaluation"], "reward_settings": config["reward_settings"]})
 
 
@@ -104,8 +110,7 @@ rule train:
     benchmark:
         "results/benchmarks/train/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m bench train --run-config {params.run:q} --prompts {input.prompts} "
-        "--out $(dirname {output}) > {log} 2>&1"
+        "{TRAIN} train --run-config {params.run:q} --prompts {input.prompts} --out $(dirname {output}) > {log} 2>&1"
 
 
 rule evaluate_base:

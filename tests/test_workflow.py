@@ -128,3 +128,14 @@ def test_the_slurm_profile_dry_runs_the_study():
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rule train" in done.stdout + done.stderr
+
+
+def test_a_multi_gpu_train_job_is_one_torchrun_launch(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    cfg.setdefault("resources", {})["train"] = {"gpu": 2}
+    path = tmp_path / "two_gpus.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([str(SNAKEMAKE), "-n", "-p", "--configfile", str(path), "--forcerun", "train"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torchrun --standalone --nproc-per-node 2 -m bench train" in done.stdout
