@@ -27,10 +27,15 @@ IMPROVEMENT_METRICS = ["reward/{reward}", "attribute/mean", "-quality/fid", "div
 PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
 
 
+GENERATED = ("results/tables", "results/citable.json", "report")
+
+
 def provenance(cfg: dict) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # the study's own outputs (tables, citable.json, the report) are rewritten by design
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     *(f":(exclude){p}" for p in GENERATED)],
                                     capture_output=True, text=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False

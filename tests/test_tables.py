@@ -49,3 +49,23 @@ def test_summarise_skips_censored_seeds_and_counts_the_rest():
     rows = _seed_rows({"a": [1.0, float("nan"), 3.0]})
     row = tables.summarise(rows, STATS).iloc[0]
     assert row["n_seeds"] == 2 and np.isclose(row["mean"], 2.0)
+
+
+def test_the_commit_stamp_is_dirty_for_changed_code_not_for_rewritten_outputs(tmp_path, monkeypatch):
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
+                                    check=True, capture_output=True)
+    (tmp_path / "results" / "tables").mkdir(parents=True)
+    (tmp_path / "report").mkdir()
+    for name in ("code.py", "results/tables/eval.csv", "results/citable.json", "report/index.html"):
+        (tmp_path / name).write_text("v1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    for name in ("results/tables/eval.csv", "results/citable.json", "report/index.html"):
+        (tmp_path / name).write_text("v2")
+    assert not tables.provenance({"study": "t", "seeds": [0]})["commit"].endswith("+dirty")
+    (tmp_path / "code.py").write_text("v2")
+    assert tables.provenance({"study": "t", "seeds": [0]})["commit"].endswith("+dirty")
