@@ -3,7 +3,6 @@
 # is one `python -m bench <command>`, so each stage also runs by hand.
 import json
 import sys
-from pathlib import Path
 
 from bench import config as study
 
@@ -36,18 +35,10 @@ def run_config(w):
 
 
 def base_run_config(model, reward=None, algorithm=None):
-    """A run config standing for every run that shares the base model's evaluation (a model) or
-    probe (a model x reward x algorithm); the commands check the key before reusing it."""
-    reward = reward or study.reward_label(config["rewards"][0])
-    algorithm = algorithm or next(iter(config["algorithms"]))
-    return json.dumps(study.run_config(config, study.RunKey(model, reward, algorithm, config["seeds"][0])))
+    return json.dumps(study.run_config(config, study.base_run_key(config, model, reward, algorithm)))
 
 
-# a run across several GPUs (resources.train.gpu > 1) is one torchrun job, a process per GPU
-# (bench/distributed.py); otherwise one process
-_GPUS = config["resources"]["train"].get("gpu", 0)
-TRAIN = (f"{Path(PY).with_name('torchrun')} --standalone --nproc-per-node {_GPUS} -m bench" if _GPUS > 1
-         else f"{PY} -m bench")
+TRAIN = study.train_command(config, PY)
 EVALUATION = json.dumps({**config["evaluation"], "reward_settings": config["reward_settings"]})
 
 

@@ -183,6 +183,22 @@ def runs(config: dict) -> list[RunKey]:
     ]
 
 
+def base_run_key(config: dict, model: str, reward: str | None = None, algorithm: str | None = None) -> RunKey:
+    """A run standing for every run that shares the base model's evaluation (a model) or probe (a
+    model x reward x algorithm); the commands compare the settings they depend on before reusing it."""
+    return RunKey(model, reward or reward_label(config["rewards"][0]), algorithm or next(iter(config["algorithms"])),
+                  config["seeds"][0])
+
+
+def train_command(config: dict, python: str) -> str:
+    """How a train job starts: with resources.train.gpu > 1 one torchrun launch, a process per GPU
+    (bench/distributed.py); otherwise one process."""
+    gpus = config["resources"]["train"].get("gpu", 0)
+    if gpus > 1:
+        return f"{Path(python).with_name('torchrun')} --standalone --nproc-per-node {gpus} -m bench"
+    return f"{python} -m bench"
+
+
 def run_config(config: dict, key: RunKey) -> dict:
     """The keyword arguments of bench.train.RunConfig for one run of the grid."""
     reward = next(r for r in config["rewards"] if reward_label(r) == key.reward)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, read_shared
 from bench.models.policy import Policy
 from bench.reward import build_reward
 from bench.rollout import make_sampler, rollout
@@ -128,9 +128,7 @@ def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: 
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluate = Evaluator(run_cfg, evaluation, threads)
-    shared = json.loads(Path(base).read_text()) if base is not None and Path(base).is_file() else None
-    if shared is not None and shared["key"] != json.loads(json.dumps(base_key(run_cfg, evaluation))):
-        shared = None
+    shared = read_shared(base, base_key(run_cfg, evaluation))
     rows = []
     checkpoints = [(0, None)] + [(b, run_dir / "checkpoints" / str(b)) for b in sorted(run_cfg["budgets"])]
     for budget, folder in checkpoints:

@@ -38,3 +38,12 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def read_shared(path: str | Path | None, key: dict) -> dict | None:
+    """A shared result {"key": ..., "row": ...} (the base model's evaluation or probe) when the file
+    exists and was made for exactly this key (compared as JSON), else None: compute it yourself."""
+    if path is None or not Path(path).is_file():
+        return None
+    shared = json.loads(Path(path).read_text())
+    return shared if shared["key"] == json.loads(json.dumps(key)) else None

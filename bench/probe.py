@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bench.algorithm import StepBatch
-from bench.io import atomic_write_json
+from bench.io import atomic_write_json, read_shared
 from bench.metrics.gradient_variance import credit_share, gini, gradient_statistics, max_min_ratio
 from bench.models.policy import Policy
 from bench.registry import ALGORITHMS
@@ -92,7 +92,7 @@ _NOT_BASE = ("seed", "budgets", "threads", "state_every", "prompts", "micro_batc
 def base_key(run_cfg: dict, probe: dict) -> dict:
     lora = bool(run_cfg.get("lora_rank"))
     run = {k: v for k, v in run_cfg.items() if k not in _NOT_BASE or (lora and k == "seed")}
-    return json.loads(json.dumps({"run": run, "probe": probe}))
+    return {"run": run, "probe": probe}
 
 
 class Prober:
@@ -136,9 +136,7 @@ def probe_run(run_dir: str | Path, run_cfg: dict, probe: dict, threads: int = 1,
     from probe_base; its row is used when its key matches this run's, else the base is probed here."""
     run_dir = Path(run_dir)
     prober = Prober(run_cfg, probe, threads)
-    shared = json.loads(Path(base).read_text()) if base is not None and Path(base).is_file() else None
-    if shared is not None and shared["key"] != base_key(run_cfg, probe):
-        shared = None
+    shared = read_shared(base, base_key(run_cfg, probe))
     rows = [shared["row"]] if shared is not None else [prober(0)]
     for budget in sorted(run_cfg["budgets"]):
         folder = run_dir / "checkpoints" / str(budget)
