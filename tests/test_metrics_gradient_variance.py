@@ -102,3 +102,27 @@ def test_per_step_gradient_norms_feed_credit_share():
     assert norms.shape == (2, 3)
     assert torch.allclose(norms[1], weights * math.sqrt(5.0))
     assert torch.allclose(gv.credit_share(norms), (weights / weights.sum()).double())
+
+
+def test_at_the_probes_k_the_bias_corrected_snr_is_near_truth_and_the_plain_one_sits_1_over_k_above():
+    # K = 8 minibatch gradients of known mean b and covariance A A^T, 2000 replicate probes:
+    # E ||mean||^2 = ||b||^2 + tr Sigma / K, so the plain SNR is biased by ~1/K = 0.125, while the
+    # corrected numerator ||mean||^2 - tr S / K is unbiased for ||b||^2 (tr S is unbiased)
+    gen = torch.Generator().manual_seed(5)
+    p, d, k, reps = 200, 200, 8, 2000
+    a = torch.randn(p, d, generator=gen, dtype=torch.float64) / math.sqrt(d)  # tr Sigma ~ p
+    sigma_tr = float((a @ a.T).trace())
+    b = torch.randn(p, generator=gen, dtype=torch.float64)
+    b = b / b.norm() * math.sqrt(0.3 * sigma_tr)  # true SNR 0.3: a weak signal, near the floor
+    truth = float(b.square().sum()) / sigma_tr
+    numerators, plain, corrected = [], [], []
+    for r in range(reps):
+        g = _gaussian_gradients(k, a, b, seed=100 + r)
+        s = gv.gradient_statistics(g)
+        numerators.append(s.mean_sq_norm - s.trace_cov / k)
+        plain.append(s.snr)
+        corrected.append(s.snr_unbiased)
+    num = torch.tensor(numerators)
+    assert abs(float(num.mean()) - float(b.square().sum())) < 4 * float(num.std()) / math.sqrt(reps)
+    assert float(torch.tensor(corrected).mean()) == pytest.approx(truth, abs=0.02)
+    assert float(torch.tensor(plain).mean()) == pytest.approx(truth + 1 / k, abs=0.02)
