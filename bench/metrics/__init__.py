@@ -66,7 +66,7 @@ def _mean_score(scores) -> float:
 
 
 # table keys wrapped by the derived tables; the wrapped metric keeps its direction
-_WRAPPERS = ("matched/", "probe/", "recursive/", "gain/")
+_WRAPPERS = ("matched/", "probe/", "recursive/", "seconds/", "gain/", "change/")
 
 
 @functools.cache  # the built-in metrics are registered at import; table keys repeat
@@ -74,9 +74,8 @@ def lookup(key: str) -> Metric | None:
     """The registered metric whose `keys` match a table key (e.g. 'quality/fid' -> fid,
     'matched/quality/fid' -> fid, 'reward/jpeg_compressibility' -> reward), None for keys that are
     bookkeeping (k, device_seconds, credit_share/3, ...) and have no direction."""
-    for prefix in _WRAPPERS:
-        if key.startswith(prefix):
-            key = key[len(prefix):]
+    while key.startswith(_WRAPPERS):
+        key = key[len(next(p for p in _WRAPPERS if key.startswith(p))):]
     for name in METRICS.names():
         metric = METRICS.get(name)
         if isinstance(metric, Metric) and any(fnmatch.fnmatchcase(key, k) for k in metric.keys):
