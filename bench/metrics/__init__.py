@@ -66,7 +66,7 @@ def _mean_score(scores) -> float:
 
 
 # table keys wrapped by the derived tables; the wrapped metric keeps its direction
-_WRAPPERS = ("matched/", "probe/", "recursive/", "seconds/", "gain/", "change/")
+_WRAPPERS = ("matched/", "probe/", "recursive/", "seconds/", "gain/", "change/", "decay/")
 
 
 @functools.cache  # the built-in metrics are registered at import; table keys repeat
