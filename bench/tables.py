@@ -447,7 +447,9 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     verdict = verdicts.evaluate(cfg, verdicts.Tables(seed_rows, probe_rows, derived_rows, recursive_rows))
     vnote = (f"rules declared in the config (verdicts:); effect = mean(method) - mean(over) with the "
              f"{prov['interval']['description']}; p_holm: Welch's t-test, Holm-Bonferroni over all lines; supported/"
-             f"contradicted when p_holm < {1 - s.get('confidence', 0.95):.2g} on the registry's better/worse side")
+             f"contradicted when p_holm < {1 - s.get('confidence', 0.95):.2g} on the registry's better/worse side; "
+             "the intervals shown are per line, not adjusted, so an interval may exclude 0 where the corrected "
+             "test does not reject")
     if len(verdict):
         write_verdicts(verdict, prov, out, vnote)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
@@ -467,7 +469,8 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> N
     for r in verdict.itertuples():
         eff = "" if not np.isfinite(getattr(r, "effect", np.nan)) else \
             f"{_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
-        n = f"{int(r.n_method)} vs {int(r.n_over)}" if np.isfinite(getattr(r, "n_method", np.nan)) else ""
+        n = "" if not np.isfinite(getattr(r, "n_method", np.nan)) else (
+            f"{int(r.n_method)} vs {int(r.n_over)}" if r.n_over else f"{int(r.n_method)}")
         lines.append(f"| {r.claim} | {r.model} / {r.reward} | {r.over or ''} | **{r.verdict}** | {eff} | {n} | "
                      f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |")
     atomic_write_text(out / "verdicts.md", _header(prov, "<!--", [note]).replace("\n", " -->\n") + "\n"
