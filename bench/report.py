@@ -63,13 +63,16 @@ def _ci(m, lo, hi) -> str:
     return _f(m) if not (np.isfinite(lo) and np.isfinite(hi)) else f"{_f(m)} [{_f(lo)}, {_f(hi)}]"
 
 
-def _html_table(header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None) -> str:
-    th = "".join(f"<th class='{'l' if i < left else ''}'>{h}</th>" for i, h in enumerate(header))
+def _html_table(header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None,
+                last_left: bool = False) -> str:
+    def align(i: int) -> str:
+        return "l" if i < left or (last_left and i == len(header) - 1) else ""
+
+    th = "".join(f"<th class='{align(i)}'>{h}</th>" for i, h in enumerate(header))
     body = []
     for j, row in enumerate(rows):
         cls = f" class='{classes[j]}'" if classes else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td class='{'l' if i < left else ''}'>{c}</td>"
-                                           for i, c in enumerate(row)) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(f"<td class='{align(i)}'>{c}</td>" for i, c in enumerate(row)) + "</tr>")
     return f"<table><tr>{th}</tr>{''.join(body)}</table>"
 
 
@@ -93,22 +96,37 @@ def headline_section(tables: Path) -> str:
     golds = [c[len("change/"):] for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
     header = ["model / training reward", "method", "n", "reward gain at the final budget",
               "reward gain at equal device-seconds"] + [f"Δ {g}{_arrow(g)}" for g in golds] + \
-             ["images", "device-s", "reward hacking", "verdicts"]
+             ["images", "device-s", "reward hacking", "verdicts (details below)"]
     rows = []
     for r in head.to_dict("records"):
         hacked = f"<span class='flag'>{html.escape(r['hacked'])}</span>" if isinstance(r["hacked"], str) else ""
-        verdict = html.escape(r["verdicts"]) if isinstance(r["verdicts"], str) else ""
+        verdict = _verdict_summary(r["verdicts"]) if isinstance(r["verdicts"], str) else ""
         rows.append([f"{r['model']} / {r['reward']}", r["method"], str(int(r["n_seeds"])),
                      _ci(r["gain"], r["gain_low"], r["gain_high"]),
                      _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"])
                      + f" <small>@{_f(r['seconds_level'])} s</small>"]
                     + [_ci(r[f"change/{g}"], r[f"change/{g}_low"], r[f"change/{g}_high"]) for g in golds]
                     + [str(int(r["images"])), _f(r["device_seconds"]), hacked, f"<small>{verdict}</small>"])
+    # the verdict column reads left to right
     return ("<h2>Headline</h2><p>One row per method and training reward. Gains are held-out training reward minus "
             "the base model's, mean over seeds with the interval named above; 'at equal device-seconds' reads each "
             "seed's reward-vs-seconds curve (linear interpolation) at the largest device-seconds level every "
             "finished run of that reward reached. Δ = final − base of each gold metric (arrow: better direction, "
-            "from the metrics registry).</p>" + _html_table(header, rows, left=2))
+            "from the metrics registry).</p>" + _html_table(header, rows, left=2, last_left=True))
+
+
+def _verdict_summary(text: str) -> str:
+    """'id/over: verdict; ...' -> supported and contradicted claim ids, and how many are open."""
+    by: dict[str, list[str]] = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        name, _, verdict = item.rpartition(": ")
+        by.setdefault(verdict, []).append(name)
+    parts = [f"<span class='supported'>supported: {html.escape(', '.join(by['supported']))}</span>"
+             if by.get("supported") else "",
+             f"<span class='contradicted'>contradicted: {html.escape(', '.join(by['contradicted']))}</span>"
+             if by.get("contradicted") else "",
+             f"{len(by.get('inconclusive', []))} inconclusive" if by.get("inconclusive") else ""]
+    return "<br>".join(p for p in parts if p)
 
 
 def verdict_section(tables: Path) -> str:
@@ -131,7 +149,7 @@ def verdict_section(tables: Path) -> str:
             "difference is significant after Holm-Bonferroni correction over all lines, on the better / worse side; "
             "<i>inconclusive</i>: not at this budget and number of seeds.</p>"
             + _html_table(["claim", "model / reward", "vs", "verdict", "effect [interval]", "seeds", "p (Holm)",
-                           "how"], rows, left=3, classes=classes)
+                           "how"], rows, left=3, classes=classes, last_left=True)
             + f"<p class='prov'>{html.escape(note)}</p>")
 
 
@@ -153,12 +171,13 @@ def findings(table: pd.DataFrame, tables: Path) -> list[str]:
         for (model, reward, metric), part in poi.groupby(["model", "reward", "metric"]):
             sign = -1 if direction(metric) == "lower" else 1
             wins = part[part["significant"] & (sign * part["difference"] > 0)]
-            for w in wins.itertuples():
-                lines.append(f"{model} / {reward}, {metric}: {w.method} better than {w.over} by {_f(abs(w.difference))}"
-                             f" (P(improvement) {w.poi:.2f} [{w.poi_low:.2f}, {w.poi_high:.2f}], Holm p "
-                             f"{w.p_holm:.2g}, {w.n_seeds} seeds).")
-            if not len(wins):
-                n = int(part["n_seeds"].min()) if len(part) else 0
+            n = int(part["n_seeds"].min()) if len(part) else 0
+            if len(wins):
+                pairs = ", ".join(f"{w.method} > {w.over} (by {_f(abs(w.difference))}, P(improvement) {w.poi:.2f})"
+                                  for w in wins.itertuples())
+                lines.append(f"{model} / {reward}, {metric}{_arrow(metric)}: significant after Holm's correction "
+                             f"({n} seeds): {pairs}.")
+            else:
                 lines.append(f"{model} / {reward}, {metric}: no pairwise difference is significant after Holm's "
                              f"correction with {n} seeds.")
     diverged = table[table["diverged"] > 0].groupby(["model", "reward", "algorithm"])["diverged"].max()
@@ -172,11 +191,10 @@ def hacking_section(tables: Path, runs_root: Path, prompts: list[str]) -> str:
     path = tables / "hacking.csv"
     if not path.is_file():
         return ""
-    hack, _ = read_table(path)
+    hack, header = read_table(path)
     flagged = hack[hack["flagged"]]
     parts = ["<h2>Reward hacking: proxy up, gold metric down</h2><p>Proxy = the held-out training reward; gold = "
-             "the registry's gold metrics on held-out prompts. A method is flagged when its proxy rose and a gold "
-             "metric worsened, both significantly over seeds.</p>"]
+             "the registry's gold metrics on held-out prompts.</p>", f"<p class='prov'>{html.escape(header[-1])}</p>"]
     if flagged.empty:
         parts.append("<p>No method is flagged.</p>")
         return "".join(parts)

@@ -429,7 +429,8 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     if len(hack):
         atomic_write_text(out / "hacking.csv", _header(prov, "#", [
             "flagged: the proxy (held-out training reward) rose and the gold metric worsened, both with intervals "
-            "over seeds that exclude 0; runs_failing_gold_check: seeds over the gold tolerance"])
+            f"over seeds that exclude 0, the worsening larger than {rules.gold_tolerance:g} x the base's value; "
+            "runs_failing_gold_check: seeds whose gold metric worsened by more than that"])
             + hack.to_csv(index=False, float_format="%.6g"))
     all_tables.append(derived_table)
     probe_rows = pd.DataFrame()
