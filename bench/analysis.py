@@ -42,14 +42,23 @@ class Rules:
     matched_fraction: float = 0.5
     collapse_drop: float = 0.5
     gold_tolerance: float = 0.05  # relative worsening of a gold metric that fails a run
+    gold_tolerance_by_metric: tuple[tuple[str, float], ...] = ()  # overrides for noisy metrics (FID, KID)
     confidence: float = 0.95
+
+    def tolerance(self, key: str) -> float:
+        return dict(self.gold_tolerance_by_metric).get(key, self.gold_tolerance)
+
+    def describe_tolerance(self) -> str:
+        extra = ", ".join(f"{k} {v:g}" for k, v in self.gold_tolerance_by_metric)
+        return f"{self.gold_tolerance:g}" + (f" ({extra})" if extra else "")
 
     @classmethod
     def from_config(cls, cfg: dict) -> Rules:
         v = cfg.get("verdicts", {})
+        by_metric = tuple(sorted(v.get("gold_tolerance_by_metric", {}).items()))
         return cls(**{k: v[k] for k in ("reference", "target_fraction", "matched_fraction", "collapse_drop",
                                         "gold_tolerance") if k in v},
-                   confidence=cfg.get("statistics", {}).get("confidence", 0.95))
+                   gold_tolerance_by_metric=by_metric, confidence=cfg.get("statistics", {}).get("confidence", 0.95))
 
 
 def _curves(seed_rows: pd.DataFrame, metric: str) -> dict[tuple, pd.Series]:
@@ -94,7 +103,7 @@ def gold_checks(seed_rows: pd.DataFrame, rules: Rules) -> pd.DataFrame:
                 change = float(c.iloc[-1] - c.iloc[0])
                 out.append(_row(key, horizon, f"change/{g}", change, status[key]))
                 out.append(_row(key, 0, f"base/{g}", float(c.iloc[0]), status[key]))
-                ok &= not _worse(g, change, float(c.iloc[0]), rules.gold_tolerance)
+                ok &= not _worse(g, change, float(c.iloc[0]), rules.tolerance(g))
             out.append(_row(key, horizon, "gold/pass", float(ok), status[key]))
     return pd.DataFrame(out)
 
@@ -126,7 +135,7 @@ def hacking(gold: pd.DataFrame, rules: Rules, method: str = "t") -> pd.DataFrame
             base_rows = part[part["metric"] == f"base/{g}"]["value"]
             base = float(base_rows.median()) if len(base_rows) else np.nan
             bad = ((d.high < 0) if direction(g) == "higher" else (d.low > 0)) and \
-                (not np.isfinite(base) or _worse(g, d.point, base, rules.gold_tolerance))
+                (not np.isfinite(base) or _worse(g, d.point, base, rules.tolerance(g)))
             rows.append({"model": model, "reward": reward, "algorithm": algo, "gold_metric": g,
                          "proxy_change": p.point if p else np.nan, "proxy_low": p.low if p else np.nan,
                          "proxy_high": p.high if p else np.nan, "gold_change": d.point, "gold_low": d.low,

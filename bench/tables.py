@@ -412,7 +412,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     derived_rows = pd.concat(parts) if parts else pd.DataFrame(columns=seed_rows.columns)
     derived_table = summarise(derived_rows, s)
     derived_notes = [
-        f"gold/pass: no gold metric worse than the base by more than {rules.gold_tolerance:g} x its base value",
+        f"gold/pass: no gold metric worse than the base by more than {rules.describe_tolerance()} x its base value",
         f"convergence: target = base + {rules.target_fraction:g} x the reference improvement (runs passing the gold "
         "checks); rmst_* = mean over seeds of min(time to target, tau): a run that never reaches it counts tau "
         "(Kaplan-Meier restricted mean); reached_* = fraction of seeds that got there",
@@ -429,7 +429,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     if len(hack):
         atomic_write_text(out / "hacking.csv", _header(prov, "#", [
             "flagged: the proxy (held-out training reward) rose and the gold metric worsened, both with intervals "
-            f"over seeds that exclude 0, the worsening larger than {rules.gold_tolerance:g} x the base's value; "
+            f"over seeds that exclude 0, the worsening larger than {rules.describe_tolerance()} x the base's value; "
             "runs_failing_gold_check: seeds whose gold metric worsened by more than that"])
             + hack.to_csv(index=False, float_format="%.6g"))
     all_tables.append(derived_table)

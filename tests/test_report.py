@@ -36,8 +36,8 @@ def _simulate(cfg: dict, root) -> None:
             rows.append({"budget": b, "device_seconds": b * (8.0 if hacked else 1.0),
                          f"reward/{key.reward}": 0.5 + gain * f + noise,
                          "reward/clip_alignment": 0.3, "attribute/mean": 0.8 - (0.3 * f if hacked else 0) + noise,
-                         "quality/fid": 30 + (40 * f if hacked else 2 * f) + 10 * noise, "quality/kid": 0.01,
-                         "quality/clip_score": 25.0, "diversity/vendi": 3.0 - (1.8 * f if hacked else 0.1 * f)})
+                         "quality/fid": 30 + (40 * f if hacked else 0.5 * f) + 10 * noise, "quality/kid": 0.01,
+                         "quality/clip_score": 25.0, "diversity/vendi": 3.0 - (1.8 * f if hacked else 0.1 * f) + noise})
             share = np.full(6, 1 / 6) if key.algorithm == "pcpo" else np.array([0.05, 0.05, 0.1, 0.1, 0.2, 0.5])
             probe_rows.append({"budget": b, "k": 8, "snr": 0.3 + noise, "snr_unbiased": 0.2 + noise,
                                "trace_cov": 1e3 if hacked else 1e-2, "mean_sq_norm": 1.0,
@@ -72,6 +72,10 @@ def test_aggregate_writes_headline_verdicts_and_hacking(built):
     credit = v[(v["id"] == "pcpo_credit")]
     assert set(credit["verdict"]) == {"supported"}
     assert set(v[v["id"] == "pcpo_collapse"]["verdict"]) == {"not run"}
+    faster = set(v[v["id"] == "pcpo_samples"]["verdict"])  # 0.10 vs 0.05 gain; Holm over ~20 lines
+    assert "supported" in faster and "contradicted" not in faster
+    assert set(v[v["id"] == "prdp_fid_drift"]["verdict"]) == {"contradicted"}
+    assert not isinstance(head.loc[("jpeg_compressibility", "pcpo")].hacked, str)  # not flagged
     assert "| claim |" in (out / "verdicts.md").read_text()
     # the base row: one shared measurement
     ev = pd.read_csv(out / "eval.csv", comment="#")
