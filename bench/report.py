@@ -361,12 +361,24 @@ def across_section(tables: Path) -> str:
     return "".join(parts)
 
 
+def _citable(tables: Path) -> dict:
+    cit = tables.parent / "citable.json" if tables.name == "tables" else tables / "citable.json"
+    return json.loads(cit.read_text()) if cit.is_file() else {}
+
+
+def _statistics_note(tables: Path) -> str:
+    st = _citable(tables).get("statistics", {})
+    if not st:
+        return ""
+    return (f"<p><b>Statistics.</b> Every interval in this report is a {html.escape(st['description'])} unless "
+            "named otherwise; pairwise and verdict tests are Welch's t-tests corrected by Holm-Bonferroni "
+            "(over the pairs of one metric; over all verdict lines); aggregates across rewards use rliable's "
+            "stratified bootstrap. A row measured once for every seed (the base model) has no interval.</p>")
+
+
 def _prompts(tables: Path) -> list[str]:
     """The evaluation prompts in the order the sample grids show them (from citable.json)."""
-    cit = tables.parent / "citable.json" if tables.name == "tables" else tables / "citable.json"
-    if not cit.is_file():
-        return []
-    ev = json.loads(cit.read_text()).get("evaluation", {})
+    ev = _citable(tables).get("evaluation", {})
     try:
         from bench.evaluate import eval_prompts
 
@@ -426,7 +438,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     prompts = _prompts(tables)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>t2i-rl-bench report</title>",
              f"<style>{CSS}</style></head><body><h1>t2i-rl-bench: comparative report</h1>",
-             "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>"]
+             "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>", _statistics_note(tables)]
     parts.append(headline_section(tables))
     parts.append(verdict_section(tables))
     parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in findings(table, tables))

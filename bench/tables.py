@@ -295,6 +295,21 @@ def headline(table: pd.DataFrame, derived: pd.DataFrame, seconds_levels: pd.Data
     return pd.DataFrame(rows)
 
 
+def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
+    """The headline as a paper shows it: 'mean [low, high]' cells, one column per gold metric."""
+    cell = lambda r, k: _fmt(r[k]) if not np.isfinite(r[f"{k}_low"]) else \
+        f"{_fmt(r[k])} [{_fmt(r[f'{k}_low'])}, {_fmt(r[f'{k}_high'])}]"  # noqa: E731
+    golds = [c for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
+    rows = []
+    for r in head.to_dict("records"):
+        rows.append({"model": r["model"], "reward": r["reward"], "method": r["method"], "n": r["n_seeds"],
+                     "gain": cell(r, "gain"), f"gain at {_fmt(r['seconds_level'])} s": cell(r, "gain_at_seconds"),
+                     **{f"Δ {g[len('change/'):]}": cell(r, g) for g in golds},
+                     "images": r["images"], "device-s": _fmt(r["device_seconds"]),
+                     "hacked": r["hacked"] or "-"})
+    return pd.DataFrame(rows)
+
+
 # ---- writing ---------------------------------------------------------------------------------
 
 
@@ -342,12 +357,13 @@ def _longtable(shown: pd.DataFrame, caption: str) -> list[str]:
     return out + ["\\end{longtable}", ""]
 
 
-def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str, notes: list[str] = ()) -> None:
+def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str, notes: list[str] = (),
+                 shown: pd.DataFrame | None = None) -> None:
     """CSV (all columns), Markdown and LaTeX (shown columns; one longtable per model x training
     reward, needs \\usepackage{booktabs,longtable}), each with the provenance header."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{name}.csv", _header(prov, "#", notes) + table.to_csv(index=False, float_format="%.6g"))
-    shown = _shown(table)
+    shown = _shown(table) if shown is None else shown
     md = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     md += "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
     atomic_write_text(out / f"{name}.md", _header(prov, "<!--", notes).replace("\n", " -->\n") + "\n" + md)
@@ -455,8 +471,10 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         write_verdicts(verdict, prov, out, vnote)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
     if len(head):
-        atomic_write_text(out / "headline.csv", _header(prov, "#", [qnote]) + head.to_csv(index=False,
-                                                                                            float_format="%.6g"))
+        write_tables(head, prov, out, "headline", [
+            "gain: held-out training reward - base at the final budget; gain_at_seconds: the same at the largest "
+            "device-seconds level every finished run reached (seconds_level); change/*: final - base", qnote],
+            shown=headline_shown(head))
     table = pd.concat(all_tables)
     write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out)
     return table
@@ -476,6 +494,15 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> N
                      f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |")
     atomic_write_text(out / "verdicts.md", _header(prov, "<!--", [note]).replace("\n", " -->\n") + "\n"
                       + "\n".join(lines) + "\n")
+    shown = pd.DataFrame({"claim": verdict["claim"], "model / reward": verdict["model"] + " / " + verdict["reward"],
+                          "vs": verdict["over"].fillna(""), "verdict": verdict["verdict"],
+                          "effect [interval]": [
+                              _fmt(e) if not np.isfinite(lo) else f"{_fmt(e)} [{_fmt(lo)}, {_fmt(hi)}]"
+                              for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])],
+                          "p (Holm)": [_fmt(v) for v in verdict["p_holm"]]})
+    tex = [_header(prov, "%", [note]) + "% needs \\usepackage{booktabs,longtable}",
+           *_longtable(shown, "What the study says about each claim")]
+    atomic_write_text(out / "verdicts.tex", "\n".join(tex))
 
 
 def write_citable(cfg: dict, prov: dict, table: pd.DataFrame, seed_rows: pd.DataFrame, probe_rows: pd.DataFrame,
