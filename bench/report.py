@@ -457,3 +457,19 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "\n".join(parts))
     return out
+
+
+BEGIN, END = "<!-- verdicts:begin (generated from results/tables/verdicts.md) -->", "<!-- verdicts:end -->"
+
+
+def quote_verdicts(readme: Path, tables: Path) -> bool:
+    """Replace the text between the verdict markers of a README with the study's verdict table
+    (results/tables/verdicts.md, its provenance comment kept), so the README quotes the numbers
+    the study made rather than typed ones. False (nothing written) when a marker is missing."""
+    text, source = readme.read_text(), tables / "verdicts.md"
+    if BEGIN not in text or END not in text or not source.is_file():
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    atomic_write_text(readme, f"{head}{BEGIN}\n{source.read_text().strip()}\n{END}{tail}")
+    return True

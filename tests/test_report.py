@@ -97,3 +97,15 @@ def test_report_renders_every_section(built):
                  "Reward hacking", "Across training rewards", "supported"):
         assert text in html, text
     assert html.index("Headline") < html.index("What the study says")
+
+
+def test_the_readme_quotes_the_generated_verdict_table(built, tmp_path):
+    _, tmp = built
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.BEGIN}\ntyped by hand\n{report.END}\nafter\n")
+    assert report.quote_verdicts(readme, tmp / "results" / "tables")
+    text = readme.read_text()
+    assert "typed by hand" not in text and "| claim |" in text and text.endswith(f"{report.END}\nafter\n")
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not report.quote_verdicts(plain, tmp / "results" / "tables") and plain.read_text() == "no markers\n"
