@@ -148,8 +148,10 @@ def hacking(gold: pd.DataFrame, rules: Rules, method: str = "t") -> pd.DataFrame
 def reference_improvement(seed_rows: pd.DataFrame, gold: pd.DataFrame, model: str, reward: str,
                           rules: Rules) -> tuple[float, float, str]:
     """(base, improvement, source) of a training reward: the reference method's mean final gain
-    over its runs that pass the gold checks; if it has none or did not improve, the best method's
-    (same rule), named in `source`; improvement NaN when no method improved without hacking."""
+    over its runs that pass the gold checks, when that gain is significant (its interval over
+    seeds lies above 0); otherwise the best such method's, named in `source`; NaN when no method
+    improved significantly without failing a gold check (a noise-sized 'improvement' would make
+    every target trivially reachable)."""
     part = seed_rows[(seed_rows["model"] == model) & (seed_rows["reward"] == reward)]
     curves = _curves(part, f"reward/{reward}")
     if not curves:
@@ -161,13 +163,16 @@ def reference_improvement(seed_rows: pd.DataFrame, gold: pd.DataFrame, model: st
     for key, c in curves.items():
         if key in ok:
             gains.setdefault(key[2], []).append(float(c.iloc[-1]) - base)
-    means = {a: float(np.mean(g)) for a, g in gains.items()}
-    if means.get(rules.reference, -np.inf) > 0:
+    level = rules.confidence
+    means = {a: float(np.mean(g)) for a, g in gains.items()
+             if len(g) >= 2 and interval(g, "t", level).low > 0}
+    if rules.reference in means:
         return base, means[rules.reference], f"{rules.reference} (runs passing the gold checks)"
-    if means and max(means.values()) > 0:
+    if means:
         best = max(means, key=means.get)
-        return base, means[best], f"{best}: best method passing the gold checks ({rules.reference} did not improve)"
-    return base, float("nan"), "no method improved without failing a gold check"
+        return base, means[best], (f"{best}: best method passing the gold checks ({rules.reference} did not "
+                                   "improve significantly)")
+    return base, float("nan"), "no method improved significantly without failing a gold check"
 
 
 def _interp_at(x: np.ndarray, y: np.ndarray, level: float) -> float:

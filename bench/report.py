@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from bench.io import atomic_write_text  # noqa: E402
 from bench.metrics import direction, gold_keys, lookup  # noqa: E402
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1350px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;
 text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}.prov{color:#555;font-size:13px}
 figure{margin:1.2em 0}figcaption{font-size:13px;color:#333}.supported{background:#d9f2d9}
@@ -59,8 +59,11 @@ def _f(v, digits: int = 3) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{digits}g}"
 
 
-def _ci(m, lo, hi) -> str:
-    return _f(m) if not (np.isfinite(lo) and np.isfinite(hi)) else f"{_f(m)} [{_f(lo)}, {_f(hi)}]"
+def _ci(m, lo, hi, stacked: bool = False) -> str:
+    """'mean [low, high]'; stacked: the interval small, under the mean (narrow table columns)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return _f(m)
+    return f"{_f(m)}<br><small>[{_f(lo)}, {_f(hi)}]</small>" if stacked else f"{_f(m)} [{_f(lo)}, {_f(hi)}]"
 
 
 def _html_table(header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None,
@@ -102,10 +105,10 @@ def headline_section(tables: Path) -> str:
         hacked = f"<span class='flag'>{html.escape(r['hacked'])}</span>" if isinstance(r["hacked"], str) else ""
         verdict = _verdict_summary(r["verdicts"]) if isinstance(r["verdicts"], str) else ""
         rows.append([f"{r['model']} / {r['reward']}", r["method"], str(int(r["n_seeds"])),
-                     _ci(r["gain"], r["gain_low"], r["gain_high"]),
-                     _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"])
-                     + f" <small>@{_f(r['seconds_level'])} s</small>"]
-                    + [_ci(r[f"change/{g}"], r[f"change/{g}_low"], r[f"change/{g}_high"]) for g in golds]
+                     _ci(r["gain"], r["gain_low"], r["gain_high"], True),
+                     _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"], True)
+                     + f"<br><small>at {_f(r['seconds_level'])} s</small>"]
+                    + [_ci(r[f"change/{g}"], r[f"change/{g}_low"], r[f"change/{g}_high"], True) for g in golds]
                     + [str(int(r["images"])), _f(r["device_seconds"]), hacked, f"<small>{verdict}</small>"])
     # the verdict column reads left to right
     return ("<h2>Headline</h2><p>One row per method and training reward. Gains are held-out training reward minus "
@@ -418,17 +421,30 @@ def derived_section(tables: Path) -> str:
     path = tables / "derived.csv"
     if path.is_file():
         derived, header = read_table(path)
-        final = derived[derived["metric"].str.startswith(("convergence/", "matched/", "collapse/collapsed", "gold/"))]
-        final = final[final["metric"] != "matched/reward_level"]
-        metrics = sorted(final["metric"].unique())
-        rows = []
-        for (model, reward, algo), g in final.groupby(["model", "reward", "algorithm"]):
-            vals = g.set_index("metric")
-            rows.append([f"{model} / {reward}", algo] + [
-                _ci(vals.loc[m, "mean"], vals.loc[m, "ci_low"], vals.loc[m, "ci_high"])
-                + f" <small>n={int(vals.loc[m, 'n_seeds'])}</small>" if m in vals.index else "–" for m in metrics])
-        parts.append("<h3>Per method</h3>" + _html_table(["model / reward", "method"]
-                                                         + [f"{m}{_arrow(m)}" for m in metrics], rows, left=2))
+        shown = derived[derived["metric"].str.startswith(("convergence/", "matched/", "collapse/collapsed", "gold/",
+                                                          "seconds/gain/"))]
+        shown = shown[shown["metric"] != "matched/reward_level"]
+        # per-seed 0/1 outcomes: shown as 'k of n' (a t-interval on a proportion leaves [0, 1])
+        binary = {m for m in shown["metric"].unique()
+                  if "/reached_" in m or m.startswith(("collapse/collapsed", "gold/pass"))}
+        for (model, reward), part in shown.groupby(["model", "reward"]):
+            algos = sorted(part["algorithm"].unique())
+            rows = []
+            for metric, g in part.groupby("metric"):
+                vals = g.set_index("algorithm")
+                cells = []
+                for a in algos:
+                    if a not in vals.index:
+                        cells.append("–")
+                    elif metric in binary:  # a fraction of seeds: k of n, no interval
+                        n = int(vals.loc[a, "n_seeds"])
+                        cells.append(f"{int(round(vals.loc[a, 'mean'] * n))} of {n}" if n else "–")
+                    else:
+                        cells.append(_ci(vals.loc[a, "mean"], vals.loc[a, "ci_low"], vals.loc[a, "ci_high"], True)
+                                     + f"<br><small>n={int(vals.loc[a, 'n_seeds'])}</small>")
+                rows.append([f"{metric}{_arrow(metric)}"] + cells)
+            parts.append(f"<h3>{html.escape(model)} / {html.escape(reward)}</h3>"
+                         + _html_table(["measure"] + algos, rows))
         parts += [f"<p class='prov'>{html.escape(h)}</p>" for h in header[4:]]
     return ("<h2>Convergence, quality at matched reward, collapse, gold checks</h2>" + "".join(parts)) if parts else ""
 

@@ -156,8 +156,8 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
                     if kind == "change":
                         note = "final - base, per seed"
                     elif "convergence/" in key and x.size == 0 and y.size == 0:
-                        note = ("no convergence target: no method improved on the base without failing a gold "
-                                "check")
+                        note = ("no convergence target: no method improved on the base significantly without "
+                                "failing a gold check")
                     elif "rmst" in key:
                         note = (f"time to {fraction:.0%} of the reference improvement, a run that never gets there "
                                 "counted at the horizon (restricted mean)")
