@@ -23,14 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.metrics import direction, gold_keys
+from bench.metrics import direction, floors, gold_keys
 from bench.metrics.collapse import metric_at_reward
 from bench.metrics.convergence import first_crossing, normalized_auc
 from bench.metrics.statistics import interval
 
 RUN = ["model", "reward", "algorithm", "seed"]
-# the floor of each diversity measure: a collapsed model sits there (one image: Vendi 1, distance 0)
-DIVERSITY_FLOORS = {"diversity/vendi": 1.0, "diversity/pairwise_cosine_distance": 0.0}
 
 
 @dataclass(frozen=True)
@@ -304,7 +302,8 @@ def collapse(seed_rows: pd.DataFrame, rules: Rules) -> pd.DataFrame:
     """Per run and diversity measure: `collapse/onset/<key>` (NaN: never) and
     `collapse/collapsed/<key>` (0/1), by `collapse_onset` with the declared drop."""
     out = []
-    for key_name, floor in DIVERSITY_FLOORS.items():
+    # each diversity measure's floor (registry): a collapsed model sits there (Vendi 1, distance 0)
+    for key_name, floor in floors(sorted(seed_rows["metric"].unique())).items():
         for key, curve in _curves(seed_rows, key_name).items():
             onset = collapse_onset(curve.index.to_numpy(), curve.to_numpy(), float(curve.iloc[0]), floor,
                                    rules.collapse_drop)

@@ -31,8 +31,6 @@ text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:1
 figure{margin:1.2em 0}figcaption{font-size:13px;color:#333}.supported{background:#d9f2d9}
 .contradicted{background:#f8d7d7}.inconclusive{background:#f3f3f3}.notrun{color:#888}.flag{color:#b00;font-weight:600}
 .prompts{font-size:12px;color:#444;margin:.2em 0 0 0;padding-left:1.2em}"""
-UNITS = {"device_seconds": "s", "quality/fid": "FID", "quality/kid": "KID", "quality/clip_score": "CLIP score",
-         "diversity/vendi": "Vendi score (effective # samples)", "attribute/mean": "fraction correct"}
 
 
 def _png(fig) -> str:
@@ -85,7 +83,9 @@ def _arrow(key: str) -> str:
 
 
 def _label(key: str) -> str:
-    return f"{key} ({UNITS[key]})" if key in UNITS else key
+    """Axis label: the registry's unit of the metric, else the held-out mean of a score."""
+    metric = lookup(key)
+    return metric.unit if metric is not None and metric.unit else "held-out mean"
 
 
 # ---- sections --------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
                 handles["base model"] = ax.axhline(base, color="k", ls="--", lw=1, label="base model")
             ax.set_title(f"{metric}{_arrow(metric)}", fontsize=10)
             ax.set_xlabel("device-seconds of training (s)" if kind == "seconds" else "training images")
-            ax.set_ylabel(_label(metric) if metric in UNITS else "held-out mean", fontsize=9)
+            ax.set_ylabel(_label(metric), fontsize=9)
             ax.tick_params(labelsize=8)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
@@ -324,8 +324,9 @@ def probe_section(tables: Path) -> str:
             parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Per-step credit share, {model} / {reward} "
                          "(0 = no credit; equal credit = 1/steps).</figcaption></figure>")
         final = part[part["budget"] == part["budget"].max()]
-        keys = [m for m in ("snr", "snr_unbiased", "mean_pairwise_cosine", "credit_gini", "trace_cov", "mean_sq_norm")
-                if m in set(final["metric"])]
+        # every registered probe measure, scale-free ones first
+        keys = sorted((m for m in final["metric"].unique() if lookup(m) is not None),
+                      key=lambda m: (not lookup(m).scale_free, m))
         rows = []
         for algo, g in final.groupby("algorithm"):
             vals = g.set_index("metric")

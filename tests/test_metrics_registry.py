@@ -31,3 +31,6 @@ def test_table_keys_find_their_metric_and_direction():
     assert not bm.lookup("trace_cov").scale_free and bm.lookup("snr").scale_free
     gold = bm.gold_keys(["reward/x", "attribute/mean", "quality/fid", "quality/kid", "device_seconds"])
     assert gold == ["attribute/mean", "quality/fid", "quality/kid"]
+    assert bm.floors(["diversity/vendi", "quality/fid", "diversity/pairwise_cosine_distance"]) == {
+        "diversity/vendi": 1.0, "diversity/pairwise_cosine_distance": 0.0}
+    assert bm.lookup("quality/fid").unit == "FID"

@@ -34,6 +34,8 @@ class Metric:
     keys: tuple[str, ...] = ()  # table keys (glob patterns) that hold this metric's values
     gold: bool = False  # a gold check of the held-out evaluation (reward hacking shows here)
     scale_free: bool = True  # False: depends on the loss's scale; never ranked across methods
+    unit: str = ""  # axis label of figures
+    floor: float | None = None  # the value of a fully collapsed model (diversity measures)
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -89,6 +91,11 @@ def direction(key: str) -> str | None:
     return metric.direction if metric is not None else None
 
 
+def floors(keys) -> dict[str, float]:
+    """The table keys among `keys` that have a collapse floor, with it (Vendi 1, distance 0)."""
+    return {k: m.floor for k in keys if (m := lookup(k)) is not None and m.floor is not None}
+
+
 def gold_keys(keys) -> list[str]:
     """The table keys among `keys` that are gold checks, in the given order."""
     return [k for k in keys if (m := lookup(k)) is not None and m.gold]
@@ -97,18 +104,18 @@ def gold_keys(keys) -> list[str]:
 _register("reward", "higher", _mean_score, "held-out mean of a registered reward (rewards: higher is better)",
           keys=("reward/*",))
 _register("attribute_accuracy", "higher", _mean_score, "held-out rate of correct scene attributes (GenEval-like)",
-          keys=("attribute/mean", "attribute/all"), gold=True)
+          keys=("attribute/mean", "attribute/all"), gold=True, unit="fraction correct")
 _register("fid", "lower", quality.fid, "FID(real, fake, feature) by torchmetrics with a custom feature network",
-          keys=("quality/fid",), gold=True)
+          keys=("quality/fid",), gold=True, unit="FID")
 _register("clean_fid", "lower", quality.clean_fid, "the same FID by clean-fid, on the same feature network")
 _register("kid", "lower", quality.kid, "KID(real, fake, feature) by torchmetrics: (mean, std) over subsets",
-          keys=("quality/kid",), gold=True)
+          keys=("quality/kid",), gold=True, unit="KID")
 _register("clip_score", "higher", quality.clip_score, "100 * max(cos, 0) per (image, text) embedding pair",
-          keys=("quality/clip_score",), gold=True)
+          keys=("quality/clip_score",), gold=True, unit="CLIP score (0-100)")
 _register("vendi_score", "higher", diversity.vendi_score, "effective number of distinct samples (features)",
-          keys=("diversity/vendi",), gold=True)
+          keys=("diversity/vendi",), gold=True, unit="effective # of samples", floor=1.0)
 _register("mean_pairwise_distance", "higher", diversity.mean_pairwise_distance, "mean distance between samples",
-          keys=("diversity/pairwise_cosine_distance",))
+          keys=("diversity/pairwise_cosine_distance",), unit="cosine distance", floor=0.0)
 for _field in ("precision", "recall", "density", "coverage"):
     _register(_field, "higher", _prdc_field(_field), f"k-NN {_field} of fake features against real features",
               keys=(f"prdc/{_field}",))
@@ -147,6 +154,7 @@ __all__ = [
     "collapse",
     "convergence",
     "direction",
+    "floors",
     "gold_keys",
     "lookup",
     "diversity",
