@@ -141,7 +141,9 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
         values = values[np.isfinite(values)]  # censored / undefined seeds are counted apart
         diverged = int((group["status"] == "diverged").sum())
         metric = lookup(keys[-1])
-        meta = {"better": direction(keys[-1]) or "", "scale_free": metric.scale_free if metric else True}
+        scale_free = metric.scale_free if metric else True
+        # a loss-scale-dependent quantity has no better side across methods: no direction shown
+        meta = {"better": (direction(keys[-1]) or "") if scale_free else "", "scale_free": scale_free}
         if values.size == 0:
             out.append({**dict(zip(KEYS, keys)), "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan,
                         "n_seeds": 0, "diverged": diverged, "shared": False, **meta})

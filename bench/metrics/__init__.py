@@ -105,6 +105,8 @@ _register("reward", "higher", _mean_score, "held-out mean of a registered reward
           keys=("reward/*",))
 _register("attribute_accuracy", "higher", _mean_score, "held-out rate of correct scene attributes (GenEval-like)",
           keys=("attribute/mean", "attribute/all"), gold=True, unit="fraction correct")
+_register("attribute_part", "higher", _mean_score, "held-out rate of one scene attribute (colour, shape, ...)",
+          keys=("attribute/*",), unit="fraction correct")
 _register("fid", "lower", quality.fid, "FID(real, fake, feature) by torchmetrics with a custom feature network",
           keys=("quality/fid",), gold=True, unit="FID")
 _register("clean_fid", "lower", quality.clean_fid, "the same FID by clean-fid, on the same feature network")
@@ -129,6 +131,9 @@ _register("trace_covariance", "lower", gradient_variance.trace_covariance,
           scale_free=False)
 _register("mean_sq_norm", "higher", gradient_variance.mean_sq_norm,
           "||mean g||^2 of K minibatch gradients (scales with the loss: per method only)", keys=("mean_sq_norm",),
+          scale_free=False)
+_register("norm_variance", "lower", gradient_variance.norm_variance,
+          "variance of the K minibatch gradient norms (scales with the loss: per method only)", keys=("norm_variance",),
           scale_free=False)
 _register("mean_pairwise_cosine", "higher", gradient_variance.mean_pairwise_cosine, "agreement of K gradients",
           keys=("mean_pairwise_cosine",))
