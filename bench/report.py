@@ -279,6 +279,34 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
     return figures
 
 
+def _within_probe(part: pd.DataFrame, algo: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """A probe measured once (n = 1: the shared base) has no interval over seeds; show the
+    probe's own interval for the bias-corrected SNR there (`snr_unbiased_low/high`)."""
+    mine = part[part["algorithm"] == algo]
+    lo = mine[mine["metric"] == "snr_unbiased_low"].set_index("budget")["mean"]
+    hi = mine[mine["metric"] == "snr_unbiased_high"].set_index("budget")["mean"]
+    rows = rows.copy()
+    single = (rows["n_seeds"] <= 1) & rows["budget"].isin(lo.index)
+    rows.loc[single, "ci_low"] = lo.reindex(rows.loc[single, "budget"]).to_numpy()
+    rows.loc[single, "ci_high"] = hi.reindex(rows.loc[single, "budget"]).to_numpy()
+    return rows
+
+
+def _start_snr(part: pd.DataFrame) -> str:
+    """The bias-corrected SNR of each method at the base model with the probe's own interval:
+    the check that the probe resolves a signal where training starts."""
+    start = part[part["budget"] == part["budget"].min()]
+    items = []
+    for algo, g in start.groupby("algorithm"):
+        v = g.set_index("metric")["mean"]
+        if {"snr_unbiased", "snr_unbiased_low", "snr_unbiased_high"} <= set(v.index):
+            verdict = "excludes 0" if v["snr_unbiased_low"] > 0 else "contains 0: noise at this K"
+            items.append(f"{algo} {_f(v['snr_unbiased'])} [{_f(v['snr_unbiased_low'])}, "
+                         f"{_f(v['snr_unbiased_high'])}] ({verdict})")
+    return ("<p>Bias-corrected SNR at the base model, with the interval of the single probe (normal "
+            "approximation over its K minibatch gradients): " + "; ".join(items) + ".</p>") if items else ""
+
+
 def probe_section(tables: Path) -> str:
     path = tables / "probe.csv"
     if not path.is_file():
@@ -295,6 +323,8 @@ def probe_section(tables: Path) -> str:
                                            (axes[1], "snr_unbiased", 0.0, "no signal (0)")):
             for algo, rows in part[part["metric"] == metric].groupby("algorithm"):
                 rows = rows.sort_values("budget")
+                if metric == "snr_unbiased":
+                    rows = _within_probe(part, algo, rows)
                 (line,) = ax.plot(rows["budget"], rows["mean"], marker="o", ms=3, label=algo)
                 ax.fill_between(rows["budget"], rows["ci_low"], rows["ci_high"], alpha=0.15, color=line.get_color())
                 handles[algo] = line
@@ -305,7 +335,9 @@ def probe_section(tables: Path) -> str:
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
         fig.tight_layout()
         parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Gradient SNR, {model} / {reward}: the dashed line "
-                     "is what pure noise gives.</figcaption></figure>")
+                     "is what pure noise gives. Bands: interval over seeds; at a probe measured once (the base "
+                     "model), the probe's own interval.</figcaption></figure>")
+        parts.append(_start_snr(part))
         credit = part[part["metric"].str.startswith("credit_share/")].copy()
         if len(credit):
             credit["step"] = credit["metric"].str.split("/").str[1].astype(int)

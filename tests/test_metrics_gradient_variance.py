@@ -126,3 +126,21 @@ def test_at_the_probes_k_the_bias_corrected_snr_is_near_truth_and_the_plain_one_
     assert abs(float(num.mean()) - float(b.square().sum())) < 4 * float(num.std()) / math.sqrt(reps)
     assert float(torch.tensor(corrected).mean()) == pytest.approx(truth, abs=0.02)
     assert float(torch.tensor(plain).mean()) == pytest.approx(truth + 1 / k, abs=0.02)
+
+
+@pytest.mark.parametrize(("true_snr", "least"), [(0.0, 0.94), (0.3, 0.87)])
+def test_the_single_probe_interval_of_the_bias_corrected_snr_covers(true_snr, least):
+    gen = torch.Generator().manual_seed(11)
+    p, k, reps = 200, 8, 400
+    a = torch.randn(p, p, generator=gen, dtype=torch.float64) / math.sqrt(p)
+    tr = float((a @ a.T).trace())
+    b = torch.randn(p, generator=gen, dtype=torch.float64)
+    b = b / b.norm() * math.sqrt(true_snr * tr)
+    truth = float(b.square().sum()) / tr
+    hits = 0
+    for r in range(reps):
+        low, high = gv.snr_unbiased_interval(_gaussian_gradients(k, a, b, seed=1000 + r))
+        hits += low <= truth <= high
+    assert hits / reps >= least
+    stats = gv.gradient_statistics(_gaussian_gradients(k, a, b, seed=1))
+    assert stats.snr_unbiased_low < stats.snr_unbiased < stats.snr_unbiased_high

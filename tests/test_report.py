@@ -40,6 +40,7 @@ def _simulate(cfg: dict, root) -> None:
                          "quality/clip_score": 25.0, "diversity/vendi": 3.0 - (1.8 * f if hacked else 0.1 * f) + noise})
             share = np.full(6, 1 / 6) if key.algorithm == "pcpo" else np.array([0.05, 0.05, 0.1, 0.1, 0.2, 0.5])
             probe_rows.append({"budget": b, "k": 8, "snr": 0.3 + noise, "snr_unbiased": 0.2 + noise,
+                               "snr_unbiased_low": 0.1 + noise, "snr_unbiased_high": 0.3 + noise,
                                "trace_cov": 1e3 if hacked else 1e-2, "mean_sq_norm": 1.0,
                                "mean_pairwise_cosine": 0.1, "credit_share": list(share),
                                "credit_gini": 0.05 if key.algorithm == "pcpo" else 0.4 + noise})
@@ -94,7 +95,7 @@ def test_report_renders_every_section(built):
     cfg, tmp = built
     html = report.render(tmp / "results" / "tables", tmp / "runs", tmp / "report" / "index.html").read_text()
     for text in ("Headline", "What the study says about each claim", "Student-t interval", "noise floor",
-                 "Reward hacking", "Across training rewards", "supported"):
+                 "Reward hacking", "Across training rewards", "supported", "interval of the single probe"):
         assert text in html, text
     assert html.index("Headline") < html.index("What the study says")
 
