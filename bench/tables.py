@@ -1,33 +1,51 @@
 """Tidy result tables over seeds, with confidence intervals and provenance, as CSV, Markdown and
-LaTeX (booktabs), plus `results/citable.json` with stable keys. Every number traces back to a
-commit, a config hash and seeds."""
+LaTeX (booktabs longtables, one per model x training reward), plus `results/citable.json` with
+stable keys. Every number traces back to a commit, a config hash and seeds.
+
+The interval over seeds is the study's setting (`statistics.interval`, `statistics.confidence`)
+and is named in every header. A row measured once and shared by every seed (the base model at
+budget 0) carries n_seeds = 1 and no interval. Directions (which way is better), gold checks and
+scale-freeness come from the metrics registry (`bench.metrics.lookup`); a scale-dependent
+quantity (tr Cov, ||mean g||^2) is marked `scale_free = False` and never ranked across methods.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
-from bench import analysis
+from bench import analysis, verdicts
 from bench import config as study
 from bench.io import atomic_write_text
-from bench.metrics.statistics import mean_ci, probability_of_improvement_ci
+from bench.metrics import direction, gold_keys, lookup
+from bench.metrics.statistics import (
+    aggregate_iqm,
+    describe_interval,
+    difference,
+    holm,
+    interval,
+    performance_profile,
+    probability_of_improvement_ci,
+    probability_of_improvement_tasks_ci,
+    stratified_bootstrap,
+)
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
-QUALITY_METRICS = ["quality/fid", "quality/kid", "quality/clip_score", "diversity/vendi", "attribute/mean"]
-DIVERSITY_METRIC = "diversity/vendi"
-# compared pairwise at the final budget; "-" = lower is better
-IMPROVEMENT_METRICS = ["reward/{reward}", "attribute/mean", "-quality/fid", "diversity/vendi"]
 PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
-
-
 GENERATED = ("results/tables", "results/citable.json", "report")
+
+
+def _stats(cfg_or_stats: dict) -> dict:
+    s = cfg_or_stats.get("statistics", cfg_or_stats)
+    return {"interval": "t", "bootstrap_resamples": 2000, "seed": 0, **s}
 
 
 def provenance(cfg: dict) -> dict:
@@ -45,6 +63,7 @@ def provenance(cfg: dict) -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = "absent"
+    s = _stats(cfg)
     return {
         "study": cfg.get("study"),
         "commit": commit + ("+dirty" if dirty else ""),
@@ -52,7 +71,23 @@ def provenance(cfg: dict) -> dict:
         "seeds": cfg["seeds"],
         "packages": versions,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "interval": {"method": s["interval"], "confidence": s.get("confidence", 0.95),
+                     "description": describe_interval(s["interval"], s.get("confidence", 0.95)),
+                     "bootstrap_resamples": s["bootstrap_resamples"]},
     }
+
+
+def hardware() -> dict:
+    """The machine the tables were made on (runs record their own device-seconds)."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001  (hardware info is best effort)
+        info["cuda"] = None
+    return info
 
 
 def _numbers(row: dict):
@@ -67,130 +102,450 @@ def _numbers(row: dict):
 
 
 def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame:
-    """One row per run, budget and metric (seed-level, before aggregation)."""
+    """One row per run, budget and metric (seed-level, before aggregation). `shared` marks the
+    budget-0 rows that are one measurement of the base model shared by all seeds."""
     rows = []
     for key in study.runs(cfg):
         run = runs_root / key.path
-        result = json.loads((run / name).read_text())
+        path = run / name
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
         status = json.loads((run / "summary.json").read_text())["status"]
         rows_in = [{**r, "budget": r.get("budget", r.get("generation"))} for r in result["rows"]]
         if "decay" in result:  # the self-consuming loop: one slope per run, filed at the last generation
             rows_in.append({"budget": rows_in[-1]["budget"], **result["decay"]})
         for r in rows_in:
+            shared = bool(result.get("base_shared")) and r["budget"] == 0
             for metric, value in _numbers(r):
                 rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm,
                              "seed": key.seed, "budget": r["budget"], "metric": metric, "value": value,
-                             "status": status})
-    return pd.DataFrame(rows)
+                             "status": status, "shared": shared})
+    return pd.DataFrame(rows, columns=[*KEYS[:3], "seed", "budget", "metric", "value", "status", "shared"])
+
+
+def _is_shared(group: pd.DataFrame, values: np.ndarray) -> bool:
+    """One measurement repeated for every seed: flagged shared, or the base (budget 0) with
+    identical values (a base measured per seed differs between seeds)."""
+    flagged = "shared" in group and bool(group["shared"].fillna(False).all())
+    return values.size > 1 and (flagged or (int(group["budget"].iloc[0]) == 0 and np.ptp(values) == 0))
 
 
 def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
+    """Mean over seeds with the study's interval per (model, reward, algorithm, budget, metric);
+    `better` and `scale_free` from the registry."""
+    s = _stats(stats_cfg)
     out = []
     for keys, group in seed_rows.groupby(KEYS, sort=True):
         values = group["value"].to_numpy(dtype=float)
         values = values[np.isfinite(values)]  # censored / undefined seeds are counted apart
+        diverged = int((group["status"] == "diverged").sum())
+        metric = lookup(keys[-1])
+        scale_free = metric.scale_free if metric else True
+        # a loss-scale-dependent quantity has no better side across methods: no direction shown
+        meta = {"better": (direction(keys[-1]) or "") if scale_free else "", "scale_free": scale_free}
         if values.size == 0:
-            out.append({**dict(zip(KEYS, keys)), "mean": float("nan"), "ci_low": float("nan"),
-                        "ci_high": float("nan"), "n_seeds": 0,
-                        "diverged": int((group["status"] == "diverged").sum())})
+            out.append({**dict(zip(KEYS, keys)), "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                        "n_seeds": 0, "diverged": diverged, "shared": False, **meta})
             continue
-        ci = mean_ci(values, confidence_level=stats_cfg["confidence"],
-                     n_resamples=stats_cfg["bootstrap_resamples"], seed=stats_cfg["seed"])
+        shared = _is_shared(group, values)
+        if shared:
+            values = values[:1]
+        ci = interval(values, s["interval"], s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"])
         out.append({**dict(zip(KEYS, keys)), "mean": ci.point, "ci_low": ci.low, "ci_high": ci.high,
-                    "n_seeds": len(values), "diverged": int((group["status"] == "diverged").sum())})
+                    "n_seeds": ci.n, "diverged": diverged, "shared": shared, **meta})
     return pd.DataFrame(out)
 
 
-def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str]) -> pd.DataFrame:
-    """Probability that method X beats method Y over seeds (rliable's definition), with a
-    bootstrap interval, at the final budget, for each training reward and each metric listed
-    (a `-` prefix means lower is better). `significant` when the interval excludes 0.5 and an
-    exact two-sided Mann-Whitney U test rejects equality at the same level: a percentile bootstrap
-    over 2-3 seeds can give a degenerate [1, 1] interval, while the exact test cannot reject with
-    so few seeds (its smallest p-value with 3 vs 3 seeds is 0.1)."""
-    out, alpha = [], 1 - stats_cfg["confidence"]
+def compared_metrics(seed_rows: pd.DataFrame, reward: str) -> list[str]:
+    """What the pairwise comparison covers: the training reward and every gold metric present."""
+    present = sorted(seed_rows["metric"].unique())
+    return [f"reward/{reward}", *gold_keys(present)]
+
+
+def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Each ordered pair of methods at the final budget, per training reward and compared metric:
+    the probability that X beats Y over seeds (rliable's definition, oriented by the registry's
+    direction) with a bootstrap interval, and the difference of means with the study's interval
+    and Welch's p. `p_holm`: Holm-corrected over the unordered pairs of one (model, reward,
+    metric); `significant` when p_holm < 1 - confidence."""
+    s = _stats(stats_cfg)
+    out, alpha = [], 1 - s.get("confidence", 0.95)
     for (model, reward), part in seed_rows.groupby(["model", "reward"]):
         final = part[part["budget"] == part["budget"].max()]
-        for spec in metrics:
-            metric = spec.lstrip("-").replace("{reward}", reward)
-            sign = -1.0 if spec.startswith("-") else 1.0
-            values = {a: sign * g["value"].to_numpy(dtype=float)
+        for spec in metrics or compared_metrics(part, reward):
+            metric = spec.replace("{reward}", reward)
+            sign = -1.0 if direction(metric) == "lower" else 1.0
+            values = {a: g["value"].to_numpy(dtype=float)
                       for a, g in final[final["metric"] == metric].groupby("algorithm")}
+            values = {a: v[np.isfinite(v)] for a, v in values.items()}
+            level, reps, seed = s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"]
+            family = []
             for x, vx in values.items():
                 for y, vy in values.items():
                     if x == y:
                         continue
-                    p_value = float(mannwhitneyu(vx, vy, alternative="two-sided", method="exact").pvalue)
-                    ci = probability_of_improvement_ci(vx, vy, confidence_level=stats_cfg["confidence"],
-                                                       n_resamples=stats_cfg["bootstrap_resamples"],
-                                                       seed=stats_cfg["seed"])
-                    out.append({"model": model, "reward": reward, "metric": metric,
-                                "budget": int(final["budget"].max()), "method": x, "over": y,
-                                "poi": ci.point, "ci_low": ci.low, "ci_high": ci.high,
-                                "n_seeds": ci.n, "p_value": p_value,
-                                "significant": bool((ci.low > 0.5 or ci.high < 0.5) and p_value < alpha)})
+                    poi = probability_of_improvement_ci(sign * vx, sign * vy, level, reps, seed)
+                    d = difference(vx, vy, s["interval"], level, reps, seed)
+                    family.append({"model": model, "reward": reward, "metric": metric,
+                                   "better": direction(metric) or "",
+                                   "budget": int(final["budget"].max()), "method": x, "over": y,
+                                   "poi": poi.point, "poi_low": poi.low, "poi_high": poi.high,
+                                   "difference": d.effect, "ci_low": d.low, "ci_high": d.high,
+                                   "n_seeds": poi.n, "p_value": d.p_value})
+            if family:
+                # one test per unordered pair: (x, y) and (y, x) share Welch's p
+                pairs = {tuple(sorted((r["method"], r["over"]))): r["p_value"] for r in family}
+                adjusted = dict(zip(pairs, holm(list(pairs.values()))))
+                for r in family:
+                    r["p_holm"] = adjusted[tuple(sorted((r["method"], r["over"])))]
+                    r["significant"] = bool(np.isfinite(r["p_holm"]) and r["p_holm"] < alpha)
+                out += family
     return pd.DataFrame(out)
 
 
-def _header(prov: dict, comment: str) -> str:
+def normalised_scores(seed_rows: pd.DataFrame) -> dict[str, dict[tuple, np.ndarray]]:
+    """Per method, per task (model, training reward): each seed's final gain over the base,
+    divided by the range of that reward over all final runs and the base (min-max over the task,
+    so every task weighs the same; 0 = no change). The scores of rliable's aggregates."""
+    scores: dict[str, dict[tuple, np.ndarray]] = {}
+    for (model, reward), part in seed_rows.groupby(["model", "reward"]):
+        curve = part[part["metric"] == f"reward/{reward}"]
+        if curve.empty:
+            continue
+        base = float(curve[curve["budget"] == 0]["value"].median())
+        final = curve[curve["budget"] == curve["budget"].max()]
+        span = float(np.ptp(np.append(final["value"].to_numpy(dtype=float), base)))
+        for algo, g in final.groupby("algorithm"):
+            v = (g["value"].to_numpy(dtype=float) - base) / (span if span > 0 else 1.0)
+            scores.setdefault(algo, {})[(model, reward)] = v[np.isfinite(v)]
+    return scores
+
+
+def across_rewards(seed_rows: pd.DataFrame, stats_cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """rliable's aggregates over training rewards (tasks): per method the IQM of the normalised
+    final gain with a stratified-bootstrap interval, and the probability of improvement of each
+    method over each other averaged over tasks with its interval; and the performance profiles."""
+    s = _stats(stats_cfg)
+    level = s.get("confidence", 0.95)
+    scores = normalised_scores(seed_rows)
+    tasks = sorted({t for per in scores.values() for t in per})
+    rows, profile = [], []
+    taus = np.linspace(-1.0, 1.0, 41)
+    for algo, per in sorted(scores.items()):
+        arrays = [per[t] for t in tasks if t in per and per[t].size]
+        if not arrays:
+            continue
+        ci = stratified_bootstrap(arrays, aggregate_iqm, level, s["bootstrap_resamples"], s["seed"])
+        rows.append({"method": algo, "over": "", "statistic": "iqm_normalised_gain", "value": ci.point,
+                     "ci_low": ci.low, "ci_high": ci.high, "tasks": len(arrays), "runs": ci.n})
+        fractions = performance_profile(arrays, taus)
+        profile += [{"method": algo, "tau": float(t), "fraction": float(f)} for t, f in zip(taus, fractions)]
+    for x in sorted(scores):
+        for y in sorted(scores):
+            common = [t for t in tasks if t in scores[x] and t in scores[y] and scores[x][t].size and scores[y][t].size]
+            if x == y or not common:
+                continue
+            ci = probability_of_improvement_tasks_ci([scores[x][t] for t in common], [scores[y][t] for t in common],
+                                                     level, s["bootstrap_resamples"], s["seed"])
+            rows.append({"method": x, "over": y, "statistic": "probability_of_improvement", "value": ci.point,
+                         "ci_low": ci.low, "ci_high": ci.high, "tasks": len(common), "runs": ci.n})
+    return pd.DataFrame(rows), pd.DataFrame(profile)
+
+
+def headline(table: pd.DataFrame, derived: pd.DataFrame, seconds_levels: pd.DataFrame, hack: pd.DataFrame,
+             verdict: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
+    """One row per (model, training reward, method): held-out training-reward gain over the base
+    at the final budget and at the common device-seconds level (both with intervals over seeds),
+    the change of every gold metric, the compute used, the hacking flag and the verdicts."""
+    s = _stats(stats_cfg)
+    rows = []
+    for (model, reward, algo), part in table.groupby(["model", "reward", "algorithm"]):
+        final_budget = int(part["budget"].max())
+        d = derived[(derived["model"] == model) & (derived["reward"] == reward) & (derived["algorithm"] == algo)] \
+            if len(derived) else derived
+
+        def ci_of(key: str, frame: pd.DataFrame = d) -> tuple[float, float, float, int]:
+            v = frame[frame["metric"] == key]["value"].to_numpy(dtype=float) if len(frame) else np.array([])
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                return np.nan, np.nan, np.nan, 0
+            c = interval(v, s["interval"], s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"])
+            return c.point, c.low, c.high, c.n
+
+        g, glo, ghi, n = ci_of(f"change/reward/{reward}")
+        sg, slo, shi, _ = ci_of(f"seconds/gain/reward/{reward}")
+        lvl = seconds_levels[(seconds_levels["model"] == model) & (seconds_levels["reward"] == reward)] \
+            if len(seconds_levels) else seconds_levels
+        secs = part[(part["metric"] == "device_seconds") & (part["budget"] == final_budget)]["mean"]
+        row = {"model": model, "reward": reward, "method": algo, "n_seeds": n,
+               "gain": g, "gain_low": glo, "gain_high": ghi,
+               "seconds_level": float(lvl["seconds_level"].iloc[0]) if len(lvl) else np.nan,
+               "gain_at_seconds": sg, "gain_at_seconds_low": slo, "gain_at_seconds_high": shi,
+               "images": final_budget, "device_seconds": float(secs.iloc[0]) if len(secs) else np.nan}
+        for key in gold_keys(sorted(m[len("change/"):] for m in d["metric"].unique() if m.startswith("change/"))):
+            c, lo, hi, _ = ci_of(f"change/{key}")
+            row[f"change/{key}"], row[f"change/{key}_low"], row[f"change/{key}_high"] = c, lo, hi
+        h = hack[(hack["model"] == model) & (hack["reward"] == reward) & (hack["algorithm"] == algo)] \
+            if len(hack) else hack
+        row["hacked"] = " ".join(sorted(h[h["flagged"]]["gold_metric"])) if len(h) else ""
+        v = verdict[(verdict["model"] == model) & (verdict["reward"] == reward) & (verdict["method"] == algo)] \
+            if len(verdict) else verdict
+        row["verdicts"] = "; ".join(f"{r.id}{'/' + r.over if r.over else ''}: {r.verdict}" for r in v.itertuples()) \
+            if len(v) else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
+    """The headline as a paper shows it: 'mean [low, high]' cells, one column per gold metric."""
+    cell = lambda r, k: _fmt(r[k]) if not np.isfinite(r[f"{k}_low"]) else \
+        f"{_fmt(r[k])} [{_fmt(r[f'{k}_low'])}, {_fmt(r[f'{k}_high'])}]"  # noqa: E731
+    golds = [c for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
+    rows = []
+    for r in head.to_dict("records"):
+        rows.append({"model": r["model"], "reward": r["reward"], "method": r["method"], "n": r["n_seeds"],
+                     "gain": cell(r, "gain"), f"gain at {_fmt(r['seconds_level'])} s": cell(r, "gain_at_seconds"),
+                     **{f"Δ {g[len('change/'):]}": cell(r, g) for g in golds},
+                     "images": r["images"], "device-s": _fmt(r["device_seconds"]),
+                     "hacked": r["hacked"] or "-"})
+    return pd.DataFrame(rows)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
     lines = [f"t2i-rl-bench results, study '{prov['study']}'",
              f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
              "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
-             "mean over seeds with a percentile-bootstrap confidence interval"]
+             f"mean over seeds with a {prov['interval']['description']}; rows measured once for every seed "
+             "(the base model) have n_seeds 1 and no interval", *notes]
     return "".join(f"{comment} {line}\n" for line in lines)
 
 
-def _fmt(v: float) -> str:
-    return "nan" if not np.isfinite(v) else f"{v:.4g}"
+def _fmt(v) -> str:
+    if isinstance(v, float | np.floating):
+        return "nan" if not np.isfinite(v) else f"{v:.4g}"
+    return str(v)
 
 
-def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str) -> None:
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The human-readable columns: 'mean [low, high]' plus n and the registry's direction."""
+    if {"mean", "ci_low", "ci_high"} <= set(table.columns):
+        value = [f"{_fmt(m)}" if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+                 for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])]
+        cols = [c for c in KEYS if c in table.columns]
+        shown = table[cols].assign(value=value, n_seeds=table["n_seeds"])
+        if "better" in table:
+            shown["better"] = table["better"]
+        if "scale_free" in table and not table["scale_free"].all():
+            shown["comparable"] = np.where(table["scale_free"], "yes", "per method only")
+        return shown
+    return table
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&") \
+        .replace("#", "\\#")
+
+
+def _longtable(shown: pd.DataFrame, caption: str) -> list[str]:
+    cols = "l" * len(shown.columns)
+    head = " & ".join(_tex(c) for c in shown.columns) + " \\\\"
+    out = [f"\\begin{{longtable}}{{{cols}}}", f"\\caption{{{_tex(caption)}}}\\\\", "\\toprule", head, "\\midrule",
+           "\\endfirsthead", "\\toprule", head, "\\midrule", "\\endhead", "\\bottomrule", "\\endfoot"]
+    out += [" & ".join(_tex(_fmt(v)) for v in row) + " \\\\" for row in shown.itertuples(index=False)]
+    return out + ["\\end{longtable}", ""]
+
+
+def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str, notes: list[str] = (),
+                 shown: pd.DataFrame | None = None) -> None:
+    """CSV (all columns), Markdown and LaTeX (shown columns; one longtable per model x training
+    reward, needs \\usepackage{booktabs,longtable}), each with the provenance header."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{name}.csv", _header(prov, "#") + table.to_csv(index=False, float_format="%.6g"))
-    shown = table.assign(value=[f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
-                                for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])])
-    shown = shown[KEYS + ["value", "n_seeds"]]
+    atomic_write_text(out / f"{name}.csv", _header(prov, "#", notes) + table.to_csv(index=False, float_format="%.6g"))
+    shown = _shown(table) if shown is None else shown
     md = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    md += "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-    atomic_write_text(out / f"{name}.md", _header(prov, "<!--").replace("\n", " -->\n") + "\n" + md)
-    tex = [_header(prov, "%"), "\\begin{tabular}{lllrlr}", "\\toprule",
-           " & ".join(c.replace("_", "\\_") for c in shown.columns) + " \\\\", "\\midrule"]
-    tex += [" & ".join(str(v).replace("_", "\\_") for v in row) + " \\\\" for row in shown.itertuples(index=False)]
-    tex += ["\\bottomrule", "\\end{tabular}", ""]
+    md += "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    atomic_write_text(out / f"{name}.md", _header(prov, "<!--", notes).replace("\n", " -->\n") + "\n" + md)
+    tex = [_header(prov, "%", notes) + "% needs \\usepackage{booktabs,longtable}"]
+    if {"model", "reward"} <= set(shown.columns) and len(shown):
+        for (model, reward), part in shown.groupby(["model", "reward"], sort=True):
+            tex += _longtable(part.drop(columns=["model", "reward"]), f"{name}: {model}, trained on {reward}")
+    else:
+        tex += _longtable(shown, name)
     atomic_write_text(out / f"{name}.tex", "\n".join(tex))
+
+
+def quality_note(cfg: dict, runs_root: Path) -> str:
+    """FID/KID are only comparable at equal N and feature network: both, from the study."""
+    ev = cfg.get("evaluation", {})
+    n = None
+    for key in study.runs(cfg):
+        path = runs_root / key.path / "eval.json"
+        if path.is_file():
+            n = json.loads(path.read_text()).get("n_images")
+            break
+    return (f"FID/KID/CLIP score/diversity: N = {n} generated images per checkpoint "
+            f"({ev.get('max_prompts')} held-out prompts x {ev.get('images_per_prompt')}) against as many reference "
+            f"renders, feature network: the image tower of {ev.get('clip_model')}; compare only at equal N and network")
 
 
 def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     prov = provenance(cfg)
+    s = _stats(cfg)
+    rules = analysis.Rules.from_config(cfg)
     seed_rows = collect(cfg, runs_root)
-    table = summarise(seed_rows, cfg["statistics"])
-    write_tables(table, prov, out, "eval")
+    qnote = quality_note(cfg, runs_root)
+    table = summarise(seed_rows, s)
+    write_tables(table, prov, out, "eval", [qnote])
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
+    all_tables = [table]
+    recursive_rows = pd.DataFrame()
     if cfg.get("recursive", {}).get("enabled"):
-        rec_table = summarise(collect(cfg, runs_root, "recursive.json"), cfg["statistics"])
-        write_tables(rec_table, prov, out, "recursive")  # here the budget column holds the generation
-        table = pd.concat([table, rec_table.assign(metric="recursive/" + rec_table["metric"])])
-    poi = improvement(seed_rows, cfg["statistics"], IMPROVEMENT_METRICS)
+        recursive_rows = collect(cfg, runs_root, "recursive.json")
+        rec_table = summarise(recursive_rows, s)
+        write_tables(rec_table, prov, out, "recursive", ["the budget column holds the generation"])
+        all_tables.append(rec_table.assign(metric="recursive/" + rec_table["metric"]))
+    poi = improvement(seed_rows, s)
     if len(poi):
-        atomic_write_text(out / "improvement.csv", _header(prov, "#") + poi.to_csv(index=False, float_format="%.6g"))
-    derived = pd.concat([analysis.convergence(seed_rows),
-                         analysis.matched_quality(seed_rows, QUALITY_METRICS),
-                         analysis.collapse(seed_rows, DIVERSITY_METRIC)])
-    if len(derived):
-        derived_table = summarise(derived, cfg["statistics"])
-        write_tables(derived_table, prov, out, "derived")
-        table = pd.concat([table, derived_table])
+        atomic_write_text(out / "improvement.csv", _header(prov, "#", [
+            "pairs at the final budget; poi: probability of improvement (rliable) with a percentile bootstrap; "
+            "difference: mean(method) - mean(over) with the interval above; p_holm: Welch's t-test, "
+            "Holm-Bonferroni over the pairs of one metric"]) + poi.to_csv(index=False, float_format="%.6g"))
+    across, profile = across_rewards(seed_rows, s)
+    if len(across):
+        note = ("across training rewards (rliable): score = (final reward - base) / range of that reward over all "
+                "final runs and the base; IQM and probability of improvement with stratified-bootstrap "
+                f"{100 * s.get('confidence', 0.95):g}% percentile intervals")
+        atomic_write_text(out / "across_rewards.csv", _header(prov, "#", [note]) + across.to_csv(index=False,
+                                                                                                  float_format="%.6g"))
+        profile.to_csv(out / "performance_profile.csv", index=False)
+    gold = analysis.gold_checks(seed_rows, rules)
+    conv, conv_levels = analysis.convergence(seed_rows, gold, rules)
+    secs, secs_levels = analysis.at_seconds(seed_rows)
+    parts = [f for f in (gold, conv, secs, analysis.matched_quality(seed_rows, rules),
+                         analysis.collapse(seed_rows, rules)) if len(f)]
+    derived_rows = pd.concat(parts) if parts else pd.DataFrame(columns=seed_rows.columns)
+    derived_table = summarise(derived_rows, s)
+    derived_notes = [
+        f"gold/pass: no gold metric worse than the base by more than {rules.describe_tolerance()} x its base value",
+        f"convergence: target = base + {rules.target_fraction:g} x the reference improvement (runs passing the gold "
+        "checks); rmst_* = mean over seeds of min(time to target, tau): a run that never reaches it counts tau "
+        "(Kaplan-Meier restricted mean); reached_* = fraction of seeds that got there",
+        "seconds/*: reward at the largest device-seconds level every finished run reached (linear interpolation)",
+        f"matched/*: gold metrics where a run first reaches base + {rules.matched_fraction:g} x the smallest mean "
+        "gain of the methods (NaN level: a method did not improve, not comparable)",
+        f"collapse/*: diversity's distance above its floor (Vendi 1, distance 0) fell by {rules.collapse_drop:g}"]
+    write_tables(derived_table, prov, out, "derived", derived_notes)
+    derived_rows.to_csv(out / "derived_per_seed.csv", index=False)
+    levels = conv_levels.merge(secs_levels, on=["model", "reward"], how="outer") if len(conv_levels) else secs_levels
+    if len(levels):
+        atomic_write_text(out / "levels.csv", _header(prov, "#", derived_notes[1:3]) + levels.to_csv(index=False))
+    hack = analysis.hacking(gold, rules, s["interval"])
+    if len(hack):
+        atomic_write_text(out / "hacking.csv", _header(prov, "#", [
+            "flagged: the proxy (held-out training reward) rose and the gold metric worsened, both with intervals "
+            f"over seeds that exclude 0, the worsening larger than {rules.describe_tolerance()} x the base's value; "
+            "runs_failing_gold_check: seeds whose gold metric worsened by more than that"])
+            + hack.to_csv(index=False, float_format="%.6g"))
+    all_tables.append(derived_table)
+    probe_rows = pd.DataFrame()
     if cfg.get("probe", {}).get("enabled"):
         probe_rows = collect(cfg, runs_root, "probe.json")
-        probe_table = summarise(probe_rows, cfg["statistics"])
-        write_tables(probe_table, prov, out, "probe")
+        probe_table = summarise(probe_rows, s)
+        k = cfg["probe"].get("minibatches")
+        write_tables(probe_table, prov, out, "probe", [
+            f"gradient SNR = ||mean g||^2 / tr Cov(g) over K = {k} minibatch gradients: pure noise gives 1/K = "
+            f"{1 / k:.3g} (its noise floor); snr_unbiased subtracts it (0 = no signal)",
+            "trace_cov, mean_sq_norm, norm_variance scale with each loss: shown per method, never ranked across "
+            "methods (comparable = per method only)"])
         probe_rows.to_csv(out / "probe_per_seed.csv", index=False)
-        table = pd.concat([table, probe_table.assign(metric="probe/" + probe_table["metric"])])
-    num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
-    citable = {"provenance": prov, "results": {
-        "/".join(str(r[k]) for k in KEYS): {"mean": num(r["mean"]), "ci_low": num(r["ci_low"]),
-                                            "ci_high": num(r["ci_high"]), "n_seeds": int(r["n_seeds"])}
-        for r in table.to_dict("records")}}
-    citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
-    atomic_write_text(citable_path, json.dumps(citable, indent=1))
+        all_tables.append(probe_table.assign(metric="probe/" + probe_table["metric"]))
+    verdict = verdicts.evaluate(cfg, verdicts.Tables(seed_rows, probe_rows, derived_rows, recursive_rows))
+    vnote = (f"rules declared in the config (verdicts:); effect = mean(method) - mean(over) with the "
+             f"{prov['interval']['description']}; p_holm: Welch's t-test, Holm-Bonferroni over all lines; supported/"
+             f"contradicted when p_holm < {1 - s.get('confidence', 0.95):.2g} on the registry's better/worse side; "
+             "the intervals shown are per line, not adjusted, so an interval may exclude 0 where the corrected "
+             "test does not reject")
+    if len(verdict):
+        write_verdicts(verdict, prov, out, vnote)
+    head = headline(table, derived_rows, secs_levels, hack, verdict, s)
+    if len(head):
+        write_tables(head, prov, out, "headline", [
+            "gain: held-out training reward - base at the final budget; gain_at_seconds: the same at the largest "
+            "device-seconds level every finished run reached (seconds_level); change/*: final - base", qnote],
+            shown=headline_shown(head))
+    table = pd.concat(all_tables)
+    write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out)
     return table
+
+
+def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> None:
+    atomic_write_text(out / "verdicts.csv", _header(prov, "#", [note]) + verdict.to_csv(index=False,
+                                                                                         float_format="%.6g"))
+    lines = ["| claim | model / reward | vs | verdict | effect [interval] | n | p (Holm) | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in verdict.itertuples():
+        eff = "" if not np.isfinite(getattr(r, "effect", np.nan)) else \
+            f"{_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        n = "" if not np.isfinite(getattr(r, "n_method", np.nan)) else (
+            f"{int(r.n_method)} vs {int(r.n_over)}" if r.n_over else f"{int(r.n_method)}")
+        lines.append(f"| {r.claim} | {r.model} / {r.reward} | {r.over or ''} | **{r.verdict}** | {eff} | {n} | "
+                     f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |")
+    atomic_write_text(out / "verdicts.md", _header(prov, "<!--", [note]).replace("\n", " -->\n") + "\n"
+                      + "\n".join(lines) + "\n")
+    shown = pd.DataFrame({"claim": verdict["claim"], "model / reward": verdict["model"] + " / " + verdict["reward"],
+                          "vs": verdict["over"].fillna(""), "verdict": verdict["verdict"],
+                          "effect [interval]": [
+                              _fmt(e) if not np.isfinite(lo) else f"{_fmt(e)} [{_fmt(lo)}, {_fmt(hi)}]"
+                              for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])],
+                          "p (Holm)": [_fmt(v) for v in verdict["p_holm"]]})
+    tex = [_header(prov, "%", [note]) + "% needs \\usepackage{booktabs,longtable}",
+           *_longtable(shown, "What the study says about each claim")]
+    atomic_write_text(out / "verdicts.tex", "\n".join(tex))
+
+
+def write_citable(cfg: dict, prov: dict, table: pd.DataFrame, seed_rows: pd.DataFrame, probe_rows: pd.DataFrame,
+                  runs_root: Path, out: Path) -> None:
+    num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
+    per_seed: dict[str, dict] = {}
+    for frame, prefix in ((seed_rows, ""), (probe_rows, "probe/")):
+        if frame is None or frame.empty:
+            continue
+        for keys, g in frame.groupby(["model", "reward", "algorithm", "budget", "metric"]):
+            if keys[-1].startswith("credit_share/"):
+                continue
+            per_seed["/".join(map(str, keys[:-1])) + f"/{prefix}{keys[-1]}"] = {
+                str(int(sd)): num(v) for sd, v in zip(g["seed"], g["value"].astype(float))}
+    ev, probe = cfg.get("evaluation", {}), cfg.get("probe", {})
+    n_images = None
+    for key in study.runs(cfg):
+        p = runs_root / key.path / "eval.json"
+        if p.is_file():
+            n_images = json.loads(p.read_text()).get("n_images")
+            break
+    citable = {
+        "provenance": prov,
+        "statistics": {**prov["interval"], "seed": _stats(cfg)["seed"],
+                       "multiple_comparisons": "Holm-Bonferroni (pairs of one metric; all verdict lines)"},
+        "evaluation": {"prompts": ev.get("prompts"), "max_prompts": ev.get("max_prompts"),
+                       "images_per_prompt": ev.get("images_per_prompt"), "n_images": n_images,
+                       "seed": ev.get("seed"), "feature_network": ev.get("clip_model"), "rewards": ev.get("rewards")},
+        "probe": {**probe, "noise_floor_snr": 1 / probe["minibatches"] if probe.get("minibatches") else None},
+        "sampling": cfg.get("sampling"),
+        "train": cfg.get("train"),
+        "algorithms": cfg.get("algorithms"),
+        "verdict_rules": cfg.get("verdicts"),
+        "hardware": hardware(),
+        "results": {"/".join(str(r[k]) for k in KEYS): {
+            "mean": num(r["mean"]), "ci_low": num(r["ci_low"]), "ci_high": num(r["ci_high"]),
+            "n_seeds": int(r["n_seeds"]), **({"better": r["better"]} if isinstance(r.get("better"), str) and r["better"]
+                                             else {})}
+            for r in table.to_dict("records") if not str(r["metric"]).split("/")[-1].isdigit()},
+        "per_seed": per_seed,
+    }
+    citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
+    atomic_write_text(citable_path, json.dumps(citable, indent=1, default=lambda o: o.item()
+                                               if hasattr(o, "item") else str(o)))

@@ -102,3 +102,45 @@ def test_per_step_gradient_norms_feed_credit_share():
     assert norms.shape == (2, 3)
     assert torch.allclose(norms[1], weights * math.sqrt(5.0))
     assert torch.allclose(gv.credit_share(norms), (weights / weights.sum()).double())
+
+
+def test_at_the_probes_k_the_bias_corrected_snr_is_near_truth_and_the_plain_one_sits_1_over_k_above():
+    # K = 8 minibatch gradients of known mean b and covariance A A^T, 2000 replicate probes:
+    # E ||mean||^2 = ||b||^2 + tr Sigma / K, so the plain SNR is biased by ~1/K = 0.125, while the
+    # corrected numerator ||mean||^2 - tr S / K is unbiased for ||b||^2 (tr S is unbiased)
+    gen = torch.Generator().manual_seed(5)
+    p, d, k, reps = 200, 200, 8, 2000
+    a = torch.randn(p, d, generator=gen, dtype=torch.float64) / math.sqrt(d)  # tr Sigma ~ p
+    sigma_tr = float((a @ a.T).trace())
+    b = torch.randn(p, generator=gen, dtype=torch.float64)
+    b = b / b.norm() * math.sqrt(0.3 * sigma_tr)  # true SNR 0.3: a weak signal, near the floor
+    truth = float(b.square().sum()) / sigma_tr
+    numerators, plain, corrected = [], [], []
+    for r in range(reps):
+        g = _gaussian_gradients(k, a, b, seed=100 + r)
+        s = gv.gradient_statistics(g)
+        numerators.append(s.mean_sq_norm - s.trace_cov / k)
+        plain.append(s.snr)
+        corrected.append(s.snr_unbiased)
+    num = torch.tensor(numerators)
+    assert abs(float(num.mean()) - float(b.square().sum())) < 4 * float(num.std()) / math.sqrt(reps)
+    assert float(torch.tensor(corrected).mean()) == pytest.approx(truth, abs=0.02)
+    assert float(torch.tensor(plain).mean()) == pytest.approx(truth + 1 / k, abs=0.02)
+
+
+@pytest.mark.parametrize(("true_snr", "least"), [(0.0, 0.94), (0.3, 0.87)])
+def test_the_single_probe_interval_of_the_bias_corrected_snr_covers(true_snr, least):
+    gen = torch.Generator().manual_seed(11)
+    p, k, reps = 200, 8, 400
+    a = torch.randn(p, p, generator=gen, dtype=torch.float64) / math.sqrt(p)
+    tr = float((a @ a.T).trace())
+    b = torch.randn(p, generator=gen, dtype=torch.float64)
+    b = b / b.norm() * math.sqrt(true_snr * tr)
+    truth = float(b.square().sum()) / tr
+    hits = 0
+    for r in range(reps):
+        low, high = gv.snr_unbiased_interval(_gaussian_gradients(k, a, b, seed=1000 + r))
+        hits += low <= truth <= high
+    assert hits / reps >= least
+    stats = gv.gradient_statistics(_gaussian_gradients(k, a, b, seed=1))
+    assert stats.snr_unbiased_low < stats.snr_unbiased < stats.snr_unbiased_high

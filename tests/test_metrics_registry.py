@@ -21,3 +21,18 @@ def test_metric_delegates_and_compares():
     assert METRICS.get("coverage")(real, real) == 1.0
     with pytest.raises(ValueError):
         bm.Metric("x", "up", abs, "bad direction")
+
+
+def test_table_keys_find_their_metric_and_direction():
+    assert bm.direction("quality/fid") == "lower" and bm.direction("matched/quality/fid") == "lower"
+    assert bm.direction("reward/jpeg_compressibility") == "higher" and bm.direction("diversity/vendi") == "higher"
+    assert bm.direction("convergence/seconds_to_80") == "lower" and bm.direction("snr_unbiased") == "higher"
+    assert bm.direction("device_seconds") is None and bm.direction("credit_share/3") is None
+    assert not bm.lookup("trace_cov").scale_free and bm.lookup("snr").scale_free
+    gold = bm.gold_keys(["reward/x", "attribute/mean", "quality/fid", "quality/kid", "device_seconds"])
+    assert gold == ["attribute/mean", "quality/fid", "quality/kid"]
+    assert bm.floors(["diversity/vendi", "quality/fid", "diversity/pairwise_cosine_distance"]) == {
+        "diversity/vendi": 1.0, "diversity/pairwise_cosine_distance": 0.0}
+    assert bm.lookup("quality/fid").unit == "FID"
+    assert bm.lookup("attribute/mean").gold and not bm.lookup("attribute/colour").gold
+    assert bm.direction("attribute/colour") == "higher"

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from bench import tables
 
@@ -12,21 +13,58 @@ def _seed_rows(values: dict[str, list[float]], metric="reward/r", budget=64) -> 
                          for a, vs in values.items() for s, v in enumerate(vs)])
 
 
-def test_improvement_is_significant_only_with_enough_separated_seeds():
+def test_improvement_is_significant_only_with_enough_separated_seeds_after_holm():
     many = tables.improvement(_seed_rows({"a": [1, 1.1, 1.2, 1.3, 1.4, 1.5], "b": [0, 0.1, 0.2, 0.3, 0.4, 0.5]}),
                               STATS, ["reward/{reward}"])
     a_over_b = many[(many.method == "a") & (many.over == "b")].iloc[0]
-    assert a_over_b.poi == 1.0 and a_over_b.significant
+    assert a_over_b.poi == 1.0 and a_over_b.significant and a_over_b.difference == pytest.approx(1.0)
     b_over_a = many[(many.method == "b") & (many.over == "a")].iloc[0]
     assert b_over_a.poi == 0.0 and b_over_a.significant  # significant, in a's favour
-    few = tables.improvement(_seed_rows({"a": [1.0, 1.1], "b": [0.0, 0.1]}), STATS, ["reward/{reward}"])
-    assert few.iloc[0].poi in (0.0, 1.0) and not few["significant"].any()  # 2 seeds cannot be significant
+    close = tables.improvement(_seed_rows({"a": [1.0, 1.3, 0.8], "b": [0.9, 1.2, 0.7]}), STATS, ["reward/{reward}"])
+    assert not close["significant"].any()
+    # three methods: the same separation is corrected over 3 pairs (p_holm >= p)
+    three = tables.improvement(_seed_rows({"a": [1.0, 1.2, 1.1], "b": [0.8, 0.9, 1.0], "c": [0.0, 0.1, 0.2]}),
+                               STATS, ["reward/{reward}"])
+    assert (three["p_holm"] >= three["p_value"] - 1e-12).all()
 
 
-def test_lower_is_better_metrics_are_flipped():
+def test_the_registry_direction_orients_lower_is_better_metrics():
     out = tables.improvement(_seed_rows({"a": [10, 11, 12, 13, 14], "b": [20, 21, 22, 23, 24]}, metric="quality/fid"),
-                             STATS, ["-quality/fid"])
-    assert out[(out.method == "a") & (out.over == "b")].iloc[0].poi == 1.0
+                             STATS, ["quality/fid"])
+    row = out[(out.method == "a") & (out.over == "b")].iloc[0]
+    assert row.poi == 1.0 and row.better == "lower" and row.difference == -10.0
+
+
+def test_compared_metrics_come_from_the_registry():
+    rows = pd.concat([_seed_rows({"a": [1.0]}, metric=m) for m in
+                      ("reward/r", "quality/fid", "attribute/mean", "device_seconds", "credit_share/3")])
+    assert tables.compared_metrics(rows, "r") == ["reward/r", "attribute/mean", "quality/fid"]
+
+
+def test_the_shared_base_row_has_one_measurement_and_no_interval():
+    rows = pd.concat([_seed_rows({"a": [0.5, 0.5, 0.5]}, budget=0), _seed_rows({"a": [0.6, 0.7, 0.8]}, budget=64)])
+    table = tables.summarise(rows, STATS).set_index("budget")
+    assert table.loc[0, "n_seeds"] == 1 and np.isnan(table.loc[0, "ci_low"]) and table.loc[0, "shared"]
+    assert table.loc[64, "n_seeds"] == 3 and table.loc[64, "ci_low"] < 0.7 < table.loc[64, "ci_high"]
+    # the default interval is Student-t: mean +- t_{0.975, 2} s / sqrt(3)
+    half = 4.302653 * 0.1 / np.sqrt(3)
+    assert table.loc[64, "ci_high"] == pytest.approx(0.7 + half, rel=1e-5)
+
+
+def test_aggregates_across_rewards_are_stratified_and_normalised():
+    rows = []
+    for reward, scale in (("r1", 1.0), ("r2", 100.0)):
+        for algo, gain in (("a", 1.0), ("b", 0.5)):
+            for seed in range(3):
+                for budget, v in ((0, 0.0), (64, scale * (gain + 0.01 * seed))):
+                    rows.append({"model": "m", "reward": reward, "algorithm": algo, "seed": seed, "budget": budget,
+                                 "metric": f"reward/{reward}", "value": v, "status": "finished"})
+    across, profile = tables.across_rewards(pd.DataFrame(rows), STATS)
+    iqm = across[across.statistic == "iqm_normalised_gain"].set_index("method")["value"]
+    assert iqm["a"] > iqm["b"] > 0 and iqm["a"] <= 1.0  # the reward's scale (x100) does not matter
+    poi = across[(across.statistic == "probability_of_improvement") & (across.method == "a")].iloc[0]
+    assert poi.value == 1.0 and poi.tasks == 2
+    assert set(profile["method"]) == {"a", "b"} and profile["fraction"].between(0, 1).all()
 
 
 def test_tables_carry_provenance_in_every_format(tmp_path):
@@ -40,7 +78,8 @@ def test_tables_carry_provenance_in_every_format(tmp_path):
         text = (tmp_path / f"eval.{ext}").read_text()
         assert text.startswith(f"{comment} t2i-rl-bench results") and prov["config_hash"] in text
     tex = (tmp_path / "eval.tex").read_text()
-    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\begin{longtable}" in tex
+    assert "95% Student-t interval over seeds" in (tmp_path / "eval.csv").read_text()
     back = pd.read_csv(tmp_path / "eval.csv", comment="#")
     assert list(back.columns[:5]) == tables.KEYS and back.iloc[0]["n_seeds"] == 3
 

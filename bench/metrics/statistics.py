@@ -1,14 +1,22 @@
-"""Statistics across seeds: a point estimate with a 95% bootstrap confidence interval, the
-interquartile mean, and the probability of improvement (Agarwal et al. 2021, "Deep Reinforcement
-Learning at the Edge of the Statistical Precipice", the rliable library).
+"""Statistics across seeds: a point estimate with its confidence interval, the interquartile
+mean, the probability of improvement, performance profiles (Agarwal et al. 2021, "Deep
+Reinforcement Learning at the Edge of the Statistical Precipice", the rliable library), Holm's
+correction for many comparisons and censoring-aware summaries of time-to-target.
 
-Every interval is a seeded percentile bootstrap through `scipy.stats.bootstrap`, so a table
-rebuilt from the same numbers shows the same intervals. Measured coverage of the plain 95%
-percentile interval for the mean of normal data (2,000 simulated studies, 2,000 resamples): 0.50
-with 2 seeds, 0.75 with 3, 0.84 with 5, 0.91 with 10; the bootstrap cannot see the spread of a
-tiny sample. With `expanded=True` the interval uses Hesterberg's small-sample correction: 0.92
-with 5 seeds, 0.95 with 10, and no help below 4 seeds (a percentile interval never leaves the
-range of the resampled statistic).
+Which interval a table shows is a setting (`statistics.interval`): `t` (default), `bootstrap`
+or `bca`. Measured coverage of the nominal 95% interval for the mean (simulated studies; normal
+data / right-skewed gamma(4) data, skewness 1):
+
+    seeds                          3            5            10
+    t (default, 2,000 studies)     0.952/0.931  0.950/0.932  0.951/0.938
+    bootstrap (expanded, 1,000)    0.753/0.726  0.916/0.901  0.936/0.928
+    bca (1,000)                    0.721/0.694  0.829/0.822  0.885/0.886
+
+More skew costs the t interval too (gamma(2), skewness 1.4: 0.92; exponential: 0.89). The plain
+percentile bootstrap covers 0.50 with 2 seeds, 0.75 with 3, 0.84 with 5, 0.91 with 10: it cannot
+see the spread of a tiny sample; Hesterberg's expansion helps from 5 seeds up, and BCa is no
+better than the percentile interval at 3-10 seeds. Every bootstrap is seeded, so a table rebuilt
+from the same numbers shows the same intervals.
 """
 
 from __future__ import annotations
@@ -131,3 +139,212 @@ def probability_of_improvement_ci(
         rng=np.random.default_rng(seed),
     )
     return Interval(point, float(res.confidence_interval.low), float(res.confidence_interval.high), n, "poi")
+
+
+# ---- the study's interval, by setting -------------------------------------------------------
+
+INTERVALS = ("t", "bootstrap", "bca")
+INTERVAL_NAMES = {
+    "t": "Student-t interval over seeds",
+    "bootstrap": "expanded percentile bootstrap over seeds (Hesterberg 2015)",
+    "bca": "BCa bootstrap over seeds (Efron 1987)",
+}
+
+
+def describe_interval(method: str, confidence_level: float) -> str:
+    """The words a table header and the report use for the interval, e.g. '95% Student-t ...'."""
+    return f"{100 * confidence_level:g}% {INTERVAL_NAMES[method]}"
+
+
+def t_interval(values, confidence_level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): mean +- t_{1-alpha/2, n-1} s / sqrt(n) (Student 1908). Exact for normal
+    data at any n >= 2; NaN interval for n = 1."""
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    point = float(x.mean())
+    if x.size == 1:
+        return point, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence_level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return point, float(point - half), float(point + half)
+
+
+def interval(values, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000,
+             seed: int = 0) -> Interval:
+    """The mean over seeds with the interval named by `method` (see `INTERVALS`)."""
+    x = np.asarray(values, dtype=float).ravel()
+    if method == "t":
+        point, low, high = t_interval(x, confidence_level)
+    elif method == "bootstrap":
+        point, low, high = bootstrap_ci(x, np.mean, confidence_level, n_resamples, seed, expanded=x.size >= 2)
+    elif method == "bca":
+        point = float(x.mean())
+        if x.size < 2 or np.ptp(x) == 0:
+            low = high = float("nan") if x.size < 2 else point
+        else:
+            res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, vectorized=True, method="BCa",
+                                  confidence_level=confidence_level, rng=np.random.default_rng(seed))
+            low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    else:
+        raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}")
+    return Interval(point, low, high, int(x.size), "mean")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean(x) - mean(y) with its interval and a two-sided p-value (Welch's t-test)."""
+
+    effect: float
+    low: float
+    high: float
+    p_value: float
+    n_x: int
+    n_y: int
+
+
+def difference(x, y, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000,
+               seed: int = 0) -> Difference:
+    """Difference of means of two independent groups of seeds. `t`: Welch's interval
+    (Welch-Satterthwaite degrees of freedom); `bootstrap`/`bca`: seeds of each group resampled
+    independently. The p-value is always Welch's, so Holm's correction sees one kind of test.
+    NaN interval and p when a group has fewer than 2 values."""
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    nan = float("nan")
+    if x.size == 0 or y.size == 0:
+        return Difference(nan, nan, nan, nan, int(x.size), int(y.size))
+    effect = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return Difference(effect, nan, nan, nan, int(x.size), int(y.size))
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = np.sqrt(vx + vy)
+    if se == 0:
+        return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, int(x.size), int(y.size))
+    df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    p = float(2 * stats.t.sf(abs(effect) / se, df))
+    if method == "t":
+        half = stats.t.ppf(0.5 + confidence_level / 2, df) * se
+        low, high = effect - half, effect + half
+    elif method in ("bootstrap", "bca"):
+        res = stats.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis) - b.mean(axis), n_resamples=n_resamples,
+                              vectorized=True, paired=False, confidence_level=confidence_level,
+                              method="percentile" if method == "bootstrap" else "BCa",
+                              rng=np.random.default_rng(seed))
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    else:
+        raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}")
+    return Difference(effect, float(low), float(high), p, int(x.size), int(y.size))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (Holm 1979): sort ascending, multiply the i-th smallest
+    by (m - i), take the running maximum, cap at 1. Rejecting where adjusted p < alpha controls
+    the family-wise error rate at alpha for any dependence between the tests. NaN stays NaN and
+    does not count towards m."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
+
+
+# ---- aggregates across tasks (rliable) -------------------------------------------------------
+
+
+def stratified_bootstrap(
+    scores: list[np.ndarray], aggregate: Callable[[list[np.ndarray]], float], confidence_level: float = 0.95,
+    n_resamples: int = 2000, seed: int = 0,
+) -> Interval:
+    """Percentile interval of `aggregate(scores)` where `scores` holds one array of run scores per
+    task (a method's seeds on each training reward); each resample draws runs with replacement
+    within each task independently (rliable's `StratifiedBootstrap`), so every task keeps its
+    weight. Tasks may have different numbers of runs."""
+    arrays = [np.asarray(s, dtype=float).ravel() for s in scores]
+    point = float(aggregate(arrays))
+    n = sum(a.size for a in arrays)
+    if min(a.size for a in arrays) < 2:
+        return Interval(point, float("nan"), float("nan"), n, "aggregate")
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_resamples)
+    for b in range(n_resamples):
+        draws[b] = aggregate([a[rng.integers(0, a.size, a.size)] for a in arrays])
+    alpha = 1 - confidence_level
+    low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+    return Interval(point, float(low), float(high), n, "aggregate")
+
+
+def aggregate_iqm(scores: list[np.ndarray]) -> float:
+    """IQM over all runs of all tasks pooled (rliable `metrics.aggregate_iqm`: a 25%-trimmed mean
+    of the runs x tasks score matrix, flattened)."""
+    return float(iqm(np.concatenate([np.asarray(s, dtype=float).ravel() for s in scores])))
+
+
+def performance_profile(scores: list[np.ndarray], taus) -> np.ndarray:
+    """Run-score distribution (rliable `create_performance_profile`, Agarwal et al. Sec. 4): for
+    each threshold tau, the fraction of all runs (pooled over tasks) whose score exceeds tau."""
+    pooled = np.concatenate([np.asarray(s, dtype=float).ravel() for s in scores])
+    return np.array([(pooled > tau).mean() for tau in np.asarray(taus, dtype=float)])
+
+
+def probability_of_improvement_tasks(x: list[np.ndarray], y: list[np.ndarray]) -> float:
+    """P(X > Y) averaged over tasks, each task's the U-statistic probability with ties counting
+    a half (rliable `metrics.probability_of_improvement`)."""
+    return float(np.mean([probability_of_improvement(np.ravel(a), np.ravel(b)) for a, b in zip(x, y)]))
+
+
+def probability_of_improvement_tasks_ci(
+    x: list[np.ndarray], y: list[np.ndarray], confidence_level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> Interval:
+    """`probability_of_improvement_tasks` with a stratified percentile bootstrap: the runs of X
+    and of Y are resampled independently within each task (rliable)."""
+    k = len(x)
+    inter = stratified_bootstrap([*x, *y], lambda s: probability_of_improvement_tasks(s[:k], s[k:]),
+                                 confidence_level, n_resamples, seed)
+    return Interval(inter.point, inter.low, inter.high, min(np.size(a) for a in [*x, *y]), "poi")
+
+
+# ---- time to target with censoring ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Survival:
+    """Kaplan-Meier summary of times to a target, some right-censored."""
+
+    n: int
+    reached: int  # runs that hit the target (events)
+    median: float  # KM median time; NaN when fewer than half are known to have reached it
+    restricted_mean: float  # integral of S(t) over [0, tau]: the mean of min(T, tau)
+    tau: float
+
+
+def kaplan_meier(times, reached, tau: float) -> Survival:
+    """Kaplan-Meier estimate (1958) of S(t) = P(time to target > t) from `times` (the event time
+    when `reached`, else the time at which the run stopped being watched), summarised by its
+    median and its restricted mean up to `tau` (Royston & Parmar 2013): a censored run counts
+    with the time it was watched, never dropped, so a slow method is not judged by its
+    survivors. Without censoring the restricted mean is mean(min(T, tau))."""
+    t = np.asarray(times, dtype=float).ravel()
+    e = np.asarray(reached, dtype=bool).ravel()
+    if t.shape != e.shape or t.size == 0:
+        raise ValueError("times and reached must be non-empty and of the same length")
+    order = np.lexsort((~e, t))  # at equal times, events before censorings (the usual convention)
+    t, e = t[order], e[order]
+    at_risk, s, surv_t, surv_s = t.size, 1.0, [0.0], [1.0]
+    for ti, ei in zip(t, e):
+        if ei:
+            s *= 1 - 1 / at_risk
+            surv_t.append(ti)
+            surv_s.append(s)
+        at_risk -= 1
+    surv_t, surv_s = np.array(surv_t), np.array(surv_s)
+    below = np.flatnonzero(surv_s <= 0.5)
+    median = float(surv_t[below[0]]) if below.size else float("nan")
+    edges = np.append(np.clip(surv_t, 0, tau), tau)  # S is a step function, right-continuous
+    rmst = float(np.sum(surv_s * np.diff(edges)))
+    return Survival(int(t.size), int(e.sum()), median, rmst, float(tau))

@@ -1,0 +1,112 @@
+"""The aggregate step and the report on a simulated study (no training): shapes like ours, with a
+method that hacks its reward, a method that improves, one that does not, and a probe."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import config as study
+from bench import report, tables
+
+METHODS = {"pcpo": 0.10, "ddpo_is": 0.05, "prdp": 0.30}  # final gain of the proxy reward
+BUDGETS = (0, 64, 128)
+
+
+def _config(tmp_path, seeds=(0, 1, 2, 3, 4)) -> dict:
+    cfg = {"study": "sim", "seeds": list(seeds), "models": {"m": {"path": str(tmp_path)}},
+           "rewards": ["jpeg_compressibility", "attribute_match"], "algorithms": {a: {} for a in METHODS},
+           "train": {"budgets": list(BUDGETS[1:])}, "probe": {"minibatches": 8},
+           "statistics": {"bootstrap_resamples": 300}}
+    return study.validate(cfg, check_paths=False)
+
+
+def _simulate(cfg: dict, root) -> None:
+    rng = np.random.default_rng(0)
+    for key in study.runs(cfg):
+        run = root / key.path
+        (run / "samples").mkdir(parents=True)
+        gain = METHODS[key.algorithm]
+        rows, probe_rows = [], []
+        for i, b in enumerate(BUDGETS):
+            f = i / (len(BUDGETS) - 1)
+            noise = 0.0 if b == 0 else rng.normal(0, 0.01)
+            hacked = key.algorithm == "prdp"
+            rows.append({"budget": b, "device_seconds": b * (8.0 if hacked else 1.0),
+                         f"reward/{key.reward}": 0.5 + gain * f + noise,
+                         "reward/clip_alignment": 0.3, "attribute/mean": 0.8 - (0.3 * f if hacked else 0) + noise,
+                         "quality/fid": 30 + (40 * f if hacked else 0.5 * f) + 10 * noise, "quality/kid": 0.01,
+                         "quality/clip_score": 25.0, "diversity/vendi": 3.0 - (1.8 * f if hacked else 0.1 * f) + noise})
+            share = np.full(6, 1 / 6) if key.algorithm == "pcpo" else np.array([0.05, 0.05, 0.1, 0.1, 0.2, 0.5])
+            probe_rows.append({"budget": b, "k": 8, "snr": 0.3 + noise, "snr_unbiased": 0.2 + noise,
+                               "snr_unbiased_low": 0.1 + noise, "snr_unbiased_high": 0.3 + noise,
+                               "trace_cov": 1e3 if hacked else 1e-2, "mean_sq_norm": 1.0,
+                               "mean_pairwise_cosine": 0.1, "credit_share": list(share),
+                               "credit_gini": 0.05 if key.algorithm == "pcpo" else 0.4 + noise})
+        (run / "eval.json").write_text(json.dumps({"status": "finished", "n_images": 96, "base_shared": True,
+                                                   "rows": rows}))
+        (run / "probe.json").write_text(json.dumps({"base_shared": True, "rows": probe_rows}))
+        (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    cfg = _config(tmp)
+    _simulate(cfg, tmp / "runs")
+    tables.aggregate(cfg, tmp / "runs", tmp / "results" / "tables")
+    return cfg, tmp
+
+
+def test_aggregate_writes_headline_verdicts_and_hacking(built):
+    cfg, tmp = built
+    out = tmp / "results" / "tables"
+    head = pd.read_csv(out / "headline.csv", comment="#").set_index(["reward", "method"])
+    row = head.loc[("jpeg_compressibility", "pcpo")]
+    assert row.gain == pytest.approx(0.10, abs=0.02) and row.gain_low > 0 and row.n_seeds == 5
+    # prdp costs 8 s per image: at equal seconds (128 s) it has seen 16 images
+    prdp = head.loc[("jpeg_compressibility", "prdp")]
+    assert prdp.seconds_level == 128 and prdp.gain_at_seconds < prdp.gain
+    assert "attribute/mean" in prdp.hacked
+    v = pd.read_csv(out / "verdicts.csv", comment="#")
+    credit = v[(v["id"] == "pcpo_credit")]
+    assert set(credit["verdict"]) == {"supported"}
+    assert set(v[v["id"] == "pcpo_collapse"]["verdict"]) == {"not run"}
+    faster = set(v[v["id"] == "pcpo_samples"]["verdict"])  # 0.10 vs 0.05 gain; Holm over ~20 lines
+    assert "supported" in faster and "contradicted" not in faster
+    assert set(v[v["id"] == "prdp_fid_drift"]["verdict"]) == {"contradicted"}
+    assert not isinstance(head.loc[("jpeg_compressibility", "pcpo")].hacked, str)  # not flagged
+    assert "| claim |" in (out / "verdicts.md").read_text()
+    # the base row: one shared measurement
+    ev = pd.read_csv(out / "eval.csv", comment="#")
+    assert (ev[ev["budget"] == 0]["n_seeds"] == 1).all() and ev[ev["budget"] == 0]["ci_low"].isna().all()
+    cit = json.loads((tmp / "results" / "citable.json").read_text())
+    assert cit["statistics"]["method"] == "t" and cit["statistics"]["confidence"] == 0.95
+    assert cit["evaluation"]["n_images"] == 96 and cit["probe"]["noise_floor_snr"] == 0.125
+    assert cit["hardware"]["cpu_count"] and cit["sampling"]["num_steps"] and cit["train"]["budgets"]
+    assert len(cit["per_seed"]["m/jpeg_compressibility/pcpo/128/reward/jpeg_compressibility"]) == 5
+    tex = (out / "eval.tex").read_text()
+    assert tex.count("\\begin{longtable}") == 2  # one per training reward
+    assert "feature network" in (out / "eval.csv").read_text()
+
+
+def test_report_renders_every_section(built):
+    cfg, tmp = built
+    html = report.render(tmp / "results" / "tables", tmp / "runs", tmp / "report" / "index.html").read_text()
+    for text in ("Headline", "What the study says about each claim", "Student-t interval", "noise floor",
+                 "Reward hacking", "Across training rewards", "supported", "interval of the single probe"):
+        assert text in html, text
+    assert html.index("Headline") < html.index("What the study says")
+
+
+def test_the_readme_quotes_the_generated_verdict_table(built, tmp_path):
+    _, tmp = built
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.BEGIN}\ntyped by hand\n{report.END}\nafter\n")
+    assert report.quote_verdicts(readme, tmp / "results" / "tables")
+    text = readme.read_text()
+    assert "typed by hand" not in text and "| claim |" in text and text.endswith(f"{report.END}\nafter\n")
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not report.quote_verdicts(plain, tmp / "results" / "tables") and plain.read_text() == "no markers\n"

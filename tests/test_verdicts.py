@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import verdicts
+
+STATS = {"confidence": 0.95, "interval": "t", "bootstrap_resamples": 500, "seed": 0}
+SEEDS = range(5)
+SPREAD = np.array([-0.02, -0.01, 0.0, 0.01, 0.02])
+# (method's mean, other's mean) per outcome for a higher-is-better measure; the spread is small
+MEANS = {"supported": (1.0, 0.5), "contradicted": (0.5, 1.0), "inconclusive": (0.5, 0.505)}
+
+
+def _frame(values: dict[str, np.ndarray], metric: str, budgets=(0, 64), status: dict | None = None) -> pd.DataFrame:
+    return pd.DataFrame([{"model": "m", "reward": "r", "algorithm": a, "seed": s, "budget": b, "metric": metric,
+                          "value": float(v[s]), "status": (status or {}).get(a, "finished")}
+                         for a, v in values.items() for s in SEEDS for b in budgets])
+
+
+def _eval_rows(status: dict | None = None) -> pd.DataFrame:
+    return _frame({a: np.zeros(5) for a in ("pcpo", "ddpo_is", "prdp")}, "reward/r", status=status)
+
+
+def _cfg(measure: str, **claim) -> dict:
+    return {"statistics": STATS, "verdicts": {"reference": "ddpo_is", "target_fraction": 0.8, "matched_fraction": 0.5,
+                                              "claims": [{"id": "c", "claim": "x", "method": "pcpo",
+                                                          "measure": measure, **claim}]}}
+
+
+def _values(outcome: str, lower_is_better: bool) -> dict[str, np.ndarray]:
+    good, other = MEANS[outcome]
+    if lower_is_better:  # the claim 'pcpo is better' means pcpo lower
+        good, other = -good, -other
+    return {"pcpo": good + SPREAD, "ddpo_is": other + SPREAD[::-1]}
+
+
+def _tables(kind: str, outcome: str) -> tuple[str, verdicts.Tables]:
+    empty = pd.DataFrame(columns=["model", "reward", "algorithm", "seed", "budget", "metric", "value", "status"])
+    ev = _eval_rows()
+    if kind == "probe":  # bias-corrected SNR, higher is better
+        return "probe:snr_unbiased", verdicts.Tables(ev, _frame(_values(outcome, False), "snr_unbiased"), empty, empty)
+    if kind == "derived":  # time to target, lower is better
+        frame = _frame(_values(outcome, True), "convergence/rmst_samples_80", budgets=(64,))
+        return "derived:convergence/rmst_samples_{tag}", verdicts.Tables(ev, empty, frame, empty)
+    if kind == "change":  # FID drift, lower is better
+        frame = _frame(_values(outcome, True), "change/quality/fid", budgets=(64,))
+        return "change:quality/fid", verdicts.Tables(ev, empty, frame, empty)
+    if kind == "recursive":  # Vendi decay slope, higher (less negative) is better
+        frame = _frame(_values(outcome, False), "decay/diversity/vendi", budgets=(3,))
+        return "recursive:decay/diversity/vendi", verdicts.Tables(ev, empty, empty, frame)
+    if kind == "matched":  # FID read where the reward first reaches 0.5: 10 + v per seed
+        v = _values(outcome, True)
+        rows = []
+        for a in v:
+            for s in SEEDS:
+                for b, r, f in ((0, 0.0, 10.0), (64, 1.0, 10.0 + 2 * v[a][s]), (128, 1.0, 10.0 + 2 * v[a][s])):
+                    rows += [{"model": "m", "reward": "r", "algorithm": a, "seed": s, "budget": b,
+                              "metric": m, "value": val, "status": "finished"}
+                             for m, val in (("reward/r", r), ("quality/fid", f))]
+        return "matched:quality/fid", verdicts.Tables(pd.DataFrame(rows), empty, empty, empty)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["probe", "derived", "change", "recursive", "matched"])
+@pytest.mark.parametrize("outcome", ["supported", "contradicted", "inconclusive"])
+def test_each_rule_gives_each_outcome(kind, outcome):
+    measure, tables = _tables(kind, outcome)
+    out = verdicts.evaluate(_cfg(measure), tables)
+    assert len(out) == 1
+    line = out.iloc[0]
+    assert line.verdict == outcome, line.to_dict()
+    assert line.ci_low <= line.effect <= line.ci_high and line.n_method == 5 and line.n_over == 5
+
+
+def test_divergence_rule_and_experiments_that_did_not_run():
+    empty = pd.DataFrame(columns=["model", "reward", "algorithm", "seed", "budget", "metric", "value", "status"])
+    calm = verdicts.evaluate(_cfg("diverged", method="prdp"), verdicts.Tables(_eval_rows(), empty, empty, empty))
+    assert calm.iloc[0].verdict == "supported" and calm.iloc[0].ci_low == 0.0 and calm.iloc[0].ci_high < 0.6
+    wild = verdicts.evaluate(_cfg("diverged", method="prdp"),
+                             verdicts.Tables(_eval_rows({"prdp": "diverged"}), empty, empty, empty))
+    assert wild.iloc[0].verdict == "contradicted" and wild.iloc[0].effect == 1.0
+    off = verdicts.evaluate(_cfg("recursive:decay/diversity/vendi"), verdicts.Tables(_eval_rows(), empty, empty, empty))
+    assert off.iloc[0].verdict == "not run" and "off" in off.iloc[0].note
+
+
+def test_holm_correction_spans_all_lines_and_others_expands():
+    # pcpo vs each of two others; each comparison alone p ~ 0.03, corrected over two lines > 0.05
+    rng = np.random.default_rng(0)
+    x = np.array([1.0, 1.3, 0.9, 1.4, 1.1])
+    probe = _frame({"pcpo": x, "ddpo_is": x - 0.45 + rng.normal(0, 0.01, 5),
+                    "prdp": x - 0.45 + rng.normal(0, 0.01, 5)}, "snr_unbiased")
+    empty = pd.DataFrame(columns=probe.columns)
+    tables = verdicts.Tables(_eval_rows(), probe, empty, empty)
+    out = verdicts.evaluate(_cfg("probe:snr_unbiased", over="others"), tables)
+    assert sorted(out["over"]) == ["ddpo_is", "prdp"]
+    assert (out["p_holm"] >= out["p_value"]).all() and (out["p_value"] < 0.05).all()
