@@ -1,5 +1,5 @@
 """Each algorithm raises the reward of a small analytic problem, trained through the real
-bench/train.py Trainer with a tiny stand-in policy.
+bench/train/ Trainer with a tiny stand-in policy.
 
 The stand-in's epsilon prediction is the exact one for data concentrated at a learnable point
 theta, eps(x, t) = (x - sqrt(ab_t) theta) / sqrt(1 - ab_t), so DDIM's x0 prediction is theta and the
