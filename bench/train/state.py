@@ -7,15 +7,41 @@ from __future__ import annotations
 import resource
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from bench.algorithm import Algorithm
 from bench.distributed import World
 from bench.io import atomic_write_json, replace_dir
+from bench.models.policy import Policy
+from bench.spec import RunSpec
 
-if TYPE_CHECKING:
-    from bench.train.loop import Trainer
+
+class Trainer(Protocol):
+    """What a checkpoint and the resumable state hold of a trainer (bench.train.loop.Trainer)."""
+
+    images_seen: int
+    seconds: float
+
+    @property
+    def spec(self) -> RunSpec: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def algorithm(self) -> Algorithm: ...
+
+    @property
+    def optimiser(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def generator(self) -> torch.Generator: ...
+
+    @property
+    def rng(self) -> np.random.Generator: ...
 
 
 def peak_memory_mb() -> float:
