@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup study quick test test-fast lint report snakemake-report pretrain
+.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,7 @@ study: setup            ## the default study: runs, tables, report
 quick: setup            ## the smoke preset (same DAG, a few minutes)
 	$(SNAKEMAKE) --cores all --configfile config/quick.yaml
 
-test: setup             ## the whole test suite (pytest's "no tests" exit 5 counts as a failure here too)
+test: setup lint typecheck  ## lint, type check, then the whole test suite (pytest's "no tests" exit 5 counts as a failure here too)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
 
 test-fast: setup        ## everything but the end-to-end workflow tests
@@ -27,6 +27,9 @@ test-fast: setup        ## everything but the end-to-end workflow tests
 
 lint: setup
 	$(VENV)/bin/ruff check bench algorithms rewards tests
+
+typecheck: setup        ## mypy on the core (the files are listed in pyproject.toml, [tool.mypy])
+	$(VENV)/bin/mypy
 
 report: setup           ## re-render the report from the existing tables and run files (seconds; nothing reruns)
 	$(PY) -m bench report --tables results/tables --runs-root results/runs --out report/index.html

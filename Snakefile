@@ -4,7 +4,7 @@
 import json
 import sys
 
-from bench import config as study
+from bench import study
 
 # the default study unless --configfile names another (a preset replaces it; it is not merged)
 if not config:
@@ -31,11 +31,11 @@ wildcard_constraints:
 
 
 def run_config(w):
-    return json.dumps(study.run_config(config, study.RunKey(w.model, w.reward, w.algorithm, int(w.seed))))
+    return study.run_spec(config, study.RunKey(w.model, w.reward, w.algorithm, int(w.seed))).to_json()
 
 
 def base_run_config(model, reward=None, algorithm=None):
-    return json.dumps(study.run_config(config, study.base_run_key(config, model, reward, algorithm)))
+    return study.run_spec(config, study.base_run_key(config, model, reward, algorithm)).to_json()
 
 
 TRAIN = study.train_command(config, PY)

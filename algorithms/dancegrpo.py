@@ -16,26 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 from bench.losses import gaussian_kl_to_reference, ppo_clip_loss
 
 
 @dataclass(frozen=True)
 class DanceGRPOSettings(AlgorithmSettings):
-    advantages: str = "grpo_group"
-    adv_clip: float = 5.0
-    clip_range: float = 1e-4  # config_sd/dgx.py and the FLUX scripts
-    inner_epochs: int = 1
-    updates_per_round: int = 2  # SD: 512 images / (train batch 4 x grad-accum 8 x 8 GPUs) = 2
-    timestep_fraction: float = 1.0  # train_grpo_sd.py trains all 49 kept steps; FLUX scripts use 0.6
-    drop_last_step: bool = True  # timesteps[:, :-1]
-    shuffle_timesteps: bool = True  # per-sample permutation of the time axis, as DDPO
-    same_noise_per_group: bool = True  # --init_same_noise / one global_input_latents
-    kl_beta: float = 0.0  # Flow-GRPO's KL to the reference (config.train.beta); 0 = DanceGRPO, no KL
-
-    def __post_init__(self):
-        if self.kl_beta > 0:  # the trainer then keeps the reference and its transition means
-            object.__setattr__(self, "needs_reference", True)
+    clip_range: float = setting(1e-4, gt=0)  # config_sd/dgx.py and the FLUX scripts
+    kl_beta: float = setting(0.0, ge=0)  # Flow-GRPO's KL to the reference (config.train.beta); 0 = DanceGRPO, no KL
 
 
 class DanceGRPO(Algorithm):
@@ -43,12 +31,27 @@ class DanceGRPO(Algorithm):
 
     Settings = DanceGRPOSettings
     settings: DanceGRPOSettings
+    recipe = Recipe(
+        advantages="grpo_group",
+        adv_clip=5.0,
+        inner_epochs=1,
+        updates_per_round=2,  # SD: 512 images / (train batch 4 x grad-accum 8 x 8 GPUs) = 2
+        timestep_fraction=1.0,  # train_grpo_sd.py trains all 49 kept steps; FLUX scripts use 0.6
+        drop_last_step=True,  # timesteps[:, :-1]
+        shuffle_timesteps=True,  # per-sample permutation of the time axis, as DDPO
+        same_noise_per_group=True,  # --init_same_noise / one global_input_latents
+    )
+    flow_variant = "dancegrpo"  # DanceGRPO's flux_step: constant diffusion (Flow-GRPO runs name 'flowgrpo')
+
+    @property
+    def needs_reference_means(self) -> bool:
+        return self.settings.kl_beta > 0  # Flow-GRPO's KL compares the transition means
 
     def loss(self, batch: StepBatch) -> Loss:
         loss = ppo_clip_loss(batch.logp, batch.logp_old, batch.advantages, self.settings.clip_range)
         if self.settings.kl_beta <= 0:
             return loss
-        if batch.mean_ref is None:
+        if batch.mean_ref is None or batch.mean is None or batch.std is None:
             raise ValueError("kl_beta > 0 needs the reference's transition means (StepBatch.mean_ref)")
         kl = gaussian_kl_to_reference(batch.mean, batch.mean_ref, batch.std).mean()
         return Loss(loss.value + self.settings.kl_beta * kl, metrics={**loss.metrics, "kl_ref": kl.detach()},

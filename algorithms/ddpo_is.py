@@ -11,18 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 from bench.losses import ppo_clip_loss
 
 
 @dataclass(frozen=True)
 class DDPOISSettings(AlgorithmSettings):
-    clip_range: float = 1e-4  # DDPO App. D.5 Table; ddpo-pytorch config/base.py train.clip_range
-    adv_clip: float = 5.0  # ddpo-pytorch train.adv_clip_max
-    advantages: str = "per_prompt"  # per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
-    inner_epochs: int = 1  # ddpo-pytorch train.num_inner_epochs
-    updates_per_round: int = 4  # paper: 256 samples / batch 64 = 4 gradient updates per iteration
-    timestep_fraction: float = 1.0  # all 50 steps trained in the paper
+    clip_range: float = setting(1e-4, gt=0)  # DDPO App. D.5 Table; ddpo-pytorch config/base.py train.clip_range
 
 
 class DDPOIS(Algorithm):
@@ -30,6 +25,13 @@ class DDPOIS(Algorithm):
 
     Settings = DDPOISSettings
     settings: DDPOISSettings
+    recipe = Recipe(
+        advantages="per_prompt",  # per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
+        adv_clip=5.0,  # ddpo-pytorch train.adv_clip_max
+        inner_epochs=1,  # ddpo-pytorch train.num_inner_epochs
+        updates_per_round=4,  # paper: 256 samples / batch 64 = 4 gradient updates per iteration
+        timestep_fraction=1.0,  # all 50 steps trained in the paper
+    )
 
     def loss(self, batch: StepBatch) -> Loss:
         return ppo_clip_loss(batch.logp, batch.logp_old, batch.advantages, self.settings.clip_range)

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 from bench.losses import ppo_clip_loss
 
 
 @dataclass(frozen=True)
 class LOOPSettings(AlgorithmSettings):
-    group_size: int | None = 4  # K images per prompt [unverified]; RLOO literature uses 2-8
-    advantages: str = "loo"  # 'loo' (raw leave-one-out) or 'loo_std' (divided by the group std)
-    clip_range: float = 1e-4  # DDPO-IS defaults (ALGORITHMS.md 3.2 recommendation)
-    adv_clip: float = 5.0
-    inner_epochs: int = 1
-    updates_per_round: int = 4
+    clip_range: float = setting(1e-4, gt=0)  # DDPO-IS defaults (ALGORITHMS.md 3.2 recommendation)
 
 
 class LOOP(Algorithm):
@@ -32,12 +27,19 @@ class LOOP(Algorithm):
 
     Settings = LOOPSettings
     settings: LOOPSettings
+    recipe = Recipe(
+        group_size=4,  # K images per prompt [unverified]; RLOO literature uses 2-8
+        advantages="loo",  # 'loo' (raw leave-one-out) or 'loo_std' (divided by the group std)
+        adv_clip=5.0,
+        inner_epochs=1,
+        updates_per_round=4,
+    )
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
-        if self.settings.advantages not in ("loo", "loo_std"):
-            raise ValueError(f"LOOP: advantages must be 'loo' or 'loo_std', got {self.settings.advantages!r}")
-        if self.settings.group_size is not None and self.settings.group_size < 2:
+        if self.recipe.advantages not in ("loo", "loo_std"):
+            raise ValueError(f"LOOP: advantages must be 'loo' or 'loo_std', got {self.recipe.advantages!r}")
+        if self.recipe.group_size is not None and self.recipe.group_size < 2:
             raise ValueError("LOOP: the leave-one-out baseline needs group_size >= 2")
 
     def loss(self, batch: StepBatch) -> Loss:

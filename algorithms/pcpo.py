@@ -15,7 +15,7 @@ paper notes [note] and our derivations [derived]; uncertain choices are settings
    credit='sigma' (6.4 option A, DDIM only) [derived, "paper-exact pending verification"]:
        reshape the sampler's std to sigma~_t with C(t; sigma~)/sigma~ = w*, closed-form root
        sigma~ = (a w* - sqrt(b (1 + w*^2) - a^2)) / (1 + w*^2), a = sqrt(1-ab_t)/sqrt(alpha_t),
-       b = 1 - ab_prev, used for sampling and log-probs (sampler.sigma_override), m_t = 1.
+       b = 1 - ab_prev, used for sampling and log-probs (declared by `sampler_noise`), m_t = 1.
        The root exists iff w* >= w_min(t) = sqrt((1-alpha_t)/(alpha_t b)) (= w(t) at eta = 1),
        so w* defaults to max_t w_min(t) (3.27 on SD-1.x), not the mean (0.517) [unverified]; the
        paper note quotes w* ~ 4.5, an open discrepancy (6.4).
@@ -30,18 +30,15 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)
 class PCPOSettings(AlgorithmSettings):
-    clip_range: float = 1e-4  # xi, the hinge margin [unverified]: the base framework's clip range
-    advantages: str = "per_prompt"  # base framework DDPO-IS
-    adv_clip: float = 5.0
-    inner_epochs: int = 1
-    updates_per_round: int = 4
-    credit: str = "reweight"  # 'reweight' (m_t = target/w(t)), 'sigma' (reshape DDIM std), 'none'
-    w_star: float | None = None  # DDIM target weight; None: mean w (reweight), smallest feasible (sigma)
+    clip_range: float = setting(1e-4, gt=0)  # xi, the hinge margin [unverified]: the base framework's clip range
+    # 'reweight' (m_t = target/w(t)), 'sigma' (reshape DDIM std), 'none'
+    credit: str = setting("reweight", choices=("reweight", "sigma", "none"))
+    w_star: float | None = setting(None, gt=0)  # DDIM target weight; None: mean w (reweight), smallest feasible (sigma)
 
 
 def proportionate_multipliers(sampler, w_star: float | None = None) -> torch.Tensor:
@@ -74,24 +71,31 @@ class PCPO(Algorithm):
 
     Settings = PCPOSettings
     settings: PCPOSettings
+    recipe = Recipe(
+        advantages="per_prompt",  # base framework DDPO-IS
+        adv_clip=5.0,
+        inner_epochs=1,
+        updates_per_round=4,
+    )
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
-        if self.settings.credit not in ("reweight", "sigma", "none"):
-            raise ValueError(f"PCPO: credit must be 'reweight', 'sigma' or 'none', got {self.settings.credit!r}")
         self.multipliers: torch.Tensor | None = None  # (K,), set by setup
 
+    def sampler_noise(self, sampler) -> torch.Tensor | None:
+        """credit='sigma': the DDIM std sigma~ (K,) with C/sigma~ = w* at every step, else None."""
+        if self.settings.credit != "sigma":
+            return None
+        if sampler.family != "ddim":
+            raise ValueError("PCPO credit='sigma' reshapes a DDIM variance; flow samplers use 'reweight' (6.5)")
+        ab_t, ab_prev = sampler.alpha_bars(sampler.timesteps)
+        return sigma_tilde(ab_t, ab_prev, self.settings.w_star)
+
     def setup(self, sampler) -> None:
-        credit = self.settings.credit
-        if credit == "reweight":
+        if self.settings.credit == "reweight":
             self.multipliers = proportionate_multipliers(sampler, self.settings.w_star)
-            return
-        if credit == "sigma":
-            if sampler.family != "ddim":
-                raise ValueError("PCPO credit='sigma' reshapes a DDIM variance; flow samplers use 'reweight' (6.5)")
-            ab_t, ab_prev = sampler.alpha_bars(sampler.timesteps)
-            sampler.sigma_override = sigma_tilde(ab_t, ab_prev, self.settings.w_star)
-        self.multipliers = torch.ones(sampler.num_steps)
+        else:  # 'sigma' (the sampler already carries sigma~) or 'none'
+            self.multipliers = torch.ones(sampler.num_steps)
 
     def loss(self, batch: StepBatch) -> Loss:
         if self.multipliers is None:

@@ -28,18 +28,14 @@ from dataclasses import dataclass
 import torch
 
 from bench.advantages import reward_pairs
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)
 class PRDPSettings(AlgorithmSettings):
-    beta: float = 3e-5  # KL weight, App. E Table 4 small-scale (convention-dependent, see above)
-    clip_range: float = 1e-6  # stepwise clip eps on the implied reward, Table 4 small-scale
-    step_reduce: str = "mean"  # 'mean' over steps (App. G code) or 'sum' (the math of 4.1)
-    advantages: str = "none"  # the loss reads raw rewards
-    inner_epochs: int = 10  # K = 10 gradient updates per epoch, Table 4 small-scale
-    updates_per_round: int = 1
-    needs_reference: bool = True
+    beta: float = setting(3e-5, gt=0)  # KL weight, App. E Table 4 small-scale (convention-dependent, see above)
+    clip_range: float = setting(1e-6, gt=0)  # stepwise clip eps on the implied reward, Table 4 small-scale
+    step_reduce: str = setting("mean", choices=("mean", "sum"))  # 'mean' over steps (App. G code) or 'sum' (4.1)
 
 
 class PRDP(Algorithm):
@@ -49,16 +45,20 @@ class PRDP(Algorithm):
     settings: PRDPSettings
     whole_trajectory = True  # s sums/averages all trained steps of a sample
     whole_groups = True  # pairs are formed inside a prompt group
+    recipe = Recipe(
+        advantages="none",  # the loss reads raw rewards
+        inner_epochs=10,  # K = 10 gradient updates per epoch, Table 4 small-scale
+        updates_per_round=1,
+    )
 
-    def __init__(self, **overrides):
-        super().__init__(**overrides)
-        if self.settings.step_reduce not in ("mean", "sum"):
-            raise ValueError(f"PRDP: step_reduce must be 'mean' or 'sum', got {self.settings.step_reduce!r}")
-        if not self.settings.needs_reference:
-            raise ValueError("PRDP needs the reference policy's log-probs (needs_reference=True)")
+    @property
+    def needs_reference(self) -> bool:
+        return True  # the implied reward is a log-ratio to the reference
 
     def loss(self, batch: StepBatch) -> Loss:
         s_ = self.settings
+        if batch.logp_ref is None:
+            raise ValueError("PRDP needs the reference's log-probs (StepBatch.logp_ref)")
         lr = batch.logp - batch.logp_ref  # (B, S)
         lr_old = batch.logp_old - batch.logp_ref
         lr_clip = lr.clamp(lr_old - s_.clip_range, lr_old + s_.clip_range)

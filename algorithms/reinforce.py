@@ -7,29 +7,24 @@ sampling round (DDPO App. D.1 accumulates all 256 samples into one step)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
-
-
-@dataclass(frozen=True)
-class ReinforceSettings(AlgorithmSettings):
-    advantages: str = "per_prompt"  # DDPO's per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
-    adv_clip: float = 5.0
-    inner_epochs: int = 1  # on-policy: one pass ...
-    updates_per_round: int = 1  # ... and one optimiser step per round
+from bench.algorithm import Algorithm, Loss, Recipe, StepBatch
 
 
 class Reinforce(Algorithm):
     """Score-function policy gradient with a normalised advantage (DDPO-SF)."""
 
-    Settings = ReinforceSettings
+    recipe = Recipe(
+        advantages="per_prompt",  # DDPO's per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
+        adv_clip=5.0,
+        inner_epochs=1,  # on-policy: one pass ...
+        updates_per_round=1,  # ... and one optimiser step per round
+    )
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
-        if self.settings.inner_epochs != 1 or self.settings.updates_per_round != 1:
+        if self.recipe.inner_epochs != 1 or self.recipe.updates_per_round != 1:
             raise ValueError("REINFORCE is on-policy: inner_epochs and updates_per_round must be 1")
 
     def loss(self, batch: StepBatch) -> Loss:

@@ -98,6 +98,7 @@ class AdvantageEstimator:
         if self.mode == "batch":
             return batch_normalised(rewards)
         if self.mode == "per_prompt":
+            assert self.tracker is not None  # made with this mode
             return self.tracker(rewards, prompts)
         if self.mode == "grpo_group":
             return grpo_group(rewards, group_ids)

@@ -1,35 +1,116 @@
-"""The interface every algorithm implements: a settings dataclass with the official defaults and
-a loss over a batch of recorded denoising steps. An algorithm never touches the sampler, the
-optimiser or the files; the training loop (bench/train.py) does that, the same way for all."""
+"""The interface every algorithm implements: loss settings (a frozen dataclass with the official
+defaults), a training recipe (how the loop feeds the loss: inner epochs, updates per round,
+trained steps, group size, ...) and a loss over a batch of recorded denoising steps.
+
+An algorithm never touches the sampler, the optimiser or the files; what it needs from them it
+declares: `sampler_noise` (a per-step std of its own, PCPO's credit='sigma'), `needs_reference`
+and `needs_reference_means` (the frozen reference's log-probs / transition means, PRDP and
+Flow-GRPO's KL), `flow_variant` (the flow SDE its paper samples with). The training loop
+(bench/train/) reads these, the same way for all."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections import deque
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from bench import advantages as adv
+from bench.sampling import FLOW_VARIANTS
+
+
+class SettingError(ValueError):
+    """A setting of the wrong type or out of range; `key` names it (the config prefixes its path)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def setting(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+            le: float | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field with a declared range or set of values, checked by `check_fields`
+    when the settings are built (so before any job starts: the study config builds them)."""
+    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"bounds": bounds, "choices": choices})
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """isinstance for the hints settings use: int, float, str, bool, X | None, tuple[...]."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:  # an int is a float; a bool is neither
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+_OPS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
+        "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
+
+
+def check_fields(obj: Any) -> None:
+    """Type and declared range of every field of a settings dataclass; raises SettingError."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _accepts(value, hints.get(f.name, Any)):
+            expected = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            raise SettingError(f.name, f"expected {expected}, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise SettingError(f.name, f"one of {list(choices)}, got {value!r}")
+        if value is None or isinstance(value, str | bool):
+            continue
+        for op, bound in f.metadata.get("bounds", {}).items():
+            test, sign = _OPS[op]
+            if not test(value, bound):
+                raise SettingError(f.name, f"must be {sign} {bound:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class AlgorithmSettings:
-    """Settings the training loop reads; each algorithm subclasses with its own defaults."""
+class Checked:
+    """Base of settings dataclasses: fields are type- and range-checked when built (subclasses
+    inherit the check; one that defines __post_init__ calls super().__post_init__())."""
 
-    advantages: str = "batch"  # one of bench.advantages.MODES
-    adv_clip: float = 5.0  # advantages are clamped to [-adv_clip, adv_clip] (all official code)
-    inner_epochs: int = 1  # passes over each round's samples
-    updates_per_round: int = 1  # optimiser steps per inner epoch (the samples are split evenly)
-    timestep_fraction: float = 1.0  # fraction of the sampler's steps trained per sample
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class Recipe(Checked):
+    """How the training loop feeds an algorithm's loss. An algorithm declares its defaults as the
+    class attribute `recipe`; the config overrides them under the same keys as the loss settings."""
+
+    advantages: str = setting("batch", choices=adv.MODES)
+    adv_clip: float = setting(5.0, gt=0)  # advantages are clamped to [-adv_clip, adv_clip] (all official code)
+    inner_epochs: int = setting(1, ge=1)  # passes over each round's samples
+    updates_per_round: int = setting(1, ge=1)  # optimiser steps per inner epoch (the samples are split evenly)
+    timestep_fraction: float = setting(1.0, gt=0, le=1)  # fraction of the sampler's steps trained per sample
     drop_last_step: bool = False  # DanceGRPO / Flow-GRPO never train the final step
     shuffle_timesteps: bool = True  # per-sample random subset of steps (ddpo-pytorch), else the first ones
     same_noise_per_group: bool = False  # one x_T per prompt group (DanceGRPO)
-    needs_reference: bool = False  # the loss reads log-probs of the frozen initial policy
-    group_size: int | None = None  # images per prompt; None keeps the study's value
-    tracker_buffer: int = 16  # per-prompt stat tracker (ddpo-pytorch defaults)
-    tracker_min_count: int = 16
+    group_size: int | None = setting(None, ge=1)  # images per prompt; None keeps the study's value
+    tracker_buffer: int = setting(16, ge=1)  # per-prompt stat tracker (ddpo-pytorch defaults)
+    tracker_min_count: int = setting(16, ge=1)
+
+
+@dataclass(frozen=True)
+class AlgorithmSettings(Checked):
+    """The loss's own settings; each algorithm subclasses with its fields and official defaults
+    (declare ranges with `setting(default, gt=..., choices=...)`)."""
 
 
 @dataclass
@@ -46,7 +127,7 @@ class StepBatch:
     logp_ref: torch.Tensor | None = None  # (B, S) frozen reference policy, when needs_reference
     mean: torch.Tensor | None = None  # (B, S, C, H, W) current transition mean
     std: torch.Tensor | None = None  # (B, S)
-    mean_ref: torch.Tensor | None = None  # (B, S, C, H, W) frozen reference's mean (Flow-GRPO's KL)
+    mean_ref: torch.Tensor | None = None  # (B, S, C, H, W) frozen reference's mean, when needs_reference_means
 
 
 @dataclass
@@ -57,34 +138,62 @@ class Loss:
 
 
 class Algorithm:
-    """Subclass, set `Settings`, implement `loss`. Register in an entry point `bench.algorithms`."""
+    """Subclass, set `Settings` (and `recipe`), implement `loss`. Register in an entry point
+    `bench.algorithms`."""
 
     Settings: ClassVar[type[AlgorithmSettings]] = AlgorithmSettings
+    recipe: Recipe = Recipe()  # the class's defaults; an instance holds the config's overrides
     # True when the loss couples the steps of a sample (it gets all of them at once) or the
     # samples of a group (batches then hold whole groups): PRDP's pairwise regression.
     whole_trajectory: ClassVar[bool] = False
     whole_groups: ClassVar[bool] = False
+    flow_variant: ClassVar[str] = FLOW_VARIANTS[0]  # the flow SDE of its runs unless the config names one
 
-    def __init__(self, **overrides):
-        known = {f.name for f in dataclasses.fields(self.Settings)}
+    def __init__(self, **overrides: Any):
+        """`overrides`: one flat namespace (the config's keys): recipe fields and loss settings."""
+        recipe_keys = {f.name for f in dataclasses.fields(Recipe)}
+        known = recipe_keys | {f.name for f in dataclasses.fields(self.Settings)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        self.settings = self.Settings(**overrides)
+        self.recipe = dataclasses.replace(type(self).recipe, **{k: v for k, v in overrides.items()
+                                                                 if k in recipe_keys})
+        self.settings = self.Settings(**{k: v for k, v in overrides.items() if k not in recipe_keys})
         self._advantages = adv.AdvantageEstimator(
-            self.settings.advantages, buffer_size=self.settings.tracker_buffer,
-            min_count=self.settings.tracker_min_count,
+            self.recipe.advantages, buffer_size=self.recipe.tracker_buffer, min_count=self.recipe.tracker_min_count,
         )
 
-    def setup(self, sampler) -> None:
-        """Called once with the sampler before training (e.g. PCPO reads its schedule)."""
+    # ---- what the algorithm asks of the loop ------------------------------------------------
+    @property
+    def needs_reference(self) -> bool:
+        """The loss reads the frozen initial policy's log-probs (StepBatch.logp_ref)."""
+        return self.needs_reference_means
 
+    @property
+    def needs_reference_means(self) -> bool:
+        """The loss reads the frozen initial policy's transition means (StepBatch.mean_ref)."""
+        return False
+
+    def sampler_noise(self, sampler: Any) -> torch.Tensor | None:
+        """A per-step std (K,) the algorithm samples and scores with instead of the sampler's
+        own (PCPO's credit='sigma'), or None. Training and the probe use it; the evaluation
+        samples every method with the study's sampler."""
+        return None
+
+    def setup(self, sampler: Any) -> None:
+        """Called once with the (noise-adjusted) sampler before training (e.g. PCPO reads its schedule)."""
+
+    # ---- the math ---------------------------------------------------------------------------
     def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         a = self._advantages(rewards, group_ids, prompts)
-        return a.clamp(-self.settings.adv_clip, self.settings.adv_clip)
+        return a.clamp(-self.recipe.adv_clip, self.recipe.adv_clip)
 
     def loss(self, batch: StepBatch) -> Loss:
         raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Recipe and settings as one flat dict (the config's keys), for summary.json."""
+        return {**dataclasses.asdict(self.recipe), **dataclasses.asdict(self.settings)}
 
     def state_dict(self) -> dict:
         """State that carries across rounds (the per-prompt tracker's buffers), for resuming."""

@@ -25,10 +25,10 @@ def cmd_list(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from bench import config
+    from bench import study
 
-    cfg = config.load(args.configfile)
-    print(f"{args.configfile}: valid; {len(config.runs(cfg))} runs, config hash {config.config_hash(cfg)}")
+    cfg = study.load(args.configfile)
+    print(f"{args.configfile}: valid; {len(study.runs(cfg))} runs, config hash {study.config_hash(cfg)}")
 
 
 def cmd_world(args) -> None:
@@ -64,62 +64,66 @@ def cmd_pretrain_clip(args) -> None:
 def cmd_train(args) -> None:
     _threads(args.threads)
     from bench.distributed import init_from_env
-    from bench.train import RunConfig, train
+    from bench.spec import RunSpec
+    from bench.train import train
 
     init_from_env()  # under torchrun: one process of a distributed run (bench.distributed)
-    cfg = RunConfig(**{**json.loads(args.run_config), "threads": args.threads})  # a run_config.json too
+    spec = RunSpec.from_json(args.run_config)  # the text of a run_config.json too
     if args.prompts:
-        cfg.prompts = json.loads(Path(args.prompts).read_text())["train"]
-    summary = train(cfg, args.out)
+        spec = spec.replace(prompts=tuple(json.loads(Path(args.prompts).read_text())["train"]))
+    summary = train(spec, args.out, threads=args.threads)
     print(json.dumps({k: summary[k] for k in ("status", "images_seen", "device_seconds")}))
 
 
 def cmd_evaluate(args) -> None:
     _threads(args.threads)
     from bench.evaluate import evaluate_run
+    from bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
-    run_cfg = json.loads((run_dir / "run_config.json").read_text())
-    evaluate_run(run_dir, run_cfg, json.loads(args.evaluation), threads=args.threads, base=args.base)
+    evaluate_run(run_dir, RunSpec.read(run_dir), json.loads(args.evaluation), threads=args.threads, base=args.base)
 
 
 def cmd_evaluate_base(args) -> None:
     _threads(args.threads)
     from bench.evaluate import evaluate_base
+    from bench.spec import RunSpec
 
-    evaluate_base(json.loads(args.run_config), json.loads(args.evaluation), args.out, threads=args.threads)
+    evaluate_base(RunSpec.from_json(args.run_config), json.loads(args.evaluation), args.out, threads=args.threads)
 
 
 def cmd_probe(args) -> None:
     _threads(args.threads)
     from bench.probe import probe_run
+    from bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
-    run_cfg = json.loads((run_dir / "run_config.json").read_text())
-    probe_run(run_dir, run_cfg, json.loads(args.probe), threads=args.threads, base=args.base)
+    probe_run(run_dir, RunSpec.read(run_dir), json.loads(args.probe), threads=args.threads, base=args.base)
 
 
 def cmd_probe_base(args) -> None:
     _threads(args.threads)
     from bench.probe import probe_base
+    from bench.spec import RunSpec
 
-    probe_base(json.loads(args.run_config), json.loads(args.probe), args.out, threads=args.threads)
+    probe_base(RunSpec.from_json(args.run_config), json.loads(args.probe), args.out, threads=args.threads)
 
 
 def cmd_recursive(args) -> None:
     _threads(args.threads)
     from bench.recursive import RecursiveSettings, recursive_run
+    from bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
-    run_cfg = json.loads((run_dir / "run_config.json").read_text())
     settings = {k: v for k, v in json.loads(args.settings).items() if k != "enabled"}
-    recursive_run(run_dir, run_cfg, RecursiveSettings(**settings), json.loads(args.evaluation), threads=args.threads)
+    recursive_run(run_dir, RunSpec.read(run_dir), RecursiveSettings(**settings), json.loads(args.evaluation),
+                  threads=args.threads)
 
 
 def cmd_aggregate(args) -> None:
-    from bench import config, tables
+    from bench import study, tables
 
-    cfg = config.validate(json.loads(args.config), check_paths=False)
+    cfg = study.validate(json.loads(args.config), check_paths=False)
     tables.aggregate(cfg, Path(args.runs_root), Path(args.out))
 
 
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_pretrain_clip)
     p = sub.add_parser("train", help="one training run")
-    p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig")
+    p.add_argument("--run-config", required=True, help="JSON of bench.spec.RunSpec")
     p.add_argument("--prompts", help="prompt-set JSON (its 'train' list); default: the embedded world's")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("evaluate-base", help="evaluate the base model once for every run that shares it")
-    p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig (any run of the model)")
+    p.add_argument("--run-config", required=True, help="JSON of bench.spec.RunSpec (any run of the model)")
     p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("probe-base", help="probe the base model once for the runs (seeds) that share it")
-    p.add_argument("--run-config", required=True, help="JSON of bench.train.RunConfig (any seed of the run)")
+    p.add_argument("--run-config", required=True, help="JSON of bench.spec.RunSpec (any seed of the run)")
     p.add_argument("--probe", required=True, help="JSON of the config's probe section")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)

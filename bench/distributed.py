@@ -20,6 +20,7 @@ and every method is then the identity: the single-process path is unchanged, bit
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +88,7 @@ class World:
         lo = self.rank * n_local
         return indices[(indices >= lo) & (indices < lo + n_local)] - lo
 
-    def sum_gradients(self, params: list[torch.Tensor]) -> None:
+    def sum_gradients(self, params: Sequence[torch.Tensor]) -> None:
         """Sum the gradients over processes in one flat all-reduce (a missing one counts as zero;
         a parameter no process reached keeps no gradient, so the optimiser skips it as in one
         process)."""

@@ -6,33 +6,21 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from bench.factory import open_policy, open_sampler
 from bench.io import atomic_write_text, read_shared
-from bench.models.policy import Policy
 from bench.reward import build_reward
-from bench.rollout import make_sampler, rollout
-from bench.world.captions import prompt_sets
+from bench.rollout import sample_images
+from bench.spec import RunSpec
+from bench.world.captions import eval_prompts
 from bench.world.checker import accuracy
 
-
-def eval_prompts(split: str, max_prompts: int) -> list[str]:
-    """A fixed, evenly spread subset of a prompt set (the same for every run)."""
-    prompts = prompt_sets()[split]
-    idx = np.linspace(0, len(prompts) - 1, num=min(max_prompts, len(prompts))).round().astype(int)
-    return [prompts[i] for i in idx]
-
-
-@torch.no_grad()
-def sample_images(policy: Policy, sampler, prompts: list[str], guidance: float, seed: int, batch: int = 64):
-    generator = torch.Generator().manual_seed(seed)
-    images = []
-    for start in range(0, len(prompts), batch):
-        traj = rollout(policy, sampler, prompts[start : start + batch], guidance, generator)
-        images.append(policy.decode(traj.x0))
-    return torch.cat(images)
+__all__ = ["Evaluator", "QualityJudge", "evaluate_base", "evaluate_run", "eval_prompts", "sample_images"]
 
 
 class QualityJudge:
@@ -72,33 +60,33 @@ class QualityJudge:
         }
 
 
-# the run-config fields the base model's evaluation depends on: runs that agree on them share it
+# the run-spec fields the base model's evaluation depends on: runs that agree on them share it
 BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant")
 
 
-def base_key(run_cfg: dict, evaluation: dict) -> dict:
-    return {"run": {k: run_cfg.get(k) for k in BASE_FIELDS}, "evaluation": evaluation}
+def base_key(spec: RunSpec, evaluation: dict[str, Any]) -> dict[str, Any]:
+    run = spec.to_dict()
+    return {"run": {k: run[k] for k in BASE_FIELDS}, "evaluation": evaluation}
 
 
 class Evaluator:
     """Held-out images of one policy at fixed seeds, scored by every evaluation reward, the
     attribute checker and the quality judge."""
 
-    def __init__(self, run_cfg: dict, evaluation: dict, threads: int = 1):
+    def __init__(self, spec: RunSpec, evaluation: dict[str, Any], threads: int = 1):
         torch.set_num_threads(threads)
-        self.run_cfg, self.evaluation = run_cfg, evaluation
+        self.spec, self.evaluation = spec, evaluation
         self.prompts = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
                         for _ in range(evaluation["images_per_prompt"])]
         self.rewards = {name: build_reward(name, evaluation.get("reward_settings")) for name in evaluation["rewards"]}
         self.quality = (QualityJudge(evaluation["clip_model"], self.prompts, evaluation["images_per_prompt"],
                                      evaluation["seed"]) if evaluation.get("clip_model") else None)
-        self.policy = Policy.load(run_cfg["model_path"], **run_cfg.get("model_options", {}))
-        self.sampler = make_sampler(self.policy, run_cfg["num_steps"], run_cfg["eta"],
-                                    run_cfg.get("logp_reduce", "mean"), run_cfg.get("flow_variant") or "flowgrpo")
+        # every method at the study's sampler (no algorithm's own noise), the weights of its checkpoints
+        self.policy = open_policy(spec, trainable=False)
+        self.sampler = open_sampler(spec, self.policy)
 
-    def __call__(self, budget: int, device_seconds: float, grid: Path) -> dict:
-        images = sample_images(self.policy, self.sampler, self.prompts, self.run_cfg["guidance"],
-                               self.evaluation["seed"])
+    def __call__(self, budget: int, device_seconds: float, grid: Path) -> dict[str, Any]:
+        images = sample_images(self.policy, self.sampler, self.prompts, self.spec.guidance, self.evaluation["seed"])
         row = {"budget": budget, "device_seconds": device_seconds}
         for name, fn in self.rewards.items():
             scores, _ = fn(images, self.prompts, {})
@@ -111,32 +99,33 @@ class Evaluator:
         return row
 
 
-def evaluate_base(run_cfg: dict, evaluation: dict, out: str | Path, threads: int = 1) -> dict:
+def evaluate_base(spec: RunSpec, evaluation: dict[str, Any], out: str | Path, threads: int = 1) -> dict[str, Any]:
     """The base model's row (budget 0), once for every run that shares its key (all algorithms,
     rewards and seeds of a model): written to `out` with its sample grid beside it."""
     out = Path(out)
-    row = Evaluator(run_cfg, evaluation, threads)(0, 0.0, out.with_suffix(".png"))
-    result = {"key": base_key(run_cfg, evaluation), "row": row}
+    row = Evaluator(spec, evaluation, threads)(0, 0.0, out.with_suffix(".png"))
+    result = {"key": base_key(spec, evaluation), "row": row}
     atomic_write_text(out, json.dumps(result, indent=1))
     return result
 
 
-def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: int = 1,
-                 base: str | Path | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, spec: RunSpec, evaluation: dict[str, Any], threads: int = 1,
+                 base: str | Path | None = None) -> dict[str, Any]:
     """Every checkpoint of a run (0 = the base model) -> eval.json. `base`: a file from
     evaluate_base; its row is used when its key matches this run's, else the base is evaluated here."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    evaluate = Evaluator(run_cfg, evaluation, threads)
-    shared = read_shared(base, base_key(run_cfg, evaluation))
+    evaluate = Evaluator(spec, evaluation, threads)
+    shared = read_shared(base, base_key(spec, evaluation))
     rows = []
-    checkpoints = [(0, None)] + [(b, run_dir / "checkpoints" / str(b)) for b in sorted(run_cfg["budgets"])]
-    for budget, folder in checkpoints:
+    checkpoints: list[tuple[int, Path | None]] = [(0, None)]
+    checkpoints += [(b, run_dir / "checkpoints" / str(b)) for b in sorted(spec.budgets)]
+    for budget, folder in tqdm(checkpoints, desc="evaluate checkpoints", unit="checkpoint"):
         grid = run_dir / "samples" / f"{budget}.png"
         if folder is None and shared is not None:
             rows.append(shared["row"])
             grid.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(base).with_suffix(".png"), grid)
+            shutil.copyfile(Path(str(base)).with_suffix(".png"), grid)
             continue
         if folder is not None and not (folder / "state.json").is_file():
             break  # a diverged run stops at its last good checkpoint
@@ -161,4 +150,4 @@ def _save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
     for i, img in enumerate(arr):
         r, c = divmod(i, columns)
         canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img
-    Image.fromarray(canvas).resize((canvas.shape[1] * 4, canvas.shape[0] * 4), Image.NEAREST).save(path)
+    Image.fromarray(canvas).resize((canvas.shape[1] * 4, canvas.shape[0] * 4), Image.Resampling.NEAREST).save(path)

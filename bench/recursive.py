@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.evaluate import QualityJudge, eval_prompts, sample_images
+from bench.evaluate import QualityJudge
+from bench.factory import open_policy, open_reward, open_sampler
+from bench.interfaces import Sampler
 from bench.io import atomic_write_json
 from bench.metrics.diversity import precision_recall_density_coverage
 from bench.models.policy import Policy
-from bench.reward import build_reward
-from bench.rollout import make_sampler
-from bench.world.captions import prompt_sets
+from bench.rollout import sample_images
+from bench.spec import RunSpec
+from bench.world.captions import eval_prompts, prompt_sets
 from bench.world.checker import accuracy
 from bench.world.dataset import reference_images
 from bench.world.pretrain import denoising_loss
@@ -64,7 +67,8 @@ def finetune(policy: Policy, images: torch.Tensor, captions: list[str], steps: i
     return float(np.mean(losses))
 
 
-def _measure(policy, sampler, prompts, guidance, judge: QualityJudge, evaluation: dict) -> dict:
+def _measure(policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, judge: QualityJudge,
+             evaluation: dict[str, Any]) -> dict[str, Any]:
     images = sample_images(policy, sampler, prompts, guidance, evaluation["seed"])
     row = judge(images)
     prdc = precision_recall_density_coverage(judge.features(judge.reference).numpy(), judge.features(images).numpy())
@@ -73,29 +77,28 @@ def _measure(policy, sampler, prompts, guidance, judge: QualityJudge, evaluation
     return row
 
 
-def recursive_run(run_dir: str | Path, run_cfg: dict, settings: RecursiveSettings, evaluation: dict,
-                  threads: int = 1) -> dict:
+def recursive_run(run_dir: str | Path, spec: RunSpec, settings: RecursiveSettings, evaluation: dict[str, Any],
+                  threads: int = 1) -> dict[str, Any]:
     torch.set_num_threads(threads)
     run_dir = Path(run_dir)
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    policy = Policy.load(run_cfg["model_path"], **run_cfg.get("model_options", {}))
-    final = run_dir / "checkpoints" / str(max(run_cfg["budgets"]))
+    policy = open_policy(spec, trainable=False)
+    final = run_dir / "checkpoints" / str(max(spec.budgets))
     start = "base"
     if (final / "state.json").is_file():
         policy.load_denoiser_state(final)
         start = f"checkpoint {final.name}"
-    sampler = make_sampler(policy, run_cfg["num_steps"], run_cfg["eta"], run_cfg.get("logp_reduce", "mean"),
-                           run_cfg.get("flow_variant") or "flowgrpo")
-    reward = build_reward(run_cfg["reward"], run_cfg.get("reward_settings"))
+    sampler = open_sampler(spec, policy)
+    reward = open_reward(spec)
     eval_set = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
                 for _ in range(evaluation["images_per_prompt"])]
     judge = QualityJudge(evaluation["clip_model"], eval_set, evaluation["images_per_prompt"], evaluation["seed"])
     train_prompts = prompt_sets()["train"]
-    rows = [{"generation": 0, **_measure(policy, sampler, eval_set, run_cfg["guidance"], judge, evaluation)}]
+    rows = [{"generation": 0, **_measure(policy, sampler, eval_set, spec.guidance, judge, evaluation)}]
     for g in range(1, settings.generations + 1):
         prompts = [train_prompts[i] for i in rng.integers(len(train_prompts), size=settings.images_per_generation)]
-        images = sample_images(policy, sampler, prompts, run_cfg["guidance"], settings.seed + g)
+        images = sample_images(policy, sampler, prompts, spec.guidance, settings.seed + g)
         scores, _ = reward(images, prompts, {})
         keep = np.argsort(-scores.numpy(), kind="stable")[: max(1, int(round(settings.select_top * len(prompts))))]
         images, prompts = images[keep], [prompts[i] for i in keep]
@@ -110,7 +113,7 @@ def recursive_run(run_dir: str | Path, run_cfg: dict, settings: RecursiveSetting
         loss = finetune(policy, images, prompts, settings.finetune_steps, settings.batch_size, settings.lr,
                         generator)
         rows.append({"generation": g, "finetune_loss": loss, "generated_share": 1 - n_real / len(prompts),
-                     **_measure(policy, sampler, eval_set, run_cfg["guidance"], judge, evaluation)})
+                     **_measure(policy, sampler, eval_set, spec.guidance, judge, evaluation)})
     gens = np.array([r["generation"] for r in rows], dtype=float)
     decay = {f"decay/{m}": float(np.polyfit(gens, [r[m] for r in rows], 1)[0]) for m in DECAY_METRICS}
     out = {"start": start, "settings": asdict(settings), "rows": rows, "decay": decay}

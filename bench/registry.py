@@ -22,9 +22,11 @@ class PluginError(Exception):
 
 
 class Registry:
-    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None, builtins: str | None = None):
+    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None, builtins: str | None = None,
+                 references: dict[str, str] | None = None):
         self.kind = kind
         self._builtins = builtins  # a module that registers built-in entries when imported
+        self._references = dict(references or {})  # built-in entries as `package.module:Name`, imported when asked for
         self.group = f"bench.{kind}s"
         self._local: dict[str, Any] = {}
         self._check = check
@@ -47,7 +49,7 @@ class Registry:
 
     def names(self) -> list[str]:
         self._load_builtins()
-        return sorted(set(self._local) | set(self._entry_points()))
+        return sorted(set(self._local) | set(self._references) | set(self._entry_points()))
 
     def get(self, name: str) -> Any:
         if not isinstance(name, str) or not name:
@@ -55,7 +57,9 @@ class Registry:
         self._load_builtins()
         if name in self._local:
             return self._local[name]
-        if ":" in name:
+        if name in self._references:
+            obj = _load_reference(self._references[name], self.kind)
+        elif ":" in name:
             obj = _load_reference(name, self.kind)
         else:
             eps = self._entry_points()
@@ -80,6 +84,8 @@ def _load_reference(ref: str, kind: str) -> Any:
                 raise FileNotFoundError(f"no such file {path}")
             mod_name = f"bench_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
             spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {path} as a module")
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
             spec.loader.exec_module(module)
@@ -112,4 +118,9 @@ def _check_callable(kind: str):
 ALGORITHMS = Registry("algorithm", _check_algorithm)
 REWARDS = Registry("reward", _check_callable("reward"))
 METRICS = Registry("metric", _check_callable("metric"), builtins="bench.metrics")
-MODELS = Registry("model", _check_callable("model"))
+# the model families, registered here only (a plugin family adds an entry point `bench.models`)
+MODELS = Registry("model", _check_callable("model"), references={
+    "embedded": "bench.models.policy:Policy",
+    "sd": "bench.models.stable_diffusion:StableDiffusionPolicy",
+    "flow": "bench.models.flow_matching:FlowMatchingPolicy",
+})

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.interfaces import Sampler
 from bench.models.policy import Cond, Policy
-from bench.sampling import DDIMSampler, FlowSDESampler
+from bench.sampling import FLOW_VARIANTS, DDIMSampler, FlowSDESampler
 
 
 @dataclass
@@ -21,7 +22,7 @@ class StepGraph:
     means: torch.Tensor  # (B, K, C, H, W) fp32, requires grad
     stds: torch.Tensor  # (B, K)
 
-    def select(self, samples: torch.Tensor, steps: torch.Tensor):
+    def select(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logp (b, S), mean (b, S, C, H, W), std (b, S)) of samples (b,) at steps (b, S), as `recompute`."""
         rows = samples[:, None].expand_as(steps)
         return self.logp[rows, steps], self.means[rows, steps], self.stds[rows, steps]
@@ -49,7 +50,7 @@ class Trajectory:
 
 
 def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean",
-                 flow_variant: str = "flowgrpo"):
+                 flow_variant: str = FLOW_VARIANTS[0]) -> DDIMSampler | FlowSDESampler:
     """The sampler that matches the policy's objective: DDIM (epsilon/v) over the policy's
     scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included)."""
     if policy.objective == "flow":
@@ -60,7 +61,7 @@ def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: 
 
 
 @torch.no_grad()
-def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, generator: torch.Generator,
+def rollout(policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, generator: torch.Generator,
             group_ids: torch.Tensor | None = None, same_noise_per_group: bool = False,
             keep_graph: bool = False) -> Trajectory:
     """Sample one trajectory per prompt (repeat a prompt G times for a group of G).
@@ -79,7 +80,7 @@ def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, genera
     else:
         x = torch.randn((n, *shape), generator=generator)
     model_t = sampler.model_timesteps()
-    latents, means, stds, logps = [x], [], [], []
+    latents, means, step_stds, logps = [x], [], [], []
     graph_means, graph_logps = [], []
     for k in range(sampler.num_steps):
         t = sampler.timesteps[k]
@@ -89,12 +90,12 @@ def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, genera
         x = res.x_next.detach()
         latents.append(x)
         means.append(res.mean.detach())
-        stds.append(res.std.expand(n))
+        step_stds.append(res.std.expand(n))
         logps.append(res.logp.detach())
         if keep_graph:
             graph_means.append(res.mean)
             graph_logps.append(res.logp)
-    stds = torch.stack(stds, 1)
+    stds = torch.stack(step_stds, 1)
     graph = None
     if keep_graph:
         with torch.enable_grad():
@@ -106,7 +107,7 @@ def rollout(policy: Policy, sampler, prompts: list[str], guidance: float, genera
     )
 
 
-def recompute(policy: Policy, sampler, traj: Trajectory, samples: torch.Tensor, steps: torch.Tensor,
+def recompute(policy: Policy, sampler: Sampler, traj: Trajectory, samples: torch.Tensor, steps: torch.Tensor,
               guidance: float, reference: bool = False, detach_uncond: bool = False):
     """Log-probs of recorded transitions under the current weights (or the reference).
 
@@ -122,3 +123,15 @@ def recompute(policy: Policy, sampler, traj: Trajectory, samples: torch.Tensor, 
                          detach_uncond=detach_uncond, reference=reference)
     res = sampler.step(out, x, t, step_index=cols, prev=x_next)
     return res.logp.view(b, s), res.mean.view(b, s, *res.mean.shape[1:]), res.std.view(b, s)
+
+
+@torch.no_grad()
+def sample_images(policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, seed: int,
+                  batch: int = 64) -> torch.Tensor:
+    """Decoded images (N, 3, H, W) in [0, 1] of the prompts, at a fixed seed, `batch` at a time."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for start in range(0, len(prompts), batch):
+        traj = rollout(policy, sampler, prompts[start : start + batch], guidance, generator)
+        images.append(policy.decode(traj.x0))
+    return torch.cat(images)

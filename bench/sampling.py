@@ -9,12 +9,14 @@ fp32, and follows the per-dimension-mean convention of the official code (ALGORI
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+FLOW_VARIANTS = ("flowgrpo", "dancegrpo")  # the flow SDEs of FlowSDESampler; the first is the default
 
 
 @dataclass
@@ -42,7 +44,8 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _draw(mean: torch.Tensor, std: torch.Tensor, prev, generator) -> torch.Tensor:
+def _draw(mean: torch.Tensor, std: torch.Tensor, prev: torch.Tensor | None,
+          generator: torch.Generator | None) -> torch.Tensor:
     if prev is not None:
         if generator is not None:
             raise ValueError("give either prev (recompute a recorded step) or generator (sample), not both")
@@ -79,6 +82,12 @@ class DDIMSampler:
     def model_timesteps(self) -> torch.Tensor:
         return self.timesteps
 
+    def with_std(self, std: torch.Tensor) -> DDIMSampler:
+        """The same schedule with a per-step std (K,) of an algorithm's own (PCPO's sigma tilde)."""
+        sampler = copy.copy(self)
+        sampler.sigma_override = std
+        return sampler
+
     def prev_timestep(self, t: torch.Tensor) -> torch.Tensor:
         return t - self.num_train_timesteps // self.num_steps
 
@@ -102,7 +111,8 @@ class DDIMSampler:
             return self.sigma_override[torch.as_tensor(step_index).long()]
         return self.eta * self.variance(t).sqrt()
 
-    def step(self, model_out, x, t, step_index=None, prev=None, generator=None) -> StepResult:
+    def step(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor | None = None,
+             prev: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StepResult:
         """One step from x at timestep t (B,) to the next timestep of the schedule."""
         x32, eps = x.float(), model_out.float()
         t = torch.as_tensor(t, device="cpu").long().expand(x.shape[0])
@@ -161,9 +171,9 @@ class FlowSDESampler:
 
     family = "flow"
 
-    def __init__(self, sigmas: torch.Tensor, noise_level: float = 0.7, variant: str = "flowgrpo",
+    def __init__(self, sigmas: torch.Tensor, noise_level: float = 0.7, variant: str = FLOW_VARIANTS[0],
                  logp_reduce: str = "mean", timestep_scale: float = 1000.0):
-        if variant not in ("flowgrpo", "dancegrpo"):
+        if variant not in FLOW_VARIANTS:
             raise ValueError(f"flow SDE variant must be 'flowgrpo' or 'dancegrpo', got {variant!r}")
         self.sigmas = sigmas.float()
         self.num_steps = len(sigmas) - 1
@@ -182,7 +192,13 @@ class FlowSDESampler:
         safe = torch.where(sigma >= 1.0, self.sigmas[1].to(sigma), sigma)
         return self.noise_level * (sigma / (1 - safe)).sqrt()
 
-    def step(self, model_out, x, t, step_index, prev=None, generator=None) -> StepResult:
+    def with_std(self, std: torch.Tensor) -> FlowSDESampler:
+        raise ValueError("a flow SDE's noise is set by its variant and noise level, not per step")
+
+    def step(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor | None = None,
+             prev: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StepResult:
+        if step_index is None:
+            raise ValueError("the flow SDE step needs the step index (its sigmas are indexed by it)")
         x32, v = x.float(), model_out.float()
         k = torch.as_tensor(step_index, device="cpu").long().expand(x.shape[0])
         sigma, sigma_next = self.sigmas[k].to(x.device), self.sigmas[k + 1].to(x.device)

@@ -26,7 +26,7 @@ class ClipAlignment:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 512):
         from bench.judges.clip import load_clip
-        from bench.judges.weights import WeightsError, default_device
+        from bench.judges.reward_model_weights import WeightsError, default_device
 
         problems = self.check_weights({"model": model})
         if problems:

@@ -8,7 +8,7 @@ model.safetensors, tokenizer files, preprocessor_config.json).
 
 from __future__ import annotations
 
-from bench.judges.weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, raise_problems
+from bench.judges.reward_model_weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, raise_problems
 
 NAME = "clip_score"
 

@@ -11,7 +11,13 @@ with the sizes and statistics read from preprocessor_config.json.
 
 from __future__ import annotations
 
-from bench.judges.weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, processor_problems, raise_problems
+from bench.judges.reward_model_weights import (
+    hf_clip_cosine,
+    hf_clip_problems,
+    load_hf_clip,
+    processor_problems,
+    raise_problems,
+)
 
 NAME = "pickscore"
 

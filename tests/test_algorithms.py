@@ -127,7 +127,7 @@ def grouped_rewards(k: int = 4, groups: int = 3, seed: int = 3):
 def test_leave_one_out_advantages():
     rewards, groups = grouped_rewards()
     loop = LOOP()
-    assert loop.settings.group_size == 4
+    assert loop.recipe.group_size == 4
     adv = loop.advantages(rewards, groups, ["p"] * len(rewards))
     for i in range(len(rewards)):
         others = [float(rewards[j]) for j in range(len(rewards)) if groups[j] == groups[i] and j != i]
@@ -164,11 +164,12 @@ def test_flowgrpo_uses_group_mean_and_global_std():
 
 
 def test_dancegrpo_and_ddpo_defaults():
-    d = DanceGRPO().settings
-    assert (d.advantages, d.same_noise_per_group, d.drop_last_step, d.timestep_fraction, d.clip_range,
-            d.updates_per_round, d.adv_clip) == ("grpo_group", True, True, 1.0, 1e-4, 2, 5.0)
-    s = DDPOIS().settings
-    assert (s.advantages, s.clip_range, s.adv_clip, s.updates_per_round) == ("per_prompt", 1e-4, 5.0, 4)
+    d, dr = DanceGRPO().settings, DanceGRPO().recipe
+    assert (dr.advantages, dr.same_noise_per_group, dr.drop_last_step, dr.timestep_fraction, d.clip_range,
+            dr.updates_per_round, dr.adv_clip) == ("grpo_group", True, True, 1.0, 1e-4, 2, 5.0)
+    s, sr = DDPOIS().settings, DDPOIS().recipe
+    assert (sr.advantages, s.clip_range, sr.adv_clip, sr.updates_per_round) == ("per_prompt", 1e-4, 5.0, 4)
+    assert DanceGRPO.flow_variant == "dancegrpo" and DDPOIS.flow_variant == "flowgrpo"
 
 
 # ---- PRDP -------------------------------------------------------------------------------------
@@ -211,7 +212,9 @@ def test_prdp_step_reduce_and_pairs():
 
 def test_prdp_defaults():
     s = PRDP().settings
-    assert (s.beta, s.clip_range, s.step_reduce, s.needs_reference, s.advantages) == (3e-5, 1e-6, "mean", True, "none")
+    assert (s.beta, s.clip_range, s.step_reduce, PRDP().needs_reference, PRDP().recipe.advantages) == (
+        3e-5, 1e-6, "mean", True, "none")
+    assert not PRDP().needs_reference_means
     assert PRDP.whole_trajectory and PRDP.whole_groups
 
 
@@ -284,8 +287,10 @@ def test_pcpo_weights_follow_the_step_index():
 
 
 def test_pcpo_sigma_route_reshapes_the_ddim_variance():
-    ddim = sd1_sampler()
+    plain = sd1_sampler()
     pcpo = PCPO(credit="sigma", w_star=4.5)
+    ddim = plain.with_std(pcpo.sampler_noise(plain))  # the algorithm declares, the factory applies
+    assert plain.sigma_override is None  # the algorithm writes nothing into the sampler
     pcpo.setup(ddim)
     assert torch.all(pcpo.multipliers == 1)
     torch.testing.assert_close(ddim.native_weights(), torch.full((50,), 4.5), rtol=1e-4, atol=0)
@@ -297,13 +302,14 @@ def test_pcpo_sigma_route_reshapes_the_ddim_variance():
     step = ddim.step(eps, x, ddim.timesteps[5].expand(2), step_index=torch.full((2,), 5))
     torch.testing.assert_close(step.std, ddim.sigma_override[5].expand(2))
     default = sd1_sampler()
-    PCPO(credit="sigma").setup(default)  # default w*: the smallest feasible, max_t w_min(t)
+    default = default.with_std(PCPO(credit="sigma").sampler_noise(default))  # default w*: the smallest feasible
+    assert PCPO().sampler_noise(default) is None  # credit 'reweight' keeps the sampler's std
     torch.testing.assert_close(default.native_weights(), torch.full((50,), 3.2748), rtol=1e-4, atol=0)
     ab_t, ab_prev = default.alpha_bars(default.timesteps)
     with pytest.raises(ValueError, match="w\\*"):
         sigma_tilde(ab_t, ab_prev, 0.517)
     with pytest.raises(ValueError, match="flow"):
-        PCPO(credit="sigma").setup(flowgrpo_sampler())
+        PCPO(credit="sigma").sampler_noise(flowgrpo_sampler())
 
 
 def test_pcpo_needs_setup():
@@ -353,3 +359,35 @@ def test_unknown_algorithm_lists_the_known_ones():
                                        ("dancegrpo", DanceGRPO), ("pcpo", PCPO)])
 def test_entry_points(name, cls):
     assert ALGORITHMS.get(name) is cls
+
+
+# ---- settings: type and range checked from the dataclass fields ---------------------------------
+@pytest.mark.parametrize(("algorithm", "key", "value", "message"), [
+    ("ddpo_is", "clip_range", -1, "> 0"), ("ddpo_is", "clip_range", "abc", "float"),
+    ("ddpo_is", "clip_range", True, "float"), ("prdp", "step_reduce", "max", "one of"),
+    ("pcpo", "credit", "x", "one of"), ("loop", "inner_epochs", 0, ">= 1"), ("loop", "inner_epochs", 1.5, "int"),
+    ("dancegrpo", "timestep_fraction", 1.5, "<= 1"), ("dancegrpo", "kl_beta", -0.1, ">= 0"),
+    ("reinforce", "advantages", "median", "one of"), ("reinforce", "group_size", 0, ">= 1"),
+])
+def test_a_bad_setting_is_refused_naming_its_key(algorithm, key, value, message):
+    from bench.algorithm import SettingError
+
+    with pytest.raises(SettingError, match=message) as info:
+        ALGORITHMS.get(algorithm)(**{key: value})
+    assert info.value.key == key
+
+
+def test_settings_accept_ints_for_floats_and_none_where_declared():
+    assert DDPOIS(clip_range=1).settings.clip_range == 1
+    assert LOOP(group_size=None).recipe.group_size is None
+    assert PCPO(w_star=None).settings.w_star is None
+
+
+def test_recipe_and_loss_settings_share_the_config_namespace():
+    algo = DanceGRPO(updates_per_round=1, kl_beta=0.5, clip_range=2e-4)
+    assert (algo.recipe.updates_per_round, algo.settings.kl_beta, algo.settings.clip_range) == (1, 0.5, 2e-4)
+    assert algo.needs_reference and algo.needs_reference_means and not DanceGRPO().needs_reference
+    assert DanceGRPO.recipe.updates_per_round == 2  # the class default is untouched
+    assert algo.describe()["updates_per_round"] == 1 and algo.describe()["kl_beta"] == 0.5
+    with pytest.raises(ValueError, match="unknown setting"):
+        DanceGRPO(needs_reference=True)

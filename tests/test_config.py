@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import config as study
+from bench import study
+from bench.spec import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,12 +52,45 @@ def test_a_missing_real_model_is_refused_naming_key_and_path(tmp_path):
         study.validate(cfg)
 
 
-def test_run_config_carries_the_grid_point():
+def test_run_spec_carries_the_grid_point():
     cfg = study.load(ROOT / "config" / "quick.yaml")
     key = study.runs(cfg)[-1]
-    rc = study.run_config(cfg, key)
-    assert rc["seed"] == key.seed and rc["algorithm"] == key.algorithm
-    assert rc["budgets"] == cfg["train"]["budgets"] and rc["num_steps"] == cfg["sampling"]["num_steps"]
+    spec = study.run_spec(cfg, key)
+    assert spec.seed == key.seed and spec.algorithm == key.algorithm
+    assert list(spec.budgets) == cfg["train"]["budgets"] and spec.num_steps == cfg["sampling"]["num_steps"]
+
+
+def test_run_spec_round_trips_through_json_and_holds_the_defaults():
+    cfg = study.load(ROOT / "config" / "quick.yaml")
+    for key in study.runs(cfg):
+        spec = study.run_spec(cfg, key)
+        assert RunSpec.from_json(spec.to_json()) == spec
+    spec = study.run_spec(cfg, study.runs(cfg)[0])
+    # what the quick preset leaves out comes from the RunSpec's own defaults, through the config
+    defaults = RunSpec(model_path="m", algorithm="a", reward="r")
+    assert (spec.lr, spec.betas, spec.adam_eps, spec.reuse_sampling_graph) == (
+        defaults.lr, defaults.betas, defaults.adam_eps, defaults.reuse_sampling_graph)
+    assert cfg["train"]["betas"] == list(defaults.betas) and cfg["sampling"]["logp_reduce"] == defaults.logp_reduce
+    with pytest.raises(ValueError, match="unknown field"):
+        RunSpec.from_dict({**spec.to_dict(), "threads": 1})
+
+
+def test_optimiser_and_graph_settings_are_reachable_from_the_config():
+    cfg = _base()
+    cfg["train"] = {**cfg.get("train", {}), "betas": [0.8, 0.95], "adam_eps": 1e-6, "reuse_sampling_graph": True}
+    spec = study.run_spec(study.validate(cfg), study.runs(study.validate(cfg))[0])
+    assert (spec.betas, spec.adam_eps, spec.reuse_sampling_graph) == ((0.8, 0.95), 1e-6, True)
+    cfg["train"]["betas"] = [0.9, 1.5]
+    with pytest.raises(study.ConfigError, match=r"train\.betas"):
+        study.validate(cfg)
+
+
+@pytest.mark.parametrize(("value", "message"), [(-1, "> 0"), ("abc", "expected float"), (0, "> 0")])
+def test_an_algorithm_setting_is_checked_for_type_and_range_naming_the_key(value, message):
+    cfg = _base()
+    cfg["algorithms"] = {"mine": {"plugin": "ddpo_is", "clip_range": value}}
+    with pytest.raises(study.ConfigError, match=rf"algorithms\.mine\.clip_range.*{message}"):
+        study.validate(cfg)
 
 
 def test_a_grid_over_its_gpu_hours_budget_is_refused_with_the_numbers():

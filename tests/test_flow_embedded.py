@@ -10,7 +10,8 @@ import torch
 from bench.models.policy import Policy
 from bench.registry import ALGORITHMS
 from bench.sampling import FlowSDESampler
-from bench.train import RunConfig, Trainer
+from bench.spec import RunSpec
+from bench.train import Trainer
 
 PROMPTS = ["a red circle on the left", "two small blue squares"]
 
@@ -28,7 +29,7 @@ def tiny_flow_model(tmp_path_factory):
 @pytest.mark.parametrize("algorithm", ALGORITHMS.names())
 def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
     variant = "dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"
-    cfg = RunConfig(model_path=str(tiny_flow_model), algorithm=algorithm, reward="jpeg_compressibility",
+    cfg = RunSpec(model_path=str(tiny_flow_model), algorithm=algorithm, reward="jpeg_compressibility",
                     prompts=PROMPTS, num_steps=4, eta=0.7, images_per_round=4, group_size=2, budgets=[4, 8],
                     lr=1e-3, flow_variant=variant)
     trainer = Trainer(cfg, tmp_path / "run")
@@ -42,7 +43,7 @@ def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
 
 
 def test_pcpo_flow_weights_on_the_embedded_flow_model(tiny_flow_model, tmp_path):
-    cfg = RunConfig(model_path=str(tiny_flow_model), algorithm="pcpo", reward="jpeg_compressibility",
+    cfg = RunSpec(model_path=str(tiny_flow_model), algorithm="pcpo", reward="jpeg_compressibility",
                     prompts=PROMPTS, num_steps=6, eta=0.7, images_per_round=4, group_size=2, budgets=[4])
     trainer = Trainer(cfg, tmp_path / "run")
     sampler = trainer.sampler

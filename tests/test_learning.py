@@ -1,5 +1,5 @@
 """Each algorithm raises the reward of a small analytic problem, trained through the real
-bench/train.py Trainer with a tiny stand-in policy.
+bench/train/ Trainer with a tiny stand-in policy.
 
 The stand-in's epsilon prediction is the exact one for data concentrated at a learnable point
 theta, eps(x, t) = (x - sqrt(ab_t) theta) / sqrt(1 - ab_t), so DDIM's x0 prediction is theta and the
@@ -13,11 +13,13 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
+from bench import factory
 from bench import train as train_mod
 from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
 from bench.models.policy import Cond
 from bench.registry import ALGORITHMS, REWARDS
 from bench.rollout import rollout
+from bench.spec import RunSpec
 
 TARGET = 1.0
 SHAPE = (1, 2, 2)
@@ -84,7 +86,7 @@ class SignFlipped(Algorithm):
 @pytest.fixture(autouse=True)
 def _stand_in(monkeypatch):
     torch.set_num_threads(1)
-    monkeypatch.setattr(train_mod, "Policy", PointPolicy)
+    monkeypatch.setattr(factory, "Policy", PointPolicy)
     REWARDS.register("test_point_target")(point_reward)
     ALGORITHMS.register("test_sign_flipped")(SignFlipped)
 
@@ -96,7 +98,7 @@ def expected_reward(trainer) -> float:
 
 
 def run(algorithm: str, rounds: int = 30, seed: int = 0, **settings) -> tuple[float, float]:
-    cfg = train_mod.RunConfig(model_path="unused", algorithm=algorithm, reward="test_point_target", seed=seed,
+    cfg = RunSpec(model_path="unused", algorithm=algorithm, reward="test_point_target", seed=seed,
                               prompts=["a", "b"], num_steps=8, guidance=1.0, images_per_round=16, group_size=4,
                               lr=0.02, budgets=[16 * rounds], algorithm_settings=settings)
     trainer = train_mod.Trainer(cfg, out="unused")
@@ -117,7 +119,7 @@ def test_pcpo_sigma_route_trains_with_the_reshaped_variance():
     """credit='sigma' replaces the sampler's std by sigma tilde in rollouts and recomputation. Here it
     learns slowly (about 5% of the gap in 30 rounds): at w* = 3.27 sigma tilde is ~0.03 instead of
     ~0.45 at most steps, so those steps add score-function noise but hardly move x_0."""
-    cfg = train_mod.RunConfig(model_path="unused", algorithm="pcpo", reward="test_point_target", prompts=["a"],
+    cfg = RunSpec(model_path="unused", algorithm="pcpo", reward="test_point_target", prompts=["a"],
                               num_steps=8, guidance=1.0, images_per_round=8, group_size=4,
                               algorithm_settings={"credit": "sigma"})
     trainer = train_mod.Trainer(cfg, out="unused")

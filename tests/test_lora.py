@@ -7,7 +7,8 @@ import torch
 
 from bench.models.policy import Policy
 from bench.rollout import make_sampler, recompute, rollout
-from bench.train import RunConfig, train
+from bench.spec import RunSpec
+from bench.train import train
 
 
 def _logp(policy, traj, sampler, reference=False):
@@ -19,7 +20,7 @@ def _logp(policy, traj, sampler, reference=False):
 
 def test_lora_trains_only_adapters_and_reference_is_the_base(tiny_model, tmp_path):
     out = tmp_path / "run"
-    train(RunConfig(model_path=str(tiny_model), algorithm="prdp", reward="jpeg_compressibility", num_steps=3,
+    train(RunSpec(model_path=str(tiny_model), algorithm="prdp", reward="jpeg_compressibility", num_steps=3,
                     images_per_round=4, group_size=2, budgets=[4], lora_rank=4, lr=1e-2), out)
     assert (out / "checkpoints" / "4" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (out / "checkpoints" / "4" / "transformer").exists()

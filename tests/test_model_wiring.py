@@ -1,5 +1,5 @@
 """Per-model options and the flow SDE variant reach the policy and the sampler from the study
-config (bench.config.run_config -> RunConfig -> Trainer); Flow-GRPO's KL to the reference."""
+config (bench.study.run_spec -> RunSpec -> Trainer); Flow-GRPO's KL to the reference."""
 
 import json
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 from tiny_pipelines import build_sd, build_sd3
 
-from bench import config as study
+from bench import study
 from bench.algorithm import StepBatch
 from bench.losses import gaussian_kl_to_reference
 from bench.registry import ALGORITHMS
-from bench.train import RunConfig, Trainer
+from bench.spec import RunSpec
+from bench.train import Trainer
 
 PROMPTS = ["a red circle", "two small blue squares on the left"]
 
@@ -28,21 +29,20 @@ def _config(models: dict, algorithms=("ddpo_is", "dancegrpo"), sampling=None) ->
                            "evaluation": {"clip_model": None}}, check_paths=False)
 
 
-def test_run_config_carries_model_options_and_flow_variant():
+def test_run_spec_carries_model_options_and_flow_variant():
     config = _config({"sd": {"family": "sd", "path": "x", "resolution": 256, "mixed_precision": "bf16"},
                       "sd3": {"family": "flow", "path": "y"},
                       "dit": {"path": "z", "pretrain": {"objective": "flow"}},
                       "eps": {"path": "w"}})
-    cfg = {(k.model, k.algorithm): study.run_config(config, k) for k in study.runs(config)}
-    assert cfg["sd", "ddpo_is"]["model_options"] == {"resolution": 256, "mixed_precision": "bf16"}
-    # no options, no key; DDIM models carry no flow variant (their run configs are unchanged)
-    assert "model_options" not in cfg["sd3", "ddpo_is"] and "model_options" not in cfg["eps", "ddpo_is"]
-    assert "flow_variant" not in cfg["sd", "dancegrpo"] and "flow_variant" not in cfg["eps", "dancegrpo"]
-    assert cfg["sd3", "ddpo_is"]["flow_variant"] == "flowgrpo" == cfg["dit", "ddpo_is"]["flow_variant"]
-    assert cfg["sd3", "dancegrpo"]["flow_variant"] == "dancegrpo" == cfg["dit", "dancegrpo"]["flow_variant"]
-    assert all(set(c) <= set(RunConfig.__dataclass_fields__) for c in cfg.values())
+    cfg = {(k.model, k.algorithm): study.run_spec(config, k) for k in study.runs(config)}
+    assert cfg["sd", "ddpo_is"].model_options == {"resolution": 256, "mixed_precision": "bf16"}
+    # no options, none; DDIM models carry no flow variant
+    assert cfg["sd3", "ddpo_is"].model_options == {} == cfg["eps", "ddpo_is"].model_options
+    assert cfg["sd", "dancegrpo"].flow_variant is None is cfg["eps", "dancegrpo"].flow_variant
+    assert cfg["sd3", "ddpo_is"].flow_variant == "flowgrpo" == cfg["dit", "ddpo_is"].flow_variant
+    assert cfg["sd3", "dancegrpo"].flow_variant == "dancegrpo" == cfg["dit", "dancegrpo"].flow_variant
     forced = _config({"sd3": {"family": "flow", "path": "y"}}, sampling={"flow_variant": "flowgrpo"})
-    assert all(study.run_config(forced, k)["flow_variant"] == "flowgrpo" for k in study.runs(forced))
+    assert all(study.run_spec(forced, k).flow_variant == "flowgrpo" for k in study.runs(forced))
     with pytest.raises(study.ConfigError, match="sampling.flow_variant"):
         _config({"sd3": {"family": "flow", "path": "y"}}, sampling={"flow_variant": "euler"})
 
@@ -51,9 +51,9 @@ def test_the_trainer_loads_the_model_options_and_the_variant(pipelines, tmp_path
     config = _config({"sd": {"family": "sd", "path": str(pipelines["sd"]), "resolution": 32},
                       "sd3": {"family": "flow", "path": str(pipelines["flow"])}}, algorithms=("dancegrpo",))
     for key in study.runs(config):
-        run = {**study.run_config(config, key), "num_steps": 3, "images_per_round": 4, "group_size": 2,
-               "budgets": [4], "prompts": PROMPTS}
-        trainer = Trainer(RunConfig(**json.loads(json.dumps(run))), tmp_path / key.model)
+        spec = study.run_spec(config, key).replace(num_steps=3, images_per_round=4, group_size=2, budgets=(4,),
+                                                   prompts=tuple(PROMPTS))
+        trainer = Trainer(RunSpec.from_json(spec.to_json()), tmp_path / key.model)
         if key.model == "sd":
             assert trainer.policy.sample_shape == (4, 4, 4)  # 32 px through the x8 VAE, not the native 64
         else:
@@ -74,7 +74,7 @@ def test_gaussian_kl_matches_torch_distributions():
 
 def test_flowgrpo_kl_term(pipelines, tmp_path):
     algo = ALGORITHMS.get("dancegrpo")(kl_beta=0.5)
-    assert algo.settings.needs_reference and not ALGORITHMS.get("dancegrpo")().settings.needs_reference
+    assert algo.needs_reference_means and not ALGORITHMS.get("dancegrpo")().needs_reference
     b, s = 2, 3
     mean = torch.randn(b, s, 4, 2, 2, requires_grad=True)
     batch = StepBatch(logp=torch.zeros(b, s), logp_old=torch.zeros(b, s), advantages=torch.ones(b),
@@ -86,7 +86,7 @@ def test_flowgrpo_kl_term(pipelines, tmp_path):
     with pytest.raises(ValueError, match="mean_ref"):
         algo.loss(StepBatch(**{**batch.__dict__, "mean_ref": None}))
     # a LoRA run on the flow pipeline: the KL starts at 0 (adapters at B = 0) and is logged
-    cfg = RunConfig(model_path=str(pipelines["flow"]), algorithm="dancegrpo", reward="jpeg_compressibility",
+    cfg = RunSpec(model_path=str(pipelines["flow"]), algorithm="dancegrpo", reward="jpeg_compressibility",
                     prompts=PROMPTS, num_steps=3, eta=0.7, images_per_round=4, group_size=2, budgets=[4, 8],
                     lora_rank=4, lr=1e-2, algorithm_settings={"kl_beta": 0.01, "updates_per_round": 1},
                     flow_variant="flowgrpo")
@@ -100,10 +100,10 @@ def test_the_flow_preset_validates_with_its_variants():
     from pathlib import Path
 
     config = study.load(Path(__file__).resolve().parent.parent / "config" / "flow.yaml", check_paths=False)
-    cfg = {k.algorithm: study.run_config(config, k) for k in study.runs(config)}
-    assert cfg["flowgrpo"]["algorithm"] == "dancegrpo" and cfg["flowgrpo"]["flow_variant"] == "flowgrpo"
-    assert "flow_variant" not in cfg["flowgrpo"]["algorithm_settings"]
-    assert cfg["dancegrpo"]["flow_variant"] == "dancegrpo" and cfg["pcpo"]["flow_variant"] == "flowgrpo"
+    cfg = {k.algorithm: study.run_spec(config, k) for k in study.runs(config)}
+    assert cfg["flowgrpo"].algorithm == "dancegrpo" and cfg["flowgrpo"].flow_variant == "flowgrpo"
+    assert "flow_variant" not in cfg["flowgrpo"].algorithm_settings
+    assert cfg["dancegrpo"].flow_variant == "dancegrpo" and cfg["pcpo"].flow_variant == "flowgrpo"
     bad = {**config, "algorithms": {"x": {"plugin": "dancegrpo", "flow_variant": "ode"}}}
     with pytest.raises(study.ConfigError, match=r"algorithms\.x\.flow_variant"):
         study.validate(bad, check_paths=False)

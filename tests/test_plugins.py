@@ -1,7 +1,6 @@
 """The plugin path: the README's example algorithm, as a plain file and as an installed package
 with an entry point, runs through the training loop, evaluation and the aggregate step."""
 
-import json
 import re
 import subprocess
 import sys
@@ -11,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import config as study
+from bench import study
 from bench.evaluate import evaluate_run
 from bench.probe import probe_run
+from bench.spec import RunSpec
 from bench.tables import aggregate
-from bench.train import RunConfig, train
+from bench.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,8 @@ def small_study(model: Path, algorithms: dict) -> dict:
 def run_study(cfg: dict, runs_root: Path) -> pd.DataFrame:
     for key in study.runs(cfg):
         out = runs_root / key.path
-        train(RunConfig(**study.run_config(cfg, key)), out)
-        run_cfg = json.loads((out / "run_config.json").read_text())
+        train(study.run_spec(cfg, key), out)
+        run_cfg = RunSpec.read(out)
         evaluate_run(out, run_cfg, cfg["evaluation"])
         probe_run(out, run_cfg, cfg["probe"])
     return aggregate(cfg, runs_root, runs_root.parent / "tables")

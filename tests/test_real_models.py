@@ -17,7 +17,8 @@ from bench.models.stable_diffusion import StableDiffusionPolicy
 from bench.registry import ALGORITHMS
 from bench.rollout import make_sampler, recompute, rollout
 from bench.sampling import DDIMSampler, FlowSDESampler, diffusers_flow_sigmas
-from bench.train import RunConfig, Trainer
+from bench.spec import RunSpec
+from bench.train import Trainer
 
 PROMPTS = ["a red circle", "two small blue squares on the left"]
 ETA = {"sd": 1.0, "flow": 0.7}  # DDIM eta (DDPO), Flow-GRPO noise level a
@@ -158,7 +159,7 @@ def test_the_six_methods_are_registered():
 @pytest.mark.parametrize("algorithm", ALGOS)
 def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm, family, lora):
     out = tmp_path / "run"
-    cfg = RunConfig(model_path=str(pipelines[family]), algorithm=algorithm, reward="jpeg_compressibility",
+    cfg = RunSpec(model_path=str(pipelines[family]), algorithm=algorithm, reward="jpeg_compressibility",
                     prompts=PROMPTS, num_steps=3, eta=ETA[family], images_per_round=4, group_size=2,
                     budgets=[4, 8], lora_rank=lora, lr=1e-3)
     trainer = Trainer(cfg, out)
@@ -190,7 +191,7 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
 @pytest.mark.parametrize("family", ["sd", "flow"])
 def test_prdp_reference_is_the_base_model(pipelines, tmp_path, family, lora):
-    cfg = RunConfig(model_path=str(pipelines[family]), algorithm="prdp", reward="jpeg_compressibility",
+    cfg = RunSpec(model_path=str(pipelines[family]), algorithm="prdp", reward="jpeg_compressibility",
                     prompts=PROMPTS, num_steps=3, eta=ETA[family], images_per_round=4, group_size=2,
                     budgets=[4], lora_rank=lora, lr=1e-2)
     trainer = Trainer(cfg, tmp_path / "run")

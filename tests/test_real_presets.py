@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tiny_pipelines import build_sd, build_sd3
 
-from bench import config as study
+from bench import study
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["ddpo_sd15_aesthetic.yaml", "dancegrpo_sd14_hps.yaml", "flowgrpo_sd35m_pickscore.yaml"]
@@ -56,10 +56,13 @@ def test_bad_model_entries_are_refused_naming_the_key(edit, key):
         study.validate(cfg, check_paths=False)
 
 
-def test_families_are_registered_as_entry_points():
+def test_families_are_registered_once():
+    """The built-in families live in the MODELS registry only (no second list in pyproject.toml)."""
     import tomllib
 
-    from bench.models.checkpoint import BUILTIN_FAMILIES
+    from bench.models.policy import Policy
+    from bench.registry import MODELS
 
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["bench.models"]
-    assert declared == BUILTIN_FAMILIES
+    entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert "bench.models" not in entry_points
+    assert {"embedded", "sd", "flow"} <= set(MODELS.names()) and MODELS.get("embedded") is Policy

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +5,8 @@ import torch
 
 from bench.models.policy import Policy
 from bench.recursive import DECAY_METRICS, RecursiveSettings, finetune, recursive_run
-from bench.train import RunConfig, train
+from bench.spec import RunSpec
+from bench.train import train
 
 JUDGE = Path(__file__).resolve().parent.parent / "results" / "models" / "clip16"
 EVALUATION = {"prompts": "heldout", "max_prompts": 3, "images_per_prompt": 2, "seed": 7, "clip_model": str(JUDGE)}
@@ -14,9 +14,9 @@ EVALUATION = {"prompts": "heldout", "max_prompts": 3, "images_per_prompt": 2, "s
 
 def test_self_consuming_loop_measures_every_generation_and_reproduces(tiny_model, tmp_path):
     run = tmp_path / "run"
-    train(RunConfig(model_path=str(tiny_model), algorithm="reinforce", reward="attribute_match", num_steps=3,
+    train(RunSpec(model_path=str(tiny_model), algorithm="reinforce", reward="attribute_match", num_steps=3,
                     images_per_round=4, group_size=2, budgets=[4]), run)
-    run_cfg = json.loads((run / "run_config.json").read_text())
+    run_cfg = RunSpec.read(run)
     settings = RecursiveSettings(generations=2, images_per_generation=6, select_top=0.5, real_fraction=0.5,
                                  finetune_steps=2, batch_size=4)
     out = recursive_run(run, run_cfg, settings, EVALUATION)

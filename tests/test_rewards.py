@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.judges.weights import WeightsError, clip_preprocess
+from bench.judges.reward_model_weights import WeightsError, clip_preprocess
 from bench.registry import REWARDS
 from bench.reward import ComposedReward, RewardError, check_weights, zero_spread_fraction
 from bench.world.captions import caption
@@ -282,7 +282,7 @@ def _free_port() -> int:
 @pytest.fixture
 def jpeg_server():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rewards.remote", "serve", "--reward", "jpeg_compressibility", "--port", "0",
+        [sys.executable, "-m", "bench.reward_server", "serve", "--reward", "jpeg_compressibility", "--port", "0",
          "--idle-timeout", "60", "--max-requests", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -296,7 +296,7 @@ def jpeg_server():
 
 
 def test_remote_reward_scores_like_the_local_reward(jpeg_server):
-    from rewards.remote import quantize
+    from bench.reward_server import quantize
 
     reward = REWARDS.get("remote")(url=jpeg_server, timeout=30)
     assert reward.reward == "jpeg_compressibility"
@@ -333,7 +333,8 @@ def test_remote_reward_times_out_naming_the_url():
 def test_remote_server_reports_a_failing_reward(monkeypatch):
     import threading
 
-    from rewards.remote import RemoteReward, RemoteRewardError, make_server
+    from bench.reward_server import make_server
+    from rewards.remote import RemoteReward, RemoteRewardError
 
     server = make_server("broken", lambda images, prompts, metadata: ([float("nan")] * len(prompts), {}))
     thread = threading.Thread(target=server.handle_request, daemon=True)  # exactly one request, no torch inside

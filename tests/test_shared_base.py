@@ -1,29 +1,28 @@
 """The base model's evaluation and probe are computed once and shared by the runs whose key
 matches; a shared row must be exactly the row the run would have computed itself."""
 
-from dataclasses import asdict
-
 import pytest
 
 from bench.evaluate import evaluate_base, evaluate_run
 from bench.probe import probe_base, probe_run
-from bench.train import RunConfig, train
+from bench.spec import RunSpec
+from bench.train import train
 
 EVALUATION = {"prompts": "heldout", "max_prompts": 2, "images_per_prompt": 2, "seed": 0,
               "rewards": ["jpeg_compressibility", "attribute_match"], "clip_model": None}
 PROBE = {"enabled": True, "minibatches": 2, "seed": 7}
 
 
-def _cfg(model, **kw) -> dict:
+def _cfg(model, **kw) -> RunSpec:
     base = dict(model_path=str(model), algorithm="ddpo_is", reward="jpeg_compressibility", seed=3, num_steps=3,
                 images_per_round=4, group_size=2, budgets=[4], prompts=["a red circle", "a blue square"])
-    return asdict(RunConfig(**{**base, **kw}))
+    return RunSpec(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def run(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train(RunConfig(**_cfg(tiny_model)), out)
+    train(_cfg(tiny_model), out)
     return out
 
 
@@ -59,7 +58,7 @@ def test_a_shared_base_probe_equals_the_runs_own(tiny_model, run, tmp_path):
 
 def test_with_lora_the_base_probe_is_per_seed_and_over_the_adapters(tiny_model, tmp_path):
     out = tmp_path / "run"
-    train(RunConfig(**_cfg(tiny_model, lora_rank=2)), out)
+    train(_cfg(tiny_model, lora_rank=2), out)
     base = tmp_path / "base_probe.json"
     probe_base(_cfg(tiny_model, lora_rank=2, seed=4), PROBE, base)
     own = probe_run(out, _cfg(tiny_model, lora_rank=2), PROBE, base=base)

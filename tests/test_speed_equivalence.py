@@ -1,5 +1,5 @@
 """The harness's DDPO-IS update on a tiny Stable Diffusion pipeline equals a straightforward,
-independently written one (bench/benchmarks/plain_ddpo.py): the same sampling-time log-probs,
+independently written one (tests/benchmarks/plain_ddpo.py): the same sampling-time log-probs,
 advantages, clipped gradient and weights after the optimiser step, with the sampling graph reused
 for the backward (the speed path) and with the log-probs recomputed (the fallback)."""
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.benchmarks.plain_ddpo import PlainDDPO, PlainSettings
-from bench.benchmarks.tiny_sd import TinySDSpec, build_tiny_sd
-from bench.train import RunConfig, Trainer
+from bench.spec import RunSpec
+from bench.train import Trainer
+from tests.benchmarks.plain_ddpo import PlainDDPO, PlainSettings
+from tests.benchmarks.tiny_sd import TinySDSpec, build_tiny_sd
 
 STEPS, GUIDANCE = 4, 5.0
 
@@ -26,7 +27,7 @@ def _relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def _harness_round(folder, tmp_path, reuse: bool):
-    cfg = RunConfig(model_path=str(folder), algorithm="ddpo_is", reward="jpeg_compressibility", seed=0,
+    cfg = RunSpec(model_path=str(folder), algorithm="ddpo_is", reward="jpeg_compressibility", seed=0,
                     algorithm_settings={"updates_per_round": 1}, prompts=["a red cat", "a blue dog"],
                     num_steps=STEPS, guidance=GUIDANCE, images_per_round=4, group_size=2, budgets=[4],
                     reuse_sampling_graph=reuse)
@@ -92,7 +93,7 @@ def test_harness_update_equals_plain_loop(tiny_sd, tmp_path, reuse):
 
 def test_graph_reuse_falls_back_when_weights_change(tiny_sd, tmp_path):
     """Several updates per round: after the first the weights differ from sampling, so no reuse."""
-    cfg = RunConfig(model_path=str(tiny_sd), algorithm="ddpo_is", reward="jpeg_compressibility", seed=0,
+    cfg = RunSpec(model_path=str(tiny_sd), algorithm="ddpo_is", reward="jpeg_compressibility", seed=0,
                     algorithm_settings={"updates_per_round": 2}, prompts=["a red cat"], num_steps=2,
                     images_per_round=4, group_size=2, budgets=[4], reuse_sampling_graph=True)
     trainer = Trainer(cfg, tmp_path / "run")

@@ -5,14 +5,15 @@ import torch
 from safetensors.torch import load_file
 
 from bench.reward import RewardError
-from bench.train import RunConfig, train, trained_steps
+from bench.spec import RunSpec
+from bench.train import train, trained_steps
 
 
 def _cfg(model, **kw):
     base = dict(model_path=str(model), algorithm="reinforce", reward="jpeg_compressibility", seed=3,
                 num_steps=4, images_per_round=8, group_size=2, budgets=[8, 16],
                 prompts=["a red circle", "a blue square"])
-    return RunConfig(**{**base, **kw})
+    return RunSpec(**{**base, **kw})
 
 
 def _weights(run):

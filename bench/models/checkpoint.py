@@ -40,12 +40,6 @@ def verify(folder: str | Path) -> list[str]:
     return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
 
 
-# model families: the built-in ones by module path (no install needed), plugins by entry point
-BUILTIN_FAMILIES = {
-    "embedded": "bench.models.policy:Policy",
-    "sd": "bench.models.stable_diffusion:StableDiffusionPolicy",
-    "flow": "bench.models.flow_matching:FlowMatchingPolicy",
-}
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusion3Pipeline": "flow"}
 MODEL_INDEX = "model_index.json"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.models.checkpoint import BUILTIN_FAMILIES, model_family, read_manifest
+from bench.models.checkpoint import model_family, read_manifest
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Policy(nn.Module):
 
         family = model_family(folder, config_key)
         try:
-            family_cls = MODELS.get(BUILTIN_FAMILIES.get(family, family))
+            family_cls = MODELS.get(family)
         except KeyError as exc:
             raise ValueError(f"model folder {folder} (config key '{config_key}') is of family {family!r}, "
                              f"not a policy family: {exc}") from exc

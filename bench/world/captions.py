@@ -84,3 +84,10 @@ def prompt_sets() -> dict[str, list[str]]:
         split = "heldout" if (scene.colour, scene.shape) in HELDOUT_PAIRS else "train"
         sets[split].append(caption(scene))
     return sets
+
+
+def eval_prompts(split: str, max_prompts: int) -> list[str]:
+    """A fixed, evenly spread subset of a prompt set (the same for every run)."""
+    prompts = prompt_sets()[split]
+    idx = np.linspace(0, len(prompts) - 1, num=min(max_prompts, len(prompts))).round().astype(int)
+    return [prompts[i] for i in idx]

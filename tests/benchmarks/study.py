@@ -1,6 +1,6 @@
 """Wall time of a whole study and the time of each stage, from Snakemake's per-job benchmarks.
 
-    python -m bench.benchmarks.study --configfile config/config.yaml [--cores 2] [--no-run]
+    python -m tests.benchmarks.study --configfile config/config.yaml [--cores 2] [--no-run]
 
 Runs `snakemake --cores N` (unless --no-run), then sums the `benchmark:` files of every rule
 (results/benchmarks/<rule>/...) and prints job-seconds per stage, their share, and the share of

@@ -4,9 +4,9 @@
 One epoch: 32 images x 20 DDIM steps (eta 1, guidance 5), JPEG-compressibility reward, the
 algorithm's advantages, then one pass over all 640 transitions with one optimiser step.
 
-    python -m bench.benchmarks.sd_epoch --threads 1 --epochs 3             # harness and plain loop
-    python -m bench.benchmarks.sd_epoch --algorithm all --mode harness     # every method
-    python -m bench.benchmarks.sd_epoch --parallel 2                       # 2 one-thread runs at once
+    python -m tests.benchmarks.sd_epoch --threads 1 --epochs 3             # harness and plain loop
+    python -m tests.benchmarks.sd_epoch --algorithm all --mode harness     # every method
+    python -m tests.benchmarks.sd_epoch --parallel 2                       # 2 one-thread runs at once
 
 Prints, per run, seconds per epoch split into sampling, reward and training (the mean over
 epochs after the first, which pays one-off costs), images and transitions per second and the
@@ -51,18 +51,19 @@ def _summary(name: str, lines: list[dict], images: int, steps: int) -> dict:
 def measure_harness(args, algorithm: str) -> dict:
     import torch
 
-    from bench.train import RunConfig, Trainer
+    from bench.spec import RunSpec
+    from bench.train import Trainer
 
     torch.set_num_threads(args.threads)
     reuse = {"auto": None, "on": True, "off": False}[args.reuse_graph]
-    cfg = RunConfig(model_path=args.model, algorithm=algorithm, reward="jpeg_compressibility", seed=args.seed,
+    cfg = RunSpec(model_path=args.model, algorithm=algorithm, reward="jpeg_compressibility", seed=args.seed,
                     algorithm_settings={"updates_per_round": 1, "inner_epochs": 1}, prompts=list(PROMPTS),
                     num_steps=args.steps, eta=args.eta, guidance=args.guidance, images_per_round=args.images,
                     group_size=args.group_size, micro_batch=args.micro_batch, step_chunk=args.step_chunk,
-                    lora_rank=args.lora_rank, budgets=[args.images * args.epochs], threads=args.threads,
+                    lora_rank=args.lora_rank, budgets=[args.images * args.epochs],
                     reuse_sampling_graph=reuse)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out)
+        trainer = Trainer(cfg, out, threads=args.threads)
         lines = [trainer.round() for _ in range(args.epochs)]
     return _summary(f"harness/{algorithm}", lines, args.images, args.steps)
 
@@ -70,7 +71,7 @@ def measure_harness(args, algorithm: str) -> dict:
 def measure_plain(args) -> dict:
     import torch
 
-    from bench.benchmarks.plain_ddpo import PlainDDPO, PlainSettings
+    from tests.benchmarks.plain_ddpo import PlainDDPO, PlainSettings
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -87,7 +88,7 @@ def measure_plain(args) -> dict:
 
 
 def _child(args, mode: str, threads: int, algorithm: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "bench.benchmarks.sd_epoch", "--child", "--mode", mode, "--model", args.model,
+    cmd = [sys.executable, "-m", "tests.benchmarks.sd_epoch", "--child", "--mode", mode, "--model", args.model,
            "--threads", str(threads), "--epochs", str(args.epochs), "--images", str(args.images),
            "--group-size", str(args.group_size), "--steps", str(args.steps), "--guidance", str(args.guidance),
            "--eta", str(args.eta), "--micro-batch", str(args.micro_batch), "--step-chunk", str(args.step_chunk),
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-batch", type=int, default=8, help="plain loop: images per sampling forward")
     parser.add_argument("--lora-rank", type=int, default=0)
     parser.add_argument("--reuse-graph", choices=("auto", "on", "off"), default="auto",
-                        help="harness: RunConfig.reuse_sampling_graph (auto = the policy family's default)")
+                        help="harness: RunSpec.reuse_sampling_graph (auto = the policy family's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
-            from bench.benchmarks.tiny_sd import build_tiny_sd, unet_parameters
+            from tests.benchmarks.tiny_sd import build_tiny_sd, unet_parameters
 
             args.model = str(build_tiny_sd(Path(tmp) / "tiny-sd"))
             print(f"tiny SD pipeline: UNet {unet_parameters(args.model) / 1e6:.2f}M parameters", flush=True)

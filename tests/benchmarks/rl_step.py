@@ -1,7 +1,7 @@
 """Seconds per RL round for each algorithm at its default settings on the embedded model:
 sampling, reward and training split, images and transitions per second, peak memory.
 
-    python -m bench.benchmarks.rl_step [--model results/models/dit16-ddim] [--rounds 3]
+    python -m tests.benchmarks.rl_step [--model results/models/dit16-ddim] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from bench.registry import ALGORITHMS
-from bench.train import RunConfig, Trainer
+from bench.spec import RunSpec
+from bench.train import Trainer
 
 
 def measure(model: str, algorithm: str, rounds: int, reward: str, images: int, steps: int) -> dict:
-    cfg = RunConfig(model_path=model, algorithm=algorithm, reward=reward, seed=0, num_steps=steps,
+    cfg = RunSpec(model_path=model, algorithm=algorithm, reward=reward, seed=0, num_steps=steps,
                     images_per_round=images, budgets=[images * rounds])
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)

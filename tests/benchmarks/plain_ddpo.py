@@ -1,5 +1,5 @@
 """A straightforward DDPO-IS epoch on a diffusers Stable Diffusion folder, written from the paper
-with no harness code: the speed baseline of `bench.benchmarks.sd_epoch` and the independent
+with no harness code: the speed baseline of `tests.benchmarks.sd_epoch` and the independent
 reference of tests/test_speed_equivalence.py.
 
 One epoch: sample with classifier-free guidance and DDIM eta > 0 recording each step's log-prob

@@ -1,5 +1,5 @@
-"""Real judges from local weights: open_clip models from a state-dict file and transformers CLIP
-models from a local folder, checked against their architecture before anything loads.
+"""Loading the weights of real reward models (open_clip models from a state-dict file, transformers
+CLIP models from a local folder), checked against their architecture before anything loads.
 
 Nothing here touches the network: open_clip models are built from a config (a built-in name such
 as "ViT-L-14", or a JSON file / dict in open_clip's config format) with no `pretrained` tag and the

@@ -1,0 +1,280 @@
+"""The one training loop every algorithm uses:
+sample -> reward -> advantages -> (reference terms) -> inner epochs of loss/backward -> step,
+with a checkpoint at every budget (a number of sampled training images) and a JSON line per round.
+What each part does lives in its own small piece: the step batch (bench/train/steps.py), the
+round's statistics (bench/train/stats.py), checkpoints and resuming (bench/train/state.py),
+the sharding over processes (bench/distributed.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.algorithm import Loss
+from bench.distributed import World
+from bench.factory import open_run
+from bench.io import atomic_write_json, atomic_write_text
+from bench.models.latent import LatentPolicy
+from bench.registry import PluginError
+from bench.reward import zero_spread_fraction
+from bench.rollout import StepGraph, Trajectory, recompute, rollout
+from bench.spec import RUN_SPEC_FILE, RunSpec
+from bench.train.state import RunState, peak_memory_mb
+from bench.train.stats import RoundStats
+from bench.train.steps import Reference, reference_terms, step_batch, trained_steps
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+
+def _check_loss(name: str, loss: Any) -> Loss:
+    if not isinstance(loss, Loss):
+        raise PluginError(f"algorithm {name!r}: loss() returned {type(loss).__name__}, expected bench.algorithm.Loss")
+    if not torch.is_tensor(loss.value) or loss.value.ndim != 0:
+        raise PluginError(f"algorithm {name!r}: Loss.value must be a scalar tensor, got {loss.value!r}")
+    if not torch.isfinite(loss.value):
+        raise DivergedError(f"algorithm {name!r}: non-finite loss {loss.value.item()}")
+    return loss
+
+
+@dataclass
+class Scored:
+    """A round's rewards and advantages: of the whole round (every process computes the same
+    statistics) and of this process's own samples (`own`; one process: all)."""
+
+    rewards_all: torch.Tensor  # (N,)
+    group_ids_all: torch.Tensor  # (N,)
+    advantages_all: torch.Tensor  # (N,)
+    own: slice
+    info: dict[str, Any]  # the reward's per-component scores of this process's samples
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        return self.rewards_all[self.own]
+
+    @property
+    def advantages(self) -> torch.Tensor:
+        return self.advantages_all[self.own]
+
+    def line(self, world: World) -> dict[str, Any]:
+        components = {f"reward/{k}": float(world.gather(v).mean()) for k, v in self.info.items() if torch.is_tensor(v)}
+        rewards = self.rewards_all
+        return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)), **components,
+                "adv_abs_mean": float(self.advantages_all.abs().mean()),
+                "zero_spread_groups": zero_spread_fraction(rewards, self.group_ids_all)}
+
+
+class Clock:
+    """Seconds of a round's phases (sample, reward, train)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[f"seconds_{name}"], self.last = now - self.last, now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
+
+
+def global_mean_weight(cols: torch.Tensor, step_samples: int, steps_per_sample: int) -> float:
+    """A micro-batch's share of its optimiser step: the loss is a mean over the batch's (sample,
+    step) elements, the step's gradient is the mean over all of them (every process's samples)."""
+    return cols.numel() / (step_samples * steps_per_sample)
+
+
+def can_reuse_graph(spec: RunSpec, algorithm_recipe: Any, policy: Any) -> bool:
+    """Whether the first update of a round can backpropagate through the sampling forward: its
+    weights are the sampling weights, and it must train every recorded transition (one update
+    per inner epoch, all steps), else the graph's unused part would cost a wasted backward.
+    The denoiser must compute the same in eval and train mode (no dropout, no batch norm)."""
+    wanted = spec.reuse_sampling_graph
+    if wanted is None:  # only where the memory of a full-batch recompute was asked for anyway
+        full_batch = spec.micro_batch >= spec.images_per_round and not spec.step_chunk
+        wanted = isinstance(policy, LatentPolicy) and full_batch
+    r = algorithm_recipe
+    trains_all = r.updates_per_round == 1 and r.timestep_fraction >= 1 and not r.drop_last_step
+    mode_free = not any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+                        or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                        for m in policy.denoiser.modules())
+    return bool(wanted and trains_all and mode_free)
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, out: str | Path, threads: int = 1):
+        self.out = Path(out)
+        torch.set_num_threads(threads)
+        run = open_run(spec)  # seeded: policy (+ LoRA), algorithm, reward, sampler, frozen reference
+        self.policy, self.algorithm, self.reward, self.sampler = run.policy, run.algorithm, run.reward, run.sampler
+        self.recipe = self.algorithm.recipe
+        self.params = self.policy.trainable_parameters()
+        self.optimiser = torch.optim.AdamW(self.params, lr=spec.lr, betas=spec.betas,
+                                           weight_decay=spec.weight_decay, eps=spec.adam_eps)
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.rng = np.random.default_rng(spec.seed)
+        self.group_size = self.recipe.group_size or spec.group_size
+        if spec.images_per_round % self.group_size:
+            raise ValueError(f"images_per_round={spec.images_per_round} is not a multiple of the group size "
+                             f"{self.group_size} ({spec.algorithm})")
+        if not spec.prompts:
+            from bench.world.captions import prompt_sets
+
+            spec = spec.replace(prompts=tuple(prompt_sets()["train"]))
+        self.spec = spec
+        self.images_seen = 0
+        self.seconds = 0.0
+        self.reuse_graph = can_reuse_graph(spec, self.recipe, self.policy)
+        self.world = World.current()  # several processes under torchrun (bench.distributed), else one
+        self.state = RunState(self.out, self.world)
+
+    # ---- one round -----------------------------------------------------------------------
+    def round(self) -> dict[str, Any]:
+        """One round: sample this process's share of the prompt groups; score them; advantages
+        over the whole round; the reference terms the loss declares; `inner_epochs` passes of
+        `updates_per_round` optimiser steps each; the round's log line."""
+        clock = Clock()
+        traj = self.sample_round()
+        clock.lap("sample")
+        scored = self.score(traj)
+        clock.lap("reward")
+        reference = reference_terms(self.policy, self.sampler, traj, self.algorithm, self.spec.guidance)
+        self.policy.denoiser.train()
+        stats = RoundStats(self.sampler.num_steps)
+        for _ in range(self.recipe.inner_epochs):
+            parts = self._update_chunks(scored.group_ids_all)
+            steps = trained_steps(len(scored.group_ids_all), self.sampler.num_steps, self.recipe.timestep_fraction,
+                                  self.recipe.drop_last_step, self.recipe.shuffle_timesteps, self.generator)[scored.own]
+            for part in parts:
+                stats.grad_norm.append(self.update(traj, scored, reference, part, steps, stats))
+        clock.lap("train")
+        self.images_seen += len(scored.group_ids_all)
+        self.seconds += clock.total
+        return {"images_seen": self.images_seen, **scored.line(self.world),
+                "trained_steps_per_sample": steps.shape[1], **stats.line(), **clock.laps,
+                "seconds_total": self.seconds, "peak_memory_mb": peak_memory_mb()}
+
+    def sample_round(self) -> Trajectory:
+        """This process's prompt groups of the round, sampled (one process: all of them)."""
+        n_prompts = self.spec.images_per_round // self.group_size
+        prompts_all = self.spec.prompts
+        chosen = self.rng.choice(len(prompts_all), size=n_prompts, replace=len(prompts_all) < n_prompts)
+        share = self.world.share(n_prompts)
+        prompts = [prompts_all[i] for i in chosen[share] for _ in range(self.group_size)]
+        group_ids = torch.arange(n_prompts)[share].repeat_interleave(self.group_size)
+        generator = self.world.sample_generator(self.spec.seed, self.images_seen, self.generator)
+        self.policy.denoiser.eval()
+        return rollout(self.policy, self.sampler, prompts, self.spec.guidance, generator, group_ids,
+                       self.recipe.same_noise_per_group, keep_graph=self.reuse_graph)
+
+    def score(self, traj: Trajectory) -> Scored:
+        """Rewards of this process's images; the whole round's advantages (gathered from every process)."""
+        rewards, info = self.reward(self.policy.decode(traj.x0), traj.prompts, {"group_ids": traj.group_ids})
+        rewards = rewards.float()
+        rewards_all, group_ids_all = self.world.gather(rewards), self.world.gather(traj.group_ids)
+        prompts_all = self.world.gather_list(traj.prompts)
+        advantages_all = self.algorithm.advantages(rewards_all, group_ids_all, prompts_all).float()
+        return Scored(rewards_all, group_ids_all, advantages_all, self.world.rows(len(traj)), info)
+
+    def update(self, traj: Trajectory, scored: Scored, reference: Reference | None, part: torch.Tensor,
+               steps: torch.Tensor, stats: RoundStats) -> float:
+        """One optimiser step on the round's samples `part` (this process trains its own of them,
+        micro-batch by micro-batch); returns the gradient norm before clipping."""
+        chunk = self.world.own(part, len(traj))
+        self.optimiser.zero_grad(set_to_none=True)
+        graph, traj.graph = traj.graph, None  # only the round's first update still has the sampling weights
+        for mb, cols in self._micro_batches(chunk, steps, graph):
+            current = (graph.select(mb, cols) if graph is not None
+                       else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance))
+            batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
+            loss = _check_loss(self.spec.algorithm, self.algorithm.loss(batch))
+            (loss.value * global_mean_weight(cols, len(part), steps.shape[1])).backward()
+            stats.add(batch, loss)
+        self.world.sum_gradients(self.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise DivergedError(f"algorithm {self.spec.algorithm!r}: non-finite gradient norm")
+        self.optimiser.step()
+        return grad_norm.item()
+
+    def _update_chunks(self, group_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Sample indices (of the whole round, group_ids (N,)) of each optimiser step of one inner
+        epoch (whole groups when the loss pairs group members)."""
+        parts = self.recipe.updates_per_round
+        if self.algorithm.whole_groups:
+            groups = torch.unique(group_ids)
+            groups = groups[torch.randperm(len(groups), generator=self.generator)]
+            return [torch.cat([torch.nonzero(group_ids == g).flatten() for g in part])
+                    for part in torch.tensor_split(groups, parts) if len(part)]
+        order = torch.randperm(len(group_ids), generator=self.generator)
+        return [c for c in torch.tensor_split(order, parts) if len(c)]
+
+    def _micro_batches(self, chunk: torch.Tensor, steps: torch.Tensor,
+                       graph: StepGraph | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(samples, step columns) per forward/backward: memory only, the gradient is the same.
+        On the sampling graph every sample is backpropagated at once, whatever the micro-batch."""
+        if not len(chunk):
+            return
+        if graph is not None or self.algorithm.whole_groups:
+            yield chunk, steps[chunk]
+            return
+        for mb in torch.split(chunk, self.spec.micro_batch):
+            cols = steps[mb]
+            if self.algorithm.whole_trajectory or not self.spec.step_chunk:
+                yield mb, cols
+            else:
+                yield from ((mb, c) for c in torch.split(cols, self.spec.step_chunk, dim=1))
+
+    # ---- the run -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        main = self.world.main  # the other processes of a distributed run write nothing
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / RUN_SPEC_FILE, self.spec.to_dict())
+        budgets = sorted(self.spec.budgets)
+        rounds = math.ceil(budgets[-1] / self.spec.images_per_round)
+        done = self.state.restore(self)
+        log_path = self.out / "log.jsonl"
+        kept = log_path.read_text().splitlines()[:done] if done and log_path.is_file() else []
+        if main:
+            atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        status, error = "finished", None
+        progress = tqdm(range(done, rounds), initial=done, total=rounds, desc="train rounds", unit="round",
+                        file=sys.stderr, disable=not main)
+        with open(log_path if main else os.devnull, "a") as log:
+            try:
+                for i in progress:
+                    line = {"round": i, **self.round()}
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                    for b in budgets:
+                        if self.images_seen - self.spec.images_per_round < b <= self.images_seen:
+                            self.state.checkpoint(self, b)
+                    if (i + 1) % self.spec.state_every == 0 or i + 1 == rounds:
+                        self.state.save(self, i + 1)
+            except DivergedError as exc:
+                status, error = "diverged", str(exc)
+        summary = {"status": status, "error": error, "images_seen": self.images_seen,
+                   "device_seconds": self.seconds, "peak_memory_mb": peak_memory_mb(),
+                   "algorithm": self.spec.algorithm, "settings": self.algorithm.describe()}
+        if main:
+            atomic_write_json(self.out / "summary.json", summary)
+        return summary
+
+
+def train(spec: RunSpec, out: str | Path, threads: int = 1) -> dict[str, Any]:
+    return Trainer(spec, out, threads).run()

@@ -1,0 +1,108 @@
+"""What a run leaves on disk besides its log: a checkpoint at every budget, and the resumable
+state (weights, optimiser, every RNG, the algorithm's cross-round state) from which a killed
+run continues bit for bit. Only the main process of a distributed run writes."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from bench.algorithm import Algorithm
+from bench.distributed import World
+from bench.io import atomic_write_json, replace_dir
+from bench.models.policy import Policy
+from bench.spec import RunSpec
+
+
+class Trainer(Protocol):
+    """What a checkpoint and the resumable state hold of a trainer (bench.train.loop.Trainer)."""
+
+    images_seen: int
+    seconds: float
+
+    @property
+    def spec(self) -> RunSpec: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def algorithm(self) -> Algorithm: ...
+
+    @property
+    def optimiser(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def generator(self) -> torch.Generator: ...
+
+    @property
+    def rng(self) -> np.random.Generator: ...
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+class RunState:
+    def __init__(self, out: Path, world: World):
+        self.out, self.world = out, world
+
+    def checkpoint(self, trainer: Trainer, budget: int) -> None:
+        """The weights at a budget, with the images and seconds it took (what evaluate and probe read)."""
+        if not self.world.main:  # the weights are the same in every process
+            return
+        folder = self.out / "checkpoints" / str(budget)
+        tmp = folder.with_name(f".{budget}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        trainer.policy.save_denoiser(tmp)
+        state = {"budget": budget, "images_seen": trainer.images_seen, "device_seconds": trainer.seconds,
+                 "peak_memory_mb": peak_memory_mb()}
+        atomic_write_json(tmp / "state.json", state)
+        replace_dir(tmp, folder)
+
+    def save(self, trainer: Trainer, rounds_done: int) -> None:
+        """Everything needed to continue bit-for-bit, swapped into place atomically. (The other
+        processes of a distributed run hold the same state, but for their sampling noise, seeded
+        per round.)"""
+        if not self.world.main:
+            return
+        tmp = self.out / ".state.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        trainer.policy.save_denoiser(tmp)
+        torch.save({
+            "rounds_done": rounds_done, "images_seen": trainer.images_seen, "seconds": trainer.seconds,
+            "optimiser": trainer.optimiser.state_dict(), "generator": trainer.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": trainer.rng.bit_generator.state,
+            "algorithm": trainer.algorithm.state_dict(), "run_config": trainer.spec.to_dict(),
+        }, tmp / "trainer.pt")
+        replace_dir(tmp, self.out / "state")
+
+    def restore(self, trainer: Trainer) -> int:
+        """Rounds already done by an earlier, interrupted process of the same spec (0 when
+        starting fresh; the state of another spec is removed)."""
+        state_dir = self.out / "state"
+        if not (state_dir / "trainer.pt").is_file():
+            return 0
+        state: dict[str, Any] = torch.load(state_dir / "trainer.pt", weights_only=False)
+        if state["run_config"] != trainer.spec.to_dict():
+            self.world.barrier()  # every process has read it before process 0 removes it
+            if self.world.main:
+                shutil.rmtree(state_dir)  # an interrupted run of another config: start over
+            return 0
+        trainer.policy.load_denoiser_state(state_dir)
+        trainer.optimiser.load_state_dict(state["optimiser"])
+        trainer.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        trainer.rng.bit_generator.state = state["numpy_rng"]
+        trainer.algorithm.load_state_dict(state["algorithm"])
+        trainer.images_seen, trainer.seconds = state["images_seen"], state["seconds"]
+        return int(state["rounds_done"])
