@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.io import atomic_write_text, read_shared
+from bench.config import reward_label
+from bench.io import atomic_write_json, read_shared
 from bench.models.policy import Policy
 from bench.reward import build_reward
 from bench.rollout import make_sampler, rollout
@@ -102,7 +103,7 @@ class Evaluator:
         row = {"budget": budget, "device_seconds": device_seconds}
         for name, fn in self.rewards.items():
             scores, _ = fn(images, self.prompts, {})
-            row[f"reward/{name}"] = float(scores.mean())
+            row[f"reward/{reward_label(name)}"] = float(scores.mean())  # the training reward's label
         acc = accuracy(images.numpy(), self.prompts)
         row.update({f"attribute/{k}": v for k, v in acc.items()})
         if self.quality is not None:
@@ -117,7 +118,7 @@ def evaluate_base(run_cfg: dict, evaluation: dict, out: str | Path, threads: int
     out = Path(out)
     row = Evaluator(run_cfg, evaluation, threads)(0, 0.0, out.with_suffix(".png"))
     result = {"key": base_key(run_cfg, evaluation), "row": row}
-    atomic_write_text(out, json.dumps(result, indent=1))
+    atomic_write_json(out, result)
     return result
 
 
@@ -146,7 +147,7 @@ def evaluate_run(run_dir: str | Path, run_cfg: dict, evaluation: dict, threads: 
         rows.append(evaluate(budget, state["device_seconds"], grid))
     out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(evaluate.prompts),
            "base_shared": shared is not None, "rows": rows}
-    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+    atomic_write_json(run_dir / "eval.json", out)
     return out
 
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import failures  # noqa: E402
 from bench.io import atomic_write_text  # noqa: E402
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -168,6 +169,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     parts += [f"<li>{html.escape(line)}</li>" for line in findings(table, tables)]
     parts.append("</ul><p class='prov'>Generated from the tables; intervals are 95% percentile bootstraps "
                  "over seeds, which are too narrow with few seeds.</p>")
+    parts.append(failures.html_section(tables))  # runs that did not finish, with the reason
     parts.append("<h2>Reward and alignment vs budget</h2>")
     for title, uri in curve_figures(table):
         parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"

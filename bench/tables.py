@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from bench import analysis
+from bench import analysis, failures
 from bench import config as study
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, dumps_json, read_json
 from bench.metrics.statistics import mean_ci, probability_of_improvement_ci
+from bench.provenance import plugin_provenance
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
 QUALITY_METRICS = ["quality/fid", "quality/kid", "quality/clip_score", "diversity/vendi", "attribute/mean"]
@@ -27,7 +28,7 @@ IMPROVEMENT_METRICS = ["reward/{reward}", "attribute/mean", "-quality/fid", "div
 PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
 
 
-GENERATED = ("results/tables", "results/citable.json", "report")
+GENERATED = ("results/tables", "results/citable.json", "results/studies", "report")
 
 
 def provenance(cfg: dict) -> dict:
@@ -51,6 +52,7 @@ def provenance(cfg: dict) -> dict:
         "config_hash": study.config_hash(cfg),
         "seeds": cfg["seeds"],
         "packages": versions,
+        "plugins": plugin_provenance(cfg),  # file plugins by SHA-256, installed ones by package version
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
     }
 
@@ -71,7 +73,7 @@ def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame
     rows = []
     for key in study.runs(cfg):
         run = runs_root / key.path
-        result = json.loads((run / name).read_text())
+        result = read_json(run / name)  # NaN where a non-finite number was written as null
         status = json.loads((run / "summary.json").read_text())["status"]
         rows_in = [{**r, "budget": r.get("budget", r.get("generation"))} for r in result["rows"]]
         if "decay" in result:  # the self-consuming loop: one slope per run, filed at the last generation
@@ -81,7 +83,7 @@ def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame
                 rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm,
                              "seed": key.seed, "budget": r["budget"], "metric": metric, "value": value,
                              "status": status})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "reward", "algorithm", "seed", "budget", "metric", "value", "status"])
 
 
 def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
@@ -98,7 +100,7 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
                      n_resamples=stats_cfg["bootstrap_resamples"], seed=stats_cfg["seed"])
         out.append({**dict(zip(KEYS, keys)), "mean": ci.point, "ci_low": ci.low, "ci_high": ci.high,
                     "n_seeds": len(values), "diverged": int((group["status"] == "diverged").sum())})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=KEYS + ["mean", "ci_low", "ci_high", "n_seeds", "diverged"])
 
 
 def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str]) -> pd.DataFrame:
@@ -133,9 +135,11 @@ def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str]) ->
 
 
 def _header(prov: dict, comment: str) -> str:
+    plugins = ", ".join(f"{k} {v}" for k, v in (prov.get("plugins") or {}).items())
     lines = [f"t2i-rl-bench results, study '{prov['study']}'",
              f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
              "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
+             *([f"plugins: {plugins}"] if plugins else []),
              "mean over seeds with a percentile-bootstrap confidence interval"]
     return "".join(f"{comment} {line}\n" for line in lines)
 
@@ -162,6 +166,8 @@ def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str) -> None:
 
 def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     prov = provenance(cfg)
+    failures.prune_tables(out)  # every table below is written fresh; one this study does not make is gone
+    failures.write_failed_runs(cfg, runs_root, out, _header(prov, "#"))
     seed_rows = collect(cfg, runs_root)
     table = summarise(seed_rows, cfg["statistics"])
     write_tables(table, prov, out, "eval")
@@ -176,6 +182,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     derived = pd.concat([analysis.convergence(seed_rows),
                          analysis.matched_quality(seed_rows, QUALITY_METRICS),
                          analysis.collapse(seed_rows, DIVERSITY_METRIC)])
+    derived = failures.with_run_status(derived, seed_rows)  # the eval table's diverged flag
     if len(derived):
         derived_table = summarise(derived, cfg["statistics"])
         write_tables(derived_table, prov, out, "derived")
@@ -192,5 +199,5 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
                                             "ci_high": num(r["ci_high"]), "n_seeds": int(r["n_seeds"])}
         for r in table.to_dict("records")}}
     citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
-    atomic_write_text(citable_path, json.dumps(citable, indent=1))
+    atomic_write_text(citable_path, dumps_json(citable) + "\n")
     return table

@@ -19,7 +19,7 @@ import torch
 
 from bench.algorithm import Algorithm, Loss, StepBatch
 from bench.distributed import World
-from bench.io import atomic_write_json, atomic_write_text, replace_dir
+from bench.io import atomic_write_json, atomic_write_text, dumps_json, replace_dir
 from bench.models.latent import LatentPolicy
 from bench.models.policy import Policy
 from bench.registry import ALGORITHMS, PluginError
@@ -359,7 +359,7 @@ class Trainer:
             try:
                 for i in range(done, rounds):
                     line = {"round": i, **self.round()}
-                    log.write(json.dumps(line) + "\n")
+                    log.write(dumps_json(line, indent=None) + "\n")
                     log.flush()
                     for b in budgets:
                         if self.images_seen - self.cfg.images_per_round < b <= self.images_seen:
