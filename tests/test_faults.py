@@ -14,7 +14,6 @@ import yaml
 
 from bench import config as study
 from bench.cli import main as bench_main
-from bench.io import dumps_json, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -258,6 +257,8 @@ def test_strict_json_round_trips_non_finite_numbers_as_null_with_their_place():
     import numpy as np
     import torch
 
+    from bench.io import dumps_json
+
     obj = {"rows": [{"snr": float("nan"), "a/b": np.float32(np.inf), "ok": torch.tensor(2.0)}], "x": (1, 2)}
     text = dumps_json(obj)
     clean = strict_load(text)
@@ -266,6 +267,8 @@ def test_strict_json_round_trips_non_finite_numbers_as_null_with_their_place():
 
 
 def test_read_json_restores_nan_where_it_was_written_as_null(tmp_path):
+    from bench.io import dumps_json, read_json
+
     path = tmp_path / "x.json"
     path.write_text(dumps_json({"rows": [{"snr": float("inf"), "a/b": 1.0}]}))
     back = read_json(path)
