@@ -48,6 +48,22 @@ def load_schema() -> dict:
 _UNSAFE = re.compile(r"[/\\\s{}]|^\.")  # a path separator, white space, a wildcard brace, a leading dot
 
 
+# labels a CSV reader takes for a missing value or a number (pandas' defaults): a table row
+# labelled so would lose its name when the report reads the tables back
+_NOT_NAMES = {"", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "<na>", "n/a", "na",
+              "nan", "null", "none", "true", "false"}
+
+
+def _reads_as_name(label: str) -> bool:
+    if label.lower() in _NOT_NAMES:
+        return False
+    try:
+        float(label)
+    except ValueError:
+        return True
+    return False
+
+
 def safe_label(label: str) -> str:
     """`label` with every character that cannot be part of one folder name replaced by '-'
     (a reward named by its plugin path, `plugins/r.py:fn`, runs in the folder `plugins-r.py:fn`)."""
@@ -68,6 +84,9 @@ def check_labels(config: dict) -> None:
         raise ConfigError(f"config key 'study': {config['study']!r} names the study's output folder; {rule}")
     for section in ("models", "algorithms"):
         for label in config[section]:
+            if not _reads_as_name(label):
+                raise ConfigError(f"config key '{section}.{label}': the label {label!r} would be read back from "
+                                  "the tables as a missing value or a number; give it a name with a letter")
             if _UNSAFE.search(label) or not label:
                 hint = (" A plugin's file goes under `plugin:`, e.g. `algorithms: {my_algo: {plugin: "
                         "plugins/my_algo.py:MyAlgo}}`." if section == "algorithms" else "")

@@ -196,7 +196,8 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
     citable = {"provenance": prov, "results": {
         "/".join(str(r[k]) for k in KEYS): {"mean": num(r["mean"]), "ci_low": num(r["ci_low"]),
-                                            "ci_high": num(r["ci_high"]), "n_seeds": int(r["n_seeds"])}
+                                            "ci_high": num(r["ci_high"]), "n_seeds": int(r["n_seeds"]),
+                                            "diverged": int(r["diverged"])}  # as in every table
         for r in table.to_dict("records")}}
     citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
     atomic_write_text(citable_path, dumps_json(citable) + "\n")

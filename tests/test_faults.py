@@ -3,6 +3,7 @@ before the fix. Config-level faults are checked through `bench.config.validate` 
 run; run-level ones through the commands the workflow runs, on a tiny embedded model."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,14 @@ def test_an_algorithm_label_that_is_not_a_folder_name_is_refused_naming_the_key(
     cfg = quick()
     cfg["algorithms"] = {label: {"plugin": "reinforce"}}
     with pytest.raises(study.ConfigError, match=rf"config key 'algorithms\.{label}'.*plugin"):
+        study.validate(cfg, check_paths=False)
+
+
+@pytest.mark.parametrize("label", ["nan", "NULL", "1e-3", "42"])
+def test_an_algorithm_label_the_tables_would_read_as_a_number_or_missing_is_refused(label):
+    cfg = quick()
+    cfg["algorithms"] = {label: {"plugin": "reinforce"}}
+    with pytest.raises(study.ConfigError, match=rf"config key 'algorithms\.{re.escape(label)}'.*missing value"):
         study.validate(cfg, check_paths=False)
 
 
