@@ -239,6 +239,18 @@ def test_a_reward_error_ends_the_run_as_a_recorded_failure_and_the_study_goes_on
     assert "jpeg_compressibility" in set(eval_table["reward"])  # the other run is in the tables
 
 
+def test_a_study_whose_every_run_failed_still_gets_its_tables_and_report(tiny_model, tmp_path):
+    plugin = tmp_path / "nan_reward.py"
+    plugin.write_text(NAN_REWARD)
+    cfg = small_study(tiny_model, {"reinforce": {}}, rewards=(f"{plugin}:nan_reward",))
+    cfg["evaluation"]["rewards"] = [f"{plugin}:nan_reward"]  # evaluation fails too
+    run_jobs(cfg, tmp_path / "runs")
+    html = aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert list(failed["stage"]) == ["train", "evaluate", "probe"]
+    assert "Failed runs" in html and html.count("RewardError") == 3
+
+
 def test_a_diverged_run_writes_strict_json_and_is_diverged_in_every_table(tiny_model, tmp_path):
     plugin = tmp_path / "nan_loss.py"
     plugin.write_text(NAN_LOSS)
