@@ -342,3 +342,29 @@ def test_the_readme_says_how_to_clear_a_stale_lock_and_make_reruns_incomplete_jo
     for target in ("study:", "quick:"):
         recipe = makefile.split(target, 1)[1].split("\n\n", 1)[0]
         assert "--rerun-incomplete" in recipe, target
+
+
+KILLER_REWARD = """
+import os
+import signal
+def killer(images, prompts, metadata):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_beyond_its_retries_is_a_failed_result_of_the_workflow(tmp_path):
+    work = study_copy(tmp_path)
+    (work / "killer.py").write_text(KILLER_REWARD)
+    cfg = quick()
+    cfg.update(seeds=[0], rewards=["killer.py:killer"], algorithms={"reinforce": {}}, probe={"enabled": False})
+    cfg["sampling"]["num_steps"] = 2
+    cfg["evaluation"].update(rewards=["jpeg_compressibility"], clip_model=None, max_prompts=2)
+    (work / "study.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "study.yaml"], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = work / "results" / "studies" / "quick" / "tables"
+    failed = pd.read_csv(tables / "failed_runs.csv", comment="#")
+    assert list(failed["stage"]) == ["train"] and "signal 9" in failed["reason"].iloc[0]
+    assert "signal 9" in (work / "report" / "studies" / "quick" / "index.html").read_text()

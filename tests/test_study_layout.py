@@ -30,6 +30,9 @@ def test_the_quick_preset_never_names_the_default_study_outputs():
     assert "results/studies/quick/tables" in plan and "report/studies/quick/index.html" in plan
     for path in DEFAULT_OUTPUTS:
         assert not re.search(rf"(?<![\w/]){re.escape(path)}", plan), path
+    # a train job killed after its last retry still writes its summary (bench.failures)
+    assert re.search(r"\|\| \S+ -m bench\.failures killed --out results/studies/quick/runs/\S+/summary\.json "
+                     r"--stage train --exit-code \$\? --attempt 1 --retries 0", plan)
 
 
 def test_the_default_study_keeps_the_committed_layout():
