@@ -175,14 +175,21 @@ def with_run_status(rows: pd.DataFrame, seed_rows: pd.DataFrame) -> pd.DataFrame
     return rows.assign(status=[status.get(k, FINISHED) for k in keys])
 
 
+KNOWN_TABLES = ("eval", "eval_per_seed", "derived", "improvement", "probe", "probe_per_seed", "recursive",
+                "failed_runs")
+
+
 def prune_tables(out: str | Path, keep: set[str] = frozenset()) -> None:
     """Remove the table files of an earlier aggregate in this study's tables folder, so that a
-    table this run does not produce (improvement.csv of a one-method study) cannot stay behind."""
+    table this run does not produce (improvement.csv of a one-method study) cannot stay behind.
+    In a folder named `tables` (every study's, bench/layout.py) that is every .csv/.md/.tex file;
+    elsewhere only the tables aggregate is known to write."""
     out = Path(out)
     if not out.is_dir():
         return
     for path in out.iterdir():
-        if path.is_file() and path.suffix in TABLE_SUFFIXES and path.name not in keep:
+        ours = out.name == "tables" or path.stem in KNOWN_TABLES
+        if path.is_file() and path.suffix in TABLE_SUFFIXES and ours and path.name not in keep:
             path.unlink()
 
 
