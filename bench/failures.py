@@ -108,7 +108,7 @@ def recorded_failure(args):
 def killed_reason(exit_code: int, attempts: int) -> str:
     signal = f" (signal {exit_code - 128})" if exit_code > 128 else ""
     return (f"killed: the process exited with code {exit_code}{signal} on attempt {attempts}, the last one; "
-            "a training run keeps its resumable state: rerun with --forcerun to continue it")
+            "a training run keeps its resumable state: `snakemake --force <this file>` continues it")
 
 
 # ---- the tables' side -------------------------------------------------------------------------
