@@ -111,7 +111,12 @@ def verify_study(config: dict) -> list[str]:
         return []
     problems = []
     for key, folder in study_folders(config):
-        found = recorded_hashes(folder) if folder.is_dir() else None
+        try:
+            found = recorded_hashes(folder) if folder.is_dir() else None
+        except (OSError, ValueError, AttributeError) as exc:
+            problems.append(f"config key '{key}': the recorded hashes in {folder} cannot be read ({exc}); "
+                            "restore the folder's manifest")
+            continue
         if found is None:
             continue
         record_file, hashes = found

@@ -203,6 +203,9 @@ def test_a_real_model_folder_is_verified_against_its_recorded_hashes(tmp_path):
     (problem,) = integrity.verify_study(cfg)
     assert "config key 'models.sd.path'" in problem and "w.safetensors" in problem
     assert integrity.verify_study(dict(cfg, verify_sha256=False)) == []
+    (folder / "sha256.json").write_text('{"sha256": {"unet/w.safe')  # a damaged record
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.sd.path'" in problem and "cannot be read" in problem
 
 
 # ---------------------------------------------------------------- stale tables of another study
