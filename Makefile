@@ -13,11 +13,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-study: setup            ## the default study: runs, tables, report
-	$(SNAKEMAKE) --cores all
+study: setup            ## the default study: runs, tables, report (an interrupted run's jobs continue)
+	$(SNAKEMAKE) --cores all --rerun-incomplete
 
-quick: setup            ## the smoke preset (same DAG, a few minutes)
-	$(SNAKEMAKE) --cores all --configfile config/quick.yaml
+quick: setup            ## the smoke preset (same DAG, a few minutes; results/studies/quick, report/studies/quick)
+	$(SNAKEMAKE) --cores all --rerun-incomplete --configfile config/quick.yaml
 
 test: setup lint typecheck  ## lint, type check, then the whole test suite (pytest's "no tests" exit 5 counts as a failure here too)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
@@ -31,7 +31,7 @@ lint: setup
 typecheck: setup        ## mypy on the core (the files are listed in pyproject.toml, [tool.mypy])
 	$(VENV)/bin/mypy
 
-report: setup           ## re-render the report from the existing tables and run files (seconds; nothing reruns)
+report: setup           ## re-render the default study's report from its tables and run files (seconds; nothing reruns)
 	$(PY) -m bench report --tables results/tables --runs-root results/runs --out report/index.html
 
 snakemake-report: setup ## Snakemake's own report of the last run (provenance, runtimes, the report and tables)

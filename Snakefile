@@ -5,6 +5,7 @@ import json
 import sys
 
 from bench import study
+from bench.layout import study_paths
 
 # the default study unless --configfile names another (a preset replaces it; it is not merged)
 if not config:
@@ -12,7 +13,9 @@ if not config:
     configfile: "config/config.yaml"
 
 
-_validated = study.validate(config)  # schema + semantic checks, before any job starts
+# schema + semantic checks, and the recorded SHA-256 of every model and judge (bench.integrity),
+# before any job starts; hashed once, by the main process (not again inside each cluster job)
+_validated = study.validate(config, verify=workflow.is_main_process)
 config.clear()
 config.update(_validated)
 RUNS = study.runs(config)
@@ -20,7 +23,21 @@ RUNS = study.runs(config)
 
 report: "report/snakemake/workflow.rst"  # `snakemake --report report/snakemake.html` after a run
 PY = sys.executable
-RUN_DIR = "results/runs/{model}/{reward}/{algorithm}/seed{seed}"
+# every output of this study lives in its own folders (bench/layout.py): a preset never
+# overwrites another study's results or the committed default study
+OUT = study_paths(config)
+RUN_DIR = OUT.run_dir
+RUNS_ROOT, TABLES, LOGS, BENCH = OUT.runs, OUT.tables, OUT.logs, OUT.benchmarks
+JUDGE = [config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else []
+# a job whose process dies (SIGKILL, the OOM killer) is retried (training resumes from its state);
+# after Snakemake's last retry its output records the failure, so aggregate and report still run
+RETRIES = getattr(workflow.execution_settings, "retries", 0)  # None in a dry run
+
+
+def killed(stage):
+    return ("|| {PY} -m bench.failures killed --out {output} --stage " + stage
+            + " --exit-code $? --attempt {resources.attempt} --retries {RETRIES} >> {log} 2>&1")
+
 
 shell.prefix("export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false; ")
 wildcard_constraints:
@@ -44,15 +61,15 @@ EVALUATION = json.dumps({**config["evaluation"], "reward_settings": config["rewa
 
 rule all:
     input:
-        "report/index.html",
-        "results/citable.json",
+        OUT.report,
+        OUT.citable,
 
 
 rule world:
     output:
         "results/world/prompts.json",
     log:
-        "results/logs/world.log",
+        LOGS + "/world.log",
     shell:
         "{PY} -m bench world --out {output} > {log} 2>&1"
 
@@ -68,7 +85,7 @@ rule pretrain:
         mem_mb=4000,
         runtime=60,
     log:
-        "results/logs/pretrain/{model}.log",
+        LOGS + "/pretrain/{model}.log",
     shell:
         "{PY} -m bench pretrain --out results/models/{wildcards.model} --steps {params.p[steps]} "
         "--seed {params.p[seed]} --objective {params.p[objective]} > {log} 2>&1"
@@ -80,7 +97,7 @@ rule pretrain_clip:
         "results/models/clip16/bench_model.json",
     threads: 1
     log:
-        "results/logs/pretrain/clip16.log",
+        LOGS + "/pretrain/clip16.log",
     shell:
         "{PY} -m bench pretrain-clip --out results/models/clip16 --steps 1500 --seed 0 > {log} 2>&1"
 
@@ -96,51 +113,56 @@ rule train:
     threads: 1
     resources:
         **config["resources"]["train"],
+        attempt=lambda w, attempt: attempt,
     log:
-        "results/logs/train/{model}/{reward}/{algorithm}/seed{seed}.log",
+        LOGS + "/train/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/train/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        BENCH + "/train/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{TRAIN} train --run-config {params.run:q} --prompts {input.prompts} --out $(dirname {output}) > {log} 2>&1"
+        "{TRAIN} train --run-config {params.run:q} --prompts {input.prompts} --out $(dirname {output}) > {log} 2>&1 "
+        + killed("train")
 
 
 rule evaluate_base:
     # the base model (budget 0) is the same for every algorithm, reward and seed: evaluated once
     input:
         model=lambda w: study.model_file(config["models"][w.model]),
-        judge=[config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else [],
+        judge=JUDGE,
     output:
-        "results/runs/{model}/base_eval.json",
+        RUNS_ROOT + "/{model}/base_eval.json",
     params:
         run=lambda w: base_run_config(w.model),
     threads: 1
     resources:
         **config["resources"]["evaluate"],
+        attempt=lambda w, attempt: attempt,
     log:
-        "results/logs/evaluate/{model}/base.log",
+        LOGS + "/evaluate/{model}/base.log",
     benchmark:
-        "results/benchmarks/evaluate/{model}/base.tsv"
+        BENCH + "/evaluate/{model}/base.tsv"
     shell:
-        "{PY} -m bench evaluate-base --run-config {params.run:q} --evaluation {EVALUATION:q} --out {output} > {log} 2>&1"
+        "{PY} -m bench evaluate-base --run-config {params.run:q} --evaluation {EVALUATION:q} --out {output} > {log} 2>&1 "
+        + killed("evaluate")
 
 
 rule evaluate:
     input:
         RUN_DIR + "/summary.json",
-        base="results/runs/{model}/base_eval.json",
-        judge=[config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else [],
+        base=RUNS_ROOT + "/{model}/base_eval.json",
+        judge=JUDGE,
     output:
         RUN_DIR + "/eval.json",
     threads: 1
     resources:
         **config["resources"]["evaluate"],
+        attempt=lambda w, attempt: attempt,
     log:
-        "results/logs/evaluate/{model}/{reward}/{algorithm}/seed{seed}.log",
+        LOGS + "/evaluate/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        BENCH + "/evaluate/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
         "{PY} -m bench evaluate --run-dir $(dirname {output}) --evaluation {EVALUATION:q} --base {input.base} "
-        "> {log} 2>&1"
+        "> {log} 2>&1 " + killed("evaluate")
 
 
 rule probe_base:
@@ -148,25 +170,27 @@ rule probe_base:
     input:
         model=lambda w: study.model_file(config["models"][w.model]),
     output:
-        "results/runs/{model}/{reward}/{algorithm}/base_probe.json",
+        RUNS_ROOT + "/{model}/{reward}/{algorithm}/base_probe.json",
     params:
         run=lambda w: base_run_config(w.model, w.reward, w.algorithm),
         probe=lambda w: json.dumps(config["probe"]),
     threads: 1
     resources:
         **config["resources"]["probe"],
+        attempt=lambda w, attempt: attempt,
     log:
-        "results/logs/probe/{model}/{reward}/{algorithm}/base.log",
+        LOGS + "/probe/{model}/{reward}/{algorithm}/base.log",
     benchmark:
-        "results/benchmarks/probe/{model}/{reward}/{algorithm}/base.tsv"
+        BENCH + "/probe/{model}/{reward}/{algorithm}/base.tsv"
     shell:
-        "{PY} -m bench probe-base --run-config {params.run:q} --probe {params.probe:q} --out {output} > {log} 2>&1"
+        "{PY} -m bench probe-base --run-config {params.run:q} --probe {params.probe:q} --out {output} > {log} 2>&1 "
+        + killed("probe")
 
 
 rule probe:
     input:
         RUN_DIR + "/summary.json",
-        base="results/runs/{model}/{reward}/{algorithm}/base_probe.json",
+        base=RUNS_ROOT + "/{model}/{reward}/{algorithm}/base_probe.json",
     output:
         RUN_DIR + "/probe.json",
     params:
@@ -174,18 +198,20 @@ rule probe:
     threads: 1
     resources:
         **config["resources"]["probe"],
+        attempt=lambda w, attempt: attempt,
     log:
-        "results/logs/probe/{model}/{reward}/{algorithm}/seed{seed}.log",
+        LOGS + "/probe/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/probe/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        BENCH + "/probe/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} --base {input.base} > {log} 2>&1"
+        "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} --base {input.base} > {log} 2>&1 "
+        + killed("probe")
 
 
 rule recursive:
     input:
         RUN_DIR + "/summary.json",
-        judge=config["evaluation"]["clip_model"] + "/bench_model.json",
+        judge=JUDGE,  # none with evaluation.clip_model: null (the real-model presets)
     output:
         RUN_DIR + "/recursive.json",
     params:
@@ -193,13 +219,14 @@ rule recursive:
     threads: 1
     resources:
         **config["resources"]["evaluate"],
+        attempt=lambda w, attempt: attempt,
     log:
-        "results/logs/recursive/{model}/{reward}/{algorithm}/seed{seed}.log",
+        LOGS + "/recursive/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/recursive/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        BENCH + "/recursive/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
         "{PY} -m bench recursive --run-dir $(dirname {output}) --settings {params.settings:q} "
-        "--evaluation {EVALUATION:q} > {log} 2>&1"
+        "--evaluation {EVALUATION:q} > {log} 2>&1 " + killed("recursive")
 
 
 def run_files(name):
@@ -212,22 +239,22 @@ rule aggregate:
         probes=run_files("probe.json") if config["probe"]["enabled"] else [],
         recursive=run_files("recursive.json") if config["recursive"]["enabled"] else [],
     output:
-        table=report("results/tables/eval.csv", caption="report/snakemake/tables.rst", category="Tables"),
-        citable="results/citable.json",
+        table=report(TABLES + "/eval.csv", caption="report/snakemake/tables.rst", category="Tables"),
+        citable=OUT.citable,
     params:
         cfg=lambda w: json.dumps(config),
     log:
-        "results/logs/aggregate.log",
+        LOGS + "/aggregate.log",
     shell:
-        "{PY} -m bench aggregate --config {params.cfg:q} --runs-root results/runs --out results/tables > {log} 2>&1"
+        "{PY} -m bench aggregate --config {params.cfg:q} --runs-root {RUNS_ROOT} --out {TABLES} > {log} 2>&1"
 
 
 rule report:
     input:
-        "results/tables/eval.csv",
+        TABLES + "/eval.csv",
     output:
-        report("report/index.html", caption="report/snakemake/comparative.rst", category="Report"),
+        report(OUT.report, caption="report/snakemake/comparative.rst", category="Report"),
     log:
-        "results/logs/report.log",
+        LOGS + "/report.log",
     shell:
-        "{PY} -m bench report --tables results/tables --runs-root results/runs --out {output} > {log} 2>&1"
+        "{PY} -m bench report --tables {TABLES} --runs-root {RUNS_ROOT} --out {output} > {log} 2>&1"

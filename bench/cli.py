@@ -32,12 +32,13 @@ def cmd_validate(args) -> None:
 
 
 def cmd_world(args) -> None:
+    from bench.io import atomic_write_json
     from bench.world.captions import prompt_sets
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sets = prompt_sets()
-    out.write_text(json.dumps(sets, indent=1))
+    atomic_write_json(out, sets)
     print(f"wrote {out}: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))
 
 
@@ -72,7 +73,7 @@ def cmd_train(args) -> None:
     if args.prompts:
         spec = spec.replace(prompts=tuple(json.loads(Path(args.prompts).read_text())["train"]))
     summary = train(spec, args.out, threads=args.threads)
-    print(json.dumps({k: summary[k] for k in ("status", "images_seen", "device_seconds")}))
+    print(json.dumps({k: summary.get(k) for k in ("status", "images_seen", "device_seconds")}))
 
 
 def cmd_evaluate(args) -> None:
@@ -204,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
-    args.fn(args)
+    from bench.failures import recorded_failure
+
+    with recorded_failure(args):  # a reward error, divergence or OOM ends a job as a failed result
+        args.fn(args)
     return 0
 
 

@@ -13,10 +13,11 @@ import torch
 from tqdm import tqdm
 
 from bench.factory import open_policy, open_sampler
-from bench.io import atomic_write_text, read_shared
+from bench.io import atomic_write_json, read_shared
 from bench.reward import build_reward
 from bench.rollout import sample_images
 from bench.spec import RunSpec
+from bench.study import reward_label
 from bench.world.captions import eval_prompts
 from bench.world.checker import accuracy
 
@@ -90,7 +91,7 @@ class Evaluator:
         row = {"budget": budget, "device_seconds": device_seconds}
         for name, fn in self.rewards.items():
             scores, _ = fn(images, self.prompts, {})
-            row[f"reward/{name}"] = float(scores.mean())
+            row[f"reward/{reward_label(name)}"] = float(scores.mean())  # the training reward's label
         acc = accuracy(images.numpy(), self.prompts)
         row.update({f"attribute/{k}": v for k, v in acc.items()})
         if self.quality is not None:
@@ -105,7 +106,7 @@ def evaluate_base(spec: RunSpec, evaluation: dict[str, Any], out: str | Path, th
     out = Path(out)
     row = Evaluator(spec, evaluation, threads)(0, 0.0, out.with_suffix(".png"))
     result = {"key": base_key(spec, evaluation), "row": row}
-    atomic_write_text(out, json.dumps(result, indent=1))
+    atomic_write_json(out, result)
     return result
 
 
@@ -135,7 +136,7 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec, evaluation: dict[str, Any],
         rows.append(evaluate(budget, state["device_seconds"], grid))
     out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(evaluate.prompts),
            "base_shared": shared is not None, "rows": rows}
-    atomic_write_text(run_dir / "eval.json", json.dumps(out, indent=1))
+    atomic_write_json(run_dir / "eval.json", out)
     return out
 
 

@@ -1,8 +1,12 @@
-"""Atomic file output: a reader (or a rerun after kill -9) never sees a half-written file."""
+"""Atomic file output: a reader (or a rerun after kill -9) never sees a half-written file; and
+strict JSON: every JSON file the harness writes goes through `dumps_json`, which writes a
+non-finite number (NaN, inf) as null and lists where it did under the key `non_finite`, so every
+file parses with any JSON reader (Python's `json` would otherwise write the invalid `NaN`)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,8 +28,63 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+NON_FINITE = "non_finite"  # JSON pointers (RFC 6901) of the numbers written as null because not finite
+
+
+def _pointer(parts: list) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def to_strict(obj, where: tuple = (), found: list[str] | None = None):
+    """A copy of `obj` with plain JSON types only: non-finite floats become None (their JSON
+    pointers appended to `found`), numpy / torch scalars and arrays become numbers and lists,
+    tuples lists, anything else its str()."""
+    found = [] if found is None else found
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        found.append(_pointer(list(where)))
+        return None
+    if isinstance(obj, dict):
+        return {str(k): to_strict(v, (*where, k), found) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_strict(v, (*where, i), found) for i, v in enumerate(obj)]
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return to_strict(obj.tolist(), where, found)
+    return str(obj)
+
+
+def dumps_json(obj, indent: int | None = 1) -> str:
+    """Strict JSON text of `obj` (see the module doc); a dict gets `non_finite: [pointers]` when any
+    number was not finite, so a reader can tell a missing value from a diverged one."""
+    found: list[str] = []
+    clean = to_strict(obj, found=found)
+    if found and isinstance(clean, dict):
+        clean[NON_FINITE] = sorted(set(clean.get(NON_FINITE) or []) | set(found))
+    return json.dumps(clean, indent=indent, allow_nan=False)
+
+
+def read_json(path: str | Path):
+    """A JSON file the harness wrote, with NaN back where `non_finite` says a number was not
+    finite (the tables count such a value as an undefined seed, as before it was written)."""
+    obj = json.loads(Path(path).read_text())
+    for pointer in obj.get(NON_FINITE, []) if isinstance(obj, dict) else []:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+        target = obj
+        for part in parts[:-1]:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        last = parts[-1]
+        if isinstance(target, list):
+            target[int(last)] = float("nan")
+        else:
+            target[last] = float("nan")
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+    atomic_write_text(path, dumps_json(obj) + "\n")
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -46,4 +105,5 @@ def read_shared(path: str | Path | None, key: dict) -> dict | None:
     if path is None or not Path(path).is_file():
         return None
     shared = json.loads(Path(path).read_text())
-    return shared if shared["key"] == json.loads(json.dumps(key)) else None
+    # a failed base job's file has no key (bench.failures): every run computes its own base
+    return shared if shared.get("key") == json.loads(dumps_json(key)) else None

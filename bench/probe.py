@@ -13,7 +13,6 @@ per-step credit without assuming it is a mean of per-step terms.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -135,7 +134,7 @@ def probe_base(spec: RunSpec, probe: dict[str, Any], out: str | Path, threads: i
     """The base model's probe (budget 0), once for every run that shares its key (the seeds of a
     model x reward x algorithm under full fine-tuning)."""
     result = {"key": base_key(spec, probe), "row": Prober(spec, probe, threads)(0)}
-    atomic_write_json(Path(out), json.loads(json.dumps(result)))
+    atomic_write_json(Path(out), result)
     return result
 
 
@@ -154,5 +153,5 @@ def probe_run(run_dir: str | Path, spec: RunSpec, probe: dict[str, Any], threads
         prober.policy.load_denoiser_state(folder)
         rows.append(prober(budget))
     out = {"minibatches": probe["minibatches"], "seed": probe["seed"], "base_shared": shared is not None, "rows": rows}
-    atomic_write_json(run_dir / "probe.json", json.loads(json.dumps(out)))
+    atomic_write_json(run_dir / "probe.json", out)
     return out

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import failures  # noqa: E402
 from bench.io import atomic_write_text  # noqa: E402
 from bench.metrics import direction, gold_keys, lookup  # noqa: E402
 
@@ -492,6 +493,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     parts.append(verdict_section(tables))
     parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in findings(table, tables))
                  + "</ul>")
+    parts.append(failures.html_section(tables))  # runs that did not finish, with the reason
     parts.append(hacking_section(tables, runs_root, prompts))
     parts.append("<h2>Reward, gold metrics and compute</h2>")
     for title, uri in curve_figures(table):

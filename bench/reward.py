@@ -58,7 +58,13 @@ class ComposedReward:
         total = torch.zeros(len(prompts), dtype=torch.float64)
         info: dict = {}
         for spec, fn in zip(self.specs, self.components, strict=True):
-            scores, comp_info = fn(images, prompts, metadata or {})
+            try:
+                scores, comp_info = fn(images, prompts, metadata or {})
+            except RewardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a reward plugin's failure ends the run as a result
+                raise RewardError(f"reward {spec.name!r} raised {exc!r} on {len(prompts)} prompts "
+                                  f"(first: {prompts[0]!r})") from exc
             scores = check_scores(spec.name, scores, prompts)
             total += spec.weight * scores
             info[spec.name] = scores

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,63 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
+# ---- labels: each names a folder (a study, a run) and a table row; none may leave its folder
+_UNSAFE = re.compile(r"[/\\\s{}]|^\.")  # a path separator, white space, a wildcard brace, a leading dot
+
+
+# labels a CSV reader takes for a missing value or a number (pandas' defaults): a table row
+# labelled so would lose its name when the report reads the tables back
+_NOT_NAMES = {"", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "<na>", "n/a", "na",
+              "nan", "null", "none", "true", "false"}
+
+
+def _reads_as_name(label: str) -> bool:
+    if label.lower() in _NOT_NAMES:
+        return False
+    try:
+        float(label)
+    except ValueError:
+        return True
+    return False
+
+
+def safe_label(label: str) -> str:
+    """`label` with every character that cannot be part of one folder name replaced by '-'
+    (a reward named by its plugin path, `plugins/r.py:fn`, runs in the folder `plugins-r.py:fn`)."""
+    return _UNSAFE.sub("-", label)
+
+
 def reward_label(spec) -> str:
-    return spec if isinstance(spec, str) else "+".join(f"{k}x{v:g}" for k, v in spec.items())
+    """The name a training or evaluation reward has in run folders, tables and metric names."""
+    return safe_label(spec if isinstance(spec, str) else "+".join(f"{k}x{v:g}" for k, v in spec.items()))
+
+
+def check_labels(config: dict) -> None:
+    """Labels that name folders are refused when they cannot be one folder name (the study, the
+    model and algorithm keys); reward labels are mapped by `reward_label`, and two specs that map to
+    the same label are refused. Each error names the key."""
+    rule = "use letters, digits and . _ + = - : (no '/', '\\', space, braces or leading dot)"
+    if _UNSAFE.search(config["study"]) or not config["study"]:
+        raise ConfigError(f"config key 'study': {config['study']!r} names the study's output folder; {rule}")
+    for section in ("models", "algorithms"):
+        for label in config[section]:
+            if not _reads_as_name(label):
+                raise ConfigError(f"config key '{section}.{label}': the label {label!r} would be read back from "
+                                  "the tables as a missing value or a number; give it a name with a letter")
+            if _UNSAFE.search(label) or not label:
+                hint = (" A plugin's file goes under `plugin:`, e.g. `algorithms: {my_algo: {plugin: "
+                        "plugins/my_algo.py:MyAlgo}}`." if section == "algorithms" else "")
+                raise ConfigError(f"config key '{section}.{label}': the label {label!r} names run folders and "
+                                  f"table rows; {rule}.{hint}")
+    seen: dict[str, str] = {}
+    for i, spec in enumerate(config["rewards"]):
+        label = reward_label(spec)
+        if label in seen:
+            raise ConfigError(f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} as "
+                              f"{seen[label]}; give each training reward once")
+        seen[label] = f"rewards[{i}]"
+
+
 
 
 @dataclass(frozen=True)
@@ -99,8 +155,10 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
         raise ConfigError(f"config key 'algorithms.{label}': {exc}") from exc
 
 
-def validate(config: dict, check_paths: bool = True) -> dict:
-    """Validated copy of the config with defaults filled in; raises ConfigError naming the key."""
+def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dict:
+    """Validated copy of the config with defaults filled in; raises ConfigError naming the key.
+    With check_paths and verify (and the config's verify_sha256), every model's and judge's weight
+    files are checked against their recorded SHA-256 first (bench.integrity)."""
     from bench.registry import REWARDS, PluginError
 
     config = copy.deepcopy(config)
@@ -112,6 +170,11 @@ def validate(config: dict, check_paths: bool = True) -> dict:
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"config key '{key}': {e.message}")
     _fill_spec_defaults(config, schema)
+    check_labels(config)
+    if check_paths and verify:
+        from bench.integrity import check_study
+
+        check_study(config)  # a damaged checkpoint, named with its config key, before anything else
     train = config["train"]
     budgets = train["budgets"]
     if any(b2 <= b1 for b1, b2 in zip(budgets, budgets[1:])):
@@ -121,10 +184,7 @@ def validate(config: dict, check_paths: bool = True) -> dict:
             raise ConfigError(f"config key 'train.budgets': budget {b} is not a multiple of "
                               f"train.images_per_round={train['images_per_round']}")
     for label, settings in config["algorithms"].items():
-        group = check_algorithm(label, settings).recipe.group_size or train["group_size"]
-        if train["images_per_round"] % group:
-            raise ConfigError(f"config key 'algorithms.{label}': group size {group} does not divide "
-                              f"train.images_per_round={train['images_per_round']}")
+        check_group_size(config, label, check_algorithm(label, settings).recipe.group_size)
     from bench.reward import check_weights
 
     reward_specs = [(f"rewards[{i}]", spec) for i, spec in enumerate(config["rewards"])]
@@ -147,6 +207,25 @@ def validate(config: dict, check_paths: bool = True) -> dict:
     for name, model in config["models"].items():
         check_model(name, model, check_paths)
     return config
+
+
+def check_group_size(config: dict, label: str, algorithm_group: int | None) -> None:
+    """The group size must divide images_per_round; the error names the key the user set: the
+    algorithm's own `group_size`, else `train.group_size`, else (an algorithm's built-in group size
+    against the user's round) `train.images_per_round`."""
+    train = config["train"]
+    group = algorithm_group or train["group_size"]
+    if train["images_per_round"] % group == 0:
+        return
+    settings = config["algorithms"][label] or {}
+    if "group_size" in settings:
+        key, what = f"algorithms.{label}.group_size", f"group_size {group} of algorithm {label!r}"
+    elif algorithm_group is None:
+        key, what = "train.group_size", f"group_size {group}"
+    else:
+        key, what = "train.images_per_round", f"the built-in group_size {group} of algorithm {label!r}"
+    raise ConfigError(f"config key '{key}': {what} does not divide train.images_per_round="
+                      f"{train['images_per_round']} (a round holds whole prompt groups)")
 
 
 def model_file(model: dict) -> str:

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import analysis, verdicts
-from bench import config as study
-from bench.io import atomic_write_text
+from bench import analysis, failures, study, verdicts
+from bench.io import atomic_write_text, dumps_json, read_json
 from bench.metrics import direction, gold_keys, lookup
 from bench.metrics.statistics import (
     aggregate_iqm,
@@ -37,10 +36,13 @@ from bench.metrics.statistics import (
     probability_of_improvement_tasks_ci,
     stratified_bootstrap,
 )
+from bench.provenance import plugin_provenance
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
 PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
-GENERATED = ("results/tables", "results/citable.json", "report")
+
+
+GENERATED = ("results/tables", "results/citable.json", "results/studies", "report")
 
 
 def _stats(cfg_or_stats: dict) -> dict:
@@ -70,6 +72,7 @@ def provenance(cfg: dict) -> dict:
         "config_hash": study.config_hash(cfg),
         "seeds": cfg["seeds"],
         "packages": versions,
+        "plugins": plugin_provenance(cfg),  # file plugins by SHA-256, installed ones by package version
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "interval": {"method": s["interval"], "confidence": s.get("confidence", 0.95),
                      "description": describe_interval(s["interval"], s.get("confidence", 0.95)),
@@ -110,7 +113,7 @@ def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame
         path = run / name
         if not path.is_file():
             continue
-        result = json.loads(path.read_text())
+        result = read_json(path)  # NaN where a non-finite number was written as null
         status = json.loads((run / "summary.json").read_text())["status"]
         rows_in = [{**r, "budget": r.get("budget", r.get("generation"))} for r in result["rows"]]
         if "decay" in result:  # the self-consuming loop: one slope per run, filed at the last generation
@@ -316,9 +319,11 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
 
 
 def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
+    plugins = ", ".join(f"{k} {v}" for k, v in (prov.get("plugins") or {}).items())
     lines = [f"t2i-rl-bench results, study '{prov['study']}'",
              f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
              "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
+             *([f"plugins: {plugins}"] if plugins else []),
              f"mean over seeds with a {prov['interval']['description']}; rows measured once for every seed "
              "(the base model) have n_seeds 1 and no interval", *notes]
     return "".join(f"{comment} {line}\n" for line in lines)
@@ -396,6 +401,8 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     prov = provenance(cfg)
     s = _stats(cfg)
     rules = analysis.Rules.from_config(cfg)
+    failures.prune_tables(out)  # every table below is written fresh; one this study does not make is gone
+    failures.write_failed_runs(cfg, runs_root, out, _header(prov, "#"))
     seed_rows = collect(cfg, runs_root)
     qnote = quality_note(cfg, runs_root)
     table = summarise(seed_rows, s)
@@ -428,6 +435,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     parts = [f for f in (gold, conv, secs, analysis.matched_quality(seed_rows, rules),
                          analysis.collapse(seed_rows, rules)) if len(f)]
     derived_rows = pd.concat(parts) if parts else pd.DataFrame(columns=seed_rows.columns)
+    derived_rows = failures.with_run_status(derived_rows, seed_rows)  # the eval table's diverged flag
     derived_table = summarise(derived_rows, s)
     derived_notes = [
         f"gold/pass: no gold metric worse than the base by more than {rules.describe_tolerance()} x its base value",
@@ -547,5 +555,5 @@ def write_citable(cfg: dict, prov: dict, table: pd.DataFrame, seed_rows: pd.Data
         "per_seed": per_seed,
     }
     citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
-    atomic_write_text(citable_path, json.dumps(citable, indent=1, default=lambda o: o.item()
-                                               if hasattr(o, "item") else str(o)))
+    atomic_write_text(citable_path, dumps_json(json.loads(json.dumps(citable, default=lambda o: o.item()
+                                                          if hasattr(o, "item") else str(o)))) + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bench import config as study
+from bench import study
 from bench.registry import ALGORITHMS
 
 DEFAULT = Path(__file__).resolve().parent.parent / "config" / "config.yaml"

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from bench.layout import study_paths
+
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
@@ -32,16 +34,19 @@ def test_quick_study_writes_tables_and_report(quick_study):
     work, done = quick_study
     assert "rule pretrain" not in done.stdout + done.stderr  # the shipped checkpoint is used as is
     cfg = yaml.safe_load((work / "config" / "quick.yaml").read_text())
-    table = pd.read_csv(work / "results" / "tables" / "eval.csv", comment="#")
+    out = study_paths("quick")  # the preset's own folders, never the default study's
+    table = pd.read_csv(work / out.tables / "eval.csv", comment="#")
     budgets = [0] + cfg["train"]["budgets"]
     for algo in cfg["algorithms"]:
         rows = table[(table["algorithm"] == algo) & (table["metric"] == "reward/jpeg_compressibility")]
         assert sorted(rows["budget"]) == budgets
         assert (rows["n_seeds"] == len(cfg["seeds"])).all()
         assert (rows["ci_low"] <= rows["mean"] + 1e-12).all() and (rows["mean"] <= rows["ci_high"] + 1e-12).all()
-    html = (work / "report" / "index.html").read_text()
+    html = (work / out.report).read_text()
     assert html.count("data:image/png;base64,") >= 2
-    assert (work / "results" / "citable.json").is_file()
+    assert (work / out.citable).is_file()
+    assert not (work / "results" / "tables").exists() and not (work / "report" / "index.html").exists()
+    assert pd.read_csv(work / out.tables / "failed_runs.csv", comment="#").empty
 
 
 @pytest.mark.slow
@@ -90,7 +95,7 @@ def test_report_opens_in_a_browser_with_every_figure_loaded(quick_study):
     work, _ = quick_study
     driver = _chromium()
     try:
-        driver.get((work / "report" / "index.html").as_uri())
+        driver.get((work / study_paths("quick").report).as_uri())
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]

@@ -23,7 +23,9 @@ def file_hashes(folder: Path) -> dict[str, str]:
 def write_manifest(folder: Path, info: dict) -> None:
     folder = Path(folder)
     info = dict(info, sha256=file_hashes(folder))
-    (folder / MANIFEST).write_text(json.dumps(info, indent=1) + "\n")
+    from bench.io import dumps_json
+
+    (folder / MANIFEST).write_text(dumps_json(info) + "\n")
 
 
 def read_manifest(folder: str | Path) -> dict:

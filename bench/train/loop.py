@@ -7,7 +7,6 @@ the sharding over processes (bench/distributed.py)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from bench.algorithm import Loss
 from bench.distributed import World
 from bench.factory import open_run
-from bench.io import atomic_write_json, atomic_write_text
+from bench.io import atomic_write_json, atomic_write_text, dumps_json
 from bench.models.latent import LatentPolicy
 from bench.registry import PluginError
 from bench.reward import zero_spread_fraction
@@ -259,7 +258,7 @@ class Trainer:
             try:
                 for i in progress:
                     line = {"round": i, **self.round()}
-                    log.write(json.dumps(line) + "\n")
+                    log.write(dumps_json(line, indent=None) + "\n")
                     log.flush()
                     for b in budgets:
                         if self.images_seen - self.spec.images_per_round < b <= self.images_seen:

@@ -3,8 +3,10 @@
     python -m tests.benchmarks.study --configfile config/config.yaml [--cores 2] [--no-run]
 
 Runs `snakemake --cores N` (unless --no-run), then sums the `benchmark:` files of every rule
-(results/benchmarks/<rule>/...) and prints job-seconds per stage, their share, and the share of
-evaluation and probes (plus the self-consuming loop when present) in the jobs' total.
+(the study's benchmarks folder, bench/layout.py: results/benchmarks/<rule>/... for the default
+study, results/studies/<study>/benchmarks/<rule>/... for the others) and prints job-seconds per
+stage, their share, and the share of evaluation and probes (plus the self-consuming loop when
+present) in the jobs' total.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run([str(snakemake), "--cores", str(args.cores), "--configfile", args.configfile], check=True)
         wall = time.perf_counter() - start
-    stages = stage_seconds(Path("results/benchmarks"))
+    import yaml
+
+    from bench.layout import study_paths
+
+    study = yaml.safe_load(Path(args.configfile).read_text()).get("study", "default")
+    stages = stage_seconds(Path(study_paths(study).benchmarks))
     total = sum(s for _, s in stages.values())
     print(f"{'stage':<12}{'jobs':>6}{'job-seconds':>14}{'share':>8}")
     for stage, (jobs, secs) in stages.items():

@@ -1,0 +1,235 @@
+"""A failed run is a result. Whatever stops a job (a reward error, a non-finite loss, out of
+memory, a kill beyond the last retry) is written into the job's own output file with its reason
+(`status: failed`, `reason`), the job exits 0, and aggregate and report run on: the tables list
+the run in `failed_runs.csv` and the report shows it with its reason.
+
+- `recorded_failure(args)`: around a `python -m bench <command>`; an expected failure becomes the
+  command's output file with status 'failed' (bench/cli.py).
+- `python -m bench.failures killed --out FILE --stage S --exit-code RC --attempt A --retries R`:
+  the Snakefile's fallback after a job's process died by a signal (SIGKILL, the OOM killer): on
+  the last attempt it writes the failed output and exits 0, on an earlier one it exits RC so
+  Snakemake retries (and training resumes from its last state). Any other exit code (an
+  exception the command did not expect: a bug) stays a failed job.
+- `failed_runs(cfg, runs_root)`: the table of runs that did not finish, with stage and reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import html
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from bench.io import atomic_write_json, atomic_write_text
+
+FINISHED = "finished"
+FAILED = "failed"
+# the output file of each guarded command: (stage, file under --run-dir, or None: the --out file)
+GUARDED = {
+    "train": ("train", "summary.json"),
+    "evaluate": ("evaluate", "eval.json"),
+    "evaluate-base": ("evaluate", None),
+    "probe": ("probe", "probe.json"),
+    "probe-base": ("probe", None),
+    "recursive": ("recursive", "recursive.json"),
+}
+RUN_FILES = {"train": "summary.json", "evaluate": "eval.json", "probe": "probe.json", "recursive": "recursive.json"}
+COLUMNS = ["model", "reward", "algorithm", "seed", "stage", "status", "images_seen", "reason"]
+# every table file aggregate may write; the ones a study does not produce this time are removed
+TABLE_SUFFIXES = (".csv", ".md", ".tex")
+
+
+def expected_failures() -> tuple[type[BaseException], ...]:
+    """The exceptions that end a run as a result rather than as a bug of the harness."""
+    import torch
+
+    from bench.registry import PluginError
+    from bench.reward import RewardError
+    from bench.train import DivergedError
+
+    oom = tuple({getattr(torch, "OutOfMemoryError", MemoryError), getattr(torch.cuda, "OutOfMemoryError", MemoryError)})
+    return (RewardError, DivergedError, PluginError, MemoryError, *oom)
+
+
+def _images_seen(run_dir: Path) -> int:
+    """Training images of the rounds the run logged before it stopped."""
+    log = run_dir / "log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return int(json.loads(lines[-1]).get("images_seen", 0)) if lines else 0
+
+
+def failure_record(stage: str, reason: str, run_dir: Path | None) -> dict:
+    record = {"status": FAILED, "stage": stage, "reason": reason, "rows": []}
+    if run_dir is None:  # a shared base row (evaluate-base, probe-base): no run reuses it
+        record["key"] = None
+    if stage == "train" and run_dir is not None:
+        record.update(images_seen=_images_seen(run_dir), device_seconds=None, error=reason)
+    return record
+
+
+def _output_of(args) -> tuple[str, Path, Path | None] | None:
+    guarded = GUARDED.get(getattr(args, "command", None))
+    if guarded is None:
+        return None
+    stage, name = guarded
+    if name is None:
+        return stage, Path(args.out), None
+    run_dir = Path(args.out if stage == "train" else args.run_dir)
+    return stage, run_dir / name, run_dir
+
+
+def write_failure(stage: str, path: Path, run_dir: Path | None, reason: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun process 0 writes the run's files
+        return
+    atomic_write_json(path, failure_record(stage, reason, run_dir))
+
+
+@contextlib.contextmanager
+def recorded_failure(args):
+    """Run a bench command; an expected failure is written as its output with the reason."""
+    target = _output_of(args)
+    if target is None:
+        yield
+        return
+    stage, path, run_dir = target
+    try:
+        yield
+    except expected_failures() as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        write_failure(stage, path, run_dir, reason)
+        print(f"{stage} failed, recorded in {path}: {reason}", file=sys.stderr)
+
+
+def killed_reason(exit_code: int, attempts: int) -> str:
+    signal = f" (signal {exit_code - 128})" if exit_code > 128 else ""
+    return (f"killed: the process exited with code {exit_code}{signal} on attempt {attempts}, the last one; "
+            "a training run keeps its resumable state: `snakemake --force <this file>` continues it")
+
+
+# ---- the tables' side -------------------------------------------------------------------------
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def failed_runs(cfg: dict, runs_root: str | Path) -> pd.DataFrame:  # noqa: F821
+    """One row per run and stage that did not finish (status diverged, failed, or a missing
+    file), with the reason; empty (with the columns) when every run finished."""
+    import pandas as pd
+
+    from bench import study
+
+    rows = []
+    for key in study.runs(cfg):
+        run = Path(runs_root) / key.path
+        for stage, name in RUN_FILES.items():
+            if stage == "probe" and not cfg.get("probe", {}).get("enabled"):
+                continue
+            if stage == "recursive" and not cfg.get("recursive", {}).get("enabled"):
+                continue
+            record = _read(run / name)
+            if record is None:
+                status, reason = "missing", f"no readable {name}"
+            elif stage != "train" and record.get("stage") != stage:
+                continue  # a later stage of a failed run carries the run's status, not its own failure
+            else:
+                status = record.get("status", FINISHED)
+                reason = record.get("reason") or record.get("error")
+            if status == FINISHED:
+                continue
+            rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm, "seed": key.seed,
+                         "stage": stage, "status": status,
+                         "images_seen": (record or {}).get("images_seen") if stage == "train" else None,
+                         "reason": reason or ""})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_failed_runs(cfg: dict, runs_root: str | Path, out: str | Path, header: str = "") -> pd.DataFrame:  # noqa: F821
+    """failed_runs.csv and .md in the tables folder (written even when empty: the study owns it)."""
+    table = failed_runs(cfg, runs_root)
+    out = Path(out)
+    atomic_write_text(out / "failed_runs.csv", header + table.to_csv(index=False))
+    md = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    md += "".join("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |\n"
+                  for row in table.itertuples(index=False))
+    comment = "".join(f"<!-- {line[2:]} -->\n" for line in header.splitlines())
+    atomic_write_text(out / "failed_runs.md", comment + "\n" + md)
+    return table
+
+
+def with_run_status(rows: pd.DataFrame, seed_rows: pd.DataFrame) -> pd.DataFrame:  # noqa: F821
+    """`rows` (derived, per run) with each run's own status from the evaluation rows, so the
+    diverged count of a derived table is that of the eval table."""
+    if rows.empty or seed_rows.empty:
+        return rows
+    run = ["model", "reward", "algorithm", "seed"]
+    status = seed_rows.drop_duplicates(run).set_index(run)["status"]
+    keys = list(zip(*(rows[c] for c in run)))
+    return rows.assign(status=[status.get(k, FINISHED) for k in keys])
+
+
+KNOWN_TABLES = ("eval", "eval_per_seed", "derived", "derived_per_seed", "improvement", "probe", "probe_per_seed",
+                "recursive", "failed_runs", "headline", "verdicts", "across_rewards", "performance_profile", "levels",
+                "hacking")
+
+
+def prune_tables(out: str | Path, keep: set[str] = frozenset()) -> None:
+    """Remove the table files of an earlier aggregate in this study's tables folder, so that a
+    table this run does not produce (improvement.csv of a one-method study) cannot stay behind.
+    In a folder named `tables` (every study's, bench/layout.py) that is every .csv/.md/.tex file;
+    elsewhere only the tables aggregate is known to write."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        ours = out.name == "tables" or path.stem in KNOWN_TABLES
+        if path.is_file() and path.suffix in TABLE_SUFFIXES and ours and path.name not in keep:
+            path.unlink()
+
+
+def html_section(tables: str | Path) -> str:
+    """The report's section on runs that did not finish ('' when every run finished)."""
+    path = Path(tables) / "failed_runs.csv"
+    if not path.is_file():
+        return ""
+    import pandas as pd
+
+    table = pd.read_csv(path, comment="#")
+    if table.empty:
+        return ""
+    items = "".join(f"<li>{html.escape(f'{r.model} / {r.reward} / {r.algorithm} / seed {r.seed}')}: "
+                    f"<b>{html.escape(str(r.status))}</b> in {html.escape(str(r.stage))}: "
+                    f"{html.escape(str(r.reason))}</li>" for r in table.itertuples())
+    return (f"<h2>Failed runs</h2><p>{len(table)} run stage(s) did not finish; their tables stop at the last "
+            f"good checkpoint, or hold no row.</p><ul>{items}</ul>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.failures")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("killed", help="record a job whose process died, on its last attempt")
+    p.add_argument("--out", required=True, help="the job's output file")
+    p.add_argument("--stage", required=True, choices=sorted(set(RUN_FILES) | {"evaluate", "probe"}))
+    p.add_argument("--exit-code", type=int, required=True)
+    p.add_argument("--attempt", type=int, default=1)
+    p.add_argument("--retries", type=int, default=0, help="Snakemake's --retries")
+    args = parser.parse_args(argv)
+    if args.exit_code < 128:  # an exception the command did not expect: a bug, shown as a failed job
+        return args.exit_code or 1
+    if args.attempt <= args.retries:  # Snakemake starts it again; training resumes from its state
+        return args.exit_code
+    out = Path(args.out)
+    write_failure(args.stage, out, out.parent, killed_reason(args.exit_code, args.attempt))
+    print(f"{args.stage} killed beyond its retries; recorded in {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

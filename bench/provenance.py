@@ -1,0 +1,89 @@
+"""Provenance of plugin code: the commit stamp covers the repository, not an untracked plugin file
+nor an installed plugin package, so every table header and citable.json also names each plugin a
+study uses: a file plugin by its SHA-256, a plugin package by its distribution's name and version.
+Built-in methods, rewards and model families (this distribution's own) are covered by the commit."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from importlib import metadata
+from pathlib import Path
+
+from bench.models.checkpoint import BUILTIN_FAMILIES
+
+OWN_DISTRIBUTION = "t2i-rl-bench"
+OWN_PACKAGES = ("bench", "algorithms", "rewards")
+
+
+def _file(path: Path) -> str:
+    if not path.is_file():
+        return f"file {path} (missing)"
+    return f"file {path} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+
+def _module(module: str) -> str | None:
+    """A module reference: its distribution's name and version, else its file's hash; None for
+    this distribution's own modules."""
+    top = module.split(".")[0]
+    if top in OWN_PACKAGES:
+        return None
+    dists = metadata.packages_distributions().get(top, [])
+    if dists:
+        return f"package {dists[0]} {metadata.version(dists[0])}"
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    return _file(Path(spec.origin)) if spec is not None and spec.origin else f"module {module} (not found)"
+
+
+def _entry_point(group: str, name: str) -> str | None:
+    eps = {ep.name: ep for ep in metadata.entry_points(group=group)}
+    ep = eps.get(name)
+    if ep is None or ep.dist is None:
+        return None  # registered in-process (a test), or unknown: validation refuses unknown names
+    if ep.dist.name == OWN_DISTRIBUTION:
+        return None
+    return f"package {ep.dist.name} {ep.dist.version} ({ep.value})"
+
+
+def describe(ref: str, group: str) -> str | None:
+    """How a plugin reference is pinned, or None for a built-in."""
+    if ":" in ref:
+        target = ref.rpartition(":")[0]
+        return _file(Path(target)) if target.endswith(".py") else _module(target)
+    return _entry_point(group, ref)
+
+
+def _reward_names(spec) -> list[str]:
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, dict) and "name" in spec:
+        return [spec["name"]]
+    return list(spec)
+
+
+def plugin_provenance(config: dict) -> dict[str, str]:
+    """{config key: pin} of every plugin a validated study config uses; {} when it uses none.
+    File plugins are hashed as read from the working directory (where `plugin:` paths resolve)."""
+    out: dict[str, str] = {}
+    for label, settings in config.get("algorithms", {}).items():
+        pin = describe((settings or {}).get("plugin", label), "bench.algorithms")
+        if pin:
+            out[f"algorithms.{label}"] = pin
+    rewards = [(f"rewards[{i}]", spec) for i, spec in enumerate(config.get("rewards", []))]
+    rewards += [("evaluation.rewards", name) for name in config.get("evaluation", {}).get("rewards", [])]
+    for key, spec in rewards:
+        for name in _reward_names(spec):
+            pin = describe(name, "bench.rewards")
+            if pin:  # rewards[0] for a single reward, rewards[0].name in a weighted sum
+                single = isinstance(spec, str) and key != "evaluation.rewards"
+                out[key if single else f"{key}.{name}"] = pin
+    for name, model in config.get("models", {}).items():
+        family = model.get("family", "embedded")
+        if family not in BUILTIN_FAMILIES:
+            pin = describe(family, "bench.models")
+            if pin:
+                out[f"models.{name}.family"] = pin
+    return out

@@ -1,0 +1,373 @@
+"""The faults of a study that leaves the default path (issue 15): each test fails on the code
+before the fix. Config-level faults are checked through `bench.study.validate` or a Snakemake dry
+run; run-level ones through the commands the workflow runs, on a tiny embedded model."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench import study
+from bench.cli import main as bench_main
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+NAN_REWARD = """
+import torch
+def nan_reward(images, prompts, metadata):
+    return torch.full((len(prompts),), float("nan")), {}
+"""
+NAN_LOSS = """
+import torch
+from bench.algorithm import Algorithm, Loss
+class NanLoss(Algorithm):
+    def loss(self, batch):
+        return Loss(batch.logp.mean() * float("nan"))
+"""
+
+
+def strict_load(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def quick() -> dict:
+    return yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+
+
+def study_copy(tmp_path: Path, models: bool = True) -> Path:
+    for name in ("Snakefile", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    if models:
+        shutil.copytree(ROOT / "results" / "models", tmp_path / "results" / "models")
+    return tmp_path
+
+
+def dry_run(work: Path, cfg: dict, *extra: str) -> subprocess.CompletedProcess:
+    (work / "study.yaml").write_text(yaml.safe_dump(cfg))
+    return subprocess.run([str(SNAKEMAKE), "-n", "-p", "--cores", "1", "--configfile", "study.yaml", *extra],
+                          cwd=work, capture_output=True, text=True, timeout=300)
+
+
+def small_study(model: Path, algorithms: dict, rewards=("jpeg_compressibility",), seeds=(0,)) -> dict:
+    return study.validate({
+        "study": "faults", "seeds": list(seeds), "models": {"tiny": {"path": str(model)}},
+        "rewards": list(rewards), "algorithms": algorithms,
+        "sampling": {"num_steps": 3}, "train": {"images_per_round": 4, "group_size": 2, "budgets": [4, 8]},
+        "evaluation": {"max_prompts": 2, "images_per_prompt": 2, "rewards": ["jpeg_compressibility"],
+                       "clip_model": None},
+        "probe": {"minibatches": 2}, "statistics": {"bootstrap_resamples": 100},
+    })
+
+
+def run_jobs(cfg: dict, runs_root: Path) -> None:
+    """Each run's train, evaluate and probe jobs, as the Snakefile starts them."""
+    for key in study.runs(cfg):
+        out = runs_root / key.path
+        assert bench_main(["train", "--run-config", json.dumps(study.run_config(cfg, key)), "--out", str(out)]) == 0
+        assert bench_main(["evaluate", "--run-dir", str(out), "--evaluation", json.dumps(cfg["evaluation"])]) == 0
+        assert bench_main(["probe", "--run-dir", str(out), "--probe", json.dumps(cfg["probe"])]) == 0
+
+
+def aggregate_and_report(cfg: dict, root: Path) -> str:
+    assert bench_main(["aggregate", "--config", json.dumps(cfg), "--runs-root", str(root / "runs"),
+                       "--out", str(root / "tables")]) == 0
+    assert bench_main(["report", "--tables", str(root / "tables"), "--runs-root", str(root / "runs"),
+                       "--out", str(root / "report.html")]) == 0
+    return (root / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- evaluation.clip_model: null
+def test_a_study_without_a_judge_plans_its_jobs(tmp_path):
+    """The real-model presets set clip_model: null; the recursive rule's input raised a TypeError."""
+    cfg = quick()
+    cfg["evaluation"]["clip_model"] = None
+    cfg["evaluation"]["rewards"] = ["jpeg_compressibility", "attribute_match"]
+    done = dry_run(study_copy(tmp_path), cfg)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rule train" in done.stdout
+
+
+# ---------------------------------------------------------------- labels that are not one folder name
+@pytest.mark.parametrize("label", ["my/reinforce", "../reinforce", "a b", ".hidden"])
+def test_an_algorithm_label_that_is_not_a_folder_name_is_refused_naming_the_key(label):
+    cfg = quick()
+    cfg["algorithms"] = {label: {"plugin": "reinforce"}}
+    with pytest.raises(study.ConfigError, match=rf"config key 'algorithms\.{label}'.*plugin"):
+        study.validate(cfg, check_paths=False)
+
+
+@pytest.mark.parametrize("label", ["nan", "NULL", "1e-3", "42"])
+def test_an_algorithm_label_the_tables_would_read_as_a_number_or_missing_is_refused(label):
+    cfg = quick()
+    cfg["algorithms"] = {label: {"plugin": "reinforce"}}
+    with pytest.raises(study.ConfigError, match=rf"config key 'algorithms\.{re.escape(label)}'.*missing value"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_a_model_key_or_study_name_with_a_slash_is_refused_naming_the_key():
+    cfg = quick()
+    cfg["models"] = {"a/b": cfg["models"]["dit16-ddim"]}
+    with pytest.raises(study.ConfigError, match=r"config key 'models\.a/b'"):
+        study.validate(cfg, check_paths=False)
+    cfg = dict(quick(), study="mine/quick")
+    with pytest.raises(study.ConfigError, match=r"config key 'study'"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_a_reward_named_by_its_plugin_path_runs_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """`plugins/r.py:fn` as a training reward: before, the run path had extra levels, no rule
+    matched and snakemake exited 0 doing nothing."""
+    work = study_copy(tmp_path)
+    (work / "plugins").mkdir()
+    (work / "plugins" / "r.py").write_text("from rewards.jpeg import JpegCompressibility as fn\n")
+    cfg = quick()
+    cfg.update(rewards=["plugins/r.py:fn"], seeds=[0], algorithms={"reinforce": {}})
+    cfg["evaluation"]["rewards"] = ["plugins/r.py:fn"]
+    monkeypatch.chdir(work)  # `plugin:` paths resolve against the working directory
+    validated = study.validate(cfg, check_paths=False)
+    (run,) = study.runs(validated)
+    assert run.reward == "plugins-r.py:fn" and len(Path(run.path).parts) == 4
+    assert study.run_config(validated, run)["reward"] == "plugins/r.py:fn"  # the plugin itself is unchanged
+    done = dry_run(work, cfg)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rule train" in done.stdout and "plugins-r.py:fn/reinforce/seed0" in done.stdout
+
+
+def test_two_rewards_with_the_same_folder_label_are_refused():
+    cfg = quick()
+    cfg["rewards"] = ["plugins/r.py:fn", "plugins-r.py:fn"]
+    with pytest.raises(study.ConfigError, match=r"config key 'rewards\[1\]'"):
+        study.validate(cfg, check_paths=False)
+
+
+# ---------------------------------------------------------------- group size under the key the user set
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["train"].update(group_size=3), r"config key 'train\.group_size'"),
+    (lambda c: c["algorithms"].update(loop={"group_size": 3}), r"config key 'algorithms\.loop\.group_size'"),
+])
+def test_a_group_size_that_does_not_divide_the_round_names_the_key_set(edit, key):
+    cfg = quick()
+    edit(cfg)
+    with pytest.raises(study.ConfigError, match=key):
+        study.validate(cfg, check_paths=False)
+
+
+# ---------------------------------------------------------------- checkpoints verified before any job
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+@pytest.mark.parametrize("folder, key", [("dit16-ddim", r"models\.dit16-ddim\.path"),
+                                         ("clip16", r"evaluation\.clip_model")])
+def test_a_damaged_weight_file_is_refused_before_any_job(tmp_path, how, folder, key):
+    work = study_copy(tmp_path)
+    weights = sorted((work / "results" / "models" / folder).rglob("*.safetensors"))[-1]
+    _damage(weights, how)
+    done = dry_run(work, quick())
+    assert done.returncode != 0
+    message = done.stdout + done.stderr
+    assert weights.name in message and str(weights.parent.name) in message
+    assert f"config key '{key.replace(chr(92), '')}'" in message and "SHA-256" in message
+    assert not (work / "results" / "studies").exists() and not (work / "results" / "world").exists()
+    if folder == "dit16-ddim":  # (the clip_alignment reward checks its own judge's hashes regardless)
+        skipped = dry_run(work, dict(quick(), verify_sha256=False))
+        assert skipped.returncode == 0, skipped.stderr[-2000:]
+
+
+def test_a_real_model_folder_is_verified_against_its_recorded_hashes(tmp_path):
+    from bench import integrity
+
+    folder = tmp_path / "pipe"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "w.safetensors").write_bytes(b"0123456789" * 100)
+    integrity.record(folder)
+    cfg = {"models": {"sd": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    assert integrity.verify_study(cfg) == []
+    _damage(folder / "unet" / "w.safetensors", "flip")
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.sd.path'" in problem and "w.safetensors" in problem
+    assert integrity.verify_study(dict(cfg, verify_sha256=False)) == []
+    (folder / "sha256.json").write_text('{"sha256": {"unet/w.safe')  # a damaged record
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.sd.path'" in problem and "cannot be read" in problem
+
+
+# ---------------------------------------------------------------- stale tables of another study
+def test_a_study_with_one_method_leaves_no_improvement_table_of_an_earlier_run(tiny_model, tmp_path):
+    two = small_study(tiny_model, {"reinforce": {}, "ddpo_is": {}}, seeds=(0, 1))
+    run_jobs(two, tmp_path / "runs")
+    aggregate_and_report(two, tmp_path)
+    assert (tmp_path / "tables" / "improvement.csv").is_file()
+    one = dict(two, algorithms={"reinforce": {}})
+    html = aggregate_and_report(one, tmp_path)
+    assert not (tmp_path / "tables" / "improvement.csv").exists()
+    assert "ddpo_is" not in html
+    for name in ("eval", "derived", "probe"):
+        table = pd.read_csv(tmp_path / "tables" / f"{name}.csv", comment="#")
+        assert set(table["algorithm"]) <= {"reinforce", "(all)"}
+
+
+# ---------------------------------------------------------------- a failed run is a result
+def test_a_reward_error_ends_the_run_as_a_recorded_failure_and_the_study_goes_on(tiny_model, tmp_path):
+    plugin = tmp_path / "nan_reward.py"
+    plugin.write_text(NAN_REWARD)
+    cfg = small_study(tiny_model, {"reinforce": {}}, rewards=("jpeg_compressibility", f"{plugin}:nan_reward"))
+    run_jobs(cfg, tmp_path / "runs")  # every command exits 0
+    bad = next(k for k in study.runs(cfg) if "nan_reward" in k.reward)
+    summary = strict_load((tmp_path / "runs" / bad.path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "RewardError" in summary["reason"] and "nan_reward" in summary["reason"]
+    html = aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert set(failed["reward"]) == {bad.reward}
+    assert list(failed["stage"]) == ["train", "probe"]  # the probe draws the broken reward too: its own failure
+    assert "RewardError" in failed["reason"].iloc[0]
+    assert "Failed runs" in html and "RewardError" in html
+    eval_table = pd.read_csv(tmp_path / "tables" / "eval.csv", comment="#")
+    assert "jpeg_compressibility" in set(eval_table["reward"])  # the other run is in the tables
+
+
+def test_a_study_whose_every_run_failed_still_gets_its_tables_and_report(tiny_model, tmp_path):
+    plugin = tmp_path / "nan_reward.py"
+    plugin.write_text(NAN_REWARD)
+    cfg = small_study(tiny_model, {"reinforce": {}}, rewards=(f"{plugin}:nan_reward",))
+    cfg["evaluation"]["rewards"] = [f"{plugin}:nan_reward"]  # evaluation fails too
+    run_jobs(cfg, tmp_path / "runs")
+    html = aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert list(failed["stage"]) == ["train", "evaluate", "probe"]
+    assert "Failed runs" in html and html.count("RewardError") == 3
+
+
+def test_a_diverged_run_writes_strict_json_and_is_diverged_in_every_table(tiny_model, tmp_path):
+    plugin = tmp_path / "nan_loss.py"
+    plugin.write_text(NAN_LOSS)
+    cfg = small_study(tiny_model, {"nanloss": {"plugin": f"{plugin}:NanLoss"}, "reinforce": {}})
+    run_jobs(cfg, tmp_path / "runs")
+    run = tmp_path / "runs" / "tiny" / "jpeg_compressibility" / "nanloss" / "seed0"
+    for name in ("summary.json", "eval.json", "probe.json", "run_config.json"):
+        strict_load((run / name).read_text())  # no NaN / Infinity tokens
+    assert strict_load((run / "summary.json").read_text())["status"] == "diverged"
+    probe = strict_load((run / "probe.json").read_text())
+    assert probe["non_finite"], "the probe of a NaN loss has non-finite statistics, listed"
+    aggregate_and_report(cfg, tmp_path)
+    strict_load((tmp_path / "citable.json").read_text() if (tmp_path / "citable.json").is_file()
+                else (tmp_path / "tables" / "citable.json").read_text())
+    for name in ("eval", "derived", "probe"):
+        table = pd.read_csv(tmp_path / "tables" / f"{name}.csv", comment="#")
+        nan_rows = table[table["algorithm"] == "nanloss"]
+        assert len(nan_rows) and (nan_rows["diverged"] == 1).all(), name
+        assert (table[table["algorithm"] == "reinforce"]["diverged"] == 0).all(), name
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert list(failed["status"]) == ["diverged"] and "non-finite" in failed["reason"].iloc[0]
+
+
+def test_strict_json_round_trips_non_finite_numbers_as_null_with_their_place():
+    import numpy as np
+    import torch
+
+    from bench.io import dumps_json
+
+    obj = {"rows": [{"snr": float("nan"), "a/b": np.float32(np.inf), "ok": torch.tensor(2.0)}], "x": (1, 2)}
+    text = dumps_json(obj)
+    clean = strict_load(text)
+    assert clean["rows"][0] == {"snr": None, "a/b": None, "ok": 2.0} and clean["x"] == [1, 2]
+    assert clean["non_finite"] == ["/rows/0/a~1b", "/rows/0/snr"]
+
+
+def test_read_json_restores_nan_where_it_was_written_as_null(tmp_path):
+    from bench.io import dumps_json, read_json
+
+    path = tmp_path / "x.json"
+    path.write_text(dumps_json({"rows": [{"snr": float("inf"), "a/b": 1.0}]}))
+    back = read_json(path)
+    assert back["rows"][0]["snr"] != back["rows"][0]["snr"] and back["rows"][0]["a/b"] == 1.0
+
+
+@pytest.mark.parametrize("code, attempt, retries, rc, recorded", [
+    (137, 1, 0, 0, True),  # killed on its last attempt: a failed result
+    (137, 1, 2, 137, False),  # killed with retries left: Snakemake starts it again (it resumes)
+    (1, 1, 0, 1, False),  # an unexpected exception: a bug stays a failed job
+])
+def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, retries, rc, recorded):
+    from bench import failures
+
+    out = tmp_path / "run" / "summary.json"
+    out.parent.mkdir()
+    argv = ["killed", "--out", str(out), "--stage", "train", "--exit-code", str(code), "--attempt", str(attempt),
+            "--retries", str(retries)]
+    assert failures.main(argv) == rc
+    assert out.is_file() == recorded
+    if recorded:
+        summary = strict_load(out.read_text())
+        assert summary["status"] == "failed" and "signal 9" in summary["reason"]
+
+
+# ---------------------------------------------------------------- plugin provenance
+def test_a_file_plugin_is_pinned_by_its_hash_in_the_table_headers(tiny_model, tmp_path):
+    import hashlib
+
+    from bench.provenance import plugin_provenance
+
+    plugin = tmp_path / "nan_loss.py"
+    plugin.write_text(NAN_LOSS)
+    cfg = small_study(tiny_model, {"mine": {"plugin": f"{plugin}:NanLoss"}, "reinforce": {}})
+    pins = plugin_provenance(cfg)
+    digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    assert pins == {"algorithms.mine": f"file {plugin} sha256:{digest}"}
+    from bench import tables
+
+    assert tables.provenance(cfg)["plugins"] == pins
+    header = tables._header(tables.provenance(cfg), "#")
+    assert digest in header
+
+
+# ---------------------------------------------------------------- a stale lock
+def test_the_readme_says_how_to_clear_a_stale_lock_and_make_reruns_incomplete_jobs():
+    readme = (ROOT / "README.md").read_text()
+    assert "snakemake --unlock" in readme
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("study:", "quick:"):
+        recipe = makefile.split(target, 1)[1].split("\n\n", 1)[0]
+        assert "--rerun-incomplete" in recipe, target
+
+
+KILLER_REWARD = """
+import os
+import signal
+def killer(images, prompts, metadata):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_beyond_its_retries_is_a_failed_result_of_the_workflow(tmp_path):
+    work = study_copy(tmp_path)
+    (work / "killer.py").write_text(KILLER_REWARD)
+    cfg = quick()
+    cfg.update(seeds=[0], rewards=["killer.py:killer"], algorithms={"reinforce": {}}, probe={"enabled": False})
+    cfg["sampling"]["num_steps"] = 2
+    cfg["evaluation"].update(rewards=["jpeg_compressibility"], clip_model=None, max_prompts=2)
+    (work / "study.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "study.yaml"], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = work / "results" / "studies" / "quick" / "tables"
+    failed = pd.read_csv(tables / "failed_runs.csv", comment="#")
+    assert list(failed["stage"]) == ["train"] and "signal 9" in failed["reason"].iloc[0]
+    assert "signal 9" in (work / "report" / "studies" / "quick" / "index.html").read_text()
