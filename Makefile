@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain
+.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,10 +32,13 @@ typecheck: setup        ## mypy on the core (the files are listed in pyproject.t
 	$(VENV)/bin/mypy
 
 report: setup           ## re-render the default study's report from its tables and run files (seconds; nothing reruns)
-	$(PY) -m bench report --tables results/tables --runs-root results/runs --out report/index.html
+	$(PY) -m bench report --tables results/tables --runs-root results/runs --out report/index.html --quote-in README.md
 
 snakemake-report: setup ## Snakemake's own report of the last run (provenance, runtimes, the report and tables)
 	$(SNAKEMAKE) --report report/snakemake.html
 
-pretrain: setup         ## regenerate the shipped base model(s) (about 20 minutes on 1 core)
-	$(SNAKEMAKE) --cores 1 --forcerun pretrain -- results/models/dit16-ddim/bench_model.json
+pretrain: setup         ## regenerate the default study's shipped base model (about 25 minutes on 1 core)
+	$(SNAKEMAKE) --cores 1 --forcerun pretrain -- results/models/dit16-flow/bench_model.json
+
+pretrain-ddim: setup    ## regenerate the DDIM base model of config/ddim.yaml (about 20 minutes on 1 core)
+	$(SNAKEMAKE) --cores 1 --configfile config/ddim.yaml --forcerun pretrain -- results/models/dit16-ddim/bench_model.json

@@ -249,6 +249,10 @@ rule aggregate:
         "{PY} -m bench aggregate --config {params.cfg:q} --runs-root {RUNS_ROOT} --out {TABLES} > {log} 2>&1"
 
 
+# the default study's report also refreshes the verdict table the README quotes (between its markers)
+QUOTE = "--quote-in README.md" if config["study"] == "default" else ""
+
+
 rule report:
     input:
         TABLES + "/eval.csv",
@@ -257,4 +261,4 @@ rule report:
     log:
         LOGS + "/report.log",
     shell:
-        "{PY} -m bench report --tables {TABLES} --runs-root {RUNS_ROOT} --out {output} > {log} 2>&1"
+        "{PY} -m bench report --tables {TABLES} --runs-root {RUNS_ROOT} --out {output} {QUOTE} > {log} 2>&1"

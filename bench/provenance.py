@@ -10,8 +10,6 @@ import importlib.util
 from importlib import metadata
 from pathlib import Path
 
-from bench.models.checkpoint import BUILTIN_FAMILIES
-
 OWN_DISTRIBUTION = "t2i-rl-bench"
 OWN_PACKAGES = ("bench", "algorithms", "rewards")
 
@@ -80,9 +78,12 @@ def plugin_provenance(config: dict) -> dict[str, str]:
             if pin:  # rewards[0] for a single reward, rewards[0].name in a weighted sum
                 single = isinstance(spec, str) and key != "evaluation.rewards"
                 out[key if single else f"{key}.{name}"] = pin
+    from bench.registry import MODELS
+
+    builtin = MODELS.shipped()  # the families the harness ships; a plugin family is pinned
     for name, model in config.get("models", {}).items():
         family = model.get("family", "embedded")
-        if family not in BUILTIN_FAMILIES:
+        if family not in builtin:
             pin = describe(family, "bench.models")
             if pin:
                 out[f"models.{name}.family"] = pin

@@ -47,6 +47,10 @@ class Registry:
         self._load_builtins()
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
+    def shipped(self) -> set[str]:
+        """The names the harness itself ships (its references), not those plugins add."""
+        return set(self._references)
+
     def names(self) -> list[str]:
         self._load_builtins()
         return sorted(set(self._local) | set(self._references) | set(self._entry_points()))

@@ -1,7 +1,9 @@
-"""Seconds per RL round for each algorithm at its default settings on the embedded model:
-sampling, reward and training split, images and transitions per second, peak memory.
+"""Seconds per RL round for each algorithm at the default study's settings on its embedded model:
+sampling, reward and training split, images per second and per core-second, peak memory, and the
+fraction of the machine's one-thread matmul throughput a round achieves (its forward and backward
+FLOPs, counted by torch's FLOP counter, over its seconds, against a measured GEMM rate).
 
-    python -m tests.benchmarks.rl_step [--model results/models/dit16-ddim] [--rounds 3]
+    python -m tests.benchmarks.rl_step [--config config/config.yaml] [--rounds 3] [--algorithms ddpo_is]
 """
 
 from __future__ import annotations
@@ -9,45 +11,69 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from bench.registry import ALGORITHMS
+from bench import study
 from bench.spec import RunSpec
 from bench.train import Trainer
 
 
-def measure(model: str, algorithm: str, rounds: int, reward: str, images: int, steps: int) -> dict:
-    cfg = RunSpec(model_path=model, algorithm=algorithm, reward=reward, seed=0, num_steps=steps,
-                    images_per_round=images, budgets=[images * rounds])
+def gemm_rate(n: int = 512, repeats: int = 20) -> float:
+    """FLOP/s of an fp32 n x n matmul on this process's threads (best of `repeats`)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def measure(spec: RunSpec, rounds: int, threads: int, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out)
-        lines = [trainer.round() for _ in range(rounds)]
+        trainer = Trainer(spec, out)
+        lines = [trainer.round() for _ in range(rounds)]  # timed without the counter's overhead
+        with FlopCounterMode(display=False) as counter:
+            trainer.round()
+        flops = counter.get_total_flops()
     keep = lines[1:] if rounds > 1 else lines  # the first round pays one-off costs
     parts = ("seconds_sample", "seconds_reward", "seconds_train")
     mean = {k: float(np.mean([line[k] for line in keep])) for k in parts}
     total = sum(mean.values())
-    return {"algorithm": algorithm, "seconds_per_round": round(total, 2),
+    images, steps = spec.images_per_round, spec.num_steps
+    return {"algorithm": spec.algorithm, "seconds_per_round": round(total, 2),
             **{k: round(v, 2) for k, v in mean.items()},
-            "images_per_second": round(images / total, 1),
+            "images_per_second": round(images / total, 2),
+            "images_per_core_second": round(images / (total * threads), 2),
             "transitions_per_second": round(images * steps / total, 1),
+            "gflop_per_round": round(flops / 1e9, 2),
+            "fraction_of_gemm_rate": round(flops / total / peak, 3),
             "optimiser_steps": keep[-1]["optimiser_steps"], "peak_memory_mb": round(lines[-1]["peak_memory_mb"])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="results/models/dit16-ddim")
+    parser.add_argument("--config", default="config/config.yaml", help="the study whose run settings are timed")
     parser.add_argument("--algorithms", nargs="*", default=None)
-    parser.add_argument("--reward", default="jpeg_compressibility")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reuse-sampling-graph", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    for algo in args.algorithms or ALGORITHMS.names():
-        print(json.dumps(measure(args.model, algo, args.rounds, args.reward, args.images, args.steps)), flush=True)
+    cfg = study.load(args.config)
+    peak = gemm_rate()
+    print(json.dumps({"gemm_gflops": round(peak / 1e9, 1), "threads": args.threads}), flush=True)
+    for key in study.runs(cfg):
+        if key.seed != cfg["seeds"][0] or (args.algorithms and key.algorithm not in args.algorithms):
+            continue
+        spec = study.run_spec(cfg, key)
+        if args.reuse_sampling_graph != "auto":
+            spec = spec.replace(reuse_sampling_graph=args.reuse_sampling_graph == "on")
+        print(json.dumps({"reward": key.reward, **measure(spec, args.rounds, args.threads, peak)}), flush=True)
 
 
 if __name__ == "__main__":
