@@ -18,6 +18,7 @@ from bench.reward import build_reward
 from bench.rollout import sample_images
 from bench.spec import RunSpec
 from bench.study import reward_label
+from bench.tracking import flatten, open_tracker
 from bench.world.captions import eval_prompts
 from bench.world.checker import accuracy
 
@@ -118,26 +119,39 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec, evaluation: dict[str, Any],
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluate = Evaluator(spec, evaluation, threads)
     shared = read_shared(base, base_key(spec, evaluation))
-    rows = []
+    rows: list[dict[str, Any]] = []
     checkpoints: list[tuple[int, Path | None]] = [(0, None)]
     checkpoints += [(b, run_dir / "checkpoints" / str(b)) for b in sorted(spec.budgets)]
-    for budget, folder in tqdm(checkpoints, desc="evaluate checkpoints", unit="checkpoint"):
-        grid = run_dir / "samples" / f"{budget}.png"
-        if folder is None and shared is not None:
-            rows.append(shared["row"])
-            grid.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(str(base)).with_suffix(".png"), grid)
-            continue
-        if folder is not None and not (folder / "state.json").is_file():
-            break  # a diverged run stops at its last good checkpoint
-        state = json.loads((folder / "state.json").read_text()) if folder else {"device_seconds": 0.0}
-        if folder is not None:
-            evaluate.policy.load_denoiser_state(folder)
-        rows.append(evaluate(budget, state["device_seconds"], grid))
+    tracker = open_tracker(run_dir, "eval", spec.tracking, spec.to_dict())  # the run's curves, at each budget
+    try:
+        for budget, folder in tqdm(checkpoints, desc="evaluate checkpoints", unit="checkpoint"):
+            grid = run_dir / "samples" / f"{budget}.png"
+            if folder is None and shared is not None:
+                rows.append(shared["row"])
+                grid.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(str(base)).with_suffix(".png"), grid)
+            else:
+                if folder is not None and not (folder / "state.json").is_file():
+                    break  # a diverged run stops at its last good checkpoint
+                state = json.loads((folder / "state.json").read_text()) if folder else {"device_seconds": 0.0}
+                if folder is not None:
+                    evaluate.policy.load_denoiser_state(folder)
+                rows.append(evaluate(budget, state["device_seconds"], grid))
+            tracker.scalars(flatten("eval", {k: v for k, v in rows[-1].items() if k != "budget"}), budget)
+            tracker.image("eval/samples", _read_rgb(grid), budget)
+    finally:
+        tracker.close()
     out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(evaluate.prompts),
            "base_shared": shared is not None, "rows": rows}
     atomic_write_json(run_dir / "eval.json", out)
     return out
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
 
 
 def _save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:

@@ -29,6 +29,7 @@ from bench.metrics.gradient_variance import credit_share, gini, gradient_statist
 from bench.models.policy import Policy
 from bench.rollout import Trajectory, recompute, rollout
 from bench.spec import RunSpec
+from bench.tracking import flatten, open_tracker
 from bench.train.steps import reference_terms, step_batch
 from bench.world.captions import prompt_sets
 
@@ -102,7 +103,7 @@ def probe_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, rewa
 # run-spec fields that cannot change the probe of the base model (training-only or bookkeeping);
 # runs that agree on every other field share it. With LoRA the seed draws the initial adapters.
 _NOT_BASE = ("seed", "budgets", "state_every", "prompts", "micro_batch", "step_chunk", "lr", "betas",
-             "weight_decay", "adam_eps", "max_grad_norm", "images_per_round", "reuse_sampling_graph")
+             "weight_decay", "adam_eps", "max_grad_norm", "images_per_round", "reuse_sampling_graph", "tracking")
 
 
 def base_key(spec: RunSpec, probe: dict[str, Any]) -> dict[str, Any]:
@@ -154,4 +155,10 @@ def probe_run(run_dir: str | Path, spec: RunSpec, probe: dict[str, Any], threads
         rows.append(prober(budget))
     out = {"minibatches": probe["minibatches"], "seed": probe["seed"], "base_shared": shared is not None, "rows": rows}
     atomic_write_json(run_dir / "probe.json", out)
+    tracker = open_tracker(run_dir, "probe", spec.tracking, spec.to_dict())  # the run's curves, at each budget
+    try:
+        for row in rows:
+            tracker.scalars(flatten("probe", {k: v for k, v in row.items() if k != "budget"}), row["budget"])
+    finally:
+        tracker.close()
     return out

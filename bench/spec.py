@@ -61,6 +61,11 @@ class RunSpec:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     budgets: tuple[int, ...] = (64, 128)  # checkpoints, in sampled training images
+    # where the curves go besides the JSON lines (bench/tracking.py): TensorBoard always, Weights &
+    # Biases with {"wandb": true, "project": ..., "mode": "offline"}. Bookkeeping, not the run's
+    # identity: left out of the JSON when empty (the run configs of earlier studies stay as they
+    # were), and a resumed run or a shared base result does not depend on it
+    tracking: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # lists from JSON or a caller become tuples, so a spec read back equals the one written
@@ -68,8 +73,15 @@ class RunSpec:
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types (tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON types (tuples as lists); no `tracking` key when it is empty."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        if not data["tracking"]:
+            del data["tracking"]
+        return data
+
+    def identity(self) -> dict[str, Any]:
+        """What the run's results depend on: its JSON without the tracking settings."""
+        return {k: v for k, v in self.to_dict().items() if k != "tracking"}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -328,7 +328,10 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     variant = None
     if model_objective(model) == "flow":
         variant = own_variant or study_variant or ALGORITHMS.get(algorithm).flow_variant
+    # wandb only when asked: a study without it keeps the run configs it had (RunSpec.to_dict)
+    tracking = dict(config.get("tracking") or {})
     return RunSpec(
+        tracking=tracking if tracking.get("wandb") else {},
         model_path=model["path"],
         model_options={k: model[k] for k in MODEL_OPTIONS if k in model},
         algorithm=algorithm,

@@ -115,6 +115,7 @@ def test_distributed_run_writes_once_and_keeps_processes_in_step(tiny_model, tmp
     assert [x["images_seen"] for x in log] == [8, 16]  # the global count, one line per round
     assert (tmp_path / "run" / "checkpoints" / "16" / "state.json").is_file()
     assert (tmp_path / "run" / "state" / "trainer.pt").is_file()
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1  # process 0's curves alone
 
 
 def test_a_lone_process_is_the_identity():

@@ -29,6 +29,7 @@ from bench.registry import PluginError
 from bench.reward import zero_spread_fraction
 from bench.rollout import StepGraph, Trajectory, recompute, rollout
 from bench.spec import RUN_SPEC_FILE, RunSpec
+from bench.tracking import flatten, open_tracker
 from bench.train.state import RunState, peak_memory_mb
 from bench.train.stats import RoundStats
 from bench.train.steps import Reference, reference_terms, step_batch, trained_steps
@@ -251,6 +252,9 @@ class Trainer:
         kept = log_path.read_text().splitlines()[:done] if done and log_path.is_file() else []
         if main:
             atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        # the curves beside the log (bench/tracking.py): a resumed run writes from its restored round
+        tracker = open_tracker(self.out, "train", self.spec.tracking, self.spec.to_dict(), main,
+                               resume_step=self.images_seen if done else None)
         status, error = "finished", None
         progress = tqdm(range(done, rounds), initial=done, total=rounds, desc="train rounds", unit="round",
                         file=sys.stderr, disable=not main)
@@ -260,6 +264,7 @@ class Trainer:
                     line = {"round": i, **self.round()}
                     log.write(dumps_json(line, indent=None) + "\n")
                     log.flush()
+                    tracker.scalars(flatten("train", line), self.images_seen)
                     for b in budgets:
                         if self.images_seen - self.spec.images_per_round < b <= self.images_seen:
                             self.state.checkpoint(self, b)
@@ -267,6 +272,8 @@ class Trainer:
                         self.state.save(self, i + 1)
             except DivergedError as exc:
                 status, error = "diverged", str(exc)
+            finally:
+                tracker.close()
         summary = {"status": status, "error": error, "images_seen": self.images_seen,
                    "device_seconds": self.seconds, "peak_memory_mb": peak_memory_mb(),
                    "algorithm": self.spec.algorithm, "settings": self.algorithm.describe()}

@@ -82,7 +82,7 @@ class RunState:
             "rounds_done": rounds_done, "images_seen": trainer.images_seen, "seconds": trainer.seconds,
             "optimiser": trainer.optimiser.state_dict(), "generator": trainer.generator.get_state(),
             "torch_rng": torch.get_rng_state(), "numpy_rng": trainer.rng.bit_generator.state,
-            "algorithm": trainer.algorithm.state_dict(), "run_config": trainer.spec.to_dict(),
+            "algorithm": trainer.algorithm.state_dict(), "run_config": trainer.spec.identity(),
         }, tmp / "trainer.pt")
         replace_dir(tmp, self.out / "state")
 
@@ -93,7 +93,8 @@ class RunState:
         if not (state_dir / "trainer.pt").is_file():
             return 0
         state: dict[str, Any] = torch.load(state_dir / "trainer.pt", weights_only=False)
-        if state["run_config"] != trainer.spec.to_dict():
+        saved = {k: v for k, v in state["run_config"].items() if k != "tracking"}  # as identity()
+        if saved != trainer.spec.identity():
             self.world.barrier()  # every process has read it before process 0 removes it
             if self.world.main:
                 shutil.rmtree(state_dir)  # an interrupted run of another config: start over
