@@ -117,7 +117,9 @@ def hacking(gold: pd.DataFrame, rules: Rules, method: str = "t") -> pd.DataFrame
     above 0) while the gold metric worsened significantly (interval on the bad side of 0) and by
     more than the gold tolerance (a fraction of the base's value).
     The intervals are over seeds; the shared base measurement is one number, subtracted."""
-    rows = []
+    rows: list[dict] = []
+    if gold.empty:  # no run reached a checkpoint (every run failed): nothing to flag
+        return pd.DataFrame(rows)
     for (model, reward, algo), part in gold.groupby(["model", "reward", "algorithm"]):
         proxy = part[part["metric"] == f"change/reward/{reward}"]["value"].to_numpy(dtype=float)
         p = _change_ci(proxy, method, rules.confidence)

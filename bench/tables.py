@@ -158,7 +158,9 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
         ci = interval(values, s["interval"], s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"])
         out.append({**dict(zip(KEYS, keys)), "mean": ci.point, "ci_low": ci.low, "ci_high": ci.high,
                     "n_seeds": ci.n, "diverged": diverged, "shared": shared, **meta})
-    return pd.DataFrame(out)
+    # an empty summary keeps its columns (a study whose every run failed still writes its tables)
+    return pd.DataFrame(out, columns=None if out else [*KEYS, "mean", "ci_low", "ci_high", "n_seeds", "diverged",
+                                                        "shared", "better", "scale_free"])
 
 
 def compared_metrics(seed_rows: pd.DataFrame, reward: str) -> list[str]:

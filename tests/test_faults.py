@@ -73,7 +73,7 @@ def run_jobs(cfg: dict, runs_root: Path) -> None:
     """Each run's train, evaluate and probe jobs, as the Snakefile starts them."""
     for key in study.runs(cfg):
         out = runs_root / key.path
-        assert bench_main(["train", "--run-config", json.dumps(study.run_config(cfg, key)), "--out", str(out)]) == 0
+        assert bench_main(["train", "--run-config", study.run_spec(cfg, key).to_json(), "--out", str(out)]) == 0
         assert bench_main(["evaluate", "--run-dir", str(out), "--evaluation", json.dumps(cfg["evaluation"])]) == 0
         assert bench_main(["probe", "--run-dir", str(out), "--probe", json.dumps(cfg["probe"])]) == 0
 
@@ -137,7 +137,7 @@ def test_a_reward_named_by_its_plugin_path_runs_in_a_folder_of_its_own(tmp_path,
     validated = study.validate(cfg, check_paths=False)
     (run,) = study.runs(validated)
     assert run.reward == "plugins-r.py:fn" and len(Path(run.path).parts) == 4
-    assert study.run_config(validated, run)["reward"] == "plugins/r.py:fn"  # the plugin itself is unchanged
+    assert study.run_spec(validated, run).reward == "plugins/r.py:fn"  # the plugin itself is unchanged
     done = dry_run(work, cfg)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rule train" in done.stdout and "plugins-r.py:fn/reinforce/seed0" in done.stdout
