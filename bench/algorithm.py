@@ -128,6 +128,7 @@ class StepBatch:
     mean: torch.Tensor | None = None  # (B, S, C, H, W) current transition mean
     std: torch.Tensor | None = None  # (B, S)
     mean_ref: torch.Tensor | None = None  # (B, S, C, H, W) frozen reference's mean, when needs_reference_means
+    mean_old: torch.Tensor | None = None  # (B, S, C, H, W) the recorded transition means (sampling time)
 
 
 @dataclass

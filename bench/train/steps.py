@@ -69,4 +69,5 @@ def step_batch(traj: Trajectory, sampler: Sampler, samples: torch.Tensor, cols: 
         logp=logp, logp_old=torch.gather(traj.logp[samples], 1, cols), advantages=advantages[samples],
         rewards=rewards[samples], group_ids=traj.group_ids[samples], timesteps=sampler.timesteps[cols],
         step_index=cols, logp_ref=logp_ref, mean=mean, std=std, mean_ref=mean_ref,
+        mean_old=traj.means[samples[:, None].expand_as(cols), cols],
     )
