@@ -71,13 +71,14 @@ class GRPOGuard(FlowGRPO):
 
     Settings = GRPOGuardSettings
     settings: GRPOGuardSettings
+    sampler_families = ("flow",)
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
         self.delta: torch.Tensor | None = None  # (K,), set by setup
 
     def setup(self, sampler) -> None:
-        if sampler.family != "flow":
+        if sampler.family not in self.sampler_families:
             raise ValueError("GRPO-Guard is defined for the flow SDEs (Flow-GRPO's or DanceGRPO's), not for "
                              f"a {sampler.family} sampler: train it on a flow-matching model")
         super().setup(sampler)

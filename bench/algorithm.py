@@ -149,6 +149,8 @@ class Algorithm:
     whole_trajectory: ClassVar[bool] = False
     whole_groups: ClassVar[bool] = False
     flow_variant: ClassVar[str] = FLOW_VARIANTS[0]  # the flow SDE of its runs unless the config names one
+    # the sampler families ('ddim', 'flow') its loss is defined for; the study refuses other models
+    sampler_families: ClassVar[tuple[str, ...]] = ("ddim", "flow")
 
     def __init__(self, **overrides: Any):
         """`overrides`: one flat namespace (the config's keys): recipe fields and loss settings."""

@@ -183,8 +183,9 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         if b % train["images_per_round"]:
             raise ConfigError(f"config key 'train.budgets': budget {b} is not a multiple of "
                               f"train.images_per_round={train['images_per_round']}")
-    for label, settings in config["algorithms"].items():
-        check_group_size(config, label, check_algorithm(label, settings).recipe.group_size)
+    algorithms = {label: check_algorithm(label, settings) for label, settings in config["algorithms"].items()}
+    for label, algorithm in algorithms.items():
+        check_group_size(config, label, algorithm.recipe.group_size)
     from bench.reward import check_weights
 
     reward_specs = [(f"rewards[{i}]", spec) for i, spec in enumerate(config["rewards"])]
@@ -206,6 +207,12 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     check_gpu_budget(config)
     for name, model in config["models"].items():
         check_model(name, model, check_paths)
+        family = "flow" if model_objective(model) == "flow" else "ddim"
+        for label, algorithm in algorithms.items():
+            if family not in algorithm.sampler_families:
+                raise ConfigError(f"config key 'algorithms.{label}': {type(algorithm).__name__} is defined for "
+                                  f"{' and '.join(algorithm.sampler_families)} samplers, and model {name!r} samples "
+                                  f"with {family}")
     return config
 
 

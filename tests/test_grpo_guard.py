@@ -151,3 +151,17 @@ def test_grpo_guard_raises_the_reward(toy_world, monkeypatch, settings):
     after = toy.expected_reward(trainer)
     optimum = -FlowPointPolicy.data_std**2
     assert after > before + (optimum - before) / 3, (settings, before, after)
+
+
+def test_a_study_refuses_grpo_guard_on_a_ddim_model(toy_world):
+    import yaml
+
+    from bench import study
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "quick.yaml").read_text())
+    cfg["algorithms"] = {"guard": {"plugin": "grpo_guard"}, "ddpo_is": {}}
+    with pytest.raises(study.ConfigError, match=r"algorithms\.guard.*flow.*dit16-ddim"):
+        study.validate(cfg, check_paths=False)
+    cfg["models"] = {"dit16-flow": {"path": "results/models/dit16-flow",
+                                    "pretrain": {"steps": 6000, "seed": 0, "objective": "flow"}}}
+    study.validate(cfg, check_paths=False)
