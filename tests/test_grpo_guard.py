@@ -165,3 +165,18 @@ def test_a_study_refuses_grpo_guard_on_a_ddim_model(toy_world):
     cfg["models"] = {"dit16-flow": {"path": "results/models/dit16-flow",
                                     "pretrain": {"steps": 6000, "seed": 0, "objective": "flow"}}}
     study.validate(cfg, check_paths=False)
+
+
+def test_the_extended_preset_adds_the_new_methods_to_the_quick_grid(toy_world):
+    import yaml
+
+    from bench import study
+
+    ALGORITHMS.register("flowgrpo")(FlowGRPO)
+    root = Path(__file__).parents[1] / "config"
+    quick = yaml.safe_load((root / "quick.yaml").read_text())
+    cfg = study.load(root / "extended.yaml")
+    assert set(cfg["algorithms"]) == set(quick["algorithms"]) | {"flowgrpo", "grpo_guard"}
+    assert {k: cfg[k] for k in ("seeds", "rewards")} == {k: quick[k] for k in ("seeds", "rewards")}
+    assert cfg["train"]["budgets"] == quick["train"]["budgets"]
+    assert len(study.runs(cfg)) == 8 * 2
