@@ -72,7 +72,8 @@ def evaluation_spec(spec: RunSpec, evaluation: dict[str, Any]) -> RunSpec:
 
 
 # the run-spec fields the base model's evaluation depends on: runs that agree on them share it
-BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant")
+BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant",
+               "sde_window")
 
 
 def base_key(spec: RunSpec, evaluation: dict[str, Any]) -> dict[str, Any]:

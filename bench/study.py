@@ -205,9 +205,18 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         raise ConfigError(f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
                           "regenerate it with `python -m bench pretrain-clip` or set the key to null")
     check_gpu_budget(config)
+    window = config["sampling"].get("sde_window")
+    num_steps = config["sampling"].get("num_steps", RunSpec.num_steps)
+    if window is not None and (window[1] < 1 or window[0] + window[1] > num_steps):
+        raise ConfigError(f"config key 'sampling.sde_window': [start, length] = {window} must lie inside the "
+                          f"{num_steps} sampler steps, length >= 1")
     for name, model in config["models"].items():
         check_model(name, model, check_paths)
         family = "flow" if model_objective(model) == "flow" else "ddim"
+        window = config["sampling"].get("sde_window")
+        if window is not None and family != "flow":
+            raise ConfigError(f"config key 'sampling.sde_window': a flow-SDE option, and model {name!r} samples "
+                              "with DDIM")
         for label, algorithm in algorithms.items():
             if family not in algorithm.sampler_families:
                 raise ConfigError(f"config key 'algorithms.{label}': {type(algorithm).__name__} is defined for "
