@@ -66,14 +66,15 @@ def evaluation_spec(spec: RunSpec, evaluation: dict[str, Any]) -> RunSpec:
     """The run's spec with the evaluation's own sampler: `evaluation.num_steps` / `evaluation.eta`
     when the config sets them (Flow-GRPO trains with the SDE and evaluates with the ODE, eta 0, at
     40 steps), else the training sampler's. One setting for the study, so every method is compared
-    at the same sampler."""
-    own = {k: evaluation[k] for k in ("num_steps", "eta") if evaluation.get(k) is not None}
+    at the same sampler; an SDE window (sde_window) is a training device and is not evaluated with."""
+    own: dict[str, Any] = {k: evaluation[k] for k in ("num_steps", "eta") if evaluation.get(k) is not None}
+    if spec.sde_window is not None:
+        own["sde_window"] = None
     return dataclasses.replace(spec, **own) if own else spec
 
 
 # the run-spec fields the base model's evaluation depends on: runs that agree on them share it
-BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant",
-               "sde_window")
+BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant")
 
 
 def base_key(spec: RunSpec, evaluation: dict[str, Any]) -> dict[str, Any]:

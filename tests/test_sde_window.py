@@ -134,3 +134,28 @@ def test_an_unset_window_leaves_existing_run_specs_unchanged():
     assert "sde_window" not in spec.to_dict()
     windowed = spec.replace(sde_window=[1, 2])
     assert windowed.to_dict()["sde_window"] == [1, 2] and RunSpec.from_json(windowed.to_json()) == windowed
+
+
+def test_an_algorithm_may_have_its_own_window():
+    """Flow-GRPO-Fast as a label: algorithms.<label>.sde_window over the study's sampler."""
+    ALGORITHMS.register("flowgrpo")(FlowGRPO)
+    cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
+    cfg["algorithms"]["flowgrpo_fast"] = {"plugin": "flowgrpo", "sde_window": [1, 2]}
+    valid = study.validate(cfg, check_paths=False)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid)}
+    assert specs["flowgrpo_fast"].sde_window == (1, 2) and specs["flowgrpo_fast"].algorithm == "flowgrpo"
+    assert specs["flowgrpo"].sde_window is None and "sde_window" not in specs["flowgrpo_fast"].algorithm_settings
+    cfg["algorithms"]["flowgrpo_fast"]["sde_window"] = [9, 2]
+    with pytest.raises(study.ConfigError, match=r"algorithms\.flowgrpo_fast\.sde_window"):
+        study.validate(cfg, check_paths=False)
+    cfg["algorithms"]["flowgrpo_fast"]["sde_window"] = "early"
+    with pytest.raises(study.ConfigError, match=r"algorithms\.flowgrpo_fast\.sde_window"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_the_evaluation_samples_without_the_window():
+    from bench.evaluate import BASE_FIELDS, evaluation_spec
+
+    spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2))
+    assert evaluation_spec(spec, {}).sde_window is None and "sde_window" not in BASE_FIELDS
+    assert evaluation_spec(spec, {"eta": 0.0}).eta == 0.0
