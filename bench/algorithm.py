@@ -128,6 +128,7 @@ class StepBatch:
     mean: torch.Tensor | None = None  # (B, S, C, H, W) current transition mean
     std: torch.Tensor | None = None  # (B, S)
     mean_ref: torch.Tensor | None = None  # (B, S, C, H, W) frozen reference's mean, when needs_reference_means
+    mean_old: torch.Tensor | None = None  # (B, S, C, H, W) the recorded transition means (sampling time)
 
 
 @dataclass
@@ -148,6 +149,8 @@ class Algorithm:
     whole_trajectory: ClassVar[bool] = False
     whole_groups: ClassVar[bool] = False
     flow_variant: ClassVar[str] = FLOW_VARIANTS[0]  # the flow SDE of its runs unless the config names one
+    # the sampler families ('ddim', 'flow') its loss is defined for; the study refuses other models
+    sampler_families: ClassVar[tuple[str, ...]] = ("ddim", "flow")
 
     def __init__(self, **overrides: Any):
         """`overrides`: one flat namespace (the config's keys): recipe fields and loss settings."""

@@ -3,6 +3,7 @@ checkpoint; every evaluation reward and the attribute checker at each budget (0 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -62,6 +63,17 @@ class QualityJudge:
         }
 
 
+def evaluation_spec(spec: RunSpec, evaluation: dict[str, Any]) -> RunSpec:
+    """The run's spec with the evaluation's own sampler: `evaluation.num_steps` / `evaluation.eta`
+    when the config sets them (Flow-GRPO trains with the SDE and evaluates with the ODE, eta 0, at
+    40 steps), else the training sampler's. One setting for the study, so every method is compared
+    at the same sampler; an SDE window (sde_window) is a training device and is not evaluated with."""
+    own: dict[str, Any] = {k: evaluation[k] for k in ("num_steps", "eta") if evaluation.get(k) is not None}
+    if spec.sde_window is not None:
+        own["sde_window"] = None
+    return dataclasses.replace(spec, **own) if own else spec
+
+
 # the run-spec fields the base model's evaluation depends on: runs that agree on them share it
 BASE_FIELDS = ("model_path", "model_options", "num_steps", "eta", "guidance", "logp_reduce", "flow_variant")
 
@@ -85,7 +97,7 @@ class Evaluator:
                                      evaluation["seed"]) if evaluation.get("clip_model") else None)
         # every method at the study's sampler (no algorithm's own noise), the weights of its checkpoints
         self.policy = open_policy(spec, trainable=False)
-        self.sampler = open_sampler(spec, self.policy)
+        self.sampler = open_sampler(evaluation_spec(spec, evaluation), self.policy)
 
     def __call__(self, budget: int, device_seconds: float, grid: Path) -> dict[str, Any]:
         images = sample_images(self.policy, self.sampler, self.prompts, self.spec.guidance, self.evaluation["seed"])

@@ -30,7 +30,7 @@ from bench.models.policy import Policy
 from bench.rollout import Trajectory, recompute, rollout
 from bench.spec import RunSpec
 from bench.tracking import flatten, open_tracker
-from bench.train.steps import reference_terms, step_batch
+from bench.train.steps import reference_terms, step_batch, trainable_steps
 from bench.world.captions import prompt_sets
 
 
@@ -48,9 +48,10 @@ def step_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, traj:
     """The flat gradient of the loss of samples `rows` over their trained steps, one term per
     step (they sum to the gradient of the loss). The trajectory was sampled by the current
     weights, so its recorded log-probs and means are the current ones."""
-    k_steps = sampler.num_steps - int(algorithm.recipe.drop_last_step)
-    steps = torch.arange(k_steps).expand(len(rows), k_steps)
-    reference = reference_terms(policy, sampler, traj, algorithm, guidance, rows, k_steps)
+    trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
+    k_steps = len(trained)
+    steps = trained.expand(len(rows), k_steps)
+    reference = reference_terms(policy, sampler, traj, algorithm, guidance, rows, int(trained.max()) + 1)
     logp = torch.gather(traj.logp[rows], 1, steps).clone().requires_grad_(True)
     mean = traj.means[rows[:, None].expand_as(steps), steps].clone().requires_grad_(True)
     std = torch.gather(traj.stds[rows], 1, steps)
@@ -79,21 +80,23 @@ def probe_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, rewa
     rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
     rewards = rewards.float()
     advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()
-    k_steps = sampler.num_steps - int(algorithm.recipe.drop_last_step)
+    trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
     grads, norms = [], torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
     for g in range(n_groups):
         rows = torch.nonzero(group_ids == g).flatten()
         per_step = step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance)
         total = per_step[0]
         for s, g_s in enumerate(per_step):
-            norms[g, s] = g_s.norm().double()
+            norms[g, trained[s]] = g_s.norm().double()
             total = total + g_s if s else total
         grads.append(total)
     stats = gradient_statistics(torch.stack(grads))
-    shares = credit_share(norms[:, :k_steps])
+    shares = credit_share(norms[:, trained])
+    share_per_step = torch.zeros(sampler.num_steps, dtype=torch.float64)
+    share_per_step[trained] = torch.as_tensor(shares, dtype=torch.float64)
     return {
         **asdict(stats),
-        "credit_share": [round(float(v), 6) for v in shares] + [0.0] * (sampler.num_steps - k_steps),
+        "credit_share": [round(float(v), 6) for v in share_per_step],
         "credit_max_min": max_min_ratio(shares),
         "credit_gini": gini(shares),
         "reward_mean": float(rewards.mean()),

@@ -50,13 +50,18 @@ class Trajectory:
 
 
 def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean",
-                 flow_variant: str = FLOW_VARIANTS[0]) -> DDIMSampler | FlowSDESampler:
+                 flow_variant: str = FLOW_VARIANTS[0], sde_window: tuple[int, int] | None = None,
+                 ) -> DDIMSampler | FlowSDESampler:
     """The sampler that matches the policy's objective: DDIM (epsilon/v) over the policy's
-    scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included)."""
+    scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included),
+    stochastic only inside `sde_window` (start, length) when given (flow models only)."""
     if policy.objective == "flow":
         policy.scheduler.set_timesteps(num_steps)
         return FlowSDESampler(policy.scheduler.sigmas.float().clone(), noise_level=eta, variant=flow_variant,
-                              logp_reduce=logp_reduce)
+                              logp_reduce=logp_reduce, sde_window=sde_window)
+    if sde_window is not None:
+        raise ValueError("sampling.sde_window (SDE inside a window, ODE elsewhere) is a flow-SDE option; "
+                         "this model samples with DDIM")
     return DDIMSampler(policy.scheduler, num_steps, eta=eta, logp_reduce=logp_reduce)
 
 

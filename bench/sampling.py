@@ -172,11 +172,25 @@ class FlowSDESampler:
     family = "flow"
 
     def __init__(self, sigmas: torch.Tensor, noise_level: float = 0.7, variant: str = FLOW_VARIANTS[0],
-                 logp_reduce: str = "mean", timestep_scale: float = 1000.0):
+                 logp_reduce: str = "mean", timestep_scale: float = 1000.0,
+                 sde_window: tuple[int, int] | None = None):
         if variant not in FLOW_VARIANTS:
             raise ValueError(f"flow SDE variant must be 'flowgrpo' or 'dancegrpo', got {variant!r}")
         self.sigmas = sigmas.float()
         self.num_steps = len(sigmas) - 1
+        # windowed SDE (Flow-GRPO-Fast, MixGRPO): noise only at steps start .. start + length - 1, the
+        # ODE (x + dt v, a point mass: log-prob 0) elsewhere; only the window's steps are trained
+        self.sde_window = sde_window
+        if sde_window is None:
+            self.sde_steps = torch.arange(self.num_steps)
+        else:
+            start, length = sde_window
+            if not (0 <= start and length >= 1 and start + length <= self.num_steps):
+                raise ValueError(f"sde_window (start, length) = {tuple(sde_window)} must lie inside the "
+                                 f"{self.num_steps} sampler steps")
+            self.sde_steps = torch.arange(start, start + length)
+        self.stochastic = torch.zeros(self.num_steps, dtype=torch.bool)
+        self.stochastic[self.sde_steps] = True
         self.noise_level = noise_level
         self.variant = variant
         self.logp_reduce = logp_reduce
@@ -202,18 +216,22 @@ class FlowSDESampler:
         x32, v = x.float(), model_out.float()
         k = torch.as_tensor(step_index, device="cpu").long().expand(x.shape[0])
         sigma, sigma_next = self.sigmas[k].to(x.device), self.sigmas[k + 1].to(x.device)
+        noisy = self.stochastic[k].to(x.device)  # (B,) False: an ODE step of the window's outside
+        diffusion = torch.where(noisy, self._diffusion(sigma), torch.zeros_like(sigma))
         dt = _expand(sigma_next - sigma, x32)  # < 0
         s = _expand(sigma, x32)
-        g = _expand(self._diffusion(sigma), x32)
+        g = _expand(diffusion, x32)
         # drift v + g^2/(2t) (x + (1 - t) v): the score correction of the reverse SDE
         mean = x32 + dt * (v + g**2 / (2 * s) * (x32 + (1 - s) * v))
-        std = self._diffusion(sigma) * (sigma - sigma_next).sqrt()
+        std = diffusion * (sigma - sigma_next).sqrt()
         x_next = _draw(mean, std, prev, generator)
-        return StepResult(x_next.to(x.dtype), gaussian_logp(x_next, mean, std, self.logp_reduce), mean, std)
+        logp = gaussian_logp(x_next, mean, torch.where(noisy, std, torch.ones_like(std)), self.logp_reduce)
+        return StepResult(x_next.to(x.dtype), torch.where(noisy, logp, torch.zeros_like(logp)), mean, std)
 
     def native_weights(self) -> torch.Tensor:
         """w(t_i) = sqrt(dt_i)/g_i (1 + (1 - t_i) g_i^2/(2 t_i)) (ALGORITHMS.md 6.3, Proposition 2)."""
         t = self.sigmas[:-1]
         dt = t - self.sigmas[1:]
         g = self._diffusion(t)
-        return dt.sqrt() / g * (1 + (1 - t) * g**2 / (2 * t))
+        w = dt.sqrt() / g * (1 + (1 - t) * g**2 / (2 * t))
+        return torch.where(self.stochastic, w, torch.zeros_like(w))  # an ODE step carries no credit

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_SPEC_FILE = "run_config.json"
+_OMITTED_WHEN_UNSET = ("sde_window",)
 
 # a reward spec (bench.reward): a registered name, or {name: weight} for a weighted sum
 RewardSpec = str | dict[str, float]
@@ -40,6 +41,9 @@ class RunSpec:
     guidance: float = 3.0
     logp_reduce: str = "mean"
     flow_variant: str | None = None  # flow models: the SDE; None: the algorithm's own (Algorithm.flow_variant)
+    # flow models: (start, length) of the steps that are stochastic and trained; the ODE elsewhere
+    # (Flow-GRPO-Fast, MixGRPO's fixed window); None: every step
+    sde_window: tuple[int, int] | None = None
     # the round
     images_per_round: int = 32
     group_size: int = 4  # images per prompt, unless the algorithm's recipe fixes it
@@ -71,13 +75,17 @@ class RunSpec:
         # lists from JSON or a caller become tuples, so a spec read back equals the one written
         for name in ("prompts", "betas", "budgets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.sde_window is not None:
+            object.__setattr__(self, "sde_window", tuple(self.sde_window))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types (tuples as lists); no `tracking` key when it is empty."""
+        """Plain JSON types (tuples as lists). Fields added after studies were run are left out
+        while unset (`tracking` while empty), so the specs of those runs (the workflow's job
+        parameters, the keys of shared base evaluations and probes) stay the same."""
         data = json.loads(json.dumps(dataclasses.asdict(self)))
         if not data["tracking"]:
             del data["tracking"]
-        return data
+        return {k: v for k, v in data.items() if not (k in _OMITTED_WHEN_UNSET and v is None)}
 
     def identity(self) -> dict[str, Any]:
         """What the run's results depend on: its JSON without the tracking settings."""

@@ -147,6 +147,11 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
     variant = settings.pop("flow_variant", None)
     if variant is not None and variant not in FLOW_VARIANTS:
         raise ConfigError(f"config key 'algorithms.{label}.flow_variant': one of {list(FLOW_VARIANTS)}")
+    window = settings.pop("sde_window", None)
+    if window is not None and not (isinstance(window, list | tuple) and len(window) == 2
+                                   and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in window)):
+        raise ConfigError(f"config key 'algorithms.{label}.sde_window': [start, length] of integers >= 0, "
+                          f"got {window!r}")
     try:
         return ALGORITHMS.get(ref)(**settings)
     except SettingError as exc:
@@ -183,8 +188,9 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         if b % train["images_per_round"]:
             raise ConfigError(f"config key 'train.budgets': budget {b} is not a multiple of "
                               f"train.images_per_round={train['images_per_round']}")
-    for label, settings in config["algorithms"].items():
-        check_group_size(config, label, check_algorithm(label, settings).recipe.group_size)
+    algorithms = {label: check_algorithm(label, settings) for label, settings in config["algorithms"].items()}
+    for label, algorithm in algorithms.items():
+        check_group_size(config, label, algorithm.recipe.group_size)
     from bench.reward import check_weights
 
     reward_specs = [(f"rewards[{i}]", spec) for i, spec in enumerate(config["rewards"])]
@@ -204,9 +210,33 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         raise ConfigError(f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
                           "regenerate it with `python -m bench pretrain-clip` or set the key to null")
     check_gpu_budget(config)
+    num_steps = config["sampling"].get("num_steps", RunSpec.num_steps)
+    for key, window in window_settings(config):
+        if window[1] < 1 or window[0] + window[1] > num_steps:
+            raise ConfigError(f"config key '{key}': [start, length] = {window} must lie inside the "
+                              f"{num_steps} sampler steps, length >= 1")
     for name, model in config["models"].items():
         check_model(name, model, check_paths)
+        family = "flow" if model_objective(model) == "flow" else "ddim"
+        for key, _ in window_settings(config):
+            if family != "flow":
+                raise ConfigError(f"config key '{key}': a flow-SDE option, and model {name!r} samples with DDIM")
+        for label, algorithm in algorithms.items():
+            if family not in algorithm.sampler_families:
+                raise ConfigError(f"config key 'algorithms.{label}': {type(algorithm).__name__} is defined for "
+                                  f"{' and '.join(algorithm.sampler_families)} samplers, and model {name!r} samples "
+                                  f"with {family}")
     return config
+
+
+def window_settings(config: dict) -> list[tuple[str, list[int]]]:
+    """(config key, [start, length]) of every SDE window the config sets: the study's and the
+    algorithms' own."""
+    found = [("sampling.sde_window", config["sampling"]["sde_window"])] if config["sampling"].get("sde_window") else []
+    for label, settings in config["algorithms"].items():
+        if (settings or {}).get("sde_window") is not None:
+            found.append((f"algorithms.{label}.sde_window", settings["sde_window"]))
+    return found
 
 
 def check_group_size(config: dict, label: str, algorithm_group: int | None) -> None:
@@ -320,8 +350,11 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     settings = dict(config["algorithms"][key.algorithm] or {})
     algorithm = settings.pop("plugin", key.algorithm)
     own_variant = settings.pop("flow_variant", None)
+    own_window = settings.pop("sde_window", None)
     model = config["models"][key.model]
     sampling = dict(config["sampling"])
+    if own_window is not None:  # an algorithm's own SDE window (e.g. Flow-GRPO-Fast) over the study's
+        sampling["sde_window"] = own_window
     study_variant = sampling.pop("flow_variant", None)
     # flow models: the algorithm's own flow_variant, else the study's, else the SDE its paper
     # samples with (Algorithm.flow_variant); DDIM models carry none

@@ -12,6 +12,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from algorithms.dancegrpo import DanceGRPO
 from algorithms.ddpo_is import DDPOIS
+from algorithms.flowgrpo import FlowGRPO
 from algorithms.loop import LOOP
 from algorithms.pcpo import PCPO, sigma_tilde
 from algorithms.prdp import PRDP
@@ -356,7 +357,7 @@ def test_unknown_algorithm_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("name, cls", [("ddpo_is", DDPOIS), ("loop", LOOP), ("prdp", PRDP),
-                                       ("dancegrpo", DanceGRPO), ("pcpo", PCPO)])
+                                       ("dancegrpo", DanceGRPO), ("pcpo", PCPO), ("flowgrpo", FlowGRPO)])
 def test_entry_points(name, cls):
     assert ALGORITHMS.get(name) is cls
 

@@ -32,7 +32,7 @@ from bench.spec import RUN_SPEC_FILE, RunSpec
 from bench.tracking import flatten, open_tracker
 from bench.train.state import RunState, peak_memory_mb
 from bench.train.stats import RoundStats
-from bench.train.steps import Reference, reference_terms, step_batch, trained_steps
+from bench.train.steps import Reference, reference_terms, step_batch, trainable_steps, trained_steps
 
 
 class DivergedError(RuntimeError):
@@ -108,7 +108,8 @@ def can_reuse_graph(spec: RunSpec, algorithm_recipe: Any, policy: Any) -> bool:
         full_batch = spec.micro_batch >= spec.images_per_round and not spec.step_chunk
         wanted = isinstance(policy, LatentPolicy) and full_batch
     r = algorithm_recipe
-    trains_all = r.updates_per_round == 1 and r.timestep_fraction >= 1 and not r.drop_last_step
+    trains_all = (r.updates_per_round == 1 and r.timestep_fraction >= 1 and not r.drop_last_step
+                  and spec.sde_window is None)
     mode_free = not any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
                         or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                         for m in policy.denoiser.modules())
@@ -158,7 +159,8 @@ class Trainer:
         for _ in range(self.recipe.inner_epochs):
             parts = self._update_chunks(scored.group_ids_all)
             steps = trained_steps(len(scored.group_ids_all), self.sampler.num_steps, self.recipe.timestep_fraction,
-                                  self.recipe.drop_last_step, self.recipe.shuffle_timesteps, self.generator)[scored.own]
+                                  self.recipe.drop_last_step, self.recipe.shuffle_timesteps, self.generator,
+                                  trainable_steps(self.sampler, self.recipe.drop_last_step))[scored.own]
             for part in parts:
                 stats.grad_norm.append(self.update(traj, scored, reference, part, steps, stats))
         clock.lap("train")

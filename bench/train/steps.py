@@ -16,15 +16,27 @@ from bench.rollout import Trajectory, recompute
 Current = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def trainable_steps(sampler: Sampler, drop_last: bool) -> torch.Tensor:
+    """The sampler steps a sample can train, in order: the stochastic ones (a windowed flow SDE's
+    window, else all), without the final step when the recipe drops it."""
+    steps = getattr(sampler, "sde_steps", torch.arange(sampler.num_steps))
+    return steps[steps < sampler.num_steps - 1] if drop_last else steps
+
+
 def trained_steps(n: int, num_steps: int, fraction: float, drop_last: bool, shuffle: bool,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """(n, S) sampler-step indices trained per sample: a random subset per sample (ddpo-pytorch's
-    per-sample permutation of the time axis) or the first S steps."""
-    available = num_steps - int(drop_last)
+    per-sample permutation of the time axis) or the first S steps, of `allowed` (default: all
+    steps, the last dropped when asked; `trainable_steps` gives the sampler's)."""
+    if allowed is None:
+        allowed = torch.arange(num_steps - int(drop_last))
+    available = len(allowed)
+    if available == 0:
+        raise ValueError("no sampler step to train: the SDE window holds only the dropped last step")
     s = max(1, int(available * fraction))
     if not shuffle:
-        return torch.arange(s).expand(n, s).clone()
-    return torch.stack([torch.randperm(available, generator=generator)[:s] for _ in range(n)])
+        return allowed[:s].expand(n, s).clone()
+    return torch.stack([allowed[torch.randperm(available, generator=generator)[:s]] for _ in range(n)])
 
 
 @dataclass
@@ -69,4 +81,5 @@ def step_batch(traj: Trajectory, sampler: Sampler, samples: torch.Tensor, cols: 
         logp=logp, logp_old=torch.gather(traj.logp[samples], 1, cols), advantages=advantages[samples],
         rewards=rewards[samples], group_ids=traj.group_ids[samples], timesteps=sampler.timesteps[cols],
         step_index=cols, logp_ref=logp_ref, mean=mean, std=std, mean_ref=mean_ref,
+        mean_old=traj.means[samples[:, None].expand_as(cols), cols],
     )

@@ -1,0 +1,161 @@
+"""Windowed SDE sampling (Flow-GRPO-Fast, MixGRPO's fixed window): `sampling.sde_window` =
+[start, length] makes only those flow-SDE steps stochastic (and trained); the others are ODE steps.
+For any algorithm: the sampler, the trained steps, the probe's credit and the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from algorithms.flowgrpo import FlowGRPO
+from bench import factory, study
+from bench import train as train_mod
+from bench.probe import probe_gradients
+from bench.registry import ALGORITHMS
+from bench.rollout import make_sampler, recompute
+from bench.sampling import FlowSDESampler
+from bench.spec import RunSpec
+from bench.train.steps import trainable_steps, trained_steps
+from tests import test_learning as toy
+from tests.test_flowgrpo import FlowPointPolicy, sd3_sigmas
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).parents[1]
+
+
+def test_steps_outside_the_window_are_ode_steps_and_inside_the_sde_is_unchanged():
+    sigmas = sd3_sigmas(10)
+    full = FlowSDESampler(sigmas, 0.7, "flowgrpo")
+    window = FlowSDESampler(sigmas, 0.7, "flowgrpo", sde_window=(3, 4))
+    assert window.sde_steps.tolist() == [3, 4, 5, 6]
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    for k in range(10):
+        idx = torch.full((3,), k)
+        t = window.timesteps[idx]
+        a = window.step(v, x, t, idx, generator=torch.Generator().manual_seed(1))
+        if k in (3, 4, 5, 6):
+            b = full.step(v, x, t, idx, generator=torch.Generator().manual_seed(1))
+            for got, want in ((a.x_next, b.x_next), (a.logp, b.logp), (a.mean, b.mean), (a.std, b.std)):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+            again = window.step(v, x, t, idx, prev=a.x_next)  # the log-prob recompute of a recorded step
+            torch.testing.assert_close(again.logp, a.logp, rtol=0, atol=1e-5)
+            assert (a.std > 0).all()
+        else:
+            b = window.step(v, x, t, idx, generator=torch.Generator().manual_seed(2))
+            torch.testing.assert_close(a.x_next, b.x_next, rtol=0, atol=0)  # no noise
+            torch.testing.assert_close(a.x_next, x + (sigmas[k + 1] - sigmas[k]) * v)  # the Euler ODE step
+            assert (a.std == 0).all() and (a.logp == 0).all()
+
+
+def test_the_window_must_lie_inside_the_schedule():
+    with pytest.raises(ValueError, match="inside"):
+        FlowSDESampler(sd3_sigmas(6), sde_window=(4, 3))
+
+
+def test_only_the_windows_steps_are_trained():
+    sampler = FlowSDESampler(sd3_sigmas(6), sde_window=(3, 3))
+    assert trainable_steps(sampler, drop_last=False).tolist() == [3, 4, 5]
+    assert trainable_steps(sampler, drop_last=True).tolist() == [3, 4]
+    allowed = trainable_steps(sampler, drop_last=True)
+    steps = trained_steps(50, 6, 1.0, True, True, torch.Generator().manual_seed(0), allowed)
+    assert set(steps.flatten().tolist()) == {3, 4} and steps.shape == (50, 2)
+    assert trained_steps(2, 6, 0.5, True, False, torch.Generator(), allowed).tolist() == [[3]] * 2
+    plain = FlowSDESampler(sd3_sigmas(6))
+    assert trainable_steps(plain, drop_last=True).tolist() == list(range(5))
+
+
+@pytest.fixture
+def flow_toy(monkeypatch):
+    monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
+    toy.REWARDS.register("test_point_target")(toy.point_reward)
+    ALGORITHMS.register("flowgrpo")(FlowGRPO)  # the worktree is not installed
+
+
+@pytest.mark.parametrize("algorithm", ["ddpo_is", "flowgrpo"])
+def test_training_with_a_window_records_ode_steps_and_raises_the_reward(flow_toy, algorithm):
+    cfg = RunSpec(model_path="unused", algorithm=algorithm, reward="test_point_target", seed=0, prompts=["a", "b"],
+                  num_steps=8, eta=0.7, guidance=1.0, images_per_round=16, group_size=4, lr=0.02,
+                  budgets=[16 * 30], sde_window=[1, 5])
+    trainer = train_mod.Trainer(cfg, out="unused")
+    assert trainer.spec.sde_window == (1, 5) and trainer.sampler.sde_steps.tolist() == [1, 2, 3, 4, 5]
+    traj = trainer.sample_round()
+    outside = [0, 6, 7]
+    assert (traj.logp[:, outside] == 0).all() and (traj.stds[:, outside] == 0).all()
+    assert (traj.stds[:, 1:6] > 0).all()
+    logp, _, _ = recompute(trainer.policy, trainer.sampler, traj, torch.arange(16),
+                           torch.arange(1, 6).expand(16, 5), 1.0)
+    torch.testing.assert_close(logp, traj.logp[:, 1:6], rtol=0, atol=1e-5)
+    before = toy.expected_reward(trainer)
+    line = {}
+    for _ in range(30):
+        line = trainer.round()
+    after = toy.expected_reward(trainer)
+    assert line["trained_steps_per_sample"] == 5  # the window (the last step is outside it)
+    optimum = -FlowPointPolicy.data_std**2
+    assert after > before + (optimum - before) / 3, (algorithm, before, after)
+
+
+def test_the_probe_credits_only_the_windows_steps(flow_toy):
+    policy = FlowPointPolicy()
+    policy.freeze_reference()
+    sampler = make_sampler(policy, 8, 0.7, sde_window=(2, 3))
+    algorithm = FlowGRPO()
+    algorithm.setup(sampler)
+    from bench.reward import build_reward
+
+    out = probe_gradients(policy, sampler, algorithm, build_reward("test_point_target"), ["a", "b"], 4, 1.0, 5)
+    share = torch.tensor(out["credit_share"])
+    assert share.shape == (8,) and (share[[0, 1, 5, 6, 7]] == 0).all() and (share[2:5] > 0).all()
+    assert float(share.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_config_checks_the_window():
+    ALGORITHMS.register("flowgrpo")(FlowGRPO)  # config/flow.yaml runs it; the worktree is not installed
+    cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
+    cfg["sampling"]["sde_window"] = [2, 4]
+    valid = study.validate(cfg, check_paths=False)
+    assert study.run_spec(valid, study.runs(valid)[0]).sde_window == (2, 4)
+    cfg["sampling"]["sde_window"] = [8, 4]
+    with pytest.raises(study.ConfigError, match="sampling.sde_window"):
+        study.validate(cfg, check_paths=False)
+    quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    quick["sampling"]["sde_window"] = [0, 2]
+    with pytest.raises(study.ConfigError, match="sampling.sde_window.*DDIM"):
+        study.validate(quick, check_paths=False)
+
+
+def test_an_unset_window_leaves_existing_run_specs_unchanged():
+    """Runs of earlier studies keep their spec JSON (workflow parameters, shared base keys)."""
+    spec = RunSpec(model_path="m", algorithm="ddpo_is", reward="r")
+    assert "sde_window" not in spec.to_dict()
+    windowed = spec.replace(sde_window=[1, 2])
+    assert windowed.to_dict()["sde_window"] == [1, 2] and RunSpec.from_json(windowed.to_json()) == windowed
+
+
+def test_an_algorithm_may_have_its_own_window():
+    """Flow-GRPO-Fast as a label: algorithms.<label>.sde_window over the study's sampler."""
+    ALGORITHMS.register("flowgrpo")(FlowGRPO)
+    cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
+    cfg["algorithms"]["flowgrpo_fast"] = {"plugin": "flowgrpo", "sde_window": [1, 2]}
+    valid = study.validate(cfg, check_paths=False)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid)}
+    assert specs["flowgrpo_fast"].sde_window == (1, 2) and specs["flowgrpo_fast"].algorithm == "flowgrpo"
+    assert specs["flowgrpo"].sde_window is None and "sde_window" not in specs["flowgrpo_fast"].algorithm_settings
+    cfg["algorithms"]["flowgrpo_fast"]["sde_window"] = [9, 2]
+    with pytest.raises(study.ConfigError, match=r"algorithms\.flowgrpo_fast\.sde_window"):
+        study.validate(cfg, check_paths=False)
+    cfg["algorithms"]["flowgrpo_fast"]["sde_window"] = "early"
+    with pytest.raises(study.ConfigError, match=r"algorithms\.flowgrpo_fast\.sde_window"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_the_evaluation_samples_without_the_window():
+    from bench.evaluate import BASE_FIELDS, evaluation_spec
+
+    spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2))
+    assert evaluation_spec(spec, {}).sde_window is None and "sde_window" not in BASE_FIELDS
+    assert evaluation_spec(spec, {"eta": 0.0}).eta == 0.0
