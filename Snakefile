@@ -16,6 +16,7 @@ _validated = study.validate(config)  # schema + semantic checks, before any job 
 config.clear()
 config.update(_validated)
 RUNS = study.runs(config)
+RECURSIVE = study.recursive_variants(config)  # the self-consuming loop's named variants
 
 
 report: "report/snakemake/workflow.rst"  # `snakemake --report report/snakemake.html` after a run
@@ -28,6 +29,7 @@ wildcard_constraints:
     model=r"[^/]+",
     reward=r"[^/]+",
     algorithm=r"[^/]+",
+    variant=r"[A-Za-z0-9_.-]+",
 
 
 def run_config(w):
@@ -183,22 +185,23 @@ rule probe:
 
 
 rule recursive:
+    # one job per run and variant of the loop (recursive.variants)
     input:
         RUN_DIR + "/summary.json",
         judge=config["evaluation"]["clip_model"] + "/bench_model.json",
     output:
-        RUN_DIR + "/recursive.json",
+        RUN_DIR + "/recursive/{variant}.json",
     params:
-        settings=lambda w: json.dumps(config["recursive"]),
+        settings=lambda w: json.dumps(RECURSIVE[w.variant]),
     threads: 1
     resources:
         **config["resources"]["evaluate"],
     log:
-        "results/logs/recursive/{model}/{reward}/{algorithm}/seed{seed}.log",
+        "results/logs/recursive/{model}/{reward}/{algorithm}/seed{seed}/{variant}.log",
     benchmark:
-        "results/benchmarks/recursive/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        "results/benchmarks/recursive/{model}/{reward}/{algorithm}/seed{seed}/{variant}.tsv"
     shell:
-        "{PY} -m bench recursive --run-dir $(dirname {output}) --settings {params.settings:q} "
+        "{PY} -m bench recursive --run-dir $(dirname $(dirname {output})) --settings {params.settings:q} "
         "--evaluation {EVALUATION:q} > {log} 2>&1"
 
 
@@ -206,11 +209,15 @@ def run_files(name):
     return expand(RUN_DIR + "/" + name, zip, **{k: [getattr(r, k) for r in RUNS] for k in ("model", "reward", "algorithm", "seed")})
 
 
+def recursive_files():
+    return [f for v in RECURSIVE for f in run_files(f"recursive/{v}.json")]
+
+
 rule aggregate:
     input:
         evals=run_files("eval.json"),
         probes=run_files("probe.json") if config["probe"]["enabled"] else [],
-        recursive=run_files("recursive.json") if config["recursive"]["enabled"] else [],
+        recursive=recursive_files() if config["recursive"]["enabled"] else [],
     output:
         table=report("results/tables/eval.csv", caption="report/snakemake/tables.rst", category="Tables"),
         citable="results/citable.json",
