@@ -498,7 +498,7 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
         measures = sorted((m for m in part["metric"].unique() if lookup(m) is not None),
                           key=lambda m: (not lookup(m).gold, m))  # gold checks first
         fig, axes = plt.subplots(len(measures), len(variants), figsize=(3.3 * len(variants), 2.3 * len(measures)),
-                                 squeeze=False, sharex=True)
+                                 squeeze=False, sharex=True, sharey="row")  # variants compare along a row
         handles = {}
         for i, metric in enumerate(measures):
             base = _base_value(table[(table["model"] == model) & (table["reward"] == reward)], metric)
@@ -515,7 +515,8 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
                 if i == 0:
                     ax.set_title(variant, fontsize=10)
                 if j == 0:
-                    ax.set_ylabel(f"{metric}{_arrow(metric)}\n{_label(metric)}", fontsize=8)
+                    unit = lookup(metric).unit
+                    ax.set_ylabel(f"{metric}{_arrow(metric)}" + (f"\n{unit}" if unit else ""), fontsize=8)
                 if i == len(measures) - 1:
                     ax.set_xlabel("generation")
                 ax.tick_params(labelsize=7)
