@@ -19,6 +19,7 @@ _validated = study.validate(config, verify=workflow.is_main_process)
 config.clear()
 config.update(_validated)
 RUNS = study.runs(config)
+RECURSIVE = study.recursive_variants(config)  # the self-consuming loop's named variants
 
 
 report: "report/snakemake/workflow.rst"  # `snakemake --report report/snakemake.html` after a run
@@ -45,6 +46,7 @@ wildcard_constraints:
     model=r"[^/]+",
     reward=r"[^/]+",
     algorithm=r"[^/]+",
+    variant=r"[A-Za-z0-9_.-]+",
 
 
 def run_config(w):
@@ -209,23 +211,24 @@ rule probe:
 
 
 rule recursive:
+    # one job per run and variant of the loop (recursive.variants)
     input:
         RUN_DIR + "/summary.json",
         judge=JUDGE,  # none with evaluation.clip_model: null (the real-model presets)
     output:
-        RUN_DIR + "/recursive.json",
+        RUN_DIR + "/recursive/{variant}.json",
     params:
-        settings=lambda w: json.dumps(config["recursive"]),
+        settings=lambda w: json.dumps(RECURSIVE[w.variant]),
     threads: 1
     resources:
         **config["resources"]["evaluate"],
         attempt=lambda w, attempt: attempt,
     log:
-        LOGS + "/recursive/{model}/{reward}/{algorithm}/seed{seed}.log",
+        LOGS + "/recursive/{model}/{reward}/{algorithm}/seed{seed}/{variant}.log",
     benchmark:
-        BENCH + "/recursive/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        BENCH + "/recursive/{model}/{reward}/{algorithm}/seed{seed}/{variant}.tsv"
     shell:
-        "{PY} -m bench recursive --run-dir $(dirname {output}) --settings {params.settings:q} "
+        "{PY} -m bench recursive --run-dir $(dirname $(dirname {output})) --settings {params.settings:q} "
         "--evaluation {EVALUATION:q} > {log} 2>&1 " + killed("recursive")
 
 
@@ -233,11 +236,15 @@ def run_files(name):
     return expand(RUN_DIR + "/" + name, zip, **{k: [getattr(r, k) for r in RUNS] for k in ("model", "reward", "algorithm", "seed")})
 
 
+def recursive_files():
+    return [f for v in RECURSIVE for f in run_files(f"recursive/{v}.json")]
+
+
 rule aggregate:
     input:
         evals=run_files("eval.json"),
         probes=run_files("probe.json") if config["probe"]["enabled"] else [],
-        recursive=run_files("recursive.json") if config["recursive"]["enabled"] else [],
+        recursive=recursive_files() if config["recursive"]["enabled"] else [],
     output:
         table=report(TABLES + "/eval.csv", caption="report/snakemake/tables.rst", category="Tables"),
         citable=OUT.citable,

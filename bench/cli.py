@@ -116,9 +116,8 @@ def cmd_recursive(args) -> None:
     from bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
-    settings = {k: v for k, v in json.loads(args.settings).items() if k != "enabled"}
-    recursive_run(run_dir, RunSpec.read(run_dir), RecursiveSettings(**settings), json.loads(args.evaluation),
-                  threads=args.threads)
+    settings = RecursiveSettings.from_dict(json.loads(args.settings))
+    recursive_run(run_dir, RunSpec.read(run_dir), settings, json.loads(args.evaluation), threads=args.threads)
 
 
 def cmd_aggregate(args) -> None:
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_probe_base)
     p = sub.add_parser("recursive", help="the self-consuming loop from a run's final checkpoint")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--settings", required=True, help="JSON of the config's recursive section")
+    p.add_argument("--settings", required=True, help="JSON of one variant's settings (bench.study.recursive_variants)")
     p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_recursive)

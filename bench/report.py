@@ -483,6 +483,67 @@ def derived_section(tables: Path) -> str:
     return ("<h2>Convergence, quality at matched reward, collapse, gold checks</h2>" + "".join(parts)) if parts else ""
 
 
+def recursive_section(tables: Path, table: pd.DataFrame) -> str:
+    """The self-consuming loop: per (model, training reward) a figure of each registered measure
+    against the generation, one line per method (band: interval over seeds), one panel column per
+    variant, the base model's value (from the evaluation) as a dashed line; then the decay rates
+    (slope per generation) with their intervals, variants side by side."""
+    path, decay_path = tables / "recursive.csv", tables / "recursive_decay.csv"
+    if not path.is_file():
+        return ""
+    rec, header = read_table(path)
+    decay = read_table(decay_path)[0] if decay_path.is_file() else pd.DataFrame(columns=rec.columns)
+    parts = ["<h2>The self-consuming loop</h2>", *(f"<p class='prov'>{html.escape(h)}</p>" for h in header[4:])]
+    for (model, reward), part in rec.groupby(["model", "reward"]):
+        variants = list(dict.fromkeys(part["variant"]))
+        measures = sorted((m for m in part["metric"].unique() if lookup(m) is not None),
+                          key=lambda m: (not lookup(m).gold, m))  # gold checks first
+        fig, axes = plt.subplots(len(measures), len(variants), figsize=(3.3 * len(variants), 2.3 * len(measures)),
+                                 squeeze=False, sharex=True, sharey="row")  # variants compare along a row
+        handles = {}
+        for i, metric in enumerate(measures):
+            base = _base_value(table[(table["model"] == model) & (table["reward"] == reward)], metric)
+            for j, variant in enumerate(variants):
+                ax = axes[i, j]
+                for algo, rows in part[(part["variant"] == variant) & (part["metric"] == metric)].groupby("algorithm"):
+                    rows = rows.sort_values("generation")
+                    (line,) = ax.plot(rows["generation"], rows["mean"], marker="o", ms=3, label=algo)
+                    ax.fill_between(rows["generation"], rows["ci_low"], rows["ci_high"], alpha=0.15,
+                                    color=line.get_color())
+                    handles[algo] = line
+                if np.isfinite(base):
+                    handles["base model"] = ax.axhline(base, color="k", ls="--", lw=1)
+                if i == 0:
+                    ax.set_title(variant, fontsize=10)
+                if j == 0:
+                    unit = lookup(metric).unit
+                    ax.set_ylabel(f"{metric}{_arrow(metric)}" + (f"\n{unit}" if unit else ""), fontsize=8)
+                if i == len(measures) - 1:
+                    ax.set_xlabel("generation")
+                ax.tick_params(labelsize=7)
+        fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
+        fig.tight_layout()
+        parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Self-consuming loop, {html.escape(model)} / "
+                     f"{html.escape(reward)}: each measure against the generation (0 = the method's final model), "
+                     "mean over seeds with the interval as a band; dashed: the base model (measured by the "
+                     "evaluation, so only for its measures).</figcaption></figure>")
+        d = decay[(decay["model"] == model) & (decay["reward"] == reward)]
+        rows = []
+        for (metric, algo), g in d.groupby(["metric", "algorithm"]):
+            if lookup(metric) is None:
+                continue
+            vals = g.set_index("variant")
+            rows.append([f"{metric[len('decay/'):]}{_arrow(metric)}", algo]
+                        + [_ci(vals.loc[v, "mean"], vals.loc[v, "ci_low"], vals.loc[v, "ci_high"], True)
+                           if v in vals.index else "–" for v in variants])
+        if rows:
+            parts.append(f"<p>Decay rate per generation (least-squares slope over generations 0..G, per seed; mean "
+                         f"over seeds with the interval), {html.escape(model)} / {html.escape(reward)}. Arrow: the "
+                         "better direction of the measure, so the better sign of its slope.</p>"
+                         + _html_table(["measure", "method", *variants], rows, left=2))
+    return "".join(parts)
+
+
 def render(tables: Path, runs_root: Path, out: Path) -> Path:
     table, header = read_table(tables / "eval.csv")
     prompts = _prompts(tables)
@@ -504,6 +565,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     parts.append("<h2>Samples (fixed held-out prompts and seeds)</h2>")
     parts += sample_grids(runs_root, table, prompts)
     parts.append(derived_section(tables))
+    parts.append(recursive_section(tables, table))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "\n".join(parts))

@@ -210,6 +210,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         raise ConfigError(f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
                           "regenerate it with `python -m bench pretrain-clip` or set the key to null")
     check_gpu_budget(config)
+    recursive_variants(config)  # unique variant names
     num_steps = config["sampling"].get("num_steps", RunSpec.num_steps)
     for key, window in window_settings(config):
         if window[1] < 1 or window[0] + window[1] > num_steps:
@@ -324,6 +325,22 @@ def runs(config: dict) -> list[RunKey]:
         for algo in config["algorithms"]
         for seed in config["seeds"]
     ]
+
+
+def recursive_variants(config: dict) -> dict[str, dict]:
+    """The self-consuming loop's variants of a validated config, name -> the settings of
+    bench.recursive.RecursiveSettings (the shared settings with the variant's overrides), in the
+    config's order (the first is the one the verdicts read). No `variants`: one variant of the
+    shared settings, named <mode>-real<fraction>."""
+    section = {k: v for k, v in config.get("recursive", {}).items() if k not in ("enabled", "variants")}
+    variants = config.get("recursive", {}).get("variants") or [
+        {"name": f"{section.get('mode', 'replace')}-real{section.get('real_fraction', 0.0):g}"}]
+    out: dict[str, dict] = {}
+    for v in variants:
+        if v["name"] in out:
+            raise ConfigError(f"config key 'recursive.variants': the name {v['name']!r} is used twice")
+        out[v["name"]] = {**section, **v}
+    return out
 
 
 def base_run_key(config: dict, model: str, reward: str | None = None, algorithm: str | None = None) -> RunKey:

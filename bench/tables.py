@@ -414,10 +414,10 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     all_tables = [table]
     recursive_rows = pd.DataFrame()
     if cfg.get("recursive", {}).get("enabled"):
-        recursive_rows = collect(cfg, runs_root, "recursive.json")
-        rec_table = summarise(recursive_rows, s)
-        write_tables(rec_table, prov, out, "recursive", ["the budget column holds the generation"])
-        all_tables.append(rec_table.assign(metric="recursive/" + rec_table["metric"]))
+        recursive_rows, rec_table = recursive_tables(cfg, runs_root, out, prov, qnote)
+        if len(rec_table):
+            all_tables.append(rec_table.assign(metric="recursive/" + rec_table["variant"] + "/" + rec_table["metric"])
+                              .drop(columns="variant"))
     poi = improvement(seed_rows, s)
     if len(poi):
         atomic_write_text(out / "improvement.csv", _header(prov, "#", [
@@ -491,6 +491,54 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     table = pd.concat(all_tables)
     write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out)
     return table
+
+
+def recursive_tables(cfg: dict, runs_root: Path, out: Path, prov: dict, qnote: str = "") \
+        -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The self-consuming loop (bench/recursive.py), one variant per `recursive.variants` entry:
+    recursive.csv holds every measure per variant, method and generation (0 = the run's final
+    model), recursive_decay.csv each measure's decay rate (least-squares slope per generation, one
+    per seed) per variant and method, both as mean over seeds with the study's interval;
+    recursive_per_seed.csv the seed-level rows. Returns the first variant's seed rows (the ones the
+    verdicts read) and the summary of every variant (with a `variant` column)."""
+    s = _stats(cfg)
+    variants = study.recursive_variants(cfg)
+    per_seed, summaries = [], []
+    for name in variants:
+        rows = collect(cfg, runs_root, f"recursive/{name}.json")
+        if rows.empty:
+            continue
+        per_seed.append(rows.assign(variant=name))
+        summaries.append(summarise(rows, s).assign(variant=name))
+    if not summaries:
+        return pd.DataFrame(), pd.DataFrame()
+    seed_rows, table = pd.concat(per_seed), pd.concat(summaries)
+    seed_rows.to_csv(out / "recursive_per_seed.csv", index=False)
+    decay = table["metric"].str.startswith("decay/")
+    settings = "; ".join(f"{n}: {v['mode']}, real fraction {v['real_fraction']:g}, select_top {v['select_top']:g}"
+                         for n, v in variants.items())
+    first, shared = next(iter(variants)), next(iter(variants.values()))
+    common = (f"{shared['generations']} generations of {shared['images_per_generation']} samples and "
+              f"{shared['finetune_steps']} fine-tuning steps each; variants: {settings}")
+
+    def shown(part: pd.DataFrame, with_generation: bool) -> pd.DataFrame:
+        value = [_fmt(m) if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+                 for m, lo, hi in zip(part["mean"], part["ci_low"], part["ci_high"])]
+        cols = ["variant", "model", "reward", "algorithm"] + (["budget"] if with_generation else []) + ["metric"]
+        return part[cols].rename(columns={"budget": "generation"}).assign(value=value, n_seeds=part["n_seeds"],
+                                                                          better=part["better"])
+
+    gen = table[~decay]
+    write_tables(gen.rename(columns={"budget": "generation"}), prov, out, "recursive",
+                 [common, "generation 0 = each run's final model before the loop", qnote],
+                 shown=shown(gen, True))
+    slopes = table[decay].drop(columns="budget")
+    write_tables(slopes, prov, out, "recursive_decay",
+                 [common, "decay/<measure>: the least-squares slope of the measure over generations 0..G, one per "
+                  "seed (units of the measure per generation); the registry's direction of the measure says which "
+                  f"sign is better; interval over seeds: {prov['interval']['description']}"],
+                 shown=shown(slopes.assign(budget=0), False))
+    return seed_rows[seed_rows["variant"] == first].drop(columns="variant"), table
 
 
 def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> None:

@@ -43,3 +43,20 @@ def metric_at_matched_reward(runs: dict[str, tuple]) -> tuple[float, dict[str, f
     matched reward level and each run's metric at that level."""
     level = matched_reward_level(rewards for rewards, _ in runs.values())
     return level, {name: metric_at_reward(r, m, level) for name, (r, m) in runs.items()}
+
+
+def decay_rate(generations, values) -> float:
+    """The rate at which a measure changes along the self-consuming loop: the ordinary
+    least-squares slope of `values` on `generations` (units per generation; Shumailov et al. 2024
+    and Alemohammad et al. 2024 plot each measure against the generation). One number per run;
+    its interval comes from the spread over seeds (the slopes of independent seeds are
+    independent). NaN values (an undefined measure) are left out; NaN with fewer than 2 points."""
+    x, y = np.asarray(generations, dtype=float).ravel(), np.asarray(values, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"generations {x.shape} and values {y.shape} differ in shape")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if np.unique(x).size < 2:
+        return float("nan")
+    xc = x - x.mean()
+    return float(np.sum(xc * (y - y.mean())) / np.sum(xc**2))
