@@ -27,6 +27,7 @@ test-fast: setup        ## everything but the end-to-end workflow tests
 
 lint: setup
 	$(VENV)/bin/ruff check bench algorithms rewards tests
+	$(VENV)/bin/ruff format --check bench algorithms rewards tests
 
 typecheck: setup        ## mypy on the core (the files are listed in pyproject.toml, [tool.mypy])
 	$(VENV)/bin/mypy

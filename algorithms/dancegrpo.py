@@ -54,5 +54,8 @@ class DanceGRPO(Algorithm):
         if batch.mean_ref is None or batch.mean is None or batch.std is None:
             raise ValueError("kl_beta > 0 needs the reference's transition means (StepBatch.mean_ref)")
         kl = gaussian_kl_to_reference(batch.mean, batch.mean_ref, batch.std).mean()
-        return Loss(loss.value + self.settings.kl_beta * kl, metrics={**loss.metrics, "kl_ref": kl.detach()},
-                    clipped=loss.clipped)
+        return Loss(
+            loss.value + self.settings.kl_beta * kl,
+            metrics={**loss.metrics, "kl_ref": kl.detach()},
+            clipped=loss.clipped,
+        )

@@ -89,5 +89,6 @@ class FlowGRPO(Algorithm):
             raise RuntimeError("FlowGRPO.setup(sampler) must run before loss(): the KL's scale comes from the schedule")
         dt = self.step_dt.to(batch.std.device)[batch.step_index]
         kl = flowgrpo_kl(batch.mean, batch.mean_ref, batch.std, dt).mean()
-        return Loss(loss.value + self.settings.beta * kl, metrics={**loss.metrics, "kl_ref": kl.detach()},
-                    clipped=loss.clipped)
+        return Loss(
+            loss.value + self.settings.beta * kl, metrics={**loss.metrics, "kl_ref": kl.detach()}, clipped=loss.clipped
+        )

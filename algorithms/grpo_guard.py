@@ -43,8 +43,9 @@ class GRPOGuardSettings(FlowGRPOSettings):
     grad_reweight: bool = True  # Eq. 12
 
 
-def ratio_norm_log_ratio(logp: torch.Tensor, logp_old: torch.Tensor, mean: torch.Tensor, mean_old: torch.Tensor,
-                         std: torch.Tensor) -> torch.Tensor:
+def ratio_norm_log_ratio(
+    logp: torch.Tensor, logp_old: torch.Tensor, mean: torch.Tensor, mean_old: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """Eq. 8: s (log r + mean_dims((mu - mu_old)^2) / (2 s^2)), (B, S); differentiable in logp and mean.
 
     logp, logp_old, std: (B, S); mean, mean_old: (B, S, C, H, W)."""
@@ -79,8 +80,10 @@ class GRPOGuard(FlowGRPO):
 
     def setup(self, sampler) -> None:
         if sampler.family not in self.sampler_families:
-            raise ValueError("GRPO-Guard is defined for the flow SDEs (Flow-GRPO's or DanceGRPO's), not for "
-                             f"a {sampler.family} sampler: train it on a flow-matching model")
+            raise ValueError(
+                "GRPO-Guard is defined for the flow SDEs (Flow-GRPO's or DanceGRPO's), not for "
+                f"a {sampler.family} sampler: train it on a flow-matching model"
+            )
         super().setup(sampler)
         self.delta = reweight_factors(sampler) if self.settings.grad_reweight else torch.ones(sampler.num_steps)
 

@@ -60,8 +60,10 @@ def sigma_tilde(ab_t: torch.Tensor, ab_prev: torch.Tensor, w_star: float | None 
     w_min = ((1 - alpha) / (alpha * b)).sqrt()
     w = w_min.max() if w_star is None else torch.as_tensor(w_star, dtype=torch.float64)
     if (w < w_min - 1e-12).any():
-        raise ValueError(f"PCPO: no DDIM std gives w* = {float(w):.4g} at every step; need w* >= "
-                         f"{float(w_min.max()):.4g} (max_t sqrt((1-alpha_t)/(alpha_t (1-ab_prev))))")
+        raise ValueError(
+            f"PCPO: no DDIM std gives w* = {float(w):.4g} at every step; need w* >= "
+            f"{float(w_min.max()):.4g} (max_t sqrt((1-alpha_t)/(alpha_t (1-ab_prev))))"
+        )
     disc = (b * (1 + w**2) - a**2).clamp(min=0)
     return ((a * w - disc.sqrt()) / (1 + w**2)).float()
 

@@ -72,5 +72,6 @@ class PRDP(Algorithm):
         target = (batch.rewards[i] - batch.rewards[j]).to(lr) / s_.beta
         l = (s[i] - s[j] - target) ** 2  # noqa: E741 - the paper's name
         l_clip = (s_clip[i] - s_clip[j] - target) ** 2
-        return Loss(torch.maximum(l, l_clip).mean(), metrics={"pairs": torch.tensor(float(len(pairs)))},
-                    clipped=clipped)
+        return Loss(
+            torch.maximum(l, l_clip).mean(), metrics={"pairs": torch.tensor(float(len(pairs)))}, clipped=clipped
+        )

@@ -43,8 +43,9 @@ def flowgrpo_group(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 
     return ((r - mean[inverse]) / (r.std(unbiased=False) + eps)).to(rewards.dtype)
 
 
-def leave_one_out(rewards: torch.Tensor, group_ids: torch.Tensor, normalise: bool = False,
-                  eps: float = 1e-8) -> torch.Tensor:
+def leave_one_out(
+    rewards: torch.Tensor, group_ids: torch.Tensor, normalise: bool = False, eps: float = 1e-8
+) -> torch.Tensor:
     """LOOP/RLOO: r_i - mean_{j != i} r_j = K/(K-1) (r_i - mean_g); optionally / std_g."""
     r = rewards.double()
     inverse, n, mean, std = _group_stats(r, group_ids, unbiased=True)

@@ -31,8 +31,15 @@ class SettingError(ValueError):
         self.key, self.message = key, message
 
 
-def setting(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-            le: float | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+def setting(
+    default: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
     """A dataclass field with a declared range or set of values, checked by `check_fields`
     when the settings are built (so before any job starts: the study config builds them)."""
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
@@ -57,8 +64,12 @@ def _accepts(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-_OPS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
-        "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
+_OPS = {
+    "gt": (lambda v, b: v > b, ">"),
+    "ge": (lambda v, b: v >= b, ">="),
+    "lt": (lambda v, b: v < b, "<"),
+    "le": (lambda v, b: v <= b, "<="),
+}
 
 
 def check_fields(obj: Any) -> None:
@@ -159,11 +170,12 @@ class Algorithm:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        self.recipe = dataclasses.replace(type(self).recipe, **{k: v for k, v in overrides.items()
-                                                                 if k in recipe_keys})
+        self.recipe = dataclasses.replace(type(self).recipe, **{k: v for k, v in overrides.items() if k in recipe_keys})
         self.settings = self.Settings(**{k: v for k, v in overrides.items() if k not in recipe_keys})
         self._advantages = adv.AdvantageEstimator(
-            self.recipe.advantages, buffer_size=self.recipe.tracker_buffer, min_count=self.recipe.tracker_min_count,
+            self.recipe.advantages,
+            buffer_size=self.recipe.tracker_buffer,
+            min_count=self.recipe.tracker_min_count,
         )
 
     # ---- what the algorithm asks of the loop ------------------------------------------------

@@ -54,9 +54,15 @@ class Rules:
     def from_config(cls, cfg: dict) -> Rules:
         v = cfg.get("verdicts", {})
         by_metric = tuple(sorted(v.get("gold_tolerance_by_metric", {}).items()))
-        return cls(**{k: v[k] for k in ("reference", "target_fraction", "matched_fraction", "collapse_drop",
-                                        "gold_tolerance") if k in v},
-                   gold_tolerance_by_metric=by_metric, confidence=cfg.get("statistics", {}).get("confidence", 0.95))
+        return cls(
+            **{
+                k: v[k]
+                for k in ("reference", "target_fraction", "matched_fraction", "collapse_drop", "gold_tolerance")
+                if k in v
+            },
+            gold_tolerance_by_metric=by_metric,
+            confidence=cfg.get("statistics", {}).get("confidence", 0.95),
+        )
 
 
 def _curves(seed_rows: pd.DataFrame, metric: str) -> dict[tuple, pd.Series]:
@@ -87,8 +93,7 @@ def gold_checks(seed_rows: pd.DataFrame, rules: Rules) -> pd.DataFrame:
     proxies = {(m, r) for m, r in seed_rows[["model", "reward"]].drop_duplicates().itertuples(index=False)}
     keys_by_metric = {g: _curves(seed_rows, g) for g in golds}
     for model, reward in sorted(proxies):
-        proxy = _curves(seed_rows[(seed_rows["model"] == model) & (seed_rows["reward"] == reward)],
-                        f"reward/{reward}")
+        proxy = _curves(seed_rows[(seed_rows["model"] == model) & (seed_rows["reward"] == reward)], f"reward/{reward}")
         for key, curve in proxy.items():
             horizon = int(curve.index[-1])
             gain = float(curve.iloc[-1] - curve.iloc[0])
@@ -124,8 +129,11 @@ def hacking(gold: pd.DataFrame, rules: Rules, method: str = "t") -> pd.DataFrame
         proxy = part[part["metric"] == f"change/reward/{reward}"]["value"].to_numpy(dtype=float)
         p = _change_ci(proxy, method, rules.confidence)
         failed = sorted(int(s) for s in part[(part["metric"] == "gold/pass") & (part["value"] == 0)]["seed"])
-        for g in sorted(m[len("change/"):] for m in part["metric"].unique()
-                        if m.startswith("change/") and not m.startswith("change/reward/")):
+        for g in sorted(
+            m[len("change/") :]
+            for m in part["metric"].unique()
+            if m.startswith("change/") and not m.startswith("change/reward/")
+        ):
             v = part[part["metric"] == f"change/{g}"]["value"].to_numpy(dtype=float)
             d = _change_ci(v, method, rules.confidence)
             if d is None:
@@ -134,19 +142,32 @@ def hacking(gold: pd.DataFrame, rules: Rules, method: str = "t") -> pd.DataFrame
             # consistent but negligible drift is not hacking
             base_rows = part[part["metric"] == f"base/{g}"]["value"]
             base = float(base_rows.median()) if len(base_rows) else np.nan
-            bad = ((d.high < 0) if direction(g) == "higher" else (d.low > 0)) and \
-                (not np.isfinite(base) or _worse(g, d.point, base, rules.tolerance(g)))
-            rows.append({"model": model, "reward": reward, "algorithm": algo, "gold_metric": g,
-                         "proxy_change": p.point if p else np.nan, "proxy_low": p.low if p else np.nan,
-                         "proxy_high": p.high if p else np.nan, "gold_change": d.point, "gold_low": d.low,
-                         "gold_high": d.high, "n_seeds": d.n,
-                         "flagged": bool(p is not None and p.low > 0 and bad),
-                         "runs_failing_gold_check": " ".join(map(str, failed))})
+            bad = ((d.high < 0) if direction(g) == "higher" else (d.low > 0)) and (
+                not np.isfinite(base) or _worse(g, d.point, base, rules.tolerance(g))
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "reward": reward,
+                    "algorithm": algo,
+                    "gold_metric": g,
+                    "proxy_change": p.point if p else np.nan,
+                    "proxy_low": p.low if p else np.nan,
+                    "proxy_high": p.high if p else np.nan,
+                    "gold_change": d.point,
+                    "gold_low": d.low,
+                    "gold_high": d.high,
+                    "n_seeds": d.n,
+                    "flagged": bool(p is not None and p.low > 0 and bad),
+                    "runs_failing_gold_check": " ".join(map(str, failed)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def reference_improvement(seed_rows: pd.DataFrame, gold: pd.DataFrame, model: str, reward: str,
-                          rules: Rules) -> tuple[float, float, str]:
+def reference_improvement(
+    seed_rows: pd.DataFrame, gold: pd.DataFrame, model: str, reward: str, rules: Rules
+) -> tuple[float, float, str]:
     """(base, improvement, source) of a training reward: the reference method's mean final gain
     over its runs that pass the gold checks, when that gain is significant (its interval over
     seeds lies above 0); otherwise the best such method's, named in `source`; NaN when no method
@@ -164,14 +185,16 @@ def reference_improvement(seed_rows: pd.DataFrame, gold: pd.DataFrame, model: st
         if key in ok:
             gains.setdefault(key[2], []).append(float(c.iloc[-1]) - base)
     level = rules.confidence
-    means = {a: float(np.mean(g)) for a, g in gains.items()
-             if len(g) >= 2 and interval(g, "t", level).low > 0}
+    means = {a: float(np.mean(g)) for a, g in gains.items() if len(g) >= 2 and interval(g, "t", level).low > 0}
     if rules.reference in means:
         return base, means[rules.reference], f"{rules.reference} (runs passing the gold checks)"
     if means:
         best = max(means, key=means.get)
-        return base, means[best], (f"{best}: best method passing the gold checks ({rules.reference} did not "
-                                   "improve significantly)")
+        return (
+            base,
+            means[best],
+            (f"{best}: best method passing the gold checks ({rules.reference} did not improve significantly)"),
+        )
     return base, float("nan"), "no method improved significantly without failing a gold check"
 
 
@@ -198,9 +221,19 @@ def convergence(seed_rows: pd.DataFrame, gold: pd.DataFrame, rules: Rules) -> tu
         finished = [seconds[k].iloc[-1] for k in curves if k in seconds and status[k] != "diverged"]
         tau_seconds = float(min(finished)) if finished else float("nan")
         target = base + rules.target_fraction * improvement
-        levels.append({"model": model, "reward": reward, "base": base, "improvement": improvement,
-                       "target": target, "fraction": rules.target_fraction, "tau_samples": tau_samples,
-                       "tau_seconds": tau_seconds, "source": source})
+        levels.append(
+            {
+                "model": model,
+                "reward": reward,
+                "base": base,
+                "improvement": improvement,
+                "target": target,
+                "fraction": rules.target_fraction,
+                "tau_samples": tau_samples,
+                "tau_seconds": tau_seconds,
+                "source": source,
+            }
+        )
         for key, curve in curves.items():
             x, y = curve.index.to_numpy(dtype=float), curve.to_numpy(dtype=float)
             horizon = int(x[-1])
@@ -211,8 +244,9 @@ def convergence(seed_rows: pd.DataFrame, gold: pd.DataFrame, rules: Rules) -> tu
             pos = first_crossing(y, target)
             hit = not np.isnan(pos)
             t_samples = float(np.interp(pos, np.arange(x.size), x)) if hit else np.inf
-            secs = (seconds[key].reindex(curve.index).to_numpy(dtype=float) if key in seconds
-                    else np.full(x.size, np.nan))
+            secs = (
+                seconds[key].reindex(curve.index).to_numpy(dtype=float) if key in seconds else np.full(x.size, np.nan)
+            )
             t_seconds = float(np.interp(pos, np.arange(x.size), secs)) if hit else np.inf
             out.append(_row(key, horizon, f"convergence/reached_{tag}", float(hit), status[key]))
             out.append(_row(key, horizon, f"convergence/rmst_samples_{tag}", min(t_samples, tau_samples), status[key]))
@@ -247,8 +281,9 @@ def at_seconds(seed_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(out), pd.DataFrame(levels)
 
 
-def matched_level(seed_rows: pd.DataFrame, model: str, reward: str, methods: list[str],
-                  fraction: float) -> tuple[float, str]:
+def matched_level(
+    seed_rows: pd.DataFrame, model: str, reward: str, methods: list[str], fraction: float
+) -> tuple[float, str]:
     """A reward level above the base that the compared methods reach: base + fraction x the
     smallest mean final gain among `methods`; NaN with the reason when one of them did not
     improve (then quality at matched reward is not comparable)."""
@@ -286,8 +321,14 @@ def matched_quality(seed_rows: pd.DataFrame, rules: Rules, methods: list[str] | 
                     m = values[key].reindex(r.index).to_numpy(dtype=float)
                     value = metric_at_reward(r.to_numpy(), m, level) if np.isfinite(level) else float("nan")
                     out.append(_row(key, int(r.index[-1]), f"matched/{metric}", value))
-        out.append(_row((model, reward, "(all)", -1), int(max(r.index[-1] for r in rewards.values())),
-                        "matched/reward_level", level))
+        out.append(
+            _row(
+                (model, reward, "(all)", -1),
+                int(max(r.index[-1] for r in rewards.values())),
+                "matched/reward_level",
+                level,
+            )
+        )
     return pd.DataFrame(out)
 
 
@@ -307,8 +348,9 @@ def collapse(seed_rows: pd.DataFrame, rules: Rules) -> pd.DataFrame:
     # each diversity measure's floor (registry): a collapsed model sits there (Vendi 1, distance 0)
     for key_name, floor in floors(sorted(seed_rows["metric"].unique())).items():
         for key, curve in _curves(seed_rows, key_name).items():
-            onset = collapse_onset(curve.index.to_numpy(), curve.to_numpy(), float(curve.iloc[0]), floor,
-                                   rules.collapse_drop)
+            onset = collapse_onset(
+                curve.index.to_numpy(), curve.to_numpy(), float(curve.iloc[0]), floor, rules.collapse_drop
+            )
             h = int(curve.index[-1])
             out.append(_row(key, h, f"collapse/onset/{key_name}", float("nan") if onset is None else onset))
             out.append(_row(key, h, f"collapse/collapsed/{key_name}", float(onset is not None)))

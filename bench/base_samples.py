@@ -8,9 +8,17 @@ from pathlib import Path
 import torch
 
 
-def base_sample_figure(model: str | Path, out: str | Path, num_steps: int, eta: float, guidance: float,
-                       flow_variant: str = "flowgrpo", n_prompts: int = 12, per_prompt: int = 2,
-                       seed: int = 1234) -> Path:
+def base_sample_figure(
+    model: str | Path,
+    out: str | Path,
+    num_steps: int,
+    eta: float,
+    guidance: float,
+    flow_variant: str = "flowgrpo",
+    n_prompts: int = 12,
+    per_prompt: int = 2,
+    seed: int = 1234,
+) -> Path:
     """Samples of the held-out prompts (evenly spread, as the evaluation picks them), `per_prompt`
     images each, every image captioned with the attributes the checker reads back wrong."""
     import matplotlib
@@ -38,8 +46,7 @@ def base_sample_figure(model: str | Path, out: str | Path, num_steps: int, eta: 
         wrong = [k for k, ok in score(image.numpy(), prompt).items() if not ok]
         caption = prompt.replace(" , ", "\n")
         ax.set_title(caption + ("\nwrong: " + ", ".join(wrong) if wrong else "\nall six right"), fontsize=8)
-    fig.suptitle(f"{Path(model).name}: held-out prompts, {num_steps} steps, eta {eta:g}, CFG {guidance:g}",
-                 fontsize=11)
+    fig.suptitle(f"{Path(model).name}: held-out prompts, {num_steps} steps, eta {eta:g}, CFG {guidance:g}", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,10 @@ class World:
         """This process's contiguous block of a round's prompt groups (whole groups per process, so
         a group's shared initial noise and its members stay together)."""
         if n_groups % self.size:
-            raise ValueError(f"{n_groups} prompt groups per round do not split over {self.size} processes: "
-                             "make images_per_round / group_size a multiple of the process count")
+            raise ValueError(
+                f"{n_groups} prompt groups per round do not split over {self.size} processes: "
+                "make images_per_round / group_size a multiple of the process count"
+            )
         per = n_groups // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
 

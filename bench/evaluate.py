@@ -90,11 +90,17 @@ class Evaluator:
     def __init__(self, spec: RunSpec, evaluation: dict[str, Any], threads: int = 1):
         torch.set_num_threads(threads)
         self.spec, self.evaluation = spec, evaluation
-        self.prompts = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
-                        for _ in range(evaluation["images_per_prompt"])]
+        self.prompts = [
+            p
+            for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
+            for _ in range(evaluation["images_per_prompt"])
+        ]
         self.rewards = {name: build_reward(name, evaluation.get("reward_settings")) for name in evaluation["rewards"]}
-        self.quality = (QualityJudge(evaluation["clip_model"], self.prompts, evaluation["images_per_prompt"],
-                                     evaluation["seed"]) if evaluation.get("clip_model") else None)
+        self.quality = (
+            QualityJudge(evaluation["clip_model"], self.prompts, evaluation["images_per_prompt"], evaluation["seed"])
+            if evaluation.get("clip_model")
+            else None
+        )
         # every method at the study's sampler (no algorithm's own noise), the weights of its checkpoints
         self.policy = open_policy(spec, trainable=False)
         self.sampler = open_sampler(evaluation_spec(spec, evaluation), self.policy)
@@ -123,8 +129,9 @@ def evaluate_base(spec: RunSpec, evaluation: dict[str, Any], out: str | Path, th
     return result
 
 
-def evaluate_run(run_dir: str | Path, spec: RunSpec, evaluation: dict[str, Any], threads: int = 1,
-                 base: str | Path | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, spec: RunSpec, evaluation: dict[str, Any], threads: int = 1, base: str | Path | None = None
+) -> dict[str, Any]:
     """Every checkpoint of a run (0 = the base model) -> eval.json. `base`: a file from
     evaluate_base; its row is used when its key matches this run's, else the base is evaluated here."""
     run_dir = Path(run_dir)
@@ -153,8 +160,13 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec, evaluation: dict[str, Any],
             tracker.image("eval/samples", _read_rgb(grid), budget)
     finally:
         tracker.close()
-    out = {"status": summary["status"], "prompts": evaluation["prompts"], "n_images": len(evaluate.prompts),
-           "base_shared": shared is not None, "rows": rows}
+    out = {
+        "status": summary["status"],
+        "prompts": evaluation["prompts"],
+        "n_images": len(evaluate.prompts),
+        "base_shared": shared is not None,
+        "rows": rows,
+    }
     atomic_write_json(run_dir / "eval.json", out)
     return out
 

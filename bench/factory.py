@@ -43,8 +43,14 @@ def open_sampler(spec: RunSpec, policy: Policy, algorithm: Algorithm | None = No
     variant = spec.flow_variant
     if variant is None and policy.objective == "flow":
         variant = ALGORITHMS.get(spec.algorithm).flow_variant
-    sampler = make_sampler(policy, spec.num_steps, spec.eta, spec.logp_reduce, flow_variant=variant or FLOW_VARIANTS[0],
-                           sde_window=spec.sde_window)
+    sampler = make_sampler(
+        policy,
+        spec.num_steps,
+        spec.eta,
+        spec.logp_reduce,
+        flow_variant=variant or FLOW_VARIANTS[0],
+        sde_window=spec.sde_window,
+    )
     noise = None if algorithm is None else algorithm.sampler_noise(sampler)
     return sampler if noise is None else sampler.with_std(noise)
 

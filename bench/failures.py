@@ -107,8 +107,10 @@ def recorded_failure(args):
 
 def killed_reason(exit_code: int, attempts: int) -> str:
     signal = f" (signal {exit_code - 128})" if exit_code > 128 else ""
-    return (f"killed: the process exited with code {exit_code}{signal} on attempt {attempts}, the last one; "
-            "a training run keeps its resumable state: `snakemake --force <this file>` continues it")
+    return (
+        f"killed: the process exited with code {exit_code}{signal} on attempt {attempts}, the last one; "
+        "a training run keeps its resumable state: `snakemake --force <this file>` continues it"
+    )
 
 
 # ---- the tables' side -------------------------------------------------------------------------
@@ -144,10 +146,18 @@ def failed_runs(cfg: dict, runs_root: str | Path) -> pd.DataFrame:  # noqa: F821
                 reason = record.get("reason") or record.get("error")
             if status == FINISHED:
                 continue
-            rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm, "seed": key.seed,
-                         "stage": stage, "status": status,
-                         "images_seen": (record or {}).get("images_seen") if stage == "train" else None,
-                         "reason": reason or ""})
+            rows.append(
+                {
+                    "model": key.model,
+                    "reward": key.reward,
+                    "algorithm": key.algorithm,
+                    "seed": key.seed,
+                    "stage": stage,
+                    "status": status,
+                    "images_seen": (record or {}).get("images_seen") if stage == "train" else None,
+                    "reason": reason or "",
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -157,8 +167,9 @@ def write_failed_runs(cfg: dict, runs_root: str | Path, out: str | Path, header:
     out = Path(out)
     atomic_write_text(out / "failed_runs.csv", header + table.to_csv(index=False))
     md = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    md += "".join("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |\n"
-                  for row in table.itertuples(index=False))
+    md += "".join(
+        "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |\n" for row in table.itertuples(index=False)
+    )
     comment = "".join(f"<!-- {line[2:]} -->\n" for line in header.splitlines())
     atomic_write_text(out / "failed_runs.md", comment + "\n" + md)
     return table
@@ -175,9 +186,23 @@ def with_run_status(rows: pd.DataFrame, seed_rows: pd.DataFrame) -> pd.DataFrame
     return rows.assign(status=[status.get(k, FINISHED) for k in keys])
 
 
-KNOWN_TABLES = ("eval", "eval_per_seed", "derived", "derived_per_seed", "improvement", "probe", "probe_per_seed",
-                "recursive", "failed_runs", "headline", "verdicts", "across_rewards", "performance_profile", "levels",
-                "hacking")
+KNOWN_TABLES = (
+    "eval",
+    "eval_per_seed",
+    "derived",
+    "derived_per_seed",
+    "improvement",
+    "probe",
+    "probe_per_seed",
+    "recursive",
+    "failed_runs",
+    "headline",
+    "verdicts",
+    "across_rewards",
+    "performance_profile",
+    "levels",
+    "hacking",
+)
 
 
 def prune_tables(out: str | Path, keep: set[str] = frozenset()) -> None:
@@ -204,11 +229,16 @@ def html_section(tables: str | Path) -> str:
     table = pd.read_csv(path, comment="#")
     if table.empty:
         return ""
-    items = "".join(f"<li>{html.escape(f'{r.model} / {r.reward} / {r.algorithm} / seed {r.seed}')}: "
-                    f"<b>{html.escape(str(r.status))}</b> in {html.escape(str(r.stage))}: "
-                    f"{html.escape(str(r.reason))}</li>" for r in table.itertuples())
-    return (f"<h2>Failed runs</h2><p>{len(table)} run stage(s) did not finish; their tables stop at the last "
-            f"good checkpoint, or hold no row.</p><ul>{items}</ul>")
+    items = "".join(
+        f"<li>{html.escape(f'{r.model} / {r.reward} / {r.algorithm} / seed {r.seed}')}: "
+        f"<b>{html.escape(str(r.status))}</b> in {html.escape(str(r.stage))}: "
+        f"{html.escape(str(r.reason))}</li>"
+        for r in table.itertuples()
+    )
+    return (
+        f"<h2>Failed runs</h2><p>{len(table)} run stage(s) did not finish; their tables stop at the last "
+        f"good checkpoint, or hold no row.</p><ul>{items}</ul>"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,9 +99,11 @@ def describe(key: str, record_file: str, m: Mismatch) -> str:
     if m.problem == "not recorded":
         return f"{where} has no SHA-256 in {record_file}; record the folder again if the file belongs there"
     size = m.file.stat().st_size
-    return (f"{where} does not match the SHA-256 recorded in {record_file} (expected {m.expected[:16]}..., "
-            f"got {m.actual[:16]}...; {size} bytes): the file is damaged or truncated. Restore it "
-            "(git checkout, copy it again) or regenerate the model; `verify_sha256: false` skips this check")
+    return (
+        f"{where} does not match the SHA-256 recorded in {record_file} (expected {m.expected[:16]}..., "
+        f"got {m.actual[:16]}...; {size} bytes): the file is damaged or truncated. Restore it "
+        "(git checkout, copy it again) or regenerate the model; `verify_sha256: false` skips this check"
+    )
 
 
 def verify_study(config: dict) -> list[str]:
@@ -114,8 +116,10 @@ def verify_study(config: dict) -> list[str]:
         try:
             found = recorded_hashes(folder) if folder.is_dir() else None
         except (OSError, ValueError, AttributeError) as exc:
-            problems.append(f"config key '{key}': the recorded hashes in {folder} cannot be read ({exc}); "
-                            "restore the folder's manifest")
+            problems.append(
+                f"config key '{key}': the recorded hashes in {folder} cannot be read ({exc}); "
+                "restore the folder's manifest"
+            )
             continue
         if found is None:
             continue
@@ -132,8 +136,9 @@ def check_study(config: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.integrity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.integrity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("record", help="write sha256.json (every weight file's hash) into a model folder")
     p.add_argument("folder")

@@ -25,8 +25,15 @@ class Sampler(Protocol):
         """(K,) the timesteps the denoiser is conditioned on."""
         ...
 
-    def step(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor | None = None,
-             prev: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StepResult:
+    def step(
+        self,
+        model_out: torch.Tensor,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        step_index: torch.Tensor | None = None,
+        prev: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepResult:
         """From x (B, C, H, W) at time t (B,): sample x_next (generator), or score the recorded `prev`."""
         ...
 
@@ -43,8 +50,9 @@ class Sampler(Protocol):
 class Reward(Protocol):
     """`fn(images, prompts, metadata) -> (scores (B,), info)`; images (B, 3, H, W) in [0, 1]."""
 
-    def __call__(self, images: torch.Tensor, prompts: list[str],
-                 metadata: dict[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]: ...
+    def __call__(
+        self, images: torch.Tensor, prompts: list[str], metadata: dict[str, Any] | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]: ...
 
 
 @runtime_checkable
@@ -60,8 +68,16 @@ class Policy(Protocol):
 
     def encode(self, prompts: list[str]) -> Any: ...
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any, guidance: float,
-                detach_uncond: bool = False, reference: bool = False) -> torch.Tensor: ...
+    def predict(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Any,
+        uncond: Any,
+        guidance: float,
+        detach_uncond: bool = False,
+        reference: bool = False,
+    ) -> torch.Tensor: ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 

@@ -39,6 +39,13 @@ def study_paths(config: dict | str) -> StudyPaths:
         root, report = "results", "report/index.html"
     else:
         root, report = f"results/studies/{name}", f"report/studies/{name}/index.html"
-    return StudyPaths(study=name, root=root, runs=f"{root}/runs", tables=f"{root}/tables",
-                      citable=f"{root}/citable.json", logs=f"{root}/logs", benchmarks=f"{root}/benchmarks",
-                      report=report)
+    return StudyPaths(
+        study=name,
+        root=root,
+        runs=f"{root}/runs",
+        tables=f"{root}/tables",
+        citable=f"{root}/citable.json",
+        logs=f"{root}/logs",
+        benchmarks=f"{root}/benchmarks",
+        report=report,
+    )

@@ -43,8 +43,16 @@ def _flat(grads: tuple[torch.Tensor | None, ...], params: list[torch.nn.Paramete
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
 
 
-def step_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, traj: Trajectory, rows: torch.Tensor,
-                   advantages: torch.Tensor, rewards: torch.Tensor, guidance: float) -> list[torch.Tensor]:
+def step_gradients(
+    policy: Policy,
+    sampler: Sampler,
+    algorithm: Algorithm,
+    traj: Trajectory,
+    rows: torch.Tensor,
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    guidance: float,
+) -> list[torch.Tensor]:
     """The flat gradient of the loss of samples `rows` over their trained steps, one term per
     step (they sum to the gradient of the loss). The trajectory was sampled by the current
     weights, so its recorded log-probs and means are the current ones."""
@@ -69,14 +77,29 @@ def step_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, traj:
     return grads
 
 
-def probe_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, reward: Reward, prompts: list[str],
-                    group_size: int, guidance: float, seed: int) -> dict[str, Any]:
+def probe_gradients(
+    policy: Policy,
+    sampler: Sampler,
+    algorithm: Algorithm,
+    reward: Reward,
+    prompts: list[str],
+    group_size: int,
+    guidance: float,
+    seed: int,
+) -> dict[str, Any]:
     """One checkpoint: returns the gradient statistics and the per-step credit shares."""
     n_groups = len(prompts)
     all_prompts = [p for p in prompts for _ in range(group_size)]
     group_ids = torch.arange(n_groups).repeat_interleave(group_size)
-    traj = rollout(policy, sampler, all_prompts, guidance, torch.Generator().manual_seed(seed), group_ids,
-                   algorithm.recipe.same_noise_per_group)
+    traj = rollout(
+        policy,
+        sampler,
+        all_prompts,
+        guidance,
+        torch.Generator().manual_seed(seed),
+        group_ids,
+        algorithm.recipe.same_noise_per_group,
+    )
     rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
     rewards = rewards.float()
     advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()
@@ -105,8 +128,22 @@ def probe_gradients(policy: Policy, sampler: Sampler, algorithm: Algorithm, rewa
 
 # run-spec fields that cannot change the probe of the base model (training-only or bookkeeping);
 # runs that agree on every other field share it. With LoRA the seed draws the initial adapters.
-_NOT_BASE = ("seed", "budgets", "state_every", "prompts", "micro_batch", "step_chunk", "lr", "betas",
-             "weight_decay", "adam_eps", "max_grad_norm", "images_per_round", "reuse_sampling_graph", "tracking")
+_NOT_BASE = (
+    "seed",
+    "budgets",
+    "state_every",
+    "prompts",
+    "micro_batch",
+    "step_chunk",
+    "lr",
+    "betas",
+    "weight_decay",
+    "adam_eps",
+    "max_grad_norm",
+    "images_per_round",
+    "reuse_sampling_graph",
+    "tracking",
+)
 
 
 def base_key(spec: RunSpec, probe: dict[str, Any]) -> dict[str, Any]:
@@ -130,8 +167,19 @@ class Prober:
         algorithm = open_algorithm(self.spec)  # fresh: no tracker history
         algorithm.setup(self.sampler)
         group = algorithm.recipe.group_size or self.spec.group_size
-        return {"budget": budget, **probe_gradients(self.policy, self.sampler, algorithm, self.reward, self.prompts,
-                                                    group, self.spec.guidance, self.probe["seed"])}
+        return {
+            "budget": budget,
+            **probe_gradients(
+                self.policy,
+                self.sampler,
+                algorithm,
+                self.reward,
+                self.prompts,
+                group,
+                self.spec.guidance,
+                self.probe["seed"],
+            ),
+        }
 
 
 def probe_base(spec: RunSpec, probe: dict[str, Any], out: str | Path, threads: int = 1) -> dict[str, Any]:
@@ -142,8 +190,9 @@ def probe_base(spec: RunSpec, probe: dict[str, Any], out: str | Path, threads: i
     return result
 
 
-def probe_run(run_dir: str | Path, spec: RunSpec, probe: dict[str, Any], threads: int = 1,
-              base: str | Path | None = None) -> dict[str, Any]:
+def probe_run(
+    run_dir: str | Path, spec: RunSpec, probe: dict[str, Any], threads: int = 1, base: str | Path | None = None
+) -> dict[str, Any]:
     """Probe every checkpoint of a run (0 = the base model) and write probe.json. `base`: a file
     from probe_base; its row is used when its key matches this run's, else the base is probed here."""
     run_dir = Path(run_dir)

@@ -44,8 +44,17 @@ from bench.world.checker import accuracy
 from bench.world.dataset import reference_images
 from bench.world.pretrain import denoising_loss
 
-DECAY_METRICS = ("quality/fid", "quality/kid", "diversity/vendi", "diversity/pairwise_cosine_distance",
-                 "prdc/precision", "prdc/recall", "prdc/density", "prdc/coverage", "attribute/mean")
+DECAY_METRICS = (
+    "quality/fid",
+    "quality/kid",
+    "diversity/vendi",
+    "diversity/pairwise_cosine_distance",
+    "prdc/precision",
+    "prdc/recall",
+    "prdc/density",
+    "prdc/coverage",
+    "attribute/mean",
+)
 MODES = ("replace", "accumulate")
 
 
@@ -94,12 +103,17 @@ def real_count(n_generated: int, real_fraction: float) -> int:
     return int(round(real_fraction / (1 - real_fraction) * n_generated))
 
 
-def generation_block(images: torch.Tensor, captions: list[str], generation: int, real_images: torch.Tensor,
-                     real_captions: list[str]) -> Block:
+def generation_block(
+    images: torch.Tensor, captions: list[str], generation: int, real_images: torch.Tensor, real_captions: list[str]
+) -> Block:
     """A generation's data: its samples followed by the real set."""
     n, m = len(captions), len(real_captions)
-    return Block(torch.cat([images, real_images]), (*captions, *real_captions),
-                 np.r_[np.zeros(n, bool), np.ones(m, bool)], np.r_[np.full(n, generation), np.zeros(m, int)])
+    return Block(
+        torch.cat([images, real_images]),
+        (*captions, *real_captions),
+        np.r_[np.zeros(n, bool), np.ones(m, bool)],
+        np.r_[np.full(n, generation), np.zeros(m, int)],
+    )
 
 
 def training_set(blocks: list[Block], mode: str) -> Block:
@@ -112,12 +126,23 @@ def training_set(blocks: list[Block], mode: str) -> Block:
     if not blocks:
         raise ValueError("no generation's data yet")
     chosen = blocks[-1:] if mode == "replace" else blocks
-    return Block(torch.cat([b.images for b in chosen]), tuple(c for b in chosen for c in b.captions),
-                 np.concatenate([b.real for b in chosen]), np.concatenate([b.generation for b in chosen]))
+    return Block(
+        torch.cat([b.images for b in chosen]),
+        tuple(c for b in chosen for c in b.captions),
+        np.concatenate([b.real for b in chosen]),
+        np.concatenate([b.generation for b in chosen]),
+    )
 
 
-def finetune(policy: Policy, images: torch.Tensor, captions: list[str], steps: int, batch_size: int, lr: float,
-             generator: torch.Generator) -> float:
+def finetune(
+    policy: Policy,
+    images: torch.Tensor,
+    captions: list[str],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+) -> float:
     """Supervised fine-tune of the denoiser on (image, caption) pairs; returns the mean loss."""
     params = policy.trainable_parameters()
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -128,8 +153,9 @@ def finetune(policy: Policy, images: torch.Tensor, captions: list[str], steps: i
     for _ in range(steps):
         idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=generator)
         x0 = images[idx] * 2 - 1
-        loss = denoising_loss(policy.denoiser, x0, cond.embeds[idx], cond.mask[idx], policy.objective,
-                              alphas_cumprod, generator)
+        loss = denoising_loss(
+            policy.denoiser, x0, cond.embeds[idx], cond.mask[idx], policy.objective, alphas_cumprod, generator
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -139,8 +165,14 @@ def finetune(policy: Policy, images: torch.Tensor, captions: list[str], steps: i
     return float(np.mean(losses))
 
 
-def _measure(policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, judge: QualityJudge,
-             evaluation: dict[str, Any]) -> dict[str, Any]:
+def _measure(
+    policy: Policy,
+    sampler: Sampler,
+    prompts: list[str],
+    guidance: float,
+    judge: QualityJudge,
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
     images = sample_images(policy, sampler, prompts, guidance, evaluation["seed"])
     row = judge(images)
     prdc = precision_recall_density_coverage(judge.features(judge.reference).numpy(), judge.features(images).numpy())
@@ -149,8 +181,9 @@ def _measure(policy: Policy, sampler: Sampler, prompts: list[str], guidance: flo
     return row
 
 
-def recursive_run(run_dir: str | Path, spec: RunSpec, settings: RecursiveSettings, evaluation: dict[str, Any],
-                  threads: int = 1) -> dict[str, Any]:
+def recursive_run(
+    run_dir: str | Path, spec: RunSpec, settings: RecursiveSettings, evaluation: dict[str, Any], threads: int = 1
+) -> dict[str, Any]:
     """Runs one variant of the loop from a run's final checkpoint; writes and returns
     recursive/<name>.json: the settings, one row of measures per generation (0 = the start) with
     the training set's size and real share, and the decay rate (slope per generation) of each
@@ -169,14 +202,18 @@ def recursive_run(run_dir: str | Path, spec: RunSpec, settings: RecursiveSetting
         start = f"checkpoint {final.name}"
     sampler = open_sampler(spec, policy)
     reward = open_reward(spec)
-    eval_set = [p for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
-                for _ in range(evaluation["images_per_prompt"])]
+    eval_set = [
+        p
+        for p in eval_prompts(evaluation["prompts"], evaluation["max_prompts"])
+        for _ in range(evaluation["images_per_prompt"])
+    ]
     judge = QualityJudge(evaluation["clip_model"], eval_set, evaluation["images_per_prompt"], evaluation["seed"])
     train_prompts = prompt_sets()["train"]
     n_keep = max(1, int(round(settings.select_top * settings.images_per_generation)))
     # the fixed real set (MAD's synthetic augmentation loop), drawn once for the whole loop
-    real_prompts = [train_prompts[i] for i in rng.integers(len(train_prompts),
-                                                           size=real_count(n_keep, settings.real_fraction))]
+    real_prompts = [
+        train_prompts[i] for i in rng.integers(len(train_prompts), size=real_count(n_keep, settings.real_fraction))
+    ]
     real_images = torch.from_numpy(reference_images(real_prompts, 1, loop_seed)) if real_prompts else None
     rows = [{"generation": 0, **_measure(policy, sampler, eval_set, spec.guidance, judge, evaluation)}]
     blocks: list[Block] = []
@@ -188,11 +225,25 @@ def recursive_run(run_dir: str | Path, spec: RunSpec, settings: RecursiveSetting
         real = real_images if real_images is not None else images[:0]
         blocks.append(generation_block(images[keep], [prompts[i] for i in keep], g, real, real_prompts))
         data = training_set(blocks, settings.mode)
-        loss = finetune(policy, data.images, list(data.captions), settings.finetune_steps, settings.batch_size,
-                        settings.lr, generator)
-        rows.append({"generation": g, "finetune_loss": loss, "train_images": len(data),
-                     "real_share": float(data.real.mean()), "selected_reward": float(scores[keep].mean()),
-                     **_measure(policy, sampler, eval_set, spec.guidance, judge, evaluation)})
+        loss = finetune(
+            policy,
+            data.images,
+            list(data.captions),
+            settings.finetune_steps,
+            settings.batch_size,
+            settings.lr,
+            generator,
+        )
+        rows.append(
+            {
+                "generation": g,
+                "finetune_loss": loss,
+                "train_images": len(data),
+                "real_share": float(data.real.mean()),
+                "selected_reward": float(scores[keep].mean()),
+                **_measure(policy, sampler, eval_set, spec.guidance, judge, evaluation),
+            }
+        )
     decay = {f"decay/{m}": decay_rate([r["generation"] for r in rows], [r[m] for r in rows]) for m in DECAY_METRICS}
     out = {"variant": settings.name, "start": start, "settings": asdict(settings), "rows": rows, "decay": decay}
     atomic_write_json(run_dir / "recursive" / f"{settings.name}.json", json.loads(json.dumps(out)))

@@ -22,8 +22,13 @@ class PluginError(Exception):
 
 
 class Registry:
-    def __init__(self, kind: str, check: Callable[[str, Any], None] | None = None, builtins: str | None = None,
-                 references: dict[str, str] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        check: Callable[[str, Any], None] | None = None,
+        builtins: str | None = None,
+        references: dict[str, str] | None = None,
+    ):
         self.kind = kind
         self._builtins = builtins  # a module that registers built-in entries when imported
         self._references = dict(references or {})  # built-in entries as `package.module:Name`, imported when asked for
@@ -123,8 +128,12 @@ ALGORITHMS = Registry("algorithm", _check_algorithm)
 REWARDS = Registry("reward", _check_callable("reward"))
 METRICS = Registry("metric", _check_callable("metric"), builtins="bench.metrics")
 # the model families, registered here only (a plugin family adds an entry point `bench.models`)
-MODELS = Registry("model", _check_callable("model"), references={
-    "embedded": "bench.models.policy:Policy",
-    "sd": "bench.models.stable_diffusion:StableDiffusionPolicy",
-    "flow": "bench.models.flow_matching:FlowMatchingPolicy",
-})
+MODELS = Registry(
+    "model",
+    _check_callable("model"),
+    references={
+        "embedded": "bench.models.policy:Policy",
+        "sd": "bench.models.stable_diffusion:StableDiffusionPolicy",
+        "flow": "bench.models.flow_matching:FlowMatchingPolicy",
+    },
+)

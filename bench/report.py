@@ -65,8 +65,9 @@ def _ci(m, lo, hi, stacked: bool = False) -> str:
     return f"{_f(m)}<br><small>[{_f(lo)}, {_f(hi)}]</small>" if stacked else f"{_f(m)} [{_f(lo)}, {_f(hi)}]"
 
 
-def _html_table(header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None,
-                last_left: bool = False) -> str:
+def _html_table(
+    header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None, last_left: bool = False
+) -> str:
     def align(i: int) -> str:
         return "l" if i < left or (last_left and i == len(header) - 1) else ""
 
@@ -97,26 +98,42 @@ def headline_section(tables: Path) -> str:
     if not path.is_file():
         return ""
     head, _ = read_table(path)
-    golds = [c[len("change/"):] for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
-    header = ["model / training reward", "method", "n", "reward gain at the final budget",
-              "reward gain at equal device-seconds"] + [f"Δ {g}{_arrow(g)}" for g in golds] + \
-             ["images", "device-s", "reward hacking", "verdicts (details below)"]
+    golds = [c[len("change/") :] for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
+    header = (
+        [
+            "model / training reward",
+            "method",
+            "n",
+            "reward gain at the final budget",
+            "reward gain at equal device-seconds",
+        ]
+        + [f"Δ {g}{_arrow(g)}" for g in golds]
+        + ["images", "device-s", "reward hacking", "verdicts (details below)"]
+    )
     rows = []
     for r in head.to_dict("records"):
         hacked = f"<span class='flag'>{html.escape(r['hacked'])}</span>" if isinstance(r["hacked"], str) else ""
         verdict = _verdict_summary(r["verdicts"]) if isinstance(r["verdicts"], str) else ""
-        rows.append([f"{r['model']} / {r['reward']}", r["method"], str(int(r["n_seeds"])),
-                     _ci(r["gain"], r["gain_low"], r["gain_high"], True),
-                     _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"], True)
-                     + f"<br><small>at {_f(r['seconds_level'])} s</small>"]
-                    + [_ci(r[f"change/{g}"], r[f"change/{g}_low"], r[f"change/{g}_high"], True) for g in golds]
-                    + [str(int(r["images"])), _f(r["device_seconds"]), hacked, f"<small>{verdict}</small>"])
+        rows.append(
+            [
+                f"{r['model']} / {r['reward']}",
+                r["method"],
+                str(int(r["n_seeds"])),
+                _ci(r["gain"], r["gain_low"], r["gain_high"], True),
+                _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"], True)
+                + f"<br><small>at {_f(r['seconds_level'])} s</small>",
+            ]
+            + [_ci(r[f"change/{g}"], r[f"change/{g}_low"], r[f"change/{g}_high"], True) for g in golds]
+            + [str(int(r["images"])), _f(r["device_seconds"]), hacked, f"<small>{verdict}</small>"]
+        )
     # the verdict column reads left to right
-    return ("<h2>Headline</h2><p>One row per method and training reward. Gains are held-out training reward minus "
-            "the base model's, mean over seeds with the interval named above; 'at equal device-seconds' reads each "
-            "seed's reward-vs-seconds curve (linear interpolation) at the largest device-seconds level every "
-            "finished run of that reward reached. Δ = final − base of each gold metric (arrow: better direction, "
-            "from the metrics registry).</p>" + _html_table(header, rows, left=2, last_left=True))
+    return (
+        "<h2>Headline</h2><p>One row per method and training reward. Gains are held-out training reward minus "
+        "the base model's, mean over seeds with the interval named above; 'at equal device-seconds' reads each "
+        "seed's reward-vs-seconds curve (linear interpolation) at the largest device-seconds level every "
+        "finished run of that reward reached. Δ = final − base of each gold metric (arrow: better direction, "
+        "from the metrics registry).</p>" + _html_table(header, rows, left=2, last_left=True)
+    )
 
 
 def _verdict_summary(text: str) -> str:
@@ -125,11 +142,15 @@ def _verdict_summary(text: str) -> str:
     for item in filter(None, (t.strip() for t in text.split(";"))):
         name, _, verdict = item.rpartition(": ")
         by.setdefault(verdict, []).append(name)
-    parts = [f"<span class='supported'>supported: {html.escape(', '.join(by['supported']))}</span>"
-             if by.get("supported") else "",
-             f"<span class='contradicted'>contradicted: {html.escape(', '.join(by['contradicted']))}</span>"
-             if by.get("contradicted") else "",
-             f"{len(by.get('inconclusive', []))} inconclusive" if by.get("inconclusive") else ""]
+    parts = [
+        f"<span class='supported'>supported: {html.escape(', '.join(by['supported']))}</span>"
+        if by.get("supported")
+        else "",
+        f"<span class='contradicted'>contradicted: {html.escape(', '.join(by['contradicted']))}</span>"
+        if by.get("contradicted")
+        else "",
+        f"{len(by.get('inconclusive', []))} inconclusive" if by.get("inconclusive") else "",
+    ]
     return "<br>".join(p for p in parts if p)
 
 
@@ -141,20 +162,39 @@ def verdict_section(tables: Path) -> str:
     rows, classes = [], []
     for r in v.to_dict("records"):
         eff = _ci(r.get("effect"), r.get("ci_low", np.nan), r.get("ci_high", np.nan))
-        n = "" if not np.isfinite(r.get("n_method", np.nan)) else (
-            f"{int(r['n_method'])} vs {int(r['n_over'])}" if r.get("n_over") else f"{int(r['n_method'])}")
-        rows.append([html.escape(r["claim"]), f"{r['model']} / {r['reward']}", html.escape(str(r["over"]))
-                     if isinstance(r["over"], str) else "", f"<b>{r['verdict']}</b>", eff, n, _f(r.get("p_holm")),
-                     f"<small>{html.escape(r['note']) if isinstance(r['note'], str) else ''}</small>"])
+        n = (
+            ""
+            if not np.isfinite(r.get("n_method", np.nan))
+            else (f"{int(r['n_method'])} vs {int(r['n_over'])}" if r.get("n_over") else f"{int(r['n_method'])}")
+        )
+        rows.append(
+            [
+                html.escape(r["claim"]),
+                f"{r['model']} / {r['reward']}",
+                html.escape(str(r["over"])) if isinstance(r["over"], str) else "",
+                f"<b>{r['verdict']}</b>",
+                eff,
+                n,
+                _f(r.get("p_holm")),
+                f"<small>{html.escape(r['note']) if isinstance(r['note'], str) else ''}</small>",
+            ]
+        )
         classes.append(r["verdict"].replace(" ", ""))
     note = header[-1] if header else ""
-    return ("<h2>What the study says about each claim</h2><p>Each claim is judged by a rule written in the study "
-            "config before the study ran (<code>verdicts:</code>). <i>Supported</i> / <i>contradicted</i>: the "
-            "difference is significant after Holm-Bonferroni correction over all lines, on the better / worse side; "
-            "<i>inconclusive</i>: not at this budget and number of seeds.</p>"
-            + _html_table(["claim", "model / reward", "vs", "verdict", "effect [interval]", "seeds", "p (Holm)",
-                           "how"], rows, left=3, classes=classes, last_left=True)
-            + f"<p class='prov'>{html.escape(note)}</p>")
+    return (
+        "<h2>What the study says about each claim</h2><p>Each claim is judged by a rule written in the study "
+        "config before the study ran (<code>verdicts:</code>). <i>Supported</i> / <i>contradicted</i>: the "
+        "difference is significant after Holm-Bonferroni correction over all lines, on the better / worse side; "
+        "<i>inconclusive</i>: not at this budget and number of seeds.</p>"
+        + _html_table(
+            ["claim", "model / reward", "vs", "verdict", "effect [interval]", "seeds", "p (Holm)", "how"],
+            rows,
+            left=3,
+            classes=classes,
+            last_left=True,
+        )
+        + f"<p class='prov'>{html.escape(note)}</p>"
+    )
 
 
 def findings(table: pd.DataFrame, tables: Path) -> list[str]:
@@ -167,8 +207,10 @@ def findings(table: pd.DataFrame, tables: Path) -> list[str]:
         for (model, reward), part in head.groupby(["model", "reward"]):
             up = part[part["gain_low"] > 0]["method"].tolist()
             down = part[part["gain_high"] < 0]["method"].tolist()
-            lines.append(f"{model}, trained on {reward}: held-out reward above the base (interval excludes 0) for "
-                         f"{', '.join(up) or 'no method'}; below it for {', '.join(down) or 'no method'}.")
+            lines.append(
+                f"{model}, trained on {reward}: held-out reward above the base (interval excludes 0) for "
+                f"{', '.join(up) or 'no method'}; below it for {', '.join(down) or 'no method'}."
+            )
     poi_path = tables / "improvement.csv"
     if poi_path.is_file():
         poi = pd.read_csv(poi_path, comment="#")
@@ -177,17 +219,25 @@ def findings(table: pd.DataFrame, tables: Path) -> list[str]:
             wins = part[part["significant"] & (sign * part["difference"] > 0)]
             n = int(part["n_seeds"].min()) if len(part) else 0
             if len(wins):
-                pairs = ", ".join(f"{w.method} > {w.over} (by {_f(abs(w.difference))}, P(improvement) {w.poi:.2f})"
-                                  for w in wins.itertuples())
-                lines.append(f"{model} / {reward}, {metric}{_arrow(metric)}: significant after Holm's correction "
-                             f"({n} seeds): {pairs}.")
+                pairs = ", ".join(
+                    f"{w.method} > {w.over} (by {_f(abs(w.difference))}, P(improvement) {w.poi:.2f})"
+                    for w in wins.itertuples()
+                )
+                lines.append(
+                    f"{model} / {reward}, {metric}{_arrow(metric)}: significant after Holm's correction "
+                    f"({n} seeds): {pairs}."
+                )
             else:
-                lines.append(f"{model} / {reward}, {metric}: no pairwise difference is significant after Holm's "
-                             f"correction with {n} seeds.")
+                lines.append(
+                    f"{model} / {reward}, {metric}: no pairwise difference is significant after Holm's "
+                    f"correction with {n} seeds."
+                )
     diverged = table[table["diverged"] > 0].groupby(["model", "reward", "algorithm"])["diverged"].max()
     for (model, reward, algo), k in diverged.items():
-        lines.append(f"{model} / {reward}: {algo} diverged in {int(k)} seed(s); its curves stop at the last good "
-                     "checkpoint and its convergence counts the horizon.")
+        lines.append(
+            f"{model} / {reward}: {algo} diverged in {int(k)} seed(s); its curves stop at the last good "
+            "checkpoint and its convergence counts the horizon."
+        )
     return lines
 
 
@@ -197,22 +247,41 @@ def hacking_section(tables: Path, runs_root: Path, prompts: list[str]) -> str:
         return ""
     hack, header = read_table(path)
     flagged = hack[hack["flagged"]]
-    parts = ["<h2>Reward hacking: proxy up, gold metric down</h2><p>Proxy = the held-out training reward; gold = "
-             "the registry's gold metrics on held-out prompts.</p>", f"<p class='prov'>{html.escape(header[-1])}</p>"]
+    parts = [
+        "<h2>Reward hacking: proxy up, gold metric down</h2><p>Proxy = the held-out training reward; gold = "
+        "the registry's gold metrics on held-out prompts.</p>",
+        f"<p class='prov'>{html.escape(header[-1])}</p>",
+    ]
     if flagged.empty:
         parts.append("<p>No method is flagged.</p>")
         return "".join(parts)
-    rows = [[f"{r.model} / {r.reward}", r.algorithm, r.gold_metric, _ci(r.proxy_change, r.proxy_low, r.proxy_high),
-             _ci(r.gold_change, r.gold_low, r.gold_high), str(r.runs_failing_gold_check)
-             if isinstance(r.runs_failing_gold_check, str) else ""] for r in flagged.itertuples()]
-    parts.append(_html_table(["model / reward", "method", "gold metric", "proxy change", "gold change",
-                              "seeds over the gold tolerance"], rows, left=3))
+    rows = [
+        [
+            f"{r.model} / {r.reward}",
+            r.algorithm,
+            r.gold_metric,
+            _ci(r.proxy_change, r.proxy_low, r.proxy_high),
+            _ci(r.gold_change, r.gold_low, r.gold_high),
+            str(r.runs_failing_gold_check) if isinstance(r.runs_failing_gold_check, str) else "",
+        ]
+        for r in flagged.itertuples()
+    ]
+    parts.append(
+        _html_table(
+            ["model / reward", "method", "gold metric", "proxy change", "gold change", "seeds over the gold tolerance"],
+            rows,
+            left=3,
+        )
+    )
     for (model, reward, algo), _ in flagged.groupby(["model", "reward", "algorithm"]):
         run = runs_root / model / reward / algo / "seed0" / "samples"
         grids = sorted(run.glob("*.png"), key=lambda p: int(p.stem)) if run.is_dir() else []
         if grids:
-            parts.append(_grid_figure(grids[-1], f"{algo} ({model}, {reward}), seed 0, after {grids[-1].stem} images "
-                                      "(flagged)", prompts))
+            parts.append(
+                _grid_figure(
+                    grids[-1], f"{algo} ({model}, {reward}), seed 0, after {grids[-1].stem} images (flagged)", prompts
+                )
+            )
     return "".join(parts)
 
 
@@ -233,8 +302,10 @@ def _prompt_list(prompts: list[str], n: int, columns: int = 8) -> str:
 
 
 def _grid_figure(path: Path, title: str, prompts: list[str]) -> str:
-    return (f"<figure><img alt='{html.escape(title)}' src='{_file_png(path)}' style='width:100%'>"
-            f"<figcaption>{html.escape(title)}{_prompt_list(prompts, 16) if prompts else ''}</figcaption></figure>")
+    return (
+        f"<figure><img alt='{html.escape(title)}' src='{_file_png(path)}' style='width:100%'>"
+        f"<figcaption>{html.escape(title)}{_prompt_list(prompts, 16) if prompts else ''}</figcaption></figure>"
+    )
 
 
 def _base_value(part: pd.DataFrame, metric: str) -> float:
@@ -271,7 +342,7 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
             ax.set_xlabel("device-seconds of training (s)" if kind == "seconds" else "training images")
             ax.set_ylabel(_label(metric), fontsize=9)
             ax.tick_params(labelsize=8)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
         fig.suptitle(f"{model}, trained on {reward} (mean over seeds, band: interval)", fontsize=11)
@@ -302,10 +373,18 @@ def _start_snr(part: pd.DataFrame) -> str:
         v = g.set_index("metric")["mean"]
         if {"snr_unbiased", "snr_unbiased_low", "snr_unbiased_high"} <= set(v.index):
             verdict = "excludes 0" if v["snr_unbiased_low"] > 0 else "contains 0: noise at this K"
-            items.append(f"{algo} {_f(v['snr_unbiased'])} [{_f(v['snr_unbiased_low'])}, "
-                         f"{_f(v['snr_unbiased_high'])}] ({verdict})")
-    return ("<p>Bias-corrected SNR at the base model, with the interval of the single probe (normal "
-            "approximation over its K minibatch gradients): " + "; ".join(items) + ".</p>") if items else ""
+            items.append(
+                f"{algo} {_f(v['snr_unbiased'])} [{_f(v['snr_unbiased_low'])}, "
+                f"{_f(v['snr_unbiased_high'])}] ({verdict})"
+            )
+    return (
+        (
+            "<p>Bias-corrected SNR at the base model, with the interval of the single probe (normal "
+            "approximation over its K minibatch gradients): " + "; ".join(items) + ".</p>"
+        )
+        if items
+        else ""
+    )
 
 
 def probe_section(tables: Path) -> str:
@@ -320,8 +399,10 @@ def probe_section(tables: Path) -> str:
         floor = 1.0 / float(k.iloc[0]) if len(k) else float("nan")
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
         handles = {}
-        for ax, metric, ref, ref_label in ((axes[0], "snr", floor, f"noise floor 1/K = {floor:.3g}"),
-                                           (axes[1], "snr_unbiased", 0.0, "no signal (0)")):
+        for ax, metric, ref, ref_label in (
+            (axes[0], "snr", floor, f"noise floor 1/K = {floor:.3g}"),
+            (axes[1], "snr_unbiased", 0.0, "no signal (0)"),
+        ):
             for algo, rows in part[part["metric"] == metric].groupby("algorithm"):
                 rows = rows.sort_values("budget")
                 if metric == "snr_unbiased":
@@ -335,9 +416,11 @@ def probe_section(tables: Path) -> str:
             ax.set_title("gradient SNR ||mean g||²/tr Cov" if metric == "snr" else "bias-corrected SNR", fontsize=10)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
         fig.tight_layout()
-        parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Gradient SNR, {model} / {reward}: the dashed line "
-                     "is what pure noise gives. Bands: interval over seeds; at a probe measured once (the base "
-                     "model), the probe's own interval.</figcaption></figure>")
+        parts.append(
+            f"<figure><img src='{_png(fig)}'><figcaption>Gradient SNR, {model} / {reward}: the dashed line "
+            "is what pure noise gives. Bands: interval over seeds; at a probe measured once (the base "
+            "model), the probe's own interval.</figcaption></figure>"
+        )
         parts.append(_start_snr(part))
         credit = part[part["metric"].str.startswith("credit_share/")].copy()
         if len(credit):
@@ -354,22 +437,33 @@ def probe_section(tables: Path) -> str:
                 ax.set_title("base model" if budget == 0 else f"after {budget} training images", fontsize=10)
                 fig.colorbar(im, ax=ax, fraction=0.04, label="share of gradient norm")
             fig.tight_layout()
-            parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Per-step credit share, {model} / {reward} "
-                         "(0 = no credit; equal credit = 1/steps).</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{_png(fig)}'><figcaption>Per-step credit share, {model} / {reward} "
+                "(0 = no credit; equal credit = 1/steps).</figcaption></figure>"
+            )
         final = part[part["budget"] == part["budget"].max()]
         # every registered probe measure, scale-free ones first
-        keys = sorted((m for m in final["metric"].unique() if lookup(m) is not None),
-                      key=lambda m: (not lookup(m).scale_free, m))
+        keys = sorted(
+            (m for m in final["metric"].unique() if lookup(m) is not None), key=lambda m: (not lookup(m).scale_free, m)
+        )
         rows = []
         for algo, g in final.groupby("algorithm"):
             vals = g.set_index("metric")
-            rows.append([algo] + [_ci(vals.loc[m, "mean"], vals.loc[m, "ci_low"], vals.loc[m, "ci_high"])
-                                  if m in vals.index else "–" for m in keys])
-        names = [f"{m}{_arrow(m)}" if (lookup(m) is None or lookup(m).scale_free) else f"{m} (per method only)"
-                 for m in keys]
-        parts.append(f"<p>At the final budget ({int(final['budget'].max())} images), {model} / {reward}; "
-                     f"noise floor of snr 1/K = {floor:.3g}. tr Cov and ||mean g||² scale with each method's loss and "
-                     "are not comparable across rows.</p>" + _html_table(["method"] + names, rows))
+            rows.append(
+                [algo]
+                + [
+                    _ci(vals.loc[m, "mean"], vals.loc[m, "ci_low"], vals.loc[m, "ci_high"]) if m in vals.index else "–"
+                    for m in keys
+                ]
+            )
+        names = [
+            f"{m}{_arrow(m)}" if (lookup(m) is None or lookup(m).scale_free) else f"{m} (per method only)" for m in keys
+        ]
+        parts.append(
+            f"<p>At the final budget ({int(final['budget'].max())} images), {model} / {reward}; "
+            f"noise floor of snr 1/K = {floor:.3g}. tr Cov and ||mean g||² scale with each method's loss and "
+            "are not comparable across rows.</p>" + _html_table(["method"] + names, rows)
+        )
     return "".join(parts)
 
 
@@ -380,9 +474,12 @@ def across_section(tables: Path) -> str:
     across, header = read_table(path)
     iqm = across[across["statistic"] == "iqm_normalised_gain"]
     parts = ["<h2>Across training rewards (rliable)</h2>", f"<p class='prov'>{html.escape(header[-1])}</p>"]
-    parts.append(_html_table(["method", "IQM of normalised gain", "tasks", "runs"],
-                             [[r.method, _ci(r.value, r.ci_low, r.ci_high), str(r.tasks), str(r.runs)]
-                              for r in iqm.itertuples()]))
+    parts.append(
+        _html_table(
+            ["method", "IQM of normalised gain", "tasks", "runs"],
+            [[r.method, _ci(r.value, r.ci_low, r.ci_high), str(r.tasks), str(r.runs)] for r in iqm.itertuples()],
+        )
+    )
     prof_path = tables / "performance_profile.csv"
     if prof_path.is_file():
         prof = pd.read_csv(prof_path)
@@ -393,8 +490,10 @@ def across_section(tables: Path) -> str:
         ax.set_xlabel("normalised gain τ")
         ax.set_ylabel("fraction of runs with score > τ")
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Performance profiles (run-score distributions)."
-                     "</figcaption></figure>")
+        parts.append(
+            f"<figure><img src='{_png(fig)}'><figcaption>Performance profiles (run-score distributions)."
+            "</figcaption></figure>"
+        )
     return "".join(parts)
 
 
@@ -407,10 +506,12 @@ def _statistics_note(tables: Path) -> str:
     st = _citable(tables).get("statistics", {})
     if not st:
         return ""
-    return (f"<p><b>Statistics.</b> Every interval in this report is a {html.escape(st['description'])} unless "
-            "named otherwise; pairwise and verdict tests are Welch's t-tests corrected by Holm-Bonferroni "
-            "(over the pairs of one metric; over all verdict lines); aggregates across rewards use rliable's "
-            "stratified bootstrap. A row measured once for every seed (the base model) has no interval.</p>")
+    return (
+        f"<p><b>Statistics.</b> Every interval in this report is a {html.escape(st['description'])} unless "
+        "named otherwise; pairwise and verdict tests are Welch's t-tests corrected by Holm-Bonferroni "
+        "(over the pairs of one metric; over all verdict lines); aggregates across rewards use rliable's "
+        "stratified bootstrap. A row measured once for every seed (the base model) has no interval.</p>"
+    )
 
 
 def _prompts(tables: Path) -> list[str]:
@@ -439,8 +540,13 @@ def sample_grids(runs_root: Path, table: pd.DataFrame, prompts: list[str]) -> li
                 out.append(_grid_figure(grids[0], f"Base model ({model}), held-out prompts", prompts))
                 first = False
             if grids and grids[-1].stem != "0":
-                out.append(_grid_figure(grids[-1], f"{algo} ({model}, trained on {reward}), seed 0, after "
-                                        f"{grids[-1].stem} images", prompts))
+                out.append(
+                    _grid_figure(
+                        grids[-1],
+                        f"{algo} ({model}, trained on {reward}), seed 0, after {grids[-1].stem} images",
+                        prompts,
+                    )
+                )
     return out
 
 
@@ -449,18 +555,30 @@ def derived_section(tables: Path) -> str:
     levels_path = tables / "levels.csv"
     if levels_path.is_file():
         levels, _ = read_table(levels_path)
-        parts.append("<h3>Targets and levels</h3>" + _html_table(
-            list(levels.columns), [[_f(v) if not isinstance(v, str) else html.escape(v) for v in r]
-                                   for r in levels.itertuples(index=False)], left=2))
+        parts.append(
+            "<h3>Targets and levels</h3>"
+            + _html_table(
+                list(levels.columns),
+                [
+                    [_f(v) if not isinstance(v, str) else html.escape(v) for v in r]
+                    for r in levels.itertuples(index=False)
+                ],
+                left=2,
+            )
+        )
     path = tables / "derived.csv"
     if path.is_file():
         derived, header = read_table(path)
-        shown = derived[derived["metric"].str.startswith(("convergence/", "matched/", "collapse/collapsed", "gold/",
-                                                          "seconds/gain/"))]
+        shown = derived[
+            derived["metric"].str.startswith(
+                ("convergence/", "matched/", "collapse/collapsed", "gold/", "seconds/gain/")
+            )
+        ]
         shown = shown[shown["metric"] != "matched/reward_level"]
         # per-seed 0/1 outcomes: shown as 'k of n' (a t-interval on a proportion leaves [0, 1])
-        binary = {m for m in shown["metric"].unique()
-                  if "/reached_" in m or m.startswith(("collapse/collapsed", "gold/pass"))}
+        binary = {
+            m for m in shown["metric"].unique() if "/reached_" in m or m.startswith(("collapse/collapsed", "gold/pass"))
+        }
         for (model, reward), part in shown.groupby(["model", "reward"]):
             algos = sorted(part["algorithm"].unique())
             rows = []
@@ -474,11 +592,14 @@ def derived_section(tables: Path) -> str:
                         n = int(vals.loc[a, "n_seeds"])
                         cells.append(f"{int(round(vals.loc[a, 'mean'] * n))} of {n}" if n else "–")
                     else:
-                        cells.append(_ci(vals.loc[a, "mean"], vals.loc[a, "ci_low"], vals.loc[a, "ci_high"], True)
-                                     + f"<br><small>n={int(vals.loc[a, 'n_seeds'])}</small>")
+                        cells.append(
+                            _ci(vals.loc[a, "mean"], vals.loc[a, "ci_low"], vals.loc[a, "ci_high"], True)
+                            + f"<br><small>n={int(vals.loc[a, 'n_seeds'])}</small>"
+                        )
                 rows.append([f"{metric}{_arrow(metric)}"] + cells)
-            parts.append(f"<h3>{html.escape(model)} / {html.escape(reward)}</h3>"
-                         + _html_table(["measure"] + algos, rows))
+            parts.append(
+                f"<h3>{html.escape(model)} / {html.escape(reward)}</h3>" + _html_table(["measure"] + algos, rows)
+            )
         parts += [f"<p class='prov'>{html.escape(h)}</p>" for h in header[4:]]
     return ("<h2>Convergence, quality at matched reward, collapse, gold checks</h2>" + "".join(parts)) if parts else ""
 
@@ -496,10 +617,17 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
     parts = ["<h2>The self-consuming loop</h2>", *(f"<p class='prov'>{html.escape(h)}</p>" for h in header[4:])]
     for (model, reward), part in rec.groupby(["model", "reward"]):
         variants = list(dict.fromkeys(part["variant"]))
-        measures = sorted((m for m in part["metric"].unique() if lookup(m) is not None),
-                          key=lambda m: (not lookup(m).gold, m))  # gold checks first
-        fig, axes = plt.subplots(len(measures), len(variants), figsize=(3.3 * len(variants), 2.3 * len(measures)),
-                                 squeeze=False, sharex=True, sharey="row")  # variants compare along a row
+        measures = sorted(
+            (m for m in part["metric"].unique() if lookup(m) is not None), key=lambda m: (not lookup(m).gold, m)
+        )  # gold checks first
+        fig, axes = plt.subplots(
+            len(measures),
+            len(variants),
+            figsize=(3.3 * len(variants), 2.3 * len(measures)),
+            squeeze=False,
+            sharex=True,
+            sharey="row",
+        )  # variants compare along a row
         handles = {}
         for i, metric in enumerate(measures):
             base = _base_value(table[(table["model"] == model) & (table["reward"] == reward)], metric)
@@ -508,8 +636,9 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
                 for algo, rows in part[(part["variant"] == variant) & (part["metric"] == metric)].groupby("algorithm"):
                     rows = rows.sort_values("generation")
                     (line,) = ax.plot(rows["generation"], rows["mean"], marker="o", ms=3, label=algo)
-                    ax.fill_between(rows["generation"], rows["ci_low"], rows["ci_high"], alpha=0.15,
-                                    color=line.get_color())
+                    ax.fill_between(
+                        rows["generation"], rows["ci_low"], rows["ci_high"], alpha=0.15, color=line.get_color()
+                    )
                     handles[algo] = line
                 if np.isfinite(base):
                     handles["base model"] = ax.axhline(base, color="k", ls="--", lw=1)
@@ -523,43 +652,59 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
                 ax.tick_params(labelsize=7)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
         fig.tight_layout()
-        parts.append(f"<figure><img src='{_png(fig)}'><figcaption>Self-consuming loop, {html.escape(model)} / "
-                     f"{html.escape(reward)}: each measure against the generation (0 = the method's final model), "
-                     "mean over seeds with the interval as a band; dashed: the base model (measured by the "
-                     "evaluation, so only for its measures).</figcaption></figure>")
+        parts.append(
+            f"<figure><img src='{_png(fig)}'><figcaption>Self-consuming loop, {html.escape(model)} / "
+            f"{html.escape(reward)}: each measure against the generation (0 = the method's final model), "
+            "mean over seeds with the interval as a band; dashed: the base model (measured by the "
+            "evaluation, so only for its measures).</figcaption></figure>"
+        )
         d = decay[(decay["model"] == model) & (decay["reward"] == reward)]
         rows = []
         for (metric, algo), g in d.groupby(["metric", "algorithm"]):
             if lookup(metric) is None:
                 continue
             vals = g.set_index("variant")
-            rows.append([f"{metric[len('decay/'):]}{_arrow(metric)}", algo]
-                        + [_ci(vals.loc[v, "mean"], vals.loc[v, "ci_low"], vals.loc[v, "ci_high"], True)
-                           if v in vals.index else "–" for v in variants])
+            rows.append(
+                [f"{metric[len('decay/') :]}{_arrow(metric)}", algo]
+                + [
+                    _ci(vals.loc[v, "mean"], vals.loc[v, "ci_low"], vals.loc[v, "ci_high"], True)
+                    if v in vals.index
+                    else "–"
+                    for v in variants
+                ]
+            )
         if rows:
-            parts.append(f"<p>Decay rate per generation (least-squares slope over generations 0..G, per seed; mean "
-                         f"over seeds with the interval), {html.escape(model)} / {html.escape(reward)}. Arrow: the "
-                         "better direction of the measure, so the better sign of its slope.</p>"
-                         + _html_table(["measure", "method", *variants], rows, left=2))
+            parts.append(
+                f"<p>Decay rate per generation (least-squares slope over generations 0..G, per seed; mean "
+                f"over seeds with the interval), {html.escape(model)} / {html.escape(reward)}. Arrow: the "
+                "better direction of the measure, so the better sign of its slope.</p>"
+                + _html_table(["measure", "method", *variants], rows, left=2)
+            )
     return "".join(parts)
 
 
 def render(tables: Path, runs_root: Path, out: Path) -> Path:
     table, header = read_table(tables / "eval.csv")
     prompts = _prompts(tables)
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>t2i-rl-bench report</title>",
-             f"<style>{CSS}</style></head><body><h1>t2i-rl-bench: comparative report</h1>",
-             "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>", _statistics_note(tables)]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>t2i-rl-bench report</title>",
+        f"<style>{CSS}</style></head><body><h1>t2i-rl-bench: comparative report</h1>",
+        "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>",
+        _statistics_note(tables),
+    ]
     parts.append(headline_section(tables))
     parts.append(verdict_section(tables))
-    parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in findings(table, tables))
-                 + "</ul>")
+    parts.append(
+        "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in findings(table, tables)) + "</ul>"
+    )
     parts.append(failures.html_section(tables))  # runs that did not finish, with the reason
     parts.append(hacking_section(tables, runs_root, prompts))
     parts.append("<h2>Reward, gold metrics and compute</h2>")
     for title, uri in curve_figures(table):
-        parts.append(f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
-                     "</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
+            "</figcaption></figure>"
+        )
     parts.append(probe_section(tables))
     parts.append(across_section(tables))
     parts.append("<h2>Samples (fixed held-out prompts and seeds)</h2>")

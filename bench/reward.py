@@ -40,8 +40,10 @@ def _as_specs(spec) -> list[RewardSpec]:
 def _with_settings(spec, settings: dict | None) -> list[RewardSpec]:
     """The specs, each with `settings[name]` (per-reward settings from the config, e.g. weight paths)
     under its own settings."""
-    return [RewardSpec(s.name, s.weight, {**((settings or {}).get(s.name) or {}), **(s.settings or {})} or None)
-            for s in _as_specs(spec)]
+    return [
+        RewardSpec(s.name, s.weight, {**((settings or {}).get(s.name) or {}), **(s.settings or {})} or None)
+        for s in _as_specs(spec)
+    ]
 
 
 class ComposedReward:
@@ -63,8 +65,9 @@ class ComposedReward:
             except RewardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a reward plugin's failure ends the run as a result
-                raise RewardError(f"reward {spec.name!r} raised {exc!r} on {len(prompts)} prompts "
-                                  f"(first: {prompts[0]!r})") from exc
+                raise RewardError(
+                    f"reward {spec.name!r} raised {exc!r} on {len(prompts)} prompts (first: {prompts[0]!r})"
+                ) from exc
             scores = check_scores(spec.name, scores, prompts)
             total += spec.weight * scores
             info[spec.name] = scores
@@ -79,8 +82,10 @@ def check_scores(name: str, scores, prompts: list[str]) -> torch.Tensor:
     bad = ~torch.isfinite(scores)
     if bad.any():
         i = int(torch.nonzero(bad)[0])
-        raise RewardError(f"reward {name!r} returned {scores[i].item()} for prompt {prompts[i]!r} "
-                          f"({int(bad.sum())} non-finite of {len(prompts)})")
+        raise RewardError(
+            f"reward {name!r} returned {scores[i].item()} for prompt {prompts[i]!r} "
+            f"({int(bad.sum())} non-finite of {len(prompts)})"
+        )
     return scores
 
 

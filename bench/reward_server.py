@@ -56,7 +56,6 @@ def jsonable(value: Any) -> Any:
         return None
 
 
-
 # ---------------------------------------------------------------- the server
 
 
@@ -115,8 +114,14 @@ def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 0) -> HT
     return server
 
 
-def serve(name: str, settings: dict | None = None, host: str = "127.0.0.1", port: int = 8765,
-          max_requests: int | None = None, idle_timeout: float | None = None) -> None:
+def serve(
+    name: str,
+    settings: dict | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    max_requests: int | None = None,
+    idle_timeout: float | None = None,
+) -> None:
     """Serve until `max_requests` requests were answered or none came for `idle_timeout` seconds
     (either unset: until killed). Prints the URL once listening (port 0 picks a free port)."""
     server = make_server(name, build_local(name, settings), host, port)

@@ -49,26 +49,45 @@ class Trajectory:
         return len(self.prompts)
 
 
-def make_sampler(policy: Policy, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean",
-                 flow_variant: str = FLOW_VARIANTS[0], sde_window: tuple[int, int] | None = None,
-                 ) -> DDIMSampler | FlowSDESampler:
+def make_sampler(
+    policy: Policy,
+    num_steps: int,
+    eta: float = 1.0,
+    logp_reduce: str = "mean",
+    flow_variant: str = FLOW_VARIANTS[0],
+    sde_window: tuple[int, int] | None = None,
+) -> DDIMSampler | FlowSDESampler:
     """The sampler that matches the policy's objective: DDIM (epsilon/v) over the policy's
     scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included),
     stochastic only inside `sde_window` (start, length) when given (flow models only)."""
     if policy.objective == "flow":
         policy.scheduler.set_timesteps(num_steps)
-        return FlowSDESampler(policy.scheduler.sigmas.float().clone(), noise_level=eta, variant=flow_variant,
-                              logp_reduce=logp_reduce, sde_window=sde_window)
+        return FlowSDESampler(
+            policy.scheduler.sigmas.float().clone(),
+            noise_level=eta,
+            variant=flow_variant,
+            logp_reduce=logp_reduce,
+            sde_window=sde_window,
+        )
     if sde_window is not None:
-        raise ValueError("sampling.sde_window (SDE inside a window, ODE elsewhere) is a flow-SDE option; "
-                         "this model samples with DDIM")
+        raise ValueError(
+            "sampling.sde_window (SDE inside a window, ODE elsewhere) is a flow-SDE option; "
+            "this model samples with DDIM"
+        )
     return DDIMSampler(policy.scheduler, num_steps, eta=eta, logp_reduce=logp_reduce)
 
 
 @torch.no_grad()
-def rollout(policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, generator: torch.Generator,
-            group_ids: torch.Tensor | None = None, same_noise_per_group: bool = False,
-            keep_graph: bool = False) -> Trajectory:
+def rollout(
+    policy: Policy,
+    sampler: Sampler,
+    prompts: list[str],
+    guidance: float,
+    generator: torch.Generator,
+    group_ids: torch.Tensor | None = None,
+    same_noise_per_group: bool = False,
+    keep_graph: bool = False,
+) -> Trajectory:
     """Sample one trajectory per prompt (repeat a prompt G times for a group of G).
 
     keep_graph: run the denoiser with autograd on and keep each step's graph (`Trajectory.graph`):
@@ -106,14 +125,29 @@ def rollout(policy: Policy, sampler: Sampler, prompts: list[str], guidance: floa
         with torch.enable_grad():
             graph = StepGraph(torch.stack(graph_logps, 1), torch.stack(graph_means, 1), stds)
     return Trajectory(
-        prompts=list(prompts), group_ids=group_ids, latents=torch.stack(latents, 1),
-        means=torch.stack(means, 1), stds=stds, logp=torch.stack(logps, 1),
-        timesteps=sampler.timesteps.clone(), cond=cond, uncond=uncond, graph=graph,
+        prompts=list(prompts),
+        group_ids=group_ids,
+        latents=torch.stack(latents, 1),
+        means=torch.stack(means, 1),
+        stds=stds,
+        logp=torch.stack(logps, 1),
+        timesteps=sampler.timesteps.clone(),
+        cond=cond,
+        uncond=uncond,
+        graph=graph,
     )
 
 
-def recompute(policy: Policy, sampler: Sampler, traj: Trajectory, samples: torch.Tensor, steps: torch.Tensor,
-              guidance: float, reference: bool = False, detach_uncond: bool = False):
+def recompute(
+    policy: Policy,
+    sampler: Sampler,
+    traj: Trajectory,
+    samples: torch.Tensor,
+    steps: torch.Tensor,
+    guidance: float,
+    reference: bool = False,
+    detach_uncond: bool = False,
+):
     """Log-probs of recorded transitions under the current weights (or the reference).
 
     samples: (B,) trajectory indices; steps: (B, S) sampler step indices. One batched forward
@@ -124,15 +158,23 @@ def recompute(policy: Policy, sampler: Sampler, traj: Trajectory, samples: torch
     x = traj.latents[rows, cols]
     x_next = traj.latents[rows, cols + 1]
     t = sampler.timesteps[cols]
-    out = policy.predict(x, sampler.model_timesteps()[cols], traj.cond[rows], traj.uncond[rows], guidance,
-                         detach_uncond=detach_uncond, reference=reference)
+    out = policy.predict(
+        x,
+        sampler.model_timesteps()[cols],
+        traj.cond[rows],
+        traj.uncond[rows],
+        guidance,
+        detach_uncond=detach_uncond,
+        reference=reference,
+    )
     res = sampler.step(out, x, t, step_index=cols, prev=x_next)
     return res.logp.view(b, s), res.mean.view(b, s, *res.mean.shape[1:]), res.std.view(b, s)
 
 
 @torch.no_grad()
-def sample_images(policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, seed: int,
-                  batch: int = 64) -> torch.Tensor:
+def sample_images(
+    policy: Policy, sampler: Sampler, prompts: list[str], guidance: float, seed: int, batch: int = 64
+) -> torch.Tensor:
     """Decoded images (N, 3, H, W) in [0, 1] of the prompts, at a fixed seed, `batch` at a time."""
     generator = torch.Generator().manual_seed(seed)
     images = []

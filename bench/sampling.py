@@ -44,8 +44,9 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def _draw(mean: torch.Tensor, std: torch.Tensor, prev: torch.Tensor | None,
-          generator: torch.Generator | None) -> torch.Tensor:
+def _draw(
+    mean: torch.Tensor, std: torch.Tensor, prev: torch.Tensor | None, generator: torch.Generator | None
+) -> torch.Tensor:
     if prev is not None:
         if generator is not None:
             raise ValueError("give either prev (recompute a recorded step) or generator (sample), not both")
@@ -111,8 +112,15 @@ class DDIMSampler:
             return self.sigma_override[torch.as_tensor(step_index).long()]
         return self.eta * self.variance(t).sqrt()
 
-    def step(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor | None = None,
-             prev: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StepResult:
+    def step(
+        self,
+        model_out: torch.Tensor,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        step_index: torch.Tensor | None = None,
+        prev: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepResult:
         """One step from x at timestep t (B,) to the next timestep of the schedule."""
         x32, eps = x.float(), model_out.float()
         t = torch.as_tensor(t, device="cpu").long().expand(x.shape[0])
@@ -171,9 +179,15 @@ class FlowSDESampler:
 
     family = "flow"
 
-    def __init__(self, sigmas: torch.Tensor, noise_level: float = 0.7, variant: str = FLOW_VARIANTS[0],
-                 logp_reduce: str = "mean", timestep_scale: float = 1000.0,
-                 sde_window: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        sigmas: torch.Tensor,
+        noise_level: float = 0.7,
+        variant: str = FLOW_VARIANTS[0],
+        logp_reduce: str = "mean",
+        timestep_scale: float = 1000.0,
+        sde_window: tuple[int, int] | None = None,
+    ):
         if variant not in FLOW_VARIANTS:
             raise ValueError(f"flow SDE variant must be 'flowgrpo' or 'dancegrpo', got {variant!r}")
         self.sigmas = sigmas.float()
@@ -186,8 +200,10 @@ class FlowSDESampler:
         else:
             start, length = sde_window
             if not (0 <= start and length >= 1 and start + length <= self.num_steps):
-                raise ValueError(f"sde_window (start, length) = {tuple(sde_window)} must lie inside the "
-                                 f"{self.num_steps} sampler steps")
+                raise ValueError(
+                    f"sde_window (start, length) = {tuple(sde_window)} must lie inside the "
+                    f"{self.num_steps} sampler steps"
+                )
             self.sde_steps = torch.arange(start, start + length)
         self.stochastic = torch.zeros(self.num_steps, dtype=torch.bool)
         self.stochastic[self.sde_steps] = True
@@ -209,8 +225,15 @@ class FlowSDESampler:
     def with_std(self, std: torch.Tensor) -> FlowSDESampler:
         raise ValueError("a flow SDE's noise is set by its variant and noise level, not per step")
 
-    def step(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, step_index: torch.Tensor | None = None,
-             prev: torch.Tensor | None = None, generator: torch.Generator | None = None) -> StepResult:
+    def step(
+        self,
+        model_out: torch.Tensor,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        step_index: torch.Tensor | None = None,
+        prev: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepResult:
         if step_index is None:
             raise ValueError("the flow SDE step needs the step index (its sigmas are indexed by it)")
         x32, v = x.float(), model_out.float()

@@ -56,8 +56,25 @@ _UNSAFE = re.compile(r"[/\\\s{}]|^\.")  # a path separator, white space, a wildc
 
 # labels a CSV reader takes for a missing value or a number (pandas' defaults): a table row
 # labelled so would lose its name when the report reads the tables back
-_NOT_NAMES = {"", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "<na>", "n/a", "na",
-              "nan", "null", "none", "true", "false"}
+_NOT_NAMES = {
+    "",
+    "#n/a",
+    "#n/a n/a",
+    "#na",
+    "-1.#ind",
+    "-1.#qnan",
+    "-nan",
+    "1.#ind",
+    "1.#qnan",
+    "<na>",
+    "n/a",
+    "na",
+    "nan",
+    "null",
+    "none",
+    "true",
+    "false",
+}
 
 
 def _reads_as_name(label: str) -> bool:
@@ -91,22 +108,30 @@ def check_labels(config: dict) -> None:
     for section in ("models", "algorithms"):
         for label in config[section]:
             if not _reads_as_name(label):
-                raise ConfigError(f"config key '{section}.{label}': the label {label!r} would be read back from "
-                                  "the tables as a missing value or a number; give it a name with a letter")
+                raise ConfigError(
+                    f"config key '{section}.{label}': the label {label!r} would be read back from "
+                    "the tables as a missing value or a number; give it a name with a letter"
+                )
             if _UNSAFE.search(label) or not label:
-                hint = (" A plugin's file goes under `plugin:`, e.g. `algorithms: {my_algo: {plugin: "
-                        "plugins/my_algo.py:MyAlgo}}`." if section == "algorithms" else "")
-                raise ConfigError(f"config key '{section}.{label}': the label {label!r} names run folders and "
-                                  f"table rows; {rule}.{hint}")
+                hint = (
+                    " A plugin's file goes under `plugin:`, e.g. `algorithms: {my_algo: {plugin: "
+                    "plugins/my_algo.py:MyAlgo}}`."
+                    if section == "algorithms"
+                    else ""
+                )
+                raise ConfigError(
+                    f"config key '{section}.{label}': the label {label!r} names run folders and "
+                    f"table rows; {rule}.{hint}"
+                )
     seen: dict[str, str] = {}
     for i, spec in enumerate(config["rewards"]):
         label = reward_label(spec)
         if label in seen:
-            raise ConfigError(f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} as "
-                              f"{seen[label]}; give each training reward once")
+            raise ConfigError(
+                f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} as "
+                f"{seen[label]}; give each training reward once"
+            )
         seen[label] = f"rewards[{i}]"
-
-
 
 
 @dataclass(frozen=True)
@@ -148,10 +173,14 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
     if variant is not None and variant not in FLOW_VARIANTS:
         raise ConfigError(f"config key 'algorithms.{label}.flow_variant': one of {list(FLOW_VARIANTS)}")
     window = settings.pop("sde_window", None)
-    if window is not None and not (isinstance(window, list | tuple) and len(window) == 2
-                                   and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in window)):
-        raise ConfigError(f"config key 'algorithms.{label}.sde_window': [start, length] of integers >= 0, "
-                          f"got {window!r}")
+    if window is not None and not (
+        isinstance(window, list | tuple)
+        and len(window) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in window)
+    ):
+        raise ConfigError(
+            f"config key 'algorithms.{label}.sde_window': [start, length] of integers >= 0, got {window!r}"
+        )
     try:
         return ALGORITHMS.get(ref)(**settings)
     except SettingError as exc:
@@ -186,8 +215,10 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         raise ConfigError(f"config key 'train.budgets': budgets must be strictly increasing, got {budgets}")
     for b in budgets:
         if b % train["images_per_round"]:
-            raise ConfigError(f"config key 'train.budgets': budget {b} is not a multiple of "
-                              f"train.images_per_round={train['images_per_round']}")
+            raise ConfigError(
+                f"config key 'train.budgets': budget {b} is not a multiple of "
+                f"train.images_per_round={train['images_per_round']}"
+            )
     algorithms = {label: check_algorithm(label, settings) for label, settings in config["algorithms"].items()}
     for label, algorithm in algorithms.items():
         check_group_size(config, label, algorithm.recipe.group_size)
@@ -207,15 +238,19 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
                 raise ConfigError(f"config key '{key}': {problems[0]}")
     clip_model = config["evaluation"]["clip_model"]
     if check_paths and clip_model and not (Path(clip_model) / MANIFEST).is_file():
-        raise ConfigError(f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
-                          "regenerate it with `python -m bench pretrain-clip` or set the key to null")
+        raise ConfigError(
+            f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
+            "regenerate it with `python -m bench pretrain-clip` or set the key to null"
+        )
     check_gpu_budget(config)
     recursive_variants(config)  # unique variant names
     num_steps = config["sampling"].get("num_steps", RunSpec.num_steps)
     for key, window in window_settings(config):
         if window[1] < 1 or window[0] + window[1] > num_steps:
-            raise ConfigError(f"config key '{key}': [start, length] = {window} must lie inside the "
-                              f"{num_steps} sampler steps, length >= 1")
+            raise ConfigError(
+                f"config key '{key}': [start, length] = {window} must lie inside the "
+                f"{num_steps} sampler steps, length >= 1"
+            )
     for name, model in config["models"].items():
         check_model(name, model, check_paths)
         family = "flow" if model_objective(model) == "flow" else "ddim"
@@ -224,9 +259,11 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
                 raise ConfigError(f"config key '{key}': a flow-SDE option, and model {name!r} samples with DDIM")
         for label, algorithm in algorithms.items():
             if family not in algorithm.sampler_families:
-                raise ConfigError(f"config key 'algorithms.{label}': {type(algorithm).__name__} is defined for "
-                                  f"{' and '.join(algorithm.sampler_families)} samplers, and model {name!r} samples "
-                                  f"with {family}")
+                raise ConfigError(
+                    f"config key 'algorithms.{label}': {type(algorithm).__name__} is defined for "
+                    f"{' and '.join(algorithm.sampler_families)} samplers, and model {name!r} samples "
+                    f"with {family}"
+                )
     return config
 
 
@@ -255,8 +292,10 @@ def check_group_size(config: dict, label: str, algorithm_group: int | None) -> N
         key, what = "train.group_size", f"group_size {group}"
     else:
         key, what = "train.images_per_round", f"the built-in group_size {group} of algorithm {label!r}"
-    raise ConfigError(f"config key '{key}': {what} does not divide train.images_per_round="
-                      f"{train['images_per_round']} (a round holds whole prompt groups)")
+    raise ConfigError(
+        f"config key '{key}': {what} does not divide train.images_per_round="
+        f"{train['images_per_round']} (a round holds whole prompt groups)"
+    )
 
 
 def model_file(model: dict) -> str:
@@ -272,8 +311,9 @@ def check_model(name: str, model: dict, check_paths: bool) -> None:
 
     family = model.get("family", "embedded")
     if family not in MODELS.names():
-        raise ConfigError(f"config key 'models.{name}.family': unknown model family {family!r}; known: "
-                          + ", ".join(MODELS.names()))
+        raise ConfigError(
+            f"config key 'models.{name}.family': unknown model family {family!r}; known: " + ", ".join(MODELS.names())
+        )
     options = sorted(set(model) & set(MODEL_OPTIONS))
     if family == "embedded" and options:
         raise ConfigError(f"config key 'models.{name}.{options[0]}': the embedded family takes no such option")
@@ -283,13 +323,15 @@ def check_model(name: str, model: dict, check_paths: bool) -> None:
     if family == "embedded":  # the pretrain rule builds a missing embedded model
         return
     if not marker.is_file():
-        raise ConfigError(f"config key 'models.{name}.path': no model at {folder} "
-                          f"(missing {marker}); give a local model folder")
+        raise ConfigError(
+            f"config key 'models.{name}.path': no model at {folder} (missing {marker}); give a local model folder"
+        )
     if marker.name == MODEL_INDEX:
         pipeline = json.loads(marker.read_text()).get("_class_name")
         if PIPELINE_FAMILIES.get(pipeline) != family:
-            raise ConfigError(f"config key 'models.{name}.family': {folder} holds a {pipeline!r}, "
-                              f"not a family {family!r} pipeline")
+            raise ConfigError(
+                f"config key 'models.{name}.family': {folder} holds a {pipeline!r}, not a family {family!r} pipeline"
+            )
 
 
 def gpu_hours(config: dict) -> float:
@@ -303,10 +345,14 @@ def check_gpu_budget(config: dict) -> None:
     budget = config["resources"]["gpu_hours_budget"]
     needed = gpu_hours(config)
     if budget is not None and needed > budget:
-        per_rule = ", ".join(f"{r}: {config['resources'][r]['gpu']} GPU x {config['resources'][r]['runtime']} min"
-                             for r in ("train", "evaluate", "probe"))
-        raise ConfigError(f"config key 'resources.gpu_hours_budget': the grid declares {needed:.1f} GPU-hours "
-                          f"({len(runs(config))} runs; {per_rule}) but the budget is {budget:g}")
+        per_rule = ", ".join(
+            f"{r}: {config['resources'][r]['gpu']} GPU x {config['resources'][r]['runtime']} min"
+            for r in ("train", "evaluate", "probe")
+        )
+        raise ConfigError(
+            f"config key 'resources.gpu_hours_budget': the grid declares {needed:.1f} GPU-hours "
+            f"({len(runs(config))} runs; {per_rule}) but the budget is {budget:g}"
+        )
 
 
 def load(path: str | Path, check_paths: bool = True) -> dict:
@@ -334,7 +380,8 @@ def recursive_variants(config: dict) -> dict[str, dict]:
     shared settings, named <mode>-real<fraction>."""
     section = {k: v for k, v in config.get("recursive", {}).items() if k not in ("enabled", "variants")}
     variants = config.get("recursive", {}).get("variants") or [
-        {"name": f"{section.get('mode', 'replace')}-real{section.get('real_fraction', 0.0):g}"}]
+        {"name": f"{section.get('mode', 'replace')}-real{section.get('real_fraction', 0.0):g}"}
+    ]
     out: dict[str, dict] = {}
     for v in variants:
         if v["name"] in out:
@@ -346,8 +393,12 @@ def recursive_variants(config: dict) -> dict[str, dict]:
 def base_run_key(config: dict, model: str, reward: str | None = None, algorithm: str | None = None) -> RunKey:
     """A run standing for every run that shares the base model's evaluation (a model) or probe (a
     model x reward x algorithm); the commands compare the settings they depend on before reusing it."""
-    return RunKey(model, reward or reward_label(config["rewards"][0]), algorithm or next(iter(config["algorithms"])),
-                  config["seeds"][0])
+    return RunKey(
+        model,
+        reward or reward_label(config["rewards"][0]),
+        algorithm or next(iter(config["algorithms"])),
+        config["seeds"][0],
+    )
 
 
 def train_command(config: dict, python: str) -> str:

@@ -55,9 +55,21 @@ def provenance(cfg: dict) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         # the study's own outputs (tables, citable.json, the report) are rewritten by design
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                     *(f":(exclude){p}" for p in GENERATED)],
-                                    capture_output=True, text=True).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                [
+                    "git",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ".",
+                    *(f":(exclude){p}" for p in GENERATED),
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     versions = {}
@@ -75,16 +87,22 @@ def provenance(cfg: dict) -> dict:
         "packages": versions,
         "plugins": plugin_provenance(cfg),  # file plugins by SHA-256, installed ones by package version
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-        "interval": {"method": s["interval"], "confidence": s.get("confidence", 0.95),
-                     "description": describe_interval(s["interval"], s.get("confidence", 0.95)),
-                     "bootstrap_resamples": s["bootstrap_resamples"]},
+        "interval": {
+            "method": s["interval"],
+            "confidence": s.get("confidence", 0.95),
+            "description": describe_interval(s["interval"], s.get("confidence", 0.95)),
+            "bootstrap_resamples": s["bootstrap_resamples"],
+        },
     }
 
 
 def hardware() -> dict:
     """The machine the tables were made on (runs record their own device-seconds)."""
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         import torch
 
@@ -122,9 +140,19 @@ def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame
         for r in rows_in:
             shared = bool(result.get("base_shared")) and r["budget"] == 0
             for metric, value in _numbers(r):
-                rows.append({"model": key.model, "reward": key.reward, "algorithm": key.algorithm,
-                             "seed": key.seed, "budget": r["budget"], "metric": metric, "value": value,
-                             "status": status, "shared": shared})
+                rows.append(
+                    {
+                        "model": key.model,
+                        "reward": key.reward,
+                        "algorithm": key.algorithm,
+                        "seed": key.seed,
+                        "budget": r["budget"],
+                        "metric": metric,
+                        "value": value,
+                        "status": status,
+                        "shared": shared,
+                    }
+                )
     return pd.DataFrame(rows, columns=[*KEYS[:3], "seed", "budget", "metric", "value", "status", "shared"])
 
 
@@ -149,18 +177,42 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
         # a loss-scale-dependent quantity has no better side across methods: no direction shown
         meta = {"better": (direction(keys[-1]) or "") if scale_free else "", "scale_free": scale_free}
         if values.size == 0:
-            out.append({**dict(zip(KEYS, keys)), "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                        "n_seeds": 0, "diverged": diverged, "shared": False, **meta})
+            out.append(
+                {
+                    **dict(zip(KEYS, keys)),
+                    "mean": np.nan,
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                    "n_seeds": 0,
+                    "diverged": diverged,
+                    "shared": False,
+                    **meta,
+                }
+            )
             continue
         shared = _is_shared(group, values)
         if shared:
             values = values[:1]
         ci = interval(values, s["interval"], s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"])
-        out.append({**dict(zip(KEYS, keys)), "mean": ci.point, "ci_low": ci.low, "ci_high": ci.high,
-                    "n_seeds": ci.n, "diverged": diverged, "shared": shared, **meta})
+        out.append(
+            {
+                **dict(zip(KEYS, keys)),
+                "mean": ci.point,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "n_seeds": ci.n,
+                "diverged": diverged,
+                "shared": shared,
+                **meta,
+            }
+        )
     # an empty summary keeps its columns (a study whose every run failed still writes its tables)
-    return pd.DataFrame(out, columns=None if out else [*KEYS, "mean", "ci_low", "ci_high", "n_seeds", "diverged",
-                                                        "shared", "better", "scale_free"])
+    return pd.DataFrame(
+        out,
+        columns=None
+        if out
+        else [*KEYS, "mean", "ci_low", "ci_high", "n_seeds", "diverged", "shared", "better", "scale_free"],
+    )
 
 
 def compared_metrics(seed_rows: pd.DataFrame, reward: str) -> list[str]:
@@ -182,8 +234,9 @@ def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | N
         for spec in metrics or compared_metrics(part, reward):
             metric = spec.replace("{reward}", reward)
             sign = -1.0 if direction(metric) == "lower" else 1.0
-            values = {a: g["value"].to_numpy(dtype=float)
-                      for a, g in final[final["metric"] == metric].groupby("algorithm")}
+            values = {
+                a: g["value"].to_numpy(dtype=float) for a, g in final[final["metric"] == metric].groupby("algorithm")
+            }
             values = {a: v[np.isfinite(v)] for a, v in values.items()}
             level, reps, seed = s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"]
             family = []
@@ -193,12 +246,25 @@ def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | N
                         continue
                     poi = probability_of_improvement_ci(sign * vx, sign * vy, level, reps, seed)
                     d = difference(vx, vy, s["interval"], level, reps, seed)
-                    family.append({"model": model, "reward": reward, "metric": metric,
-                                   "better": direction(metric) or "",
-                                   "budget": int(final["budget"].max()), "method": x, "over": y,
-                                   "poi": poi.point, "poi_low": poi.low, "poi_high": poi.high,
-                                   "difference": d.effect, "ci_low": d.low, "ci_high": d.high,
-                                   "n_seeds": poi.n, "p_value": d.p_value})
+                    family.append(
+                        {
+                            "model": model,
+                            "reward": reward,
+                            "metric": metric,
+                            "better": direction(metric) or "",
+                            "budget": int(final["budget"].max()),
+                            "method": x,
+                            "over": y,
+                            "poi": poi.point,
+                            "poi_low": poi.low,
+                            "poi_high": poi.high,
+                            "difference": d.effect,
+                            "ci_low": d.low,
+                            "ci_high": d.high,
+                            "n_seeds": poi.n,
+                            "p_value": d.p_value,
+                        }
+                    )
             if family:
                 # one test per unordered pair: (x, y) and (y, x) share Welch's p
                 pairs = {tuple(sorted((r["method"], r["over"]))): r["p_value"] for r in family}
@@ -243,8 +309,18 @@ def across_rewards(seed_rows: pd.DataFrame, stats_cfg: dict) -> tuple[pd.DataFra
         if not arrays:
             continue
         ci = stratified_bootstrap(arrays, aggregate_iqm, level, s["bootstrap_resamples"], s["seed"])
-        rows.append({"method": algo, "over": "", "statistic": "iqm_normalised_gain", "value": ci.point,
-                     "ci_low": ci.low, "ci_high": ci.high, "tasks": len(arrays), "runs": ci.n})
+        rows.append(
+            {
+                "method": algo,
+                "over": "",
+                "statistic": "iqm_normalised_gain",
+                "value": ci.point,
+                "ci_low": ci.low,
+                "ci_high": ci.high,
+                "tasks": len(arrays),
+                "runs": ci.n,
+            }
+        )
         fractions = performance_profile(arrays, taus)
         profile += [{"method": algo, "tau": float(t), "fraction": float(f)} for t, f in zip(taus, fractions)]
     for x in sorted(scores):
@@ -252,15 +328,36 @@ def across_rewards(seed_rows: pd.DataFrame, stats_cfg: dict) -> tuple[pd.DataFra
             common = [t for t in tasks if t in scores[x] and t in scores[y] and scores[x][t].size and scores[y][t].size]
             if x == y or not common:
                 continue
-            ci = probability_of_improvement_tasks_ci([scores[x][t] for t in common], [scores[y][t] for t in common],
-                                                     level, s["bootstrap_resamples"], s["seed"])
-            rows.append({"method": x, "over": y, "statistic": "probability_of_improvement", "value": ci.point,
-                         "ci_low": ci.low, "ci_high": ci.high, "tasks": len(common), "runs": ci.n})
+            ci = probability_of_improvement_tasks_ci(
+                [scores[x][t] for t in common],
+                [scores[y][t] for t in common],
+                level,
+                s["bootstrap_resamples"],
+                s["seed"],
+            )
+            rows.append(
+                {
+                    "method": x,
+                    "over": y,
+                    "statistic": "probability_of_improvement",
+                    "value": ci.point,
+                    "ci_low": ci.low,
+                    "ci_high": ci.high,
+                    "tasks": len(common),
+                    "runs": ci.n,
+                }
+            )
     return pd.DataFrame(rows), pd.DataFrame(profile)
 
 
-def headline(table: pd.DataFrame, derived: pd.DataFrame, seconds_levels: pd.DataFrame, hack: pd.DataFrame,
-             verdict: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
+def headline(
+    table: pd.DataFrame,
+    derived: pd.DataFrame,
+    seconds_levels: pd.DataFrame,
+    hack: pd.DataFrame,
+    verdict: pd.DataFrame,
+    stats_cfg: dict,
+) -> pd.DataFrame:
     """One row per (model, training reward, method): held-out training-reward gain over the base
     at the final budget and at the common device-seconds level (both with intervals over seeds),
     the change of every gold metric, the compute used, the hacking flag and the verdicts."""
@@ -268,8 +365,11 @@ def headline(table: pd.DataFrame, derived: pd.DataFrame, seconds_levels: pd.Data
     rows = []
     for (model, reward, algo), part in table.groupby(["model", "reward", "algorithm"]):
         final_budget = int(part["budget"].max())
-        d = derived[(derived["model"] == model) & (derived["reward"] == reward) & (derived["algorithm"] == algo)] \
-            if len(derived) else derived
+        d = (
+            derived[(derived["model"] == model) & (derived["reward"] == reward) & (derived["algorithm"] == algo)]
+            if len(derived)
+            else derived
+        )
 
         def ci_of(key: str, frame: pd.DataFrame = d) -> tuple[float, float, float, int]:
             v = frame[frame["metric"] == key]["value"].to_numpy(dtype=float) if len(frame) else np.array([])
@@ -281,40 +381,73 @@ def headline(table: pd.DataFrame, derived: pd.DataFrame, seconds_levels: pd.Data
 
         g, glo, ghi, n = ci_of(f"change/reward/{reward}")
         sg, slo, shi, _ = ci_of(f"seconds/gain/reward/{reward}")
-        lvl = seconds_levels[(seconds_levels["model"] == model) & (seconds_levels["reward"] == reward)] \
-            if len(seconds_levels) else seconds_levels
+        lvl = (
+            seconds_levels[(seconds_levels["model"] == model) & (seconds_levels["reward"] == reward)]
+            if len(seconds_levels)
+            else seconds_levels
+        )
         secs = part[(part["metric"] == "device_seconds") & (part["budget"] == final_budget)]["mean"]
-        row = {"model": model, "reward": reward, "method": algo, "n_seeds": n,
-               "gain": g, "gain_low": glo, "gain_high": ghi,
-               "seconds_level": float(lvl["seconds_level"].iloc[0]) if len(lvl) else np.nan,
-               "gain_at_seconds": sg, "gain_at_seconds_low": slo, "gain_at_seconds_high": shi,
-               "images": final_budget, "device_seconds": float(secs.iloc[0]) if len(secs) else np.nan}
-        for key in gold_keys(sorted(m[len("change/"):] for m in d["metric"].unique() if m.startswith("change/"))):
+        row = {
+            "model": model,
+            "reward": reward,
+            "method": algo,
+            "n_seeds": n,
+            "gain": g,
+            "gain_low": glo,
+            "gain_high": ghi,
+            "seconds_level": float(lvl["seconds_level"].iloc[0]) if len(lvl) else np.nan,
+            "gain_at_seconds": sg,
+            "gain_at_seconds_low": slo,
+            "gain_at_seconds_high": shi,
+            "images": final_budget,
+            "device_seconds": float(secs.iloc[0]) if len(secs) else np.nan,
+        }
+        for key in gold_keys(sorted(m[len("change/") :] for m in d["metric"].unique() if m.startswith("change/"))):
             c, lo, hi, _ = ci_of(f"change/{key}")
             row[f"change/{key}"], row[f"change/{key}_low"], row[f"change/{key}_high"] = c, lo, hi
-        h = hack[(hack["model"] == model) & (hack["reward"] == reward) & (hack["algorithm"] == algo)] \
-            if len(hack) else hack
+        h = (
+            hack[(hack["model"] == model) & (hack["reward"] == reward) & (hack["algorithm"] == algo)]
+            if len(hack)
+            else hack
+        )
         row["hacked"] = " ".join(sorted(h[h["flagged"]]["gold_metric"])) if len(h) else ""
-        v = verdict[(verdict["model"] == model) & (verdict["reward"] == reward) & (verdict["method"] == algo)] \
-            if len(verdict) else verdict
-        row["verdicts"] = "; ".join(f"{r.id}{'/' + r.over if r.over else ''}: {r.verdict}" for r in v.itertuples()) \
-            if len(v) else ""
+        v = (
+            verdict[(verdict["model"] == model) & (verdict["reward"] == reward) & (verdict["method"] == algo)]
+            if len(verdict)
+            else verdict
+        )
+        row["verdicts"] = (
+            "; ".join(f"{r.id}{'/' + r.over if r.over else ''}: {r.verdict}" for r in v.itertuples()) if len(v) else ""
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
     """The headline as a paper shows it: 'mean [low, high]' cells, one column per gold metric."""
-    cell = lambda r, k: _fmt(r[k]) if not np.isfinite(r[f"{k}_low"]) else \
-        f"{_fmt(r[k])} [{_fmt(r[f'{k}_low'])}, {_fmt(r[f'{k}_high'])}]"  # noqa: E731
+
+    def cell(r: dict, k: str) -> str:
+        if not np.isfinite(r[f"{k}_low"]):
+            return _fmt(r[k])
+        return f"{_fmt(r[k])} [{_fmt(r[f'{k}_low'])}, {_fmt(r[f'{k}_high'])}]"
+
     golds = [c for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
     rows = []
     for r in head.to_dict("records"):
-        rows.append({"model": r["model"], "reward": r["reward"], "method": r["method"], "n": r["n_seeds"],
-                     "gain": cell(r, "gain"), f"gain at {_fmt(r['seconds_level'])} s": cell(r, "gain_at_seconds"),
-                     **{f"Δ {g[len('change/'):]}": cell(r, g) for g in golds},
-                     "images": r["images"], "device-s": _fmt(r["device_seconds"]),
-                     "hacked": r["hacked"] or "-"})
+        rows.append(
+            {
+                "model": r["model"],
+                "reward": r["reward"],
+                "method": r["method"],
+                "n": r["n_seeds"],
+                "gain": cell(r, "gain"),
+                f"gain at {_fmt(r['seconds_level'])} s": cell(r, "gain_at_seconds"),
+                **{f"Δ {g[len('change/') :]}": cell(r, g) for g in golds},
+                "images": r["images"],
+                "device-s": _fmt(r["device_seconds"]),
+                "hacked": r["hacked"] or "-",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -323,12 +456,15 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
 
 def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
     plugins = ", ".join(f"{k} {v}" for k, v in (prov.get("plugins") or {}).items())
-    lines = [f"t2i-rl-bench results, study '{prov['study']}'",
-             f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
-             "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
-             *([f"plugins: {plugins}"] if plugins else []),
-             f"mean over seeds with a {prov['interval']['description']}; rows measured once for every seed "
-             "(the base model) have n_seeds 1 and no interval", *notes]
+    lines = [
+        f"t2i-rl-bench results, study '{prov['study']}'",
+        f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
+        "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
+        *([f"plugins: {plugins}"] if plugins else []),
+        f"mean over seeds with a {prov['interval']['description']}; rows measured once for every seed "
+        "(the base model) have n_seeds 1 and no interval",
+        *notes,
+    ]
     return "".join(f"{comment} {line}\n" for line in lines)
 
 
@@ -341,8 +477,10 @@ def _fmt(v) -> str:
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The human-readable columns: 'mean [low, high]' plus n and the registry's direction."""
     if {"mean", "ci_low", "ci_high"} <= set(table.columns):
-        value = [f"{_fmt(m)}" if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
-                 for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])]
+        value = [
+            f"{_fmt(m)}" if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+            for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])
+        ]
         cols = [c for c in KEYS if c in table.columns]
         shown = table[cols].assign(value=value, n_seeds=table["n_seeds"])
         if "better" in table:
@@ -354,21 +492,40 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tex(text: str) -> str:
-    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&") \
+    return (
+        str(text)
+        .replace("\\", "\\textbackslash{}")
+        .replace("_", "\\_")
+        .replace("%", "\\%")
+        .replace("&", "\\&")
         .replace("#", "\\#")
+    )
 
 
 def _longtable(shown: pd.DataFrame, caption: str) -> list[str]:
     cols = "l" * len(shown.columns)
     head = " & ".join(_tex(c) for c in shown.columns) + " \\\\"
-    out = [f"\\begin{{longtable}}{{{cols}}}", f"\\caption{{{_tex(caption)}}}\\\\", "\\toprule", head, "\\midrule",
-           "\\endfirsthead", "\\toprule", head, "\\midrule", "\\endhead", "\\bottomrule", "\\endfoot"]
+    out = [
+        f"\\begin{{longtable}}{{{cols}}}",
+        f"\\caption{{{_tex(caption)}}}\\\\",
+        "\\toprule",
+        head,
+        "\\midrule",
+        "\\endfirsthead",
+        "\\toprule",
+        head,
+        "\\midrule",
+        "\\endhead",
+        "\\bottomrule",
+        "\\endfoot",
+    ]
     out += [" & ".join(_tex(_fmt(v)) for v in row) + " \\\\" for row in shown.itertuples(index=False)]
     return out + ["\\end{longtable}", ""]
 
 
-def write_tables(table: pd.DataFrame, prov: dict, out: Path, name: str, notes: list[str] = (),
-                 shown: pd.DataFrame | None = None) -> None:
+def write_tables(
+    table: pd.DataFrame, prov: dict, out: Path, name: str, notes: list[str] = (), shown: pd.DataFrame | None = None
+) -> None:
     """CSV (all columns), Markdown and LaTeX (shown columns; one longtable per model x training
     reward, needs \\usepackage{booktabs,longtable}), each with the provenance header."""
     out.mkdir(parents=True, exist_ok=True)
@@ -395,9 +552,11 @@ def quality_note(cfg: dict, runs_root: Path) -> str:
         if path.is_file():
             n = json.loads(path.read_text()).get("n_images")
             break
-    return (f"FID/KID/CLIP score/diversity: N = {n} generated images per checkpoint "
-            f"({ev.get('max_prompts')} held-out prompts x {ev.get('images_per_prompt')}) against as many reference "
-            f"renders, feature network: the image tower of {ev.get('clip_model')}; compare only at equal N and network")
+    return (
+        f"FID/KID/CLIP score/diversity: N = {n} generated images per checkpoint "
+        f"({ev.get('max_prompts')} held-out prompts x {ev.get('images_per_prompt')}) against as many reference "
+        f"renders, feature network: the image tower of {ev.get('clip_model')}; compare only at equal N and network"
+    )
 
 
 def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
@@ -416,27 +575,45 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     if cfg.get("recursive", {}).get("enabled"):
         recursive_rows, rec_table = recursive_tables(cfg, runs_root, out, prov, qnote)
         if len(rec_table):
-            all_tables.append(rec_table.assign(metric="recursive/" + rec_table["variant"] + "/" + rec_table["metric"])
-                              .drop(columns="variant"))
+            all_tables.append(
+                rec_table.assign(metric="recursive/" + rec_table["variant"] + "/" + rec_table["metric"]).drop(
+                    columns="variant"
+                )
+            )
     poi = improvement(seed_rows, s)
     if len(poi):
-        atomic_write_text(out / "improvement.csv", _header(prov, "#", [
-            "pairs at the final budget; poi: probability of improvement (rliable) with a percentile bootstrap; "
-            "difference: mean(method) - mean(over) with the interval above; p_holm: Welch's t-test, "
-            "Holm-Bonferroni over the pairs of one metric"]) + poi.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(
+            out / "improvement.csv",
+            _header(
+                prov,
+                "#",
+                [
+                    "pairs at the final budget; poi: probability of improvement (rliable) with a percentile bootstrap; "
+                    "difference: mean(method) - mean(over) with the interval above; p_holm: Welch's t-test, "
+                    "Holm-Bonferroni over the pairs of one metric"
+                ],
+            )
+            + poi.to_csv(index=False, float_format="%.6g"),
+        )
     across, profile = across_rewards(seed_rows, s)
     if len(across):
-        note = ("across training rewards (rliable): score = (final reward - base) / range of that reward over all "
-                "final runs and the base; IQM and probability of improvement with stratified-bootstrap "
-                f"{100 * s.get('confidence', 0.95):g}% percentile intervals")
-        atomic_write_text(out / "across_rewards.csv", _header(prov, "#", [note]) + across.to_csv(index=False,
-                                                                                                  float_format="%.6g"))
+        note = (
+            "across training rewards (rliable): score = (final reward - base) / range of that reward over all "
+            "final runs and the base; IQM and probability of improvement with stratified-bootstrap "
+            f"{100 * s.get('confidence', 0.95):g}% percentile intervals"
+        )
+        atomic_write_text(
+            out / "across_rewards.csv", _header(prov, "#", [note]) + across.to_csv(index=False, float_format="%.6g")
+        )
         profile.to_csv(out / "performance_profile.csv", index=False)
     gold = analysis.gold_checks(seed_rows, rules)
     conv, conv_levels = analysis.convergence(seed_rows, gold, rules)
     secs, secs_levels = analysis.at_seconds(seed_rows)
-    parts = [f for f in (gold, conv, secs, analysis.matched_quality(seed_rows, rules),
-                         analysis.collapse(seed_rows, rules)) if len(f)]
+    parts = [
+        f
+        for f in (gold, conv, secs, analysis.matched_quality(seed_rows, rules), analysis.collapse(seed_rows, rules))
+        if len(f)
+    ]
     derived_rows = pd.concat(parts) if parts else pd.DataFrame(columns=seed_rows.columns)
     derived_rows = failures.with_run_status(derived_rows, seed_rows)  # the eval table's diverged flag
     derived_table = summarise(derived_rows, s)
@@ -448,7 +625,8 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         "seconds/*: reward at the largest device-seconds level every finished run reached (linear interpolation)",
         f"matched/*: gold metrics where a run first reaches base + {rules.matched_fraction:g} x the smallest mean "
         "gain of the methods (NaN level: a method did not improve, not comparable)",
-        f"collapse/*: diversity's distance above its floor (Vendi 1, distance 0) fell by {rules.collapse_drop:g}"]
+        f"collapse/*: diversity's distance above its floor (Vendi 1, distance 0) fell by {rules.collapse_drop:g}",
+    ]
     write_tables(derived_table, prov, out, "derived", derived_notes)
     derived_rows.to_csv(out / "derived_per_seed.csv", index=False)
     levels = conv_levels.merge(secs_levels, on=["model", "reward"], how="outer") if len(conv_levels) else secs_levels
@@ -456,45 +634,72 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         atomic_write_text(out / "levels.csv", _header(prov, "#", derived_notes[1:3]) + levels.to_csv(index=False))
     hack = analysis.hacking(gold, rules, s["interval"])
     if len(hack):
-        atomic_write_text(out / "hacking.csv", _header(prov, "#", [
-            "flagged: the proxy (held-out training reward) rose and the gold metric worsened, both with intervals "
-            f"over seeds that exclude 0, the worsening larger than {rules.describe_tolerance()} x the base's value; "
-            "runs_failing_gold_check: seeds whose gold metric worsened by more than that"])
-            + hack.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(
+            out / "hacking.csv",
+            _header(
+                prov,
+                "#",
+                [
+                    "flagged: the proxy (held-out training reward) rose and the gold metric worsened, both with "
+                    "intervals over seeds that exclude 0, the worsening larger than "
+                    f"{rules.describe_tolerance()} x the base's value; "
+                    "runs_failing_gold_check: seeds whose gold metric worsened by more than that"
+                ],
+            )
+            + hack.to_csv(index=False, float_format="%.6g"),
+        )
     all_tables.append(derived_table)
     probe_rows = pd.DataFrame()
     if cfg.get("probe", {}).get("enabled"):
         probe_rows = collect(cfg, runs_root, "probe.json")
         probe_table = summarise(probe_rows, s)
         k = cfg["probe"].get("minibatches")
-        write_tables(probe_table, prov, out, "probe", [
-            f"gradient SNR = ||mean g||^2 / tr Cov(g) over K = {k} minibatch gradients: pure noise gives 1/K = "
-            f"{1 / k:.3g} (its noise floor); snr_unbiased subtracts it (0 = no signal)",
-            "trace_cov, mean_sq_norm, norm_variance scale with each loss: shown per method, never ranked across "
-            "methods (comparable = per method only)"])
+        write_tables(
+            probe_table,
+            prov,
+            out,
+            "probe",
+            [
+                f"gradient SNR = ||mean g||^2 / tr Cov(g) over K = {k} minibatch gradients: pure noise gives 1/K = "
+                f"{1 / k:.3g} (its noise floor); snr_unbiased subtracts it (0 = no signal)",
+                "trace_cov, mean_sq_norm, norm_variance scale with each loss: shown per method, never ranked across "
+                "methods (comparable = per method only)",
+            ],
+        )
         probe_rows.to_csv(out / "probe_per_seed.csv", index=False)
         all_tables.append(probe_table.assign(metric="probe/" + probe_table["metric"]))
     verdict = verdicts.evaluate(cfg, verdicts.Tables(seed_rows, probe_rows, derived_rows, recursive_rows))
-    vnote = (f"rules declared in the config (verdicts:); effect = mean(method) - mean(over) with the "
-             f"{prov['interval']['description']}; p_holm: Welch's t-test, Holm-Bonferroni over all lines; supported/"
-             f"contradicted when p_holm < {1 - s.get('confidence', 0.95):.2g} on the registry's better/worse side; "
-             "the intervals shown are per line, not adjusted, so an interval may exclude 0 where the corrected "
-             "test does not reject")
+    vnote = (
+        f"rules declared in the config (verdicts:); effect = mean(method) - mean(over) with the "
+        f"{prov['interval']['description']}; p_holm: Welch's t-test, Holm-Bonferroni over all lines; supported/"
+        f"contradicted when p_holm < {1 - s.get('confidence', 0.95):.2g} on the registry's better/worse side; "
+        "the intervals shown are per line, not adjusted, so an interval may exclude 0 where the corrected "
+        "test does not reject"
+    )
     if len(verdict):
         write_verdicts(verdict, prov, out, vnote)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
     if len(head):
-        write_tables(head, prov, out, "headline", [
-            "gain: held-out training reward - base at the final budget; gain_at_seconds: the same at the largest "
-            "device-seconds level every finished run reached (seconds_level); change/*: final - base", qnote],
-            shown=headline_shown(head))
+        write_tables(
+            head,
+            prov,
+            out,
+            "headline",
+            [
+                "gain: held-out training reward - base at the final budget; gain_at_seconds: the same at the largest "
+                "device-seconds level every finished run reached (seconds_level); change/*: final - base",
+                qnote,
+            ],
+            shown=headline_shown(head),
+        )
     table = pd.concat(all_tables)
     write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out)
     return table
 
 
-def recursive_tables(cfg: dict, runs_root: Path, out: Path, prov: dict, qnote: str = "") \
-        -> tuple[pd.DataFrame, pd.DataFrame]:
+def recursive_tables(
+    cfg: dict, runs_root: Path, out: Path, prov: dict, qnote: str = ""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The self-consuming loop (bench/recursive.py), one variant per `recursive.variants` entry:
     recursive.csv holds every measure per variant, method and generation (0 = the run's final
     model), recursive_decay.csv each measure's decay rate (least-squares slope per generation, one
@@ -515,59 +720,109 @@ def recursive_tables(cfg: dict, runs_root: Path, out: Path, prov: dict, qnote: s
     seed_rows, table = pd.concat(per_seed), pd.concat(summaries)
     seed_rows.to_csv(out / "recursive_per_seed.csv", index=False)
     decay = table["metric"].str.startswith("decay/")
-    settings = "; ".join(f"{n}: {v['mode']}, real fraction {v['real_fraction']:g}, select_top {v['select_top']:g}"
-                         for n, v in variants.items())
+    settings = "; ".join(
+        f"{n}: {v['mode']}, real fraction {v['real_fraction']:g}, select_top {v['select_top']:g}"
+        for n, v in variants.items()
+    )
     first, shared = next(iter(variants)), next(iter(variants.values()))
-    common = (f"{shared['generations']} generations of {shared['images_per_generation']} samples and "
-              f"{shared['finetune_steps']} fine-tuning steps each; variants: {settings}")
+    common = (
+        f"{shared['generations']} generations of {shared['images_per_generation']} samples and "
+        f"{shared['finetune_steps']} fine-tuning steps each; variants: {settings}"
+    )
 
     def shown(part: pd.DataFrame, with_generation: bool) -> pd.DataFrame:
-        value = [_fmt(m) if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
-                 for m, lo, hi in zip(part["mean"], part["ci_low"], part["ci_high"])]
+        value = [
+            _fmt(m) if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+            for m, lo, hi in zip(part["mean"], part["ci_low"], part["ci_high"])
+        ]
         cols = ["variant", "model", "reward", "algorithm"] + (["budget"] if with_generation else []) + ["metric"]
-        return part[cols].rename(columns={"budget": "generation"}).assign(value=value, n_seeds=part["n_seeds"],
-                                                                          better=part["better"])
+        return (
+            part[cols]
+            .rename(columns={"budget": "generation"})
+            .assign(value=value, n_seeds=part["n_seeds"], better=part["better"])
+        )
 
     gen = table[~decay]
-    write_tables(gen.rename(columns={"budget": "generation"}), prov, out, "recursive",
-                 [common, "generation 0 = each run's final model before the loop", qnote],
-                 shown=shown(gen, True))
+    write_tables(
+        gen.rename(columns={"budget": "generation"}),
+        prov,
+        out,
+        "recursive",
+        [common, "generation 0 = each run's final model before the loop", qnote],
+        shown=shown(gen, True),
+    )
     slopes = table[decay].drop(columns="budget")
-    write_tables(slopes, prov, out, "recursive_decay",
-                 [common, "decay/<measure>: the least-squares slope of the measure over generations 0..G, one per "
-                  "seed (units of the measure per generation); the registry's direction of the measure says which "
-                  f"sign is better; interval over seeds: {prov['interval']['description']}"],
-                 shown=shown(slopes.assign(budget=0), False))
+    write_tables(
+        slopes,
+        prov,
+        out,
+        "recursive_decay",
+        [
+            common,
+            "decay/<measure>: the least-squares slope of the measure over generations 0..G, one per "
+            "seed (units of the measure per generation); the registry's direction of the measure says which "
+            f"sign is better; interval over seeds: {prov['interval']['description']}",
+        ],
+        shown=shown(slopes.assign(budget=0), False),
+    )
     return seed_rows[seed_rows["variant"] == first].drop(columns="variant"), table
 
 
 def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> None:
-    atomic_write_text(out / "verdicts.csv", _header(prov, "#", [note]) + verdict.to_csv(index=False,
-                                                                                         float_format="%.6g"))
-    lines = ["| claim | model / reward | vs | verdict | effect [interval] | n | p (Holm) | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    atomic_write_text(
+        out / "verdicts.csv", _header(prov, "#", [note]) + verdict.to_csv(index=False, float_format="%.6g")
+    )
+    lines = [
+        "| claim | model / reward | vs | verdict | effect [interval] | n | p (Holm) | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in verdict.itertuples():
-        eff = "" if not np.isfinite(getattr(r, "effect", np.nan)) else \
-            f"{_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
-        n = "" if not np.isfinite(getattr(r, "n_method", np.nan)) else (
-            f"{int(r.n_method)} vs {int(r.n_over)}" if r.n_over else f"{int(r.n_method)}")
-        lines.append(f"| {r.claim} | {r.model} / {r.reward} | {r.over or ''} | **{r.verdict}** | {eff} | {n} | "
-                     f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |")
-    atomic_write_text(out / "verdicts.md", _header(prov, "<!--", [note]).replace("\n", " -->\n") + "\n"
-                      + "\n".join(lines) + "\n")
-    shown = pd.DataFrame({"claim": verdict["claim"], "model / reward": verdict["model"] + " / " + verdict["reward"],
-                          "vs": verdict["over"].fillna(""), "verdict": verdict["verdict"],
-                          "effect [interval]": [
-                              _fmt(e) if not np.isfinite(lo) else f"{_fmt(e)} [{_fmt(lo)}, {_fmt(hi)}]"
-                              for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])],
-                          "p (Holm)": [_fmt(v) for v in verdict["p_holm"]]})
-    tex = [_header(prov, "%", [note]) + "% needs \\usepackage{booktabs,longtable}",
-           *_longtable(shown, "What the study says about each claim")]
+        eff = (
+            ""
+            if not np.isfinite(getattr(r, "effect", np.nan))
+            else f"{_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+        )
+        n = (
+            ""
+            if not np.isfinite(getattr(r, "n_method", np.nan))
+            else (f"{int(r.n_method)} vs {int(r.n_over)}" if r.n_over else f"{int(r.n_method)}")
+        )
+        lines.append(
+            f"| {r.claim} | {r.model} / {r.reward} | {r.over or ''} | **{r.verdict}** | {eff} | {n} | "
+            f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |"
+        )
+    atomic_write_text(
+        out / "verdicts.md", _header(prov, "<!--", [note]).replace("\n", " -->\n") + "\n" + "\n".join(lines) + "\n"
+    )
+    shown = pd.DataFrame(
+        {
+            "claim": verdict["claim"],
+            "model / reward": verdict["model"] + " / " + verdict["reward"],
+            "vs": verdict["over"].fillna(""),
+            "verdict": verdict["verdict"],
+            "effect [interval]": [
+                _fmt(e) if not np.isfinite(lo) else f"{_fmt(e)} [{_fmt(lo)}, {_fmt(hi)}]"
+                for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])
+            ],
+            "p (Holm)": [_fmt(v) for v in verdict["p_holm"]],
+        }
+    )
+    tex = [
+        _header(prov, "%", [note]) + "% needs \\usepackage{booktabs,longtable}",
+        *_longtable(shown, "What the study says about each claim"),
+    ]
     atomic_write_text(out / "verdicts.tex", "\n".join(tex))
 
 
-def write_citable(cfg: dict, prov: dict, table: pd.DataFrame, seed_rows: pd.DataFrame, probe_rows: pd.DataFrame,
-                  runs_root: Path, out: Path) -> None:
+def write_citable(
+    cfg: dict,
+    prov: dict,
+    table: pd.DataFrame,
+    seed_rows: pd.DataFrame,
+    probe_rows: pd.DataFrame,
+    runs_root: Path,
+    out: Path,
+) -> None:
     num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
     per_seed: dict[str, dict] = {}
     for frame, prefix in ((seed_rows, ""), (probe_rows, "probe/")):
@@ -577,7 +832,8 @@ def write_citable(cfg: dict, prov: dict, table: pd.DataFrame, seed_rows: pd.Data
             if keys[-1].startswith("credit_share/"):
                 continue
             per_seed["/".join(map(str, keys[:-1])) + f"/{prefix}{keys[-1]}"] = {
-                str(int(sd)): num(v) for sd, v in zip(g["seed"], g["value"].astype(float))}
+                str(int(sd)): num(v) for sd, v in zip(g["seed"], g["value"].astype(float))
+            }
     ev, probe = cfg.get("evaluation", {}), cfg.get("probe", {})
     n_images = None
     for key in study.runs(cfg):
@@ -587,24 +843,42 @@ def write_citable(cfg: dict, prov: dict, table: pd.DataFrame, seed_rows: pd.Data
             break
     citable = {
         "provenance": prov,
-        "statistics": {**prov["interval"], "seed": _stats(cfg)["seed"],
-                       "multiple_comparisons": "Holm-Bonferroni (pairs of one metric; all verdict lines)"},
-        "evaluation": {"prompts": ev.get("prompts"), "max_prompts": ev.get("max_prompts"),
-                       "images_per_prompt": ev.get("images_per_prompt"), "n_images": n_images,
-                       "seed": ev.get("seed"), "feature_network": ev.get("clip_model"), "rewards": ev.get("rewards")},
+        "statistics": {
+            **prov["interval"],
+            "seed": _stats(cfg)["seed"],
+            "multiple_comparisons": "Holm-Bonferroni (pairs of one metric; all verdict lines)",
+        },
+        "evaluation": {
+            "prompts": ev.get("prompts"),
+            "max_prompts": ev.get("max_prompts"),
+            "images_per_prompt": ev.get("images_per_prompt"),
+            "n_images": n_images,
+            "seed": ev.get("seed"),
+            "feature_network": ev.get("clip_model"),
+            "rewards": ev.get("rewards"),
+        },
         "probe": {**probe, "noise_floor_snr": 1 / probe["minibatches"] if probe.get("minibatches") else None},
         "sampling": cfg.get("sampling"),
         "train": cfg.get("train"),
         "algorithms": cfg.get("algorithms"),
         "verdict_rules": cfg.get("verdicts"),
         "hardware": hardware(),
-        "results": {"/".join(str(r[k]) for k in KEYS): {
-            "mean": num(r["mean"]), "ci_low": num(r["ci_low"]), "ci_high": num(r["ci_high"]),
-            "n_seeds": int(r["n_seeds"]), **({"better": r["better"]} if isinstance(r.get("better"), str) and r["better"]
-                                             else {})}
-            for r in table.to_dict("records") if not str(r["metric"]).split("/")[-1].isdigit()},
+        "results": {
+            "/".join(str(r[k]) for k in KEYS): {
+                "mean": num(r["mean"]),
+                "ci_low": num(r["ci_low"]),
+                "ci_high": num(r["ci_high"]),
+                "n_seeds": int(r["n_seeds"]),
+                **({"better": r["better"]} if isinstance(r.get("better"), str) and r["better"] else {}),
+            }
+            for r in table.to_dict("records")
+            if not str(r["metric"]).split("/")[-1].isdigit()
+        },
         "per_seed": per_seed,
     }
     citable_path = out.parent / "citable.json" if out.name == "tables" else out / "citable.json"
-    atomic_write_text(citable_path, dumps_json(json.loads(json.dumps(citable, default=lambda o: o.item()
-                                                          if hasattr(o, "item") else str(o)))) + "\n")
+    atomic_write_text(
+        citable_path,
+        dumps_json(json.loads(json.dumps(citable, default=lambda o: o.item() if hasattr(o, "item") else str(o))))
+        + "\n",
+    )

@@ -101,10 +101,17 @@ class WandbTracker:
         import wandb
 
         name = "/".join(run_dir.resolve().parts[-4:])  # <model>/<reward>/<algorithm>/seed<seed>
-        self.run = wandb.init(project=settings.get("project", "t2i-rl-bench"), entity=settings.get("entity"),
-                              mode=settings.get("mode", "offline"), dir=str(run_dir), name=name,
-                              id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
-                              resume="allow", config=dict(config), job_type=kind)
+        self.run = wandb.init(
+            project=settings.get("project", "t2i-rl-bench"),
+            entity=settings.get("entity"),
+            mode=settings.get("mode", "offline"),
+            dir=str(run_dir),
+            name=name,
+            id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
+            resume="allow",
+            config=dict(config),
+            job_type=kind,
+        )
         self.run.define_metric("images_seen")
         self.run.define_metric("*", step_metric="images_seen")
 
@@ -146,9 +153,14 @@ def remove_events(run_dir: Path, kind: str | None = None) -> None:
         path.unlink()
 
 
-def open_tracker(run_dir: str | Path, kind: str, settings: Mapping[str, Any] | None = None,
-                 config: Mapping[str, Any] | None = None, main: bool = True,
-                 resume_step: int | None = None) -> Tracker:
+def open_tracker(
+    run_dir: str | Path,
+    kind: str,
+    settings: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    main: bool = True,
+    resume_step: int | None = None,
+) -> Tracker:
     """The trackers of one process writing to a run: TensorBoard always, wandb when
     `settings['wandb']` (the spec's `tracking`). kind: 'train', 'eval' or 'probe'.
     `resume_step`: training resumed after this many images (None: a fresh run)."""

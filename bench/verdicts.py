@@ -48,8 +48,12 @@ def _per_seed(frame: pd.DataFrame, model: str, reward: str, algo: str, key: str,
     all budgets present (the same budgets for every method: equal samples)."""
     if frame is None or frame.empty:
         return np.array([])
-    part = frame[(frame["model"] == model) & (frame["reward"] == reward) & (frame["algorithm"] == algo)
-                 & (frame["metric"] == key)]
+    part = frame[
+        (frame["model"] == model)
+        & (frame["reward"] == reward)
+        & (frame["algorithm"] == algo)
+        & (frame["metric"] == key)
+    ]
     part = part[np.isfinite(part["value"].to_numpy(dtype=float))]
     if part.empty:
         return np.array([])
@@ -66,37 +70,83 @@ def _matched(tables: Tables, model: str, reward: str, algo: str, other: str, key
     if not np.isfinite(level):
         return np.array([]), np.array([]), why
     rules = analysis.Rules(matched_fraction=fraction)
-    m = analysis.matched_quality(tables.eval[(tables.eval["model"] == model) & (tables.eval["reward"] == reward)],
-                                 rules, [algo, other])
+    m = analysis.matched_quality(
+        tables.eval[(tables.eval["model"] == model) & (tables.eval["reward"] == reward)], rules, [algo, other]
+    )
     get = lambda a: _per_seed(m, model, reward, a, f"matched/{key}", "final")  # noqa: E731
     return get(algo), get(other), f"read at reward {level:.4g} ({why})"
 
 
-def _line(claim: dict, model: str, reward: str, other: str, x: np.ndarray, y: np.ndarray, better: str | None,
-          cfg_stats: dict, note: str) -> dict:
-    d = difference(x, y, cfg_stats.get("interval", "t"), cfg_stats["confidence"],
-                   cfg_stats.get("bootstrap_resamples", 2000), cfg_stats.get("seed", 0))
+def _line(
+    claim: dict,
+    model: str,
+    reward: str,
+    other: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    better: str | None,
+    cfg_stats: dict,
+    note: str,
+) -> dict:
+    d = difference(
+        x,
+        y,
+        cfg_stats.get("interval", "t"),
+        cfg_stats["confidence"],
+        cfg_stats.get("bootstrap_resamples", 2000),
+        cfg_stats.get("seed", 0),
+    )
     if d.n_x < 2 or d.n_y < 2:
         note = (note + "; " if note else "") + f"too few seeds with a value ({d.n_x} vs {d.n_y})"
-    return {"id": claim["id"], "claim": claim["claim"], "model": model, "reward": reward, "method": claim["method"],
-            "over": other, "measure": claim["measure"], "better": better or "", "effect": d.effect,
-            "ci_low": d.low, "ci_high": d.high, "n_method": d.n_x, "n_over": d.n_y, "p_value": d.p_value,
-            "note": note}
+    return {
+        "id": claim["id"],
+        "claim": claim["claim"],
+        "model": model,
+        "reward": reward,
+        "method": claim["method"],
+        "over": other,
+        "measure": claim["measure"],
+        "better": better or "",
+        "effect": d.effect,
+        "ci_low": d.low,
+        "ci_high": d.high,
+        "n_method": d.n_x,
+        "n_over": d.n_y,
+        "p_value": d.p_value,
+        "note": note,
+    }
 
 
 def _diverged_line(claim: dict, model: str, reward: str, tables: Tables, confidence: float) -> dict:
-    part = tables.eval[(tables.eval["model"] == model) & (tables.eval["reward"] == reward)
-                       & (tables.eval["algorithm"] == claim["method"])]
+    part = tables.eval[
+        (tables.eval["model"] == model)
+        & (tables.eval["reward"] == reward)
+        & (tables.eval["algorithm"] == claim["method"])
+    ]
     status = part.groupby("seed")["status"].first()
     n, k = int(status.size), int((status == "diverged").sum())
     alpha = 1 - confidence
     low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
     high = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
     verdict = "inconclusive" if n == 0 else ("supported" if k == 0 else "contradicted")
-    return {"id": claim["id"], "claim": claim["claim"], "model": model, "reward": reward, "method": claim["method"],
-            "over": "", "measure": "diverged", "better": "lower", "effect": k / n if n else np.nan, "ci_low": low,
-            "ci_high": high, "n_method": n, "n_over": 0, "p_value": np.nan,
-            "note": f"{k} of {n} seeds diverged (rate with a Clopper-Pearson interval)", "verdict": verdict}
+    return {
+        "id": claim["id"],
+        "claim": claim["claim"],
+        "model": model,
+        "reward": reward,
+        "method": claim["method"],
+        "over": "",
+        "measure": "diverged",
+        "better": "lower",
+        "effect": k / n if n else np.nan,
+        "ci_low": low,
+        "ci_high": high,
+        "n_method": n,
+        "n_over": 0,
+        "p_value": np.nan,
+        "note": f"{k} of {n} seeds diverged (rate with a Clopper-Pearson interval)",
+        "verdict": verdict,
+    }
 
 
 def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
@@ -107,8 +157,11 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
     fraction = rules.get("target_fraction", 0.8)
     tag = int(round(100 * fraction))
     methods = sorted(tables.eval["algorithm"].unique()) if not tables.eval.empty else []
-    pairs = sorted({(m, r) for m, r in tables.eval[["model", "reward"]].itertuples(index=False)}) \
-        if not tables.eval.empty else []
+    pairs = (
+        sorted({(m, r) for m, r in tables.eval[["model", "reward"]].itertuples(index=False)})
+        if not tables.eval.empty
+        else []
+    )
     lines = []
     for claim in rules.get("claims", []):
         claim = {"over": "reference", "at": "final", **claim}
@@ -117,18 +170,38 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
         key = key.replace("{tag}", str(tag))
         for model, reward in pairs:
             if claim["method"] not in methods:
-                lines.append({"id": claim["id"], "claim": claim["claim"], "model": model, "reward": reward,
-                              "method": claim["method"], "over": "", "measure": claim["measure"],
-                              "verdict": "not run", "note": f"{claim['method']} is not in the study"})
+                lines.append(
+                    {
+                        "id": claim["id"],
+                        "claim": claim["claim"],
+                        "model": model,
+                        "reward": reward,
+                        "method": claim["method"],
+                        "over": "",
+                        "measure": claim["measure"],
+                        "verdict": "not run",
+                        "note": f"{claim['method']} is not in the study",
+                    }
+                )
                 continue
             if kind == "diverged":
                 lines.append(_diverged_line(claim, model, reward, tables, stats_cfg["confidence"]))
                 continue
-            others = ([a for a in methods if a != claim["method"]] if claim["over"] == "others"
-                      else [reference if claim["over"] == "reference" else claim["over"]])
+            others = (
+                [a for a in methods if a != claim["method"]]
+                if claim["over"] == "others"
+                else [reference if claim["over"] == "reference" else claim["over"]]
+            )
             for other in others:
-                base = {"id": claim["id"], "claim": claim["claim"], "model": model, "reward": reward,
-                        "method": claim["method"], "over": other, "measure": claim["measure"]}
+                base = {
+                    "id": claim["id"],
+                    "claim": claim["claim"],
+                    "model": model,
+                    "reward": reward,
+                    "method": claim["method"],
+                    "over": other,
+                    "measure": claim["measure"],
+                }
                 if other not in methods:
                     lines.append({**base, "verdict": "not run", "note": f"{other} is not in the study"})
                     continue
@@ -139,28 +212,37 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
                         lines.append({**base, "verdict": "not run", "note": "the gradient probe is off"})
                         continue
                     x, y = (_per_seed(frame, model, reward, a, key, claim["at"]) for a in (claim["method"], other))
-                    note = {"all": "each seed's mean over the probed budgets", "final": "at the final budget",
-                            "start": "at the base model"}[claim["at"]]
+                    note = {
+                        "all": "each seed's mean over the probed budgets",
+                        "final": "at the final budget",
+                        "start": "at the base model",
+                    }[claim["at"]]
                 elif kind == "recursive":
                     if tables.recursive.empty:
                         lines.append({**base, "verdict": "not run", "note": "the self-consuming loop is off"})
                         continue
-                    x, y = (_per_seed(tables.recursive, model, reward, a, key, "final")
-                            for a in (claim["method"], other))
+                    x, y = (
+                        _per_seed(tables.recursive, model, reward, a, key, "final") for a in (claim["method"], other)
+                    )
                 elif kind == "matched":
-                    x, y, note = _matched(tables, model, reward, claim["method"], other, key,
-                                          rules.get("matched_fraction", 0.5))
+                    x, y, note = _matched(
+                        tables, model, reward, claim["method"], other, key, rules.get("matched_fraction", 0.5)
+                    )
                 elif kind in ("derived", "change"):
                     k = key if kind == "derived" else f"change/{key}"
                     x, y = (_per_seed(tables.derived, model, reward, a, k, "final") for a in (claim["method"], other))
                     if kind == "change":
                         note = "final - base, per seed"
                     elif "convergence/" in key and x.size == 0 and y.size == 0:
-                        note = ("no convergence target: no method improved on the base significantly without "
-                                "failing a gold check")
+                        note = (
+                            "no convergence target: no method improved on the base significantly without "
+                            "failing a gold check"
+                        )
                     elif "rmst" in key:
-                        note = (f"time to {fraction:.0%} of the reference improvement, a run that never gets there "
-                                "counted at the horizon (restricted mean)")
+                        note = (
+                            f"time to {fraction:.0%} of the reference improvement, a run that never gets there "
+                            "counted at the horizon (restricted mean)"
+                        )
                 else:
                     raise ValueError(f"claim {claim['id']!r}: unknown measure kind {kind!r}")
                 lines.append(_line(claim, model, reward, other, x, y, better, stats_cfg, note))

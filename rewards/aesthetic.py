@@ -41,8 +41,14 @@ class AestheticHead(nn.Module):
     def __init__(self, embed_dim: int = 768):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(embed_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(embed_dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -50,10 +56,20 @@ class AestheticHead(nn.Module):
 
 
 class LaionAesthetic:
-    def __init__(self, clip_weights: str | None = None, head_weights: str | None = None, model: str | dict = "ViT-L-14",
-                 quick_gelu: bool = True, device: str | None = None, batch_size: int = 32):
-        raise_problems(self.check_weights(dict(clip_weights=clip_weights, head_weights=head_weights, model=model,
-                                               quick_gelu=quick_gelu)))
+    def __init__(
+        self,
+        clip_weights: str | None = None,
+        head_weights: str | None = None,
+        model: str | dict = "ViT-L-14",
+        quick_gelu: bool = True,
+        device: str | None = None,
+        batch_size: int = 32,
+    ):
+        raise_problems(
+            self.check_weights(
+                dict(clip_weights=clip_weights, head_weights=head_weights, model=model, quick_gelu=quick_gelu)
+            )
+        )
         self.clip, self.preprocess = load_open_clip(NAME, "clip_weights", clip_weights, model, quick_gelu, device)
         head = AestheticHead(self.clip.visual.output_dim)
         head.load_state_dict(load_state_dict(Path(head_weights)))

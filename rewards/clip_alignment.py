@@ -50,6 +50,14 @@ class ClipAlignment:
 
     @torch.no_grad()
     def __call__(self, images, prompts, metadata=None):
-        cos = torch.cat([self.judge.cosine(images[i : i + self.batch_size], prompts[i : i + self.batch_size])
-                         for i in range(0, len(prompts), self.batch_size)]).double().cpu()
+        cos = (
+            torch.cat(
+                [
+                    self.judge.cosine(images[i : i + self.batch_size], prompts[i : i + self.batch_size])
+                    for i in range(0, len(prompts), self.batch_size)
+                ]
+            )
+            .double()
+            .cpu()
+        )
         return cos, {"clip_score": 100 * cos.clamp_min(0)}

@@ -23,8 +23,14 @@ NAME = "hps_v21"
 
 
 class HPSv21:
-    def __init__(self, weights: str | None = None, model: str | dict = "ViT-H-14", quick_gelu: bool = False,
-                 device: str | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        weights: str | None = None,
+        model: str | dict = "ViT-H-14",
+        quick_gelu: bool = False,
+        device: str | None = None,
+        batch_size: int = 32,
+    ):
         raise_problems(self.check_weights(dict(weights=weights, model=model, quick_gelu=quick_gelu)))
         self.clip, self.preprocess = load_open_clip(NAME, "weights", weights, model, quick_gelu, device)
         self.tokenizer = open_clip_tokenizer(self.clip)
@@ -32,8 +38,13 @@ class HPSv21:
 
     @staticmethod
     def check_weights(settings: dict) -> list[str]:
-        return open_clip_problems(NAME, "weights", settings.get("weights"), settings.get("model", "ViT-H-14"),
-                                  settings.get("quick_gelu", False))
+        return open_clip_problems(
+            NAME,
+            "weights",
+            settings.get("weights"),
+            settings.get("model", "ViT-H-14"),
+            settings.get("quick_gelu", False),
+        )
 
     @torch.no_grad()
     def __call__(self, images, prompts, metadata=None):

@@ -23,11 +23,17 @@ NAME = "pickscore"
 
 
 class PickScore:
-    def __init__(self, model_path: str | None = None, processor_path: str | None = None, device: str | None = None,
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        model_path: str | None = None,
+        processor_path: str | None = None,
+        device: str | None = None,
+        batch_size: int = 32,
+    ):
         raise_problems(self.check_weights(dict(model_path=model_path, processor_path=processor_path)))
         self.model, self.tokenizer, self.preprocess = load_hf_clip(
-            NAME, "model_path", model_path, "processor_path" if processor_path else None, processor_path, device)
+            NAME, "model_path", model_path, "processor_path" if processor_path else None, processor_path, device
+        )
         self.batch_size = batch_size
 
     @staticmethod
@@ -36,7 +42,8 @@ class PickScore:
         if not processor_path:
             return hf_clip_problems(NAME, "model_path", model_path)
         return hf_clip_problems(NAME, "model_path", model_path, need_processor=False) + processor_problems(
-            NAME, "processor_path", processor_path)
+            NAME, "processor_path", processor_path
+        )
 
     def __call__(self, images, prompts, metadata=None):
         cos = hf_clip_cosine(self.model, self.tokenizer, self.preprocess, images, prompts, self.batch_size)

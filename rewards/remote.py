@@ -64,18 +64,23 @@ class RemoteReward:
                 raise RemoteRewardError(f"remote reward at {url} did not answer within {timeout:g} s") from exc
             raise RemoteRewardError(
                 f"remote reward at {url} is unreachable ({exc.reason}); is its server running? Start it with "
-                f"`python -m bench.reward_server serve --reward NAME --port PORT`") from exc
+                f"`python -m bench.reward_server serve --reward NAME --port PORT`"
+            ) from exc
 
     def health(self, timeout: float | None = None) -> dict:
         return self._request("/health", None, timeout or self.timeout)
 
     def __call__(self, images, prompts, metadata=None):
         metadata = {k: v for k, v in (metadata or {}).items() if jsonable(v) is not None}
-        body = {"prompts": list(prompts), "metadata": {k: jsonable(v) for k, v in metadata.items()},
-                "images": encode_images(images)}
+        body = {
+            "prompts": list(prompts),
+            "metadata": {k: jsonable(v) for k, v in metadata.items()},
+            "images": encode_images(images),
+        }
         answer = self._request("/score", body, self.timeout)
         scores = np.asarray(answer["scores"], dtype=np.float64)
         if scores.shape != (len(prompts),):
-            raise RemoteRewardError(f"remote reward at {self.url}/score returned {scores.shape} scores "
-                                    f"for {len(prompts)} prompts")
+            raise RemoteRewardError(
+                f"remote reward at {self.url}/score returned {scores.shape} scores for {len(prompts)} prompts"
+            )
         return scores, {k: np.asarray(v) for k, v in answer.get("info", {}).items()}

@@ -29,7 +29,8 @@ torch.set_num_threads(1)
 def make_batch(logp, logp_old=None, advantages=None, rewards=None, group_ids=None, logp_ref=None, step_index=None):
     b, s = logp.shape
     return StepBatch(
-        logp=logp, logp_old=logp.detach().clone() if logp_old is None else logp_old,
+        logp=logp,
+        logp_old=logp.detach().clone() if logp_old is None else logp_old,
         advantages=torch.zeros(b) if advantages is None else advantages,
         rewards=torch.zeros(b) if rewards is None else rewards,
         group_ids=torch.zeros(b, dtype=torch.long) if group_ids is None else group_ids,
@@ -41,8 +42,15 @@ def make_batch(logp, logp_old=None, advantages=None, rewards=None, group_ids=Non
 
 def sd1_sampler(eta: float = 1.0) -> DDIMSampler:
     """SD-1.x scheduler (ALGORITHMS.md 0), 50 steps."""
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                              set_alpha_to_one=False, timestep_spacing="leading", clip_sample=False)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        set_alpha_to_one=False,
+        timestep_spacing="leading",
+        clip_sample=False,
+    )
     return DDIMSampler(scheduler, 50, eta=eta)
 
 
@@ -103,7 +111,7 @@ def test_pcpo_log_hinge_is_the_formula_and_a_ratio_free_ppo_gradient():
     xi = 1e-4
     g = torch.Generator().manual_seed(2)
     logr = (torch.rand(64, 8, generator=g) * 6 - 3) * xi
-    band = ((logr.abs() - xi).abs() < 2 * xi**2)  # log(1 +- xi) vs +-xi: the kinks differ by ~xi^2/2
+    band = (logr.abs() - xi).abs() < 2 * xi**2  # log(1 +- xi) vs +-xi: the kinks differ by ~xi^2/2
     logr[band] = 0.0
     adv = torch.randn(64, generator=g)
     logp_old = torch.zeros(64, 8)
@@ -166,8 +174,15 @@ def test_flowgrpo_uses_group_mean_and_global_std():
 
 def test_dancegrpo_and_ddpo_defaults():
     d, dr = DanceGRPO().settings, DanceGRPO().recipe
-    assert (dr.advantages, dr.same_noise_per_group, dr.drop_last_step, dr.timestep_fraction, d.clip_range,
-            dr.updates_per_round, dr.adv_clip) == ("grpo_group", True, True, 1.0, 1e-4, 2, 5.0)
+    assert (
+        dr.advantages,
+        dr.same_noise_per_group,
+        dr.drop_last_step,
+        dr.timestep_fraction,
+        d.clip_range,
+        dr.updates_per_round,
+        dr.adv_clip,
+    ) == ("grpo_group", True, True, 1.0, 1e-4, 2, 5.0)
     s, sr = DDPOIS().settings, DDPOIS().recipe
     assert (sr.advantages, s.clip_range, sr.adv_clip, sr.updates_per_round) == ("per_prompt", 1e-4, 5.0, 4)
     assert DanceGRPO.flow_variant == "dancegrpo" and DDPOIS.flow_variant == "flowgrpo"
@@ -214,7 +229,12 @@ def test_prdp_step_reduce_and_pairs():
 def test_prdp_defaults():
     s = PRDP().settings
     assert (s.beta, s.clip_range, s.step_reduce, PRDP().needs_reference, PRDP().recipe.advantages) == (
-        3e-5, 1e-6, "mean", True, "none")
+        3e-5,
+        1e-6,
+        "mean",
+        True,
+        "none",
+    )
     assert not PRDP().needs_reference_means
     assert PRDP.whole_trajectory and PRDP.whole_groups
 
@@ -243,7 +263,7 @@ def test_flowgrpo_schedule_and_native_weights():
     torch.testing.assert_close(diffusers_flow_sigmas(10, 3.0), scheduler.sigmas.float(), rtol=0, atol=1e-6)
     sampler = flowgrpo_sampler()
     t = sampler.sigmas[:-1]
-    assert t.tolist() == pytest.approx([1.00, .96, .91, .86, .79, .71, .60, .46, .28, .009], abs=6e-3)
+    assert t.tolist() == pytest.approx([1.00, 0.96, 0.91, 0.86, 0.79, 0.71, 0.60, 0.46, 0.28, 0.009], abs=6e-3)
     w = sampler.native_weights()
     listed = [0.0581, 0.078, 0.129, 0.188, 0.264, 0.371, 0.536, 0.825, 1.487, 1.771]
     assert w[1:].tolist() == pytest.approx(listed[1:], abs=1e-3)
@@ -338,8 +358,10 @@ def test_plugin_file_loads(tmp_path):
     assert cls.__name__ == "Mine" and cls().loss(make_batch(torch.ones(1, 1))).value.item() == 1.0
 
 
-@pytest.mark.parametrize("source, attr", [("import no_such_module_xyz\n", "Mine"), (PLUGIN, "NoLoss"),
-                                          (PLUGIN, "not_an_algorithm"), (PLUGIN, "Missing")])
+@pytest.mark.parametrize(
+    "source, attr",
+    [("import no_such_module_xyz\n", "Mine"), (PLUGIN, "NoLoss"), (PLUGIN, "not_an_algorithm"), (PLUGIN, "Missing")],
+)
 def test_broken_plugins_fail_naming_the_plugin(tmp_path, source, attr):
     path = tmp_path / "broken_algo.py"
     path.write_text(source)
@@ -356,20 +378,38 @@ def test_unknown_algorithm_lists_the_known_ones():
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("name, cls", [("ddpo_is", DDPOIS), ("loop", LOOP), ("prdp", PRDP),
-                                       ("dancegrpo", DanceGRPO), ("pcpo", PCPO), ("flowgrpo", FlowGRPO)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("ddpo_is", DDPOIS),
+        ("loop", LOOP),
+        ("prdp", PRDP),
+        ("dancegrpo", DanceGRPO),
+        ("pcpo", PCPO),
+        ("flowgrpo", FlowGRPO),
+    ],
+)
 def test_entry_points(name, cls):
     assert ALGORITHMS.get(name) is cls
 
 
 # ---- settings: type and range checked from the dataclass fields ---------------------------------
-@pytest.mark.parametrize(("algorithm", "key", "value", "message"), [
-    ("ddpo_is", "clip_range", -1, "> 0"), ("ddpo_is", "clip_range", "abc", "float"),
-    ("ddpo_is", "clip_range", True, "float"), ("prdp", "step_reduce", "max", "one of"),
-    ("pcpo", "credit", "x", "one of"), ("loop", "inner_epochs", 0, ">= 1"), ("loop", "inner_epochs", 1.5, "int"),
-    ("dancegrpo", "timestep_fraction", 1.5, "<= 1"), ("dancegrpo", "kl_beta", -0.1, ">= 0"),
-    ("reinforce", "advantages", "median", "one of"), ("reinforce", "group_size", 0, ">= 1"),
-])
+@pytest.mark.parametrize(
+    ("algorithm", "key", "value", "message"),
+    [
+        ("ddpo_is", "clip_range", -1, "> 0"),
+        ("ddpo_is", "clip_range", "abc", "float"),
+        ("ddpo_is", "clip_range", True, "float"),
+        ("prdp", "step_reduce", "max", "one of"),
+        ("pcpo", "credit", "x", "one of"),
+        ("loop", "inner_epochs", 0, ">= 1"),
+        ("loop", "inner_epochs", 1.5, "int"),
+        ("dancegrpo", "timestep_fraction", 1.5, "<= 1"),
+        ("dancegrpo", "kl_beta", -0.1, ">= 0"),
+        ("reinforce", "advantages", "median", "one of"),
+        ("reinforce", "group_size", 0, ">= 1"),
+    ],
+)
 def test_a_bad_setting_is_refused_naming_its_key(algorithm, key, value, message):
     from bench.algorithm import SettingError
 

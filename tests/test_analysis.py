@@ -4,22 +4,44 @@ import pytest
 
 from bench import analysis
 
-RULES = analysis.Rules(reference="ref", target_fraction=0.8, matched_fraction=0.5, collapse_drop=0.5,
-                       gold_tolerance=0.1)
+RULES = analysis.Rules(
+    reference="ref", target_fraction=0.8, matched_fraction=0.5, collapse_drop=0.5, gold_tolerance=0.1
+)
 
 
-def _rows(curves: dict, metric: str, budgets=(0, 10, 20), seconds_per_sample: dict | None = None,
-          status: dict | None = None) -> list[dict]:
+def _rows(
+    curves: dict, metric: str, budgets=(0, 10, 20), seconds_per_sample: dict | None = None, status: dict | None = None
+) -> list[dict]:
     rows = []
     for (algo, seed), values in curves.items():
         st = (status or {}).get((algo, seed), "finished")
         for b, v in zip(budgets, values):
-            rows.append({"model": "m", "reward": "r", "algorithm": algo, "seed": seed, "budget": b,
-                         "metric": metric, "value": v, "status": st})
+            rows.append(
+                {
+                    "model": "m",
+                    "reward": "r",
+                    "algorithm": algo,
+                    "seed": seed,
+                    "budget": b,
+                    "metric": metric,
+                    "value": v,
+                    "status": st,
+                }
+            )
             if metric.startswith("reward/"):
                 rate = (seconds_per_sample or {}).get(algo, 2.0)
-                rows.append({"model": "m", "reward": "r", "algorithm": algo, "seed": seed, "budget": b,
-                             "metric": "device_seconds", "value": rate * b, "status": st})
+                rows.append(
+                    {
+                        "model": "m",
+                        "reward": "r",
+                        "algorithm": algo,
+                        "seed": seed,
+                        "budget": b,
+                        "metric": "device_seconds",
+                        "value": rate * b,
+                        "status": st,
+                    }
+                )
     return rows
 
 
@@ -28,9 +50,12 @@ def _get(out: pd.DataFrame, algo: str, seed: int, metric: str) -> float:
 
 
 def test_convergence_takes_its_target_from_runs_that_pass_the_gold_checks_and_keeps_censored_runs():
-    rewards = {("ref", 0): [0.0, 0.6, 1.0], ("ref", 1): [0.0, 0.5, 1.0],
-               ("hack", 0): [0.0, 3.0, 5.0],  # the best proxy reward, by destroying the images
-               ("slow", 0): [0.0, 0.2, 0.4]}
+    rewards = {
+        ("ref", 0): [0.0, 0.6, 1.0],
+        ("ref", 1): [0.0, 0.5, 1.0],
+        ("hack", 0): [0.0, 3.0, 5.0],  # the best proxy reward, by destroying the images
+        ("slow", 0): [0.0, 0.2, 0.4],
+    }
     accuracy = {k: [0.9, 0.9, 0.9] for k in rewards} | {("hack", 0): [0.9, 0.5, 0.2]}
     df = pd.DataFrame(_rows(rewards, "reward/r") + _rows(accuracy, "attribute/mean"))
     gold = analysis.gold_checks(df, RULES)

@@ -21,8 +21,9 @@ def test_shipped_checkpoints_match_their_recorded_hashes():
 
 
 def test_shipped_model_loads_and_denoises():
-    folder = next(p.parent for p in sorted(SHIPPED.glob("*/bench_model.json"))
-                  if read_manifest(p.parent)["family"] == "embedded")  # not the judges (clip16)
+    folder = next(
+        p.parent for p in sorted(SHIPPED.glob("*/bench_model.json")) if read_manifest(p.parent)["family"] == "embedded"
+    )  # not the judges (clip16)
     policy = Policy.load(folder)
     cond = policy.encode(["a large red square on the left , black background"])
     x = torch.randn(1, *policy.sample_shape, generator=torch.Generator().manual_seed(0))

@@ -25,8 +25,10 @@ def test_presets_validate_and_fill_defaults(preset):
 @pytest.mark.parametrize(
     "edit, key",
     [
-        (lambda c: c["algorithms"].update({"no_such_algo": {}}),
-         r"algorithms\.no_such_algo.*known algorithms: .*reinforce"),
+        (
+            lambda c: c["algorithms"].update({"no_such_algo": {}}),
+            r"algorithms\.no_such_algo.*known algorithms: .*reinforce",
+        ),
         (lambda c: c.update(rewards=["no_such_reward"]), r"rewards\[0\].*unknown reward"),
         (lambda c: c.update(seeds=[]), r"'seeds'"),
         (lambda c: c.update(seeds=[1, 1]), r"'seeds'.*non-unique"),
@@ -69,7 +71,11 @@ def test_run_spec_round_trips_through_json_and_holds_the_defaults():
     # what the quick preset leaves out comes from the RunSpec's own defaults, through the config
     defaults = RunSpec(model_path="m", algorithm="a", reward="r")
     assert (spec.lr, spec.betas, spec.adam_eps, spec.reuse_sampling_graph) == (
-        defaults.lr, defaults.betas, defaults.adam_eps, defaults.reuse_sampling_graph)
+        defaults.lr,
+        defaults.betas,
+        defaults.adam_eps,
+        defaults.reuse_sampling_graph,
+    )
     assert cfg["train"]["betas"] == list(defaults.betas) and cfg["sampling"]["logp_reduce"] == defaults.logp_reduce
     with pytest.raises(ValueError, match="unknown field"):
         RunSpec.from_dict({**spec.to_dict(), "threads": 1})

@@ -24,12 +24,23 @@ PROMPTS = ["a red circle on the left", "a blue square", "two green triangles", "
 
 
 def _cfg(model: str, algorithm: str, **over) -> RunSpec:
-    base = dict(model_path=model, algorithm=algorithm, reward="jpeg_compressibility", prompts=PROMPTS,
-                num_steps=3, images_per_round=8, group_size=2, micro_batch=2, budgets=[8, 16], lr=1e-2,
-                # Adam's eps at 1: a step linear in the gradient, so float-rounding differences of
-                # near-zero gradient entries are not blown up to +-lr by the normalisation
-                adam_eps=1.0,
-                reuse_sampling_graph=False, algorithm_settings={"tracker_min_count": 2} if algorithm != "prdp" else {})
+    base = dict(
+        model_path=model,
+        algorithm=algorithm,
+        reward="jpeg_compressibility",
+        prompts=PROMPTS,
+        num_steps=3,
+        images_per_round=8,
+        group_size=2,
+        micro_batch=2,
+        budgets=[8, 16],
+        lr=1e-2,
+        # Adam's eps at 1: a step linear in the gradient, so float-rounding differences of
+        # near-zero gradient entries are not blown up to +-lr by the normalisation
+        adam_eps=1.0,
+        reuse_sampling_graph=False,
+        algorithm_settings={"tracker_min_count": 2} if algorithm != "prdp" else {},
+    )
     return RunSpec(**{**base, **over})
 
 
@@ -39,13 +50,28 @@ def _fixed_round(trainer: Trainer, world: World) -> Trajectory:
     n_groups = trainer.spec.images_per_round // group
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n_groups) for _ in range(group)]
     group_ids = torch.arange(n_groups).repeat_interleave(group)
-    full = rollout(trainer.policy, trainer.sampler, prompts, trainer.spec.guidance, torch.Generator().manual_seed(7),
-                   group_ids, trainer.recipe.same_noise_per_group)
+    full = rollout(
+        trainer.policy,
+        trainer.sampler,
+        prompts,
+        trainer.spec.guidance,
+        torch.Generator().manual_seed(7),
+        group_ids,
+        trainer.recipe.same_noise_per_group,
+    )
     share = world.share(n_groups)
     rows = torch.arange(len(prompts)).view(n_groups, group)[share].flatten()
-    return Trajectory(prompts=[prompts[i] for i in rows], group_ids=group_ids[rows], latents=full.latents[rows],
-                      means=full.means[rows], stds=full.stds[rows], logp=full.logp[rows], timesteps=full.timesteps,
-                      cond=full.cond[rows], uncond=full.uncond[rows])
+    return Trajectory(
+        prompts=[prompts[i] for i in rows],
+        group_ids=group_ids[rows],
+        latents=full.latents[rows],
+        means=full.means[rows],
+        stds=full.stds[rows],
+        logp=full.logp[rows],
+        timesteps=full.timesteps,
+        cond=full.cond[rows],
+        uncond=full.uncond[rows],
+    )
 
 
 def _one_round(model: str, algorithm: str, out: Path) -> tuple[dict, torch.Tensor]:

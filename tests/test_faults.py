@@ -54,19 +54,35 @@ def study_copy(tmp_path: Path, models: bool = True) -> Path:
 
 def dry_run(work: Path, cfg: dict, *extra: str) -> subprocess.CompletedProcess:
     (work / "study.yaml").write_text(yaml.safe_dump(cfg))
-    return subprocess.run([str(SNAKEMAKE), "-n", "-p", "--cores", "1", "--configfile", "study.yaml", *extra],
-                          cwd=work, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(SNAKEMAKE), "-n", "-p", "--cores", "1", "--configfile", "study.yaml", *extra],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def small_study(model: Path, algorithms: dict, rewards=("jpeg_compressibility",), seeds=(0,)) -> dict:
-    return study.validate({
-        "study": "faults", "seeds": list(seeds), "models": {"tiny": {"path": str(model)}},
-        "rewards": list(rewards), "algorithms": algorithms,
-        "sampling": {"num_steps": 3}, "train": {"images_per_round": 4, "group_size": 2, "budgets": [4, 8]},
-        "evaluation": {"max_prompts": 2, "images_per_prompt": 2, "rewards": ["jpeg_compressibility"],
-                       "clip_model": None},
-        "probe": {"minibatches": 2}, "statistics": {"bootstrap_resamples": 100},
-    })
+    return study.validate(
+        {
+            "study": "faults",
+            "seeds": list(seeds),
+            "models": {"tiny": {"path": str(model)}},
+            "rewards": list(rewards),
+            "algorithms": algorithms,
+            "sampling": {"num_steps": 3},
+            "train": {"images_per_round": 4, "group_size": 2, "budgets": [4, 8]},
+            "evaluation": {
+                "max_prompts": 2,
+                "images_per_prompt": 2,
+                "rewards": ["jpeg_compressibility"],
+                "clip_model": None,
+            },
+            "probe": {"minibatches": 2},
+            "statistics": {"bootstrap_resamples": 100},
+        }
+    )
 
 
 def run_jobs(cfg: dict, runs_root: Path) -> None:
@@ -79,10 +95,26 @@ def run_jobs(cfg: dict, runs_root: Path) -> None:
 
 
 def aggregate_and_report(cfg: dict, root: Path) -> str:
-    assert bench_main(["aggregate", "--config", json.dumps(cfg), "--runs-root", str(root / "runs"),
-                       "--out", str(root / "tables")]) == 0
-    assert bench_main(["report", "--tables", str(root / "tables"), "--runs-root", str(root / "runs"),
-                       "--out", str(root / "report.html")]) == 0
+    assert (
+        bench_main(
+            ["aggregate", "--config", json.dumps(cfg), "--runs-root", str(root / "runs"), "--out", str(root / "tables")]
+        )
+        == 0
+    )
+    assert (
+        bench_main(
+            [
+                "report",
+                "--tables",
+                str(root / "tables"),
+                "--runs-root",
+                str(root / "runs"),
+                "--out",
+                str(root / "report.html"),
+            ]
+        )
+        == 0
+    )
     return (root / "report.html").read_text()
 
 
@@ -151,10 +183,13 @@ def test_two_rewards_with_the_same_folder_label_are_refused():
 
 
 # ---------------------------------------------------------------- group size under the key the user set
-@pytest.mark.parametrize("edit, key", [
-    (lambda c: c["train"].update(group_size=3), r"config key 'train\.group_size'"),
-    (lambda c: c["algorithms"].update(loop={"group_size": 3}), r"config key 'algorithms\.loop\.group_size'"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["train"].update(group_size=3), r"config key 'train\.group_size'"),
+        (lambda c: c["algorithms"].update(loop={"group_size": 3}), r"config key 'algorithms\.loop\.group_size'"),
+    ],
+)
 def test_a_group_size_that_does_not_divide_the_round_names_the_key_set(edit, key):
     cfg = quick()
     edit(cfg)
@@ -173,8 +208,9 @@ def _damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
-@pytest.mark.parametrize("folder, key", [("dit16-ddim", r"models\.dit16-ddim\.path"),
-                                         ("clip16", r"evaluation\.clip_model")])
+@pytest.mark.parametrize(
+    "folder, key", [("dit16-ddim", r"models\.dit16-ddim\.path"), ("clip16", r"evaluation\.clip_model")]
+)
 def test_a_damaged_weight_file_is_refused_before_any_job(tmp_path, how, folder, key):
     work = study_copy(tmp_path)
     weights = sorted((work / "results" / "models" / folder).rglob("*.safetensors"))[-1]
@@ -266,8 +302,11 @@ def test_a_diverged_run_writes_strict_json_and_is_diverged_in_every_table(tiny_m
     probe = strict_load((run / "probe.json").read_text())
     assert probe["non_finite"], "the probe of a NaN loss has non-finite statistics, listed"
     aggregate_and_report(cfg, tmp_path)
-    strict_load((tmp_path / "citable.json").read_text() if (tmp_path / "citable.json").is_file()
-                else (tmp_path / "tables" / "citable.json").read_text())
+    strict_load(
+        (tmp_path / "citable.json").read_text()
+        if (tmp_path / "citable.json").is_file()
+        else (tmp_path / "tables" / "citable.json").read_text()
+    )
     for name in ("eval", "derived", "probe"):
         table = pd.read_csv(tmp_path / "tables" / f"{name}.csv", comment="#")
         nan_rows = table[table["algorithm"] == "nanloss"]
@@ -299,18 +338,32 @@ def test_read_json_restores_nan_where_it_was_written_as_null(tmp_path):
     assert back["rows"][0]["snr"] != back["rows"][0]["snr"] and back["rows"][0]["a/b"] == 1.0
 
 
-@pytest.mark.parametrize("code, attempt, retries, rc, recorded", [
-    (137, 1, 0, 0, True),  # killed on its last attempt: a failed result
-    (137, 1, 2, 137, False),  # killed with retries left: Snakemake starts it again (it resumes)
-    (1, 1, 0, 1, False),  # an unexpected exception: a bug stays a failed job
-])
+@pytest.mark.parametrize(
+    "code, attempt, retries, rc, recorded",
+    [
+        (137, 1, 0, 0, True),  # killed on its last attempt: a failed result
+        (137, 1, 2, 137, False),  # killed with retries left: Snakemake starts it again (it resumes)
+        (1, 1, 0, 1, False),  # an unexpected exception: a bug stays a failed job
+    ],
+)
 def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, retries, rc, recorded):
     from bench import failures
 
     out = tmp_path / "run" / "summary.json"
     out.parent.mkdir()
-    argv = ["killed", "--out", str(out), "--stage", "train", "--exit-code", str(code), "--attempt", str(attempt),
-            "--retries", str(retries)]
+    argv = [
+        "killed",
+        "--out",
+        str(out),
+        "--stage",
+        "train",
+        "--exit-code",
+        str(code),
+        "--attempt",
+        str(attempt),
+        "--retries",
+        str(retries),
+    ]
     assert failures.main(argv) == rc
     assert out.is_file() == recorded
     if recorded:
@@ -364,8 +417,13 @@ def test_a_run_killed_beyond_its_retries_is_a_failed_result_of_the_workflow(tmp_
     cfg["sampling"]["num_steps"] = 2
     cfg["evaluation"].update(rewards=["jpeg_compressibility"], clip_model=None, max_prompts=2)
     (work / "study.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "study.yaml"], cwd=work,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--configfile", "study.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     tables = work / "results" / "studies" / "quick" / "tables"
     failed = pd.read_csv(tables / "failed_runs.csv", comment="#")

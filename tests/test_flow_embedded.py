@@ -22,16 +22,25 @@ def tiny_flow_model(tmp_path_factory):
     from bench.world.pretrain import pretrain
 
     spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1, objective="flow")
-    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec,
-                    progress=False)
+    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec, progress=False)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS.names())
 def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
     variant = "dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"
-    cfg = RunSpec(model_path=str(tiny_flow_model), algorithm=algorithm, reward="jpeg_compressibility",
-                    prompts=PROMPTS, num_steps=4, eta=0.7, images_per_round=4, group_size=2, budgets=[4, 8],
-                    lr=1e-3, flow_variant=variant)
+    cfg = RunSpec(
+        model_path=str(tiny_flow_model),
+        algorithm=algorithm,
+        reward="jpeg_compressibility",
+        prompts=PROMPTS,
+        num_steps=4,
+        eta=0.7,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4, 8],
+        lr=1e-3,
+        flow_variant=variant,
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     assert isinstance(trainer.sampler, FlowSDESampler) and trainer.sampler.variant == variant
     summary = trainer.run()
@@ -43,8 +52,17 @@ def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
 
 
 def test_pcpo_flow_weights_on_the_embedded_flow_model(tiny_flow_model, tmp_path):
-    cfg = RunSpec(model_path=str(tiny_flow_model), algorithm="pcpo", reward="jpeg_compressibility",
-                    prompts=PROMPTS, num_steps=6, eta=0.7, images_per_round=4, group_size=2, budgets=[4])
+    cfg = RunSpec(
+        model_path=str(tiny_flow_model),
+        algorithm="pcpo",
+        reward="jpeg_compressibility",
+        prompts=PROMPTS,
+        num_steps=6,
+        eta=0.7,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     sampler = trainer.sampler
     assert sampler.family == "flow"

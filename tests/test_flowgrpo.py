@@ -39,8 +39,11 @@ def official_sde_step(v, x, sigmas, k, a, prev):
     dt = sigma_prev - sigma
     std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * a
     mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
-    logp = (-((prev.detach() - mean) ** 2) / (2 * ((std_dev_t * torch.sqrt(-1 * dt)) ** 2))
-            - torch.log(std_dev_t * torch.sqrt(-1 * dt)) - math.log(math.sqrt(2 * math.pi)))
+    logp = (
+        -((prev.detach() - mean) ** 2) / (2 * ((std_dev_t * torch.sqrt(-1 * dt)) ** 2))
+        - torch.log(std_dev_t * torch.sqrt(-1 * dt))
+        - math.log(math.sqrt(2 * math.pi))
+    )
     return logp.mean(dim=(1, 2, 3)), mean, std_dev_t
 
 
@@ -93,17 +96,44 @@ def test_flowgrpo_loss_matches_the_official_training_step(seed):
     beta = 0.04
     algo = FlowGRPO(beta=beta)
     algo.setup(sampler)
-    batch = StepBatch(logp=ours["logp"], logp_old=logp_old, advantages=adv.clamp(-5, 5), rewards=torch.zeros(b),
-                      group_ids=torch.zeros(b, dtype=torch.long), timesteps=sampler.timesteps[:s].expand(b, s),
-                      step_index=torch.arange(s).expand(b, s), mean=ours["mean"], std=ours["std"],
-                      mean_ref=ours["mean_ref"])
+    batch = StepBatch(
+        logp=ours["logp"],
+        logp_old=logp_old,
+        advantages=adv.clamp(-5, 5),
+        rewards=torch.zeros(b),
+        group_ids=torch.zeros(b, dtype=torch.long),
+        timesteps=sampler.timesteps[:s].expand(b, s),
+        step_index=torch.arange(s).expand(b, s),
+        mean=ours["mean"],
+        std=ours["std"],
+        mean_ref=ours["mean_ref"],
+    )
     got = algo.loss(batch)
-    want = torch.stack([official_loss(theirs["logp"][j], logp_old[:, j], adv, theirs["mean"][j],
-                                      theirs["mean_ref"][j], theirs["std_dev_t"][j], 1e-4, beta)
-                        for j in range(s)]).mean()
+    want = torch.stack(
+        [
+            official_loss(
+                theirs["logp"][j],
+                logp_old[:, j],
+                adv,
+                theirs["mean"][j],
+                theirs["mean_ref"][j],
+                theirs["std_dev_t"][j],
+                1e-4,
+                beta,
+            )
+            for j in range(s)
+        ]
+    ).mean()
     torch.testing.assert_close(got.value, want, rtol=1e-6, atol=1e-7)
-    kl_official = torch.stack([(((theirs["mean"][j] - theirs["mean_ref"][j]) ** 2).mean(dim=(1, 2, 3), keepdim=True)
-                                / (2 * theirs["std_dev_t"][j] ** 2)).mean() for j in range(s)]).mean()
+    kl_official = torch.stack(
+        [
+            (
+                ((theirs["mean"][j] - theirs["mean_ref"][j]) ** 2).mean(dim=(1, 2, 3), keepdim=True)
+                / (2 * theirs["std_dev_t"][j] ** 2)
+            ).mean()
+            for j in range(s)
+        ]
+    ).mean()
     torch.testing.assert_close(got.metrics["kl_ref"], kl_official, rtol=1e-6, atol=0)
 
 
@@ -142,9 +172,15 @@ def test_flowgrpo_kl_on_ddim_is_the_exact_kl():
 def test_flowgrpo_without_reference_means_is_refused():
     algo = FlowGRPO()
     algo.setup(FlowSDESampler(sd3_sigmas()))
-    batch = StepBatch(logp=torch.zeros(2, 3), logp_old=torch.zeros(2, 3), advantages=torch.ones(2),
-                      rewards=torch.zeros(2), group_ids=torch.zeros(2, dtype=torch.long),
-                      timesteps=torch.zeros(2, 3), step_index=torch.arange(3).expand(2, 3))
+    batch = StepBatch(
+        logp=torch.zeros(2, 3),
+        logp_old=torch.zeros(2, 3),
+        advantages=torch.ones(2),
+        rewards=torch.zeros(2),
+        group_ids=torch.zeros(2, dtype=torch.long),
+        timesteps=torch.zeros(2, 3),
+        step_index=torch.arange(3).expand(2, 3),
+    )
     with pytest.raises(ValueError, match="mean_ref"):
         algo.loss(batch)
 
@@ -200,9 +236,21 @@ def toy_world(monkeypatch):
 def test_flowgrpo_raises_the_reward(toy_world, monkeypatch, family, beta):
     if family == "flow":
         monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
-    cfg = RunSpec(model_path="unused", algorithm="flowgrpo", reward="test_point_target", seed=0, prompts=["a", "b"],
-                  num_steps=8, eta=0.7 if family == "flow" else 1.0, guidance=1.0, images_per_round=16,
-                  group_size=4, lr=0.02, budgets=[16 * 30], algorithm_settings={"beta": beta})
+    cfg = RunSpec(
+        model_path="unused",
+        algorithm="flowgrpo",
+        reward="test_point_target",
+        seed=0,
+        prompts=["a", "b"],
+        num_steps=8,
+        eta=0.7 if family == "flow" else 1.0,
+        guidance=1.0,
+        images_per_round=16,
+        group_size=4,
+        lr=0.02,
+        budgets=[16 * 30],
+        algorithm_settings={"beta": beta},
+    )
     trainer = train_mod.Trainer(cfg, out="unused")
     if family == "flow":
         assert isinstance(trainer.sampler, FlowSDESampler) and trainer.sampler.variant == "flowgrpo"
@@ -211,7 +259,7 @@ def test_flowgrpo_raises_the_reward(toy_world, monkeypatch, family, beta):
     for _ in range(30):
         trainer.round()
     after = toy.expected_reward(trainer)
-    optimum = -FlowPointPolicy.data_std**2 if family == "flow" else 0.0
+    optimum = -(FlowPointPolicy.data_std**2) if family == "flow" else 0.0
     assert after > before + (optimum - before) / 3, (family, before, after)
 
 

@@ -41,36 +41,61 @@ def guard_transitions(seed: int, b: int = 5, num_steps: int = 10, shift: float =
         old = sampler.step(v_old, x, sampler.timesteps[idx], idx, generator=g)
         new = sampler.step(v_new, x, sampler.timesteps[idx], idx, prev=old.x_next)
         ref = sampler.step(v_ref, x, sampler.timesteps[idx], idx, prev=old.x_next)
-        for key, val in (("logp", new.logp), ("logp_old", old.logp), ("mean", new.mean), ("mean_old", old.mean),
-                         ("std", new.std.expand(b)), ("mean_ref", ref.mean)):
+        for key, val in (
+            ("logp", new.logp),
+            ("logp_old", old.logp),
+            ("mean", new.mean),
+            ("mean_old", old.mean),
+            ("std", new.std.expand(b)),
+            ("mean_ref", ref.mean),
+        ):
             ours[key].append(val)
         lp_new, mu_new, std_dev_t = official_sde_step(v_new, x, sigmas, idx, A, old.x_next)
         lp_old, mu_old, _ = official_sde_step(v_old, x, sigmas, idx, A, old.x_next)
         _, mu_ref, _ = official_sde_step(v_ref, x, sigmas, idx, A, old.x_next)
         sqrt_dt = (sigmas[idx] - sigmas[idx + 1]).sqrt()
-        theirs.append({"logp": lp_new, "logp_old": lp_old, "mean": mu_new, "mean_old": mu_old, "mean_ref": mu_ref,
-                       "std_dev_t": std_dev_t, "sqrt_dt": sqrt_dt, "x_next": old.x_next})
+        theirs.append(
+            {
+                "logp": lp_new,
+                "logp_old": lp_old,
+                "mean": mu_new,
+                "mean_old": mu_old,
+                "mean_ref": mu_ref,
+                "std_dev_t": std_dev_t,
+                "sqrt_dt": sqrt_dt,
+                "x_next": old.x_next,
+            }
+        )
     return sampler, {k: torch.stack(v, 1) for k, v in ours.items()}, theirs
 
 
 def batch_of(ours, adv) -> StepBatch:
     b, s = ours["logp"].shape
-    return StepBatch(logp=ours["logp"], logp_old=ours["logp_old"], advantages=adv, rewards=torch.zeros(b),
-                     group_ids=torch.zeros(b, dtype=torch.long), timesteps=torch.zeros(b, s),
-                     step_index=torch.arange(s).expand(b, s), mean=ours["mean"], std=ours["std"],
-                     mean_ref=ours["mean_ref"], mean_old=ours["mean_old"])
+    return StepBatch(
+        logp=ours["logp"],
+        logp_old=ours["logp_old"],
+        advantages=adv,
+        rewards=torch.zeros(b),
+        group_ids=torch.zeros(b, dtype=torch.long),
+        timesteps=torch.zeros(b, s),
+        step_index=torch.arange(s).expand(b, s),
+        mean=ours["mean"],
+        std=ours["std"],
+        mean_ref=ours["mean_ref"],
+        mean_old=ours["mean_old"],
+    )
 
 
 def transcribed_guard_loss(step, adv, clip_range, beta):
     """Eq. 8 and Eq. 12 as the ports write them, for one timestep: bias = mean((mu - mu_old)^2) /
     (2 scale^2) with scale = std_dev_t sqrt(dt); log r^ = scale (log r + bias); delta = 1 / dt;
     policy loss = mean(delta max(-A r^, -A clip(r^))); + beta x Flow-GRPO's KL."""
-    scale = (step["std_dev_t"].flatten() * step["sqrt_dt"])
+    scale = step["std_dev_t"].flatten() * step["sqrt_dt"]
     bias = ((step["mean"] - step["mean_old"]) ** 2).flatten(1).mean(1) / (2 * scale**2)
     ratio = torch.exp(scale * (step["logp"] - step["logp_old"] + bias))
     delta = 1.0 / step["sqrt_dt"] ** 2
     policy = torch.mean(delta * torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)))
-    kl = (((step["mean"] - step["mean_ref"]) ** 2).mean(dim=(1, 2, 3), keepdim=True) / (2 * step["std_dev_t"] ** 2))
+    kl = ((step["mean"] - step["mean_ref"]) ** 2).mean(dim=(1, 2, 3), keepdim=True) / (2 * step["std_dev_t"] ** 2)
     return policy + beta * kl.mean()
 
 
@@ -106,8 +131,9 @@ def test_reweight_factors():
     dt = sigmas[:-1] - sigmas[1:]
     torch.testing.assert_close(reweight_factors(FlowSDESampler(sigmas, 0.7, "flowgrpo")), 1 / dt)
     t = sigmas[:-1]
-    torch.testing.assert_close(reweight_factors(FlowSDESampler(sigmas, 0.3, "dancegrpo")),
-                               (1 + 0.09 * (1 - t) / (2 * t)) / dt)
+    torch.testing.assert_close(
+        reweight_factors(FlowSDESampler(sigmas, 0.3, "dancegrpo")), (1 + 0.09 * (1 - t) / (2 * t)) / dt
+    )
     from tests.test_algorithms import sd1_sampler
 
     for settings in ({}, {"grad_reweight": False}):
@@ -141,15 +167,27 @@ def toy_world(monkeypatch):
 def test_grpo_guard_raises_the_reward(toy_world, monkeypatch, settings):
     """On the flow toy (GRPO-Guard is defined for the flow SDEs), with and without RatioNorm."""
     monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
-    cfg = RunSpec(model_path="unused", algorithm="grpo_guard", reward="test_point_target", seed=0, prompts=["a", "b"],
-                  num_steps=8, eta=0.7, guidance=1.0, images_per_round=16, group_size=4, lr=0.02,
-                  budgets=[16 * 30], algorithm_settings=settings)
+    cfg = RunSpec(
+        model_path="unused",
+        algorithm="grpo_guard",
+        reward="test_point_target",
+        seed=0,
+        prompts=["a", "b"],
+        num_steps=8,
+        eta=0.7,
+        guidance=1.0,
+        images_per_round=16,
+        group_size=4,
+        lr=0.02,
+        budgets=[16 * 30],
+        algorithm_settings=settings,
+    )
     trainer = train_mod.Trainer(cfg, out="unused")
     before = toy.expected_reward(trainer)
     for _ in range(30):
         trainer.round()
     after = toy.expected_reward(trainer)
-    optimum = -FlowPointPolicy.data_std**2
+    optimum = -(FlowPointPolicy.data_std**2)
     assert after > before + (optimum - before) / 3, (settings, before, after)
 
 
@@ -162,8 +200,9 @@ def test_a_study_refuses_grpo_guard_on_a_ddim_model(toy_world):
     cfg["algorithms"] = {"guard": {"plugin": "grpo_guard"}, "ddpo_is": {}}
     with pytest.raises(study.ConfigError, match=r"algorithms\.guard.*flow.*dit16-ddim"):
         study.validate(cfg, check_paths=False)
-    cfg["models"] = {"dit16-flow": {"path": "results/models/dit16-flow",
-                                    "pretrain": {"steps": 6000, "seed": 0, "objective": "flow"}}}
+    cfg["models"] = {
+        "dit16-flow": {"path": "results/models/dit16-flow", "pretrain": {"steps": 6000, "seed": 0, "objective": "flow"}}
+    }
     study.validate(cfg, check_paths=False)
 
 

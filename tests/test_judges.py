@@ -76,5 +76,7 @@ def test_clip_alignment_refuses_changed_weights(tiny_clip, tmp_path):
     shutil.copytree(tiny_clip, copy)
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0" * 4)
-    assert any("recorded hashes" in p and "'model'" in p
-               for p in check_weights({"name": "clip_alignment", "settings": {"model": str(copy)}}))
+    assert any(
+        "recorded hashes" in p and "'model'" in p
+        for p in check_weights({"name": "clip_alignment", "settings": {"model": str(copy)}})
+    )

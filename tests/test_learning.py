@@ -38,8 +38,14 @@ class PointPolicy(nn.Module):
     def __init__(self):
         super().__init__()
         self.denoiser = PointDenoiser()
-        self.scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                       steps_offset=1, set_alpha_to_one=False, clip_sample=False)  # SD-1.x
+        self.scheduler = DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            steps_offset=1,
+            set_alpha_to_one=False,
+            clip_sample=False,
+        )  # SD-1.x
         self._reference = None
 
     @classmethod
@@ -98,9 +104,20 @@ def expected_reward(trainer) -> float:
 
 
 def run(algorithm: str, rounds: int = 30, seed: int = 0, **settings) -> tuple[float, float]:
-    cfg = RunSpec(model_path="unused", algorithm=algorithm, reward="test_point_target", seed=seed,
-                              prompts=["a", "b"], num_steps=8, guidance=1.0, images_per_round=16, group_size=4,
-                              lr=0.02, budgets=[16 * rounds], algorithm_settings=settings)
+    cfg = RunSpec(
+        model_path="unused",
+        algorithm=algorithm,
+        reward="test_point_target",
+        seed=seed,
+        prompts=["a", "b"],
+        num_steps=8,
+        guidance=1.0,
+        images_per_round=16,
+        group_size=4,
+        lr=0.02,
+        budgets=[16 * rounds],
+        algorithm_settings=settings,
+    )
     trainer = train_mod.Trainer(cfg, out="unused")
     before = expected_reward(trainer)
     for _ in range(rounds):
@@ -119,9 +136,17 @@ def test_pcpo_sigma_route_trains_with_the_reshaped_variance():
     """credit='sigma' replaces the sampler's std by sigma tilde in rollouts and recomputation. Here it
     learns slowly (about 5% of the gap in 30 rounds): at w* = 3.27 sigma tilde is ~0.03 instead of
     ~0.45 at most steps, so those steps add score-function noise but hardly move x_0."""
-    cfg = RunSpec(model_path="unused", algorithm="pcpo", reward="test_point_target", prompts=["a"],
-                              num_steps=8, guidance=1.0, images_per_round=8, group_size=4,
-                              algorithm_settings={"credit": "sigma"})
+    cfg = RunSpec(
+        model_path="unused",
+        algorithm="pcpo",
+        reward="test_point_target",
+        prompts=["a"],
+        num_steps=8,
+        guidance=1.0,
+        images_per_round=8,
+        group_size=4,
+        algorithm_settings={"credit": "sigma"},
+    )
     trainer = train_mod.Trainer(cfg, out="unused")
     traj = trainer.sample_round()
     torch.testing.assert_close(traj.stds, trainer.sampler.sigma_override.expand(8, 8))

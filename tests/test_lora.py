@@ -14,14 +14,27 @@ from bench.train import train
 def _logp(policy, traj, sampler, reference=False):
     n, k = traj.logp.shape
     with torch.no_grad():
-        return recompute(policy, sampler, traj, torch.arange(n), torch.arange(k).expand(n, k), 3.0,
-                         reference=reference)[0]
+        return recompute(
+            policy, sampler, traj, torch.arange(n), torch.arange(k).expand(n, k), 3.0, reference=reference
+        )[0]
 
 
 def test_lora_trains_only_adapters_and_reference_is_the_base(tiny_model, tmp_path):
     out = tmp_path / "run"
-    train(RunSpec(model_path=str(tiny_model), algorithm="prdp", reward="jpeg_compressibility", num_steps=3,
-                    images_per_round=4, group_size=2, budgets=[4], lora_rank=4, lr=1e-2), out)
+    train(
+        RunSpec(
+            model_path=str(tiny_model),
+            algorithm="prdp",
+            reward="jpeg_compressibility",
+            num_steps=3,
+            images_per_round=4,
+            group_size=2,
+            budgets=[4],
+            lora_rank=4,
+            lr=1e-2,
+        ),
+        out,
+    )
     assert (out / "checkpoints" / "4" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (out / "checkpoints" / "4" / "transformer").exists()
 

@@ -32,7 +32,9 @@ def test_table_keys_find_their_metric_and_direction():
     gold = bm.gold_keys(["reward/x", "attribute/mean", "quality/fid", "quality/kid", "device_seconds"])
     assert gold == ["attribute/mean", "quality/fid", "quality/kid"]
     assert bm.floors(["diversity/vendi", "quality/fid", "diversity/pairwise_cosine_distance"]) == {
-        "diversity/vendi": 1.0, "diversity/pairwise_cosine_distance": 0.0}
+        "diversity/vendi": 1.0,
+        "diversity/pairwise_cosine_distance": 0.0,
+    }
     assert bm.lookup("quality/fid").unit == "FID"
     assert bm.lookup("attribute/mean").gold and not bm.lookup("attribute/colour").gold
     assert bm.direction("attribute/colour") == "higher"

@@ -80,16 +80,20 @@ def _t_coverage(draw, truth: float, n: int, method: str = "t") -> float:
 @pytest.mark.parametrize("shape", ["normal", "skewed"])
 def test_the_default_interval_covers_at_least_93_percent(n, shape):
     # per-seed results of a study: roughly normal, or right-skewed (gamma(4): skewness 1)
-    draw, truth = {"normal": (lambda r, k: r.normal(0.6, 0.05, k), 0.6),
-                   "skewed": (lambda r, k: r.gamma(4.0, 0.01, k), 0.04)}[shape]
+    draw, truth = {
+        "normal": (lambda r, k: r.normal(0.6, 0.05, k), 0.6),
+        "skewed": (lambda r, k: r.gamma(4.0, 0.01, k), 0.04),
+    }[shape]
     assert _t_coverage(draw, truth, n) >= 0.93
 
 
 def test_the_percentile_bootstrap_would_not_cover_with_few_seeds():
     # the reason the default is t: the plain 95% percentile interval over 3 seeds covers ~75%
     rng = np.random.default_rng(3)
-    hits = sum(low <= 0.0 <= high for low, high in
-               (st.bootstrap_ci(rng.normal(size=3), n_resamples=300, seed=i)[1:] for i in range(300)))
+    hits = sum(
+        low <= 0.0 <= high
+        for low, high in (st.bootstrap_ci(rng.normal(size=3), n_resamples=300, seed=i)[1:] for i in range(300))
+    )
     assert hits / 300 < 0.85
 
 
@@ -145,7 +149,8 @@ def test_aggregates_equal_rliable_definitions():
     rl = pytest.importorskip("rliable.metrics")
     assert st.aggregate_iqm(by_task(x)) == pytest.approx(rl.aggregate_iqm(x))
     assert st.probability_of_improvement_tasks(by_task(x), by_task(y)) == pytest.approx(
-        rl.probability_of_improvement(x, y))
+        rl.probability_of_improvement(x, y)
+    )
     ties = np.ones((3, 2))
     same = st.probability_of_improvement_tasks(by_task(ties), by_task(ties))
     assert same == rl.probability_of_improvement(ties, ties) == 0.5

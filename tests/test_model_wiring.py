@@ -24,16 +24,28 @@ def pipelines(tmp_path_factory):
 
 
 def _config(models: dict, algorithms=("ddpo_is", "dancegrpo"), sampling=None) -> dict:
-    return study.validate({"seeds": [0], "models": models, "rewards": ["jpeg_compressibility"],
-                           "algorithms": {a: {} for a in algorithms}, "sampling": sampling or {},
-                           "evaluation": {"clip_model": None}}, check_paths=False)
+    return study.validate(
+        {
+            "seeds": [0],
+            "models": models,
+            "rewards": ["jpeg_compressibility"],
+            "algorithms": {a: {} for a in algorithms},
+            "sampling": sampling or {},
+            "evaluation": {"clip_model": None},
+        },
+        check_paths=False,
+    )
 
 
 def test_run_spec_carries_model_options_and_flow_variant():
-    config = _config({"sd": {"family": "sd", "path": "x", "resolution": 256, "mixed_precision": "bf16"},
-                      "sd3": {"family": "flow", "path": "y"},
-                      "dit": {"path": "z", "pretrain": {"objective": "flow"}},
-                      "eps": {"path": "w"}})
+    config = _config(
+        {
+            "sd": {"family": "sd", "path": "x", "resolution": 256, "mixed_precision": "bf16"},
+            "sd3": {"family": "flow", "path": "y"},
+            "dit": {"path": "z", "pretrain": {"objective": "flow"}},
+            "eps": {"path": "w"},
+        }
+    )
     cfg = {(k.model, k.algorithm): study.run_spec(config, k) for k in study.runs(config)}
     assert cfg["sd", "ddpo_is"].model_options == {"resolution": 256, "mixed_precision": "bf16"}
     # no options, none; DDIM models carry no flow variant
@@ -48,11 +60,17 @@ def test_run_spec_carries_model_options_and_flow_variant():
 
 
 def test_the_trainer_loads_the_model_options_and_the_variant(pipelines, tmp_path):
-    config = _config({"sd": {"family": "sd", "path": str(pipelines["sd"]), "resolution": 32},
-                      "sd3": {"family": "flow", "path": str(pipelines["flow"])}}, algorithms=("dancegrpo",))
+    config = _config(
+        {
+            "sd": {"family": "sd", "path": str(pipelines["sd"]), "resolution": 32},
+            "sd3": {"family": "flow", "path": str(pipelines["flow"])},
+        },
+        algorithms=("dancegrpo",),
+    )
     for key in study.runs(config):
-        spec = study.run_spec(config, key).replace(num_steps=3, images_per_round=4, group_size=2, budgets=(4,),
-                                                   prompts=tuple(PROMPTS))
+        spec = study.run_spec(config, key).replace(
+            num_steps=3, images_per_round=4, group_size=2, budgets=(4,), prompts=tuple(PROMPTS)
+        )
         trainer = Trainer(RunSpec.from_json(spec.to_json()), tmp_path / key.model)
         if key.model == "sd":
             assert trainer.policy.sample_shape == (4, 4, 4)  # 32 px through the x8 VAE, not the native 64
@@ -77,19 +95,38 @@ def test_flowgrpo_kl_term(pipelines, tmp_path):
     assert algo.needs_reference_means and not ALGORITHMS.get("dancegrpo")().needs_reference
     b, s = 2, 3
     mean = torch.randn(b, s, 4, 2, 2, requires_grad=True)
-    batch = StepBatch(logp=torch.zeros(b, s), logp_old=torch.zeros(b, s), advantages=torch.ones(b),
-                      rewards=torch.zeros(b), group_ids=torch.zeros(b), timesteps=torch.zeros(b, s),
-                      step_index=torch.zeros(b, s, dtype=torch.long), mean=mean, std=torch.ones(b, s),
-                      mean_ref=torch.zeros(b, s, 4, 2, 2))
+    batch = StepBatch(
+        logp=torch.zeros(b, s),
+        logp_old=torch.zeros(b, s),
+        advantages=torch.ones(b),
+        rewards=torch.zeros(b),
+        group_ids=torch.zeros(b),
+        timesteps=torch.zeros(b, s),
+        step_index=torch.zeros(b, s, dtype=torch.long),
+        mean=mean,
+        std=torch.ones(b, s),
+        mean_ref=torch.zeros(b, s, 4, 2, 2),
+    )
     loss = algo.loss(batch)
     assert torch.allclose(loss.value, -1 + 0.5 * (mean.detach() ** 2).mean() / 2)
     with pytest.raises(ValueError, match="mean_ref"):
         algo.loss(StepBatch(**{**batch.__dict__, "mean_ref": None}))
     # a LoRA run on the flow pipeline: the KL starts at 0 (adapters at B = 0) and is logged
-    cfg = RunSpec(model_path=str(pipelines["flow"]), algorithm="dancegrpo", reward="jpeg_compressibility",
-                    prompts=PROMPTS, num_steps=3, eta=0.7, images_per_round=4, group_size=2, budgets=[4, 8],
-                    lora_rank=4, lr=1e-2, algorithm_settings={"kl_beta": 0.01, "updates_per_round": 1},
-                    flow_variant="flowgrpo")
+    cfg = RunSpec(
+        model_path=str(pipelines["flow"]),
+        algorithm="dancegrpo",
+        reward="jpeg_compressibility",
+        prompts=PROMPTS,
+        num_steps=3,
+        eta=0.7,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4, 8],
+        lora_rank=4,
+        lr=1e-2,
+        algorithm_settings={"kl_beta": 0.01, "updates_per_round": 1},
+        flow_variant="flowgrpo",
+    )
     out = tmp_path / "run"
     assert Trainer(cfg, out).run()["status"] == "finished"
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

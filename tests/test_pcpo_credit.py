@@ -28,8 +28,9 @@ def effective_weights(policy: Policy, sampler, prompts: list[str], guidance: flo
         with torch.no_grad():
             out = policy.predict(x, sampler.model_timesteps()[k], traj.cond, traj.uncond, guidance)
         out = out.clone().requires_grad_(True)
-        res = sampler.step(out, x, sampler.timesteps[k].expand(n), step_index=torch.full((n,), k),
-                           prev=traj.latents[:, k + 1])
+        res = sampler.step(
+            out, x, sampler.timesteps[k].expand(n), step_index=torch.full((n,), k), prev=traj.latents[:, k + 1]
+        )
         (grad,) = torch.autograd.grad(res.mean.sum(), out)
         weights.append((grad.abs() / res.std.reshape(-1, 1, 1, 1)).mean())
     return torch.stack(weights)
@@ -60,8 +61,14 @@ def test_pcpo_ddim_multipliers_flatten_the_effective_credit_without_x0_clipping(
 
     from bench.sampling import DDIMSampler
 
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     sampler = DDIMSampler(scheduler, 20, eta=1.0)
     pcpo = PCPO()
     pcpo.setup(sampler)

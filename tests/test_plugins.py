@@ -28,14 +28,25 @@ def readme_example() -> str:
 
 
 def small_study(model: Path, algorithms: dict) -> dict:
-    return study.validate({
-        "study": "plugin-test", "seeds": [0], "models": {"tiny": {"path": str(model)}},
-        "rewards": ["jpeg_compressibility"], "algorithms": algorithms,
-        "sampling": {"num_steps": 3}, "train": {"images_per_round": 4, "group_size": 2, "budgets": [4]},
-        "evaluation": {"max_prompts": 2, "images_per_prompt": 2, "rewards": ["jpeg_compressibility"],
-                       "clip_model": None},
-        "probe": {"minibatches": 2}, "statistics": {"bootstrap_resamples": 100},
-    })
+    return study.validate(
+        {
+            "study": "plugin-test",
+            "seeds": [0],
+            "models": {"tiny": {"path": str(model)}},
+            "rewards": ["jpeg_compressibility"],
+            "algorithms": algorithms,
+            "sampling": {"num_steps": 3},
+            "train": {"images_per_round": 4, "group_size": 2, "budgets": [4]},
+            "evaluation": {
+                "max_prompts": 2,
+                "images_per_prompt": 2,
+                "rewards": ["jpeg_compressibility"],
+                "clip_model": None,
+            },
+            "probe": {"minibatches": 2},
+            "statistics": {"bootstrap_resamples": 100},
+        }
+    )
 
 
 def run_study(cfg: dict, runs_root: Path) -> pd.DataFrame:
@@ -51,8 +62,9 @@ def run_study(cfg: dict, runs_root: Path) -> pd.DataFrame:
 def test_readme_plugin_as_a_file_reaches_the_table(tiny_model, tmp_path):
     plugin = tmp_path / "my_algo.py"
     plugin.write_text(readme_example())
-    cfg = small_study(tiny_model, {"clipped_reinforce": {"plugin": f"{plugin}:ClippedReinforce",
-                                                         "max_log_ratio": 2e-3}})
+    cfg = small_study(
+        tiny_model, {"clipped_reinforce": {"plugin": f"{plugin}:ClippedReinforce", "max_log_ratio": 2e-3}}
+    )
     table = run_study(cfg, tmp_path / "runs")
     assert set(table["algorithm"]) - {"(all)"} == {"clipped_reinforce"}  # "(all)": the matched reward level
     written = pd.read_csv(tmp_path / "tables" / "eval.csv", comment="#")
@@ -70,7 +82,8 @@ def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, t
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[bench.algorithms]\nclipped_reinforce = my_package.my_algo:ClippedReinforce\n")
+        "[bench.algorithms]\nclipped_reinforce = my_package.my_algo:ClippedReinforce\n"
+    )
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT / "tests")!r})
         from pathlib import Path
@@ -104,8 +117,10 @@ def test_a_broken_plugin_is_refused_at_validation_naming_it(tiny_model, tmp_path
 
 def test_a_loss_of_the_wrong_type_fails_naming_the_plugin(tiny_model, tmp_path):
     plugin = tmp_path / "wrong.py"
-    plugin.write_text("from bench.algorithm import Algorithm\n"
-                      "class Wrong(Algorithm):\n    def loss(self, batch):\n        return 0.0\n")
+    plugin.write_text(
+        "from bench.algorithm import Algorithm\n"
+        "class Wrong(Algorithm):\n    def loss(self, batch):\n        return 0.0\n"
+    )
     cfg = small_study(tiny_model, {"wrong": {"plugin": f"{plugin}:Wrong"}})
     from bench.registry import PluginError
 

@@ -32,8 +32,12 @@ def tiny_reward_settings(name: str, folder: Path) -> dict:
 
         _, config, weights = tiny_open_clip(folder, wrapped=False, suffix=".safetensors")
         torch.save(AestheticHead(TINY_OPEN_CLIP["embed_dim"]).state_dict(), folder / "head.pth")
-        return {"clip_weights": str(weights), "head_weights": str(folder / "head.pth"), "model": str(config),
-                "quick_gelu": False}
+        return {
+            "clip_weights": str(weights),
+            "head_weights": str(folder / "head.pth"),
+            "model": str(config),
+            "quick_gelu": False,
+        }
     if name == "hps_v21":
         _, config, weights = tiny_open_clip(folder, wrapped=True, suffix=".pt")  # HPS_v2.1_compressed.pt layout
         return {"weights": str(weights), "model": str(config)}
@@ -47,7 +51,7 @@ def tiny_reward_settings(name: str, folder: Path) -> dict:
 def shrink(preset: str, root: Path) -> dict:
     """The preset with tiny local weights, 3 sampler steps, rounds of 4 images and 2 budgets."""
     cfg = yaml.safe_load((ROOT / "config" / preset).read_text())
-    (name, model), = cfg["models"].items()
+    ((name, model),) = cfg["models"].items()
     pipeline = build_sd(root / "pipeline") if model["family"] == "sd" else build_sd3(root / "pipeline")
     integrity.record(pipeline)  # sha256.json: the workflow verifies the pipeline before any job
     model.update(path=str(pipeline), resolution=64)
@@ -77,8 +81,13 @@ def test_a_real_model_preset_runs_end_to_end(preset, tmp_path):
     shutil.copytree(ROOT / "report" / "snakemake", work / "report" / "snakemake")
     cfg = shrink(preset, tmp_path / "weights")
     (work / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "tiny.yaml"], cwd=work,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--configfile", "tiny.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     logs = "".join(p.read_text()[-1500:] for p in sorted((work / "results").rglob("*.log")))
     assert done.returncode == 0, done.stderr[-3000:] + logs
     out = study_paths(cfg["study"])

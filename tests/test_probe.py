@@ -15,9 +15,18 @@ PROMPTS = ["a red circle", "two small blue squares on the left"]
 
 
 def _spec(model, **settings) -> RunSpec:
-    return RunSpec(model_path=str(model), algorithm="dancegrpo", reward="jpeg_compressibility", seed=5, num_steps=3,
-                   images_per_round=4, group_size=2, budgets=(4,), prompts=tuple(PROMPTS),
-                   algorithm_settings={"kl_beta": 0.5, **settings})
+    return RunSpec(
+        model_path=str(model),
+        algorithm="dancegrpo",
+        reward="jpeg_compressibility",
+        seed=5,
+        num_steps=3,
+        images_per_round=4,
+        group_size=2,
+        budgets=(4,),
+        prompts=tuple(PROMPTS),
+        algorithm_settings={"kl_beta": 0.5, **settings},
+    )
 
 
 def _flat(grads, params) -> torch.Tensor:
@@ -36,8 +45,9 @@ def _probe_and_direct(spec: RunSpec):
     algorithm.setup(run.sampler)
     prompts = [PROMPTS[0]] * 4
     group_ids = torch.zeros(4, dtype=torch.long)
-    traj = rollout(run.policy, run.sampler, prompts, spec.guidance, generator, group_ids,
-                   algorithm.recipe.same_noise_per_group)
+    traj = rollout(
+        run.policy, run.sampler, prompts, spec.guidance, generator, group_ids, algorithm.recipe.same_noise_per_group
+    )
     rewards = torch.tensor([0.3, -0.2, 0.1, -0.4])
     advantages = algorithm.advantages(rewards, group_ids, prompts).float()
     rows = torch.arange(4)

@@ -30,8 +30,15 @@ def test_the_probes_per_step_gradients_sum_to_the_full_gradient(tiny_model, name
     # the same rollout, then each group's loss differentiated in one backward pass
     all_prompts = [p for p in prompts for _ in range(group)]
     group_ids = torch.arange(k).repeat_interleave(group)
-    traj = rollout(policy, sampler, all_prompts, guidance, torch.Generator().manual_seed(seed), group_ids,
-                   algorithm.recipe.same_noise_per_group)
+    traj = rollout(
+        policy,
+        sampler,
+        all_prompts,
+        guidance,
+        torch.Generator().manual_seed(seed),
+        group_ids,
+        algorithm.recipe.same_noise_per_group,
+    )
     rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
     advantages = algorithm.advantages(rewards.float(), group_ids, all_prompts).float()
     k_steps = sampler.num_steps - int(algorithm.recipe.drop_last_step)
@@ -41,8 +48,15 @@ def test_the_probes_per_step_gradients_sum_to_the_full_gradient(tiny_model, name
         rows = torch.nonzero(group_ids == g).flatten()
         steps = torch.arange(k_steps).expand(len(rows), k_steps)
         logp, _, _ = recompute(policy, sampler, traj, rows, steps, guidance)
-        batch = StepBatch(logp=logp, logp_old=logp.detach(), advantages=advantages[rows], rewards=rewards[rows].float(),
-                          group_ids=group_ids[rows], timesteps=sampler.timesteps[steps], step_index=steps)
+        batch = StepBatch(
+            logp=logp,
+            logp_old=logp.detach(),
+            advantages=advantages[rows],
+            rewards=rewards[rows].float(),
+            group_ids=group_ids[rows],
+            timesteps=sampler.timesteps[steps],
+            step_index=steps,
+        )
         grads = torch.autograd.grad(algorithm.loss(batch).value, params, allow_unused=True)
         full.append(torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for p, d in zip(params, grads)]))
     expected = gradient_statistics(torch.stack(full))
@@ -57,8 +71,7 @@ def tiny_flow_model(tmp_path_factory):
     from bench.world.pretrain import pretrain
 
     spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1, objective="flow")
-    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec,
-                    progress=False)
+    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec, progress=False)
 
 
 @pytest.mark.parametrize("module, cls", [("algorithms.flowgrpo", "FlowGRPO"), ("algorithms.grpo_guard", "GRPOGuard")])
@@ -84,8 +97,15 @@ def test_the_probe_decomposes_losses_that_read_the_means(tiny_flow_model, module
 
     all_prompts = [p for p in prompts for _ in range(group)]
     group_ids = torch.arange(k).repeat_interleave(group)
-    traj = rollout(policy, sampler, all_prompts, guidance, torch.Generator().manual_seed(seed), group_ids,
-                   algorithm.recipe.same_noise_per_group)
+    traj = rollout(
+        policy,
+        sampler,
+        all_prompts,
+        guidance,
+        torch.Generator().manual_seed(seed),
+        group_ids,
+        algorithm.recipe.same_noise_per_group,
+    )
     rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
     rewards = rewards.float()
     advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()

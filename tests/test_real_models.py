@@ -33,8 +33,9 @@ def pipelines(tmp_path_factory):
 def _recomputed(policy, sampler, traj, guidance=3.0, reference=False):
     n, k = traj.logp.shape
     with torch.no_grad():
-        return recompute(policy, sampler, traj, torch.arange(n), torch.arange(k).expand(n, k), guidance,
-                         reference=reference)[0]
+        return recompute(
+            policy, sampler, traj, torch.arange(n), torch.arange(k).expand(n, k), guidance, reference=reference
+        )[0]
 
 
 def test_dispatch_on_the_folder(pipelines, tiny_model):
@@ -100,8 +101,9 @@ def test_sd_matches_the_diffusers_pipeline(pipelines):
     assert torch.allclose(policy.encode(PROMPTS).embeds, emb[0], atol=1e-6)
     assert torch.allclose(policy.encode([""] * 2).embeds, emb[1], atol=1e-6)
     x = torch.randn(2, *policy.sample_shape, generator=torch.Generator().manual_seed(3))
-    theirs = pipe(PROMPTS, num_inference_steps=4, guidance_scale=4.0, eta=0.0, latents=x.clone(),
-                  output_type="latent").images
+    theirs = pipe(
+        PROMPTS, num_inference_steps=4, guidance_scale=4.0, eta=0.0, latents=x.clone(), output_type="latent"
+    ).images
     sampler = DDIMSampler(policy.scheduler, 4, eta=0.0)  # the deterministic step; RL samples with eta > 0
     cond, uncond = policy.encode(PROMPTS), policy.encode([""] * 2)
     with torch.no_grad():
@@ -122,8 +124,14 @@ def test_flow_matches_the_diffusers_pipeline(pipelines):
     ours = policy.encode(PROMPTS)
     assert torch.allclose(ours.embeds, emb[0], atol=1e-6) and torch.allclose(ours.pooled, emb[2], atol=1e-6)
     x = torch.randn(2, *policy.sample_shape, generator=torch.Generator().manual_seed(3))
-    theirs = pipe(PROMPTS, num_inference_steps=4, guidance_scale=4.0, latents=x.clone(), output_type="latent",
-                  max_sequence_length=128).images
+    theirs = pipe(
+        PROMPTS,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        latents=x.clone(),
+        output_type="latent",
+        max_sequence_length=128,
+    ).images
     sampler = make_sampler(policy, 4, eta=0.0, flow_variant="dancegrpo")
     cond, uncond = policy.encode(PROMPTS), policy.encode([""] * 2)
     g = torch.Generator().manual_seed(0)
@@ -162,9 +170,19 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
     if sampler_family not in ALGORITHMS.get(algorithm).sampler_families:
         pytest.skip(f"{algorithm} is not defined for {sampler_family} samplers (the study refuses it)")
     out = tmp_path / "run"
-    cfg = RunSpec(model_path=str(pipelines[family]), algorithm=algorithm, reward="jpeg_compressibility",
-                    prompts=PROMPTS, num_steps=3, eta=ETA[family], images_per_round=4, group_size=2,
-                    budgets=[4, 8], lora_rank=lora, lr=1e-3)
+    cfg = RunSpec(
+        model_path=str(pipelines[family]),
+        algorithm=algorithm,
+        reward="jpeg_compressibility",
+        prompts=PROMPTS,
+        num_steps=3,
+        eta=ETA[family],
+        images_per_round=4,
+        group_size=2,
+        budgets=[4, 8],
+        lora_rank=lora,
+        lr=1e-3,
+    )
     trainer = Trainer(cfg, out)
     start = time.perf_counter()
     summary = trainer.run()
@@ -194,9 +212,19 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
 @pytest.mark.parametrize("family", ["sd", "flow"])
 def test_prdp_reference_is_the_base_model(pipelines, tmp_path, family, lora):
-    cfg = RunSpec(model_path=str(pipelines[family]), algorithm="prdp", reward="jpeg_compressibility",
-                    prompts=PROMPTS, num_steps=3, eta=ETA[family], images_per_round=4, group_size=2,
-                    budgets=[4], lora_rank=lora, lr=1e-2)
+    cfg = RunSpec(
+        model_path=str(pipelines[family]),
+        algorithm="prdp",
+        reward="jpeg_compressibility",
+        prompts=PROMPTS,
+        num_steps=3,
+        eta=ETA[family],
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+        lora_rank=lora,
+        lr=1e-2,
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.run()
     tuned = trainer.policy

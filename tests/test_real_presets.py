@@ -21,12 +21,16 @@ def _preset(name):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_real_model_presets_validate_without_weights(preset):
     cfg = study.validate(_preset(preset), check_paths=False)
-    (name, model), = cfg["models"].items()
+    ((name, model),) = cfg["models"].items()
     assert model["family"] in ("sd", "flow") and model["mixed_precision"] == "bf16"
     assert cfg["resources"]["train"]["gpu"] == 1 and study.gpu_hours(cfg) > 0
     assert study.model_file(model).endswith("model_index.json")
-    without_reward_weights = dict(_preset(preset), rewards=["jpeg_compressibility"], reward_settings={},
-                                  evaluation={"rewards": ["jpeg_compressibility"], "clip_model": None})
+    without_reward_weights = dict(
+        _preset(preset),
+        rewards=["jpeg_compressibility"],
+        reward_settings={},
+        evaluation={"rewards": ["jpeg_compressibility"], "clip_model": None},
+    )
     with pytest.raises(study.ConfigError, match=rf"models\.{name}\.path.*{model['path']}"):
         study.validate(without_reward_weights, check_paths=True)
 
@@ -43,11 +47,14 @@ def test_a_real_model_folder_of_the_right_family_is_accepted(tmp_path):
         study.validate(wrong)
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda m: m.update(family="sdxl"), r"models\.m\.family.*unknown model family 'sdxl'.*flow"),
-    (lambda m: m.update(mixed_precision="bf16"), r"models\.m\.mixed_precision.*embedded"),
-    (lambda m: m.update(family="sd", mixed_precision="fp8"), r"models\.m\.mixed_precision"),
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda m: m.update(family="sdxl"), r"models\.m\.family.*unknown model family 'sdxl'.*flow"),
+        (lambda m: m.update(mixed_precision="bf16"), r"models\.m\.mixed_precision.*embedded"),
+        (lambda m: m.update(family="sd", mixed_precision="fp8"), r"models\.m\.mixed_precision"),
+    ],
+)
 def test_bad_model_entries_are_refused_naming_the_key(edit, key):
     cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
     cfg["models"] = {"m": {"path": "results/models/dit16-ddim"}}

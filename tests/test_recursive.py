@@ -32,8 +32,10 @@ EVALUATION = {"prompts": "heldout", "max_prompts": 3, "images_per_prompt": 2, "s
 
 def _blocks(generations: int, n: int = 4, n_real: int = 2) -> list:
     real = torch.full((n_real, 3, 2, 2), -1.0)
-    return [generation_block(torch.full((n, 3, 2, 2), float(g)), [f"g{g}"] * n, g, real, ["real"] * n_real)
-            for g in range(1, generations + 1)]
+    return [
+        generation_block(torch.full((n, 3, 2, 2), float(g)), [f"g{g}"] * n, g, real, ["real"] * n_real)
+        for g in range(1, generations + 1)
+    ]
 
 
 def test_replace_trains_on_the_newest_generation_only_and_accumulate_on_all_so_far():
@@ -78,8 +80,9 @@ def test_decay_rate_is_the_least_squares_slope():
     g = np.arange(6)
     assert decay_rate(g, 3.0 - 0.25 * g) == pytest.approx(-0.25)
     assert decay_rate(g, np.where(g == 2, np.nan, 1.0 + 2.0 * g)) == pytest.approx(2.0)  # NaN left out
-    assert decay_rate(g, np.polyval([0.5, -1.0, 2.0], g)) == pytest.approx(np.polyfit(g, np.polyval([0.5, -1.0, 2.0],
-                                                                                                     g), 1)[0])
+    assert decay_rate(g, np.polyval([0.5, -1.0, 2.0], g)) == pytest.approx(
+        np.polyfit(g, np.polyval([0.5, -1.0, 2.0], g), 1)[0]
+    )
     assert np.isnan(decay_rate([0], [1.0]))
 
 
@@ -150,8 +153,10 @@ def test_recursive_tables_give_each_variants_decay_with_an_interval_and_the_repo
         for variant in study.recursive_variants(cfg):
             slope = slopes.get((key.algorithm, variant), 0.0)
             noise = rng.normal(0, 0.5)  # each seed's own slope scatters around the method's
-            rows = [{"generation": g, "quality/fid": 30 + (slope + noise) * g, "prdc/recall": 0.9 - 0.01 * g}
-                    for g in range(6)]
+            rows = [
+                {"generation": g, "quality/fid": 30 + (slope + noise) * g, "prdc/recall": 0.9 - 0.01 * g}
+                for g in range(6)
+            ]
             decay = {f"decay/{m}": decay_rate(range(6), [r[m] for r in rows]) for m in ("quality/fid", "prdc/recall")}
             (run / "recursive").mkdir(exist_ok=True)
             (run / "recursive" / f"{variant}.json").write_text(json.dumps({"rows": rows, "decay": decay}))
@@ -159,18 +164,31 @@ def test_recursive_tables_give_each_variants_decay_with_an_interval_and_the_repo
     first, summary = tables.recursive_tables(cfg, runs_root, out, prov)
     assert set(first["metric"]) >= {"decay/quality/fid"} and len(summary["variant"].unique()) == 4
     decay = pd.read_csv(out / "recursive_decay.csv", comment="#")
-    row = decay[(decay.variant == "replace-real0") & (decay.algorithm == "reinforce")
-                & (decay.metric == "decay/quality/fid")].iloc[0]
+    row = decay[
+        (decay.variant == "replace-real0") & (decay.algorithm == "reinforce") & (decay.metric == "decay/quality/fid")
+    ].iloc[0]
     assert row.n_seeds == 3 and row.ci_low < row["mean"] < row.ci_high and row.better == "lower"
     assert row.ci_low <= -2.0 + 3 * 0.5 and row.ci_high >= -2.0 - 3 * 0.5
     recall = decay[decay.metric == "decay/prdc/recall"]
     assert np.allclose(recall["mean"], -0.01) and (recall["better"] == "higher").all()
-    assert any("decay/<measure>" in line and "Student-t" in line
-               for line in (out / "recursive_decay.csv").read_text().splitlines())
+    assert any(
+        "decay/<measure>" in line and "Student-t" in line
+        for line in (out / "recursive_decay.csv").read_text().splitlines()
+    )
     per_gen = pd.read_csv(out / "recursive.csv", comment="#")
     assert sorted(per_gen["generation"].unique()) == list(range(6))
-    eval_table = pd.DataFrame([{"model": "dit16-flow", "reward": "attribute_match", "algorithm": "reinforce",
-                                "budget": 0, "metric": "quality/fid", "mean": 25.0}])
+    eval_table = pd.DataFrame(
+        [
+            {
+                "model": "dit16-flow",
+                "reward": "attribute_match",
+                "algorithm": "reinforce",
+                "budget": 0,
+                "metric": "quality/fid",
+                "mean": 25.0,
+            }
+        ]
+    )
     html = report.recursive_section(out, eval_table)
     assert "self-consuming loop" in html and html.count("<img") == 1 and "accumulate-real0.5" in html
 
@@ -180,11 +198,29 @@ def test_recursive_tables_give_each_variants_decay_with_an_interval_and_the_repo
 
 def test_self_consuming_loop_measures_every_generation_and_reproduces(tiny_model, tmp_path):
     run = tmp_path / "run"
-    train(RunSpec(model_path=str(tiny_model), algorithm="reinforce", reward="attribute_match", num_steps=3,
-                    images_per_round=4, group_size=2, budgets=[4]), run)
+    train(
+        RunSpec(
+            model_path=str(tiny_model),
+            algorithm="reinforce",
+            reward="attribute_match",
+            num_steps=3,
+            images_per_round=4,
+            group_size=2,
+            budgets=[4],
+        ),
+        run,
+    )
     run_cfg = RunSpec.read(run)
-    settings = RecursiveSettings(name="acc", mode="accumulate", generations=2, images_per_generation=6,
-                                 select_top=0.5, real_fraction=0.5, finetune_steps=2, batch_size=4)
+    settings = RecursiveSettings(
+        name="acc",
+        mode="accumulate",
+        generations=2,
+        images_per_generation=6,
+        select_top=0.5,
+        real_fraction=0.5,
+        finetune_steps=2,
+        batch_size=4,
+    )
     out = recursive_run(run, run_cfg, settings, EVALUATION)
     assert out["start"] == "checkpoint 4" and (run / "recursive" / "acc.json").is_file()
     assert [r["generation"] for r in out["rows"]] == [0, 1, 2]
@@ -196,8 +232,9 @@ def test_self_consuming_loop_measures_every_generation_and_reproduces(tiny_model
     assert out["rows"][0]["quality/fid"] != out["rows"][2]["quality/fid"]  # the fine-tunes changed the model
     again = recursive_run(run, run_cfg, settings, EVALUATION)
     assert again["rows"] == out["rows"]
-    replace = recursive_run(run, run_cfg, RecursiveSettings(**{**settings.__dict__, "name": "rep", "mode": "replace"}),
-                            EVALUATION)
+    replace = recursive_run(
+        run, run_cfg, RecursiveSettings(**{**settings.__dict__, "name": "rep", "mode": "replace"}), EVALUATION
+    )
     assert [r["train_images"] for r in replace["rows"][1:]] == [6, 6]
     assert replace["rows"][1] == out["rows"][1]  # generation 1: the same data in both modes
 

@@ -14,10 +14,16 @@ BUDGETS = (0, 64, 128)
 
 
 def _config(tmp_path, seeds=(0, 1, 2, 3, 4)) -> dict:
-    cfg = {"study": "sim", "seeds": list(seeds), "models": {"m": {"path": str(tmp_path)}},
-           "rewards": ["jpeg_compressibility", "attribute_match"], "algorithms": {a: {} for a in METHODS},
-           "train": {"budgets": list(BUDGETS[1:])}, "probe": {"minibatches": 8},
-           "statistics": {"bootstrap_resamples": 300}}
+    cfg = {
+        "study": "sim",
+        "seeds": list(seeds),
+        "models": {"m": {"path": str(tmp_path)}},
+        "rewards": ["jpeg_compressibility", "attribute_match"],
+        "algorithms": {a: {} for a in METHODS},
+        "train": {"budgets": list(BUDGETS[1:])},
+        "probe": {"minibatches": 8},
+        "statistics": {"bootstrap_resamples": 300},
+    }
     return study.validate(cfg, check_paths=False)
 
 
@@ -32,19 +38,38 @@ def _simulate(cfg: dict, root) -> None:
             f = i / (len(BUDGETS) - 1)
             noise = 0.0 if b == 0 else rng.normal(0, 0.01)
             hacked = key.algorithm == "prdp"
-            rows.append({"budget": b, "device_seconds": b * (8.0 if hacked else 1.0),
-                         f"reward/{key.reward}": 0.5 + gain * f + noise,
-                         "reward/clip_alignment": 0.3, "attribute/mean": 0.8 - (0.3 * f if hacked else 0) + noise,
-                         "quality/fid": 30 + (40 * f if hacked else 0.5 * f) + 10 * noise, "quality/kid": 0.01,
-                         "quality/clip_score": 25.0, "diversity/vendi": 3.0 - (1.8 * f if hacked else 0.1 * f) + noise})
+            rows.append(
+                {
+                    "budget": b,
+                    "device_seconds": b * (8.0 if hacked else 1.0),
+                    f"reward/{key.reward}": 0.5 + gain * f + noise,
+                    "reward/clip_alignment": 0.3,
+                    "attribute/mean": 0.8 - (0.3 * f if hacked else 0) + noise,
+                    "quality/fid": 30 + (40 * f if hacked else 0.5 * f) + 10 * noise,
+                    "quality/kid": 0.01,
+                    "quality/clip_score": 25.0,
+                    "diversity/vendi": 3.0 - (1.8 * f if hacked else 0.1 * f) + noise,
+                }
+            )
             share = np.full(6, 1 / 6) if key.algorithm == "pcpo" else np.array([0.05, 0.05, 0.1, 0.1, 0.2, 0.5])
-            probe_rows.append({"budget": b, "k": 8, "snr": 0.3 + noise, "snr_unbiased": 0.2 + noise,
-                               "snr_unbiased_low": 0.1 + noise, "snr_unbiased_high": 0.3 + noise,
-                               "trace_cov": 1e3 if hacked else 1e-2, "mean_sq_norm": 1.0,
-                               "mean_pairwise_cosine": 0.1, "credit_share": list(share),
-                               "credit_gini": 0.05 if key.algorithm == "pcpo" else 0.4 + noise})
-        (run / "eval.json").write_text(json.dumps({"status": "finished", "n_images": 96, "base_shared": True,
-                                                   "rows": rows}))
+            probe_rows.append(
+                {
+                    "budget": b,
+                    "k": 8,
+                    "snr": 0.3 + noise,
+                    "snr_unbiased": 0.2 + noise,
+                    "snr_unbiased_low": 0.1 + noise,
+                    "snr_unbiased_high": 0.3 + noise,
+                    "trace_cov": 1e3 if hacked else 1e-2,
+                    "mean_sq_norm": 1.0,
+                    "mean_pairwise_cosine": 0.1,
+                    "credit_share": list(share),
+                    "credit_gini": 0.05 if key.algorithm == "pcpo" else 0.4 + noise,
+                }
+            )
+        (run / "eval.json").write_text(
+            json.dumps({"status": "finished", "n_images": 96, "base_shared": True, "rows": rows})
+        )
         (run / "probe.json").write_text(json.dumps({"base_shared": True, "rows": probe_rows}))
         (run / "summary.json").write_text(json.dumps({"status": "finished"}))
 
@@ -93,8 +118,16 @@ def test_aggregate_writes_headline_verdicts_and_hacking(built):
 def test_report_renders_every_section(built):
     cfg, tmp = built
     html = report.render(tmp / "results" / "tables", tmp / "runs", tmp / "report" / "index.html").read_text()
-    for text in ("Headline", "What the study says about each claim", "Student-t interval", "noise floor",
-                 "Reward hacking", "Across training rewards", "supported", "interval of the single probe"):
+    for text in (
+        "Headline",
+        "What the study says about each claim",
+        "Student-t interval",
+        "noise floor",
+        "Reward hacking",
+        "Across training rewards",
+        "supported",
+        "interval of the single probe",
+    ):
         assert text in html, text
     assert html.index("Headline") < html.index("What the study says")
 

@@ -21,8 +21,17 @@ def slow(images, prompts, metadata):
 
 
 def _command(model, reward, out):
-    cfg = dict(model_path=str(model), algorithm="ddpo_is", reward=reward, seed=5, num_steps=3,
-               images_per_round=8, group_size=2, budgets=[8, 16, 24, 32], prompts=["a red circle", "a blue square"])
+    cfg = dict(
+        model_path=str(model),
+        algorithm="ddpo_is",
+        reward=reward,
+        seed=5,
+        num_steps=3,
+        images_per_round=8,
+        group_size=2,
+        budgets=[8, 16, 24, 32],
+        prompts=["a red circle", "a blue square"],
+    )
     return [sys.executable, "-m", "bench", "train", "--run-config", json.dumps(cfg), "--out", str(out)]
 
 
@@ -45,6 +54,7 @@ def test_kill_and_rerun_ends_like_an_uninterrupted_run(tiny_model, tmp_path):
     proc = subprocess.Popen(_command(tiny_model, reward, resumed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     state = resumed / "state" / "trainer.pt"
+
     def rounds_done():
         return torch.load(state, weights_only=False)["rounds_done"] if state.is_file() else 0
 

@@ -131,8 +131,13 @@ def test_laion_aesthetic_loads_tiny_weights_through_the_real_code_path(tmp_path)
     model, config, weights = tiny_open_clip(tmp_path, wrapped=False, suffix=".safetensors")
     head = AestheticHead(TINY_OPEN_CLIP["embed_dim"]).eval()
     torch.save(head.state_dict(), tmp_path / "head.pth")  # as sac+logos+ava1-l14-linearMSE.pth
-    reward = REWARDS.get("laion_aesthetic")(clip_weights=str(weights), head_weights=str(tmp_path / "head.pth"),
-                                            model=str(config), quick_gelu=False, device="cpu")
+    reward = REWARDS.get("laion_aesthetic")(
+        clip_weights=str(weights),
+        head_weights=str(tmp_path / "head.pth"),
+        model=str(config),
+        quick_gelu=False,
+        device="cpu",
+    )
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     scores, _ = reward(images, ["x"] * 3, {})
     with torch.no_grad():
@@ -150,11 +155,25 @@ def tiny_hf_clip(folder: Path, with_processor: bool = True):
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     torch.manual_seed(0)
@@ -196,8 +215,15 @@ def test_pickscore_reads_its_processor_from_its_own_folder(tmp_path):
 # ---------------------------------------------------------------- missing and wrong weights
 
 
-@pytest.mark.parametrize(("name", "key"), [("laion_aesthetic", "clip_weights"), ("hps_v21", "weights"),
-                                           ("pickscore", "model_path"), ("clip_score", "model_path")])
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("laion_aesthetic", "clip_weights"),
+        ("hps_v21", "weights"),
+        ("pickscore", "model_path"),
+        ("clip_score", "model_path"),
+    ],
+)
 def test_missing_weights_are_refused_naming_the_setting_and_the_path(tmp_path, name, key):
     missing = tmp_path / "not-there"
     problems = check_weights({"name": name, "settings": {key: str(missing)}})
@@ -242,8 +268,10 @@ def test_composition_is_the_weighted_sum_with_each_component_logged():
 
 def test_composition_passes_settings_to_a_component():
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    spec = [{"name": "jpeg_incompressibility", "weight": 1.0, "settings": {"quality": 50}},
-            {"name": "jpeg_incompressibility", "weight": -1.0}]
+    spec = [
+        {"name": "jpeg_incompressibility", "weight": 1.0, "settings": {"quality": 50}},
+        {"name": "jpeg_incompressibility", "weight": -1.0},
+    ]
     total, _ = ComposedReward(spec)(images, ["x", "x"], {})
     assert (total < 0).all()  # quality 50 files are smaller than quality 95 ones
 
@@ -254,8 +282,9 @@ def test_per_reward_settings_reach_every_component_and_its_weights_check(tmp_pat
     low, _ = ComposedReward("jpeg_incompressibility", settings)(images, ["x", "x"], {})
     high, _ = ComposedReward("jpeg_incompressibility")(images, ["x", "x"], {})
     assert (low < high).all()
-    assert check_weights({"clip_score": 1.0}, settings) == [f"clip_score setting 'model_path' ({tmp_path / 'none'}): "
-                                                            "no such folder"]
+    assert check_weights({"clip_score": 1.0}, settings) == [
+        f"clip_score setting 'model_path' ({tmp_path / 'none'}): no such folder"
+    ]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -282,9 +311,23 @@ def _free_port() -> int:
 @pytest.fixture
 def jpeg_server():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.reward_server", "serve", "--reward", "jpeg_compressibility", "--port", "0",
-         "--idle-timeout", "60", "--max-requests", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.reward_server",
+            "serve",
+            "--reward",
+            "jpeg_compressibility",
+            "--port",
+            "0",
+            "--idle-timeout",
+            "60",
+            "--max-requests",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()
@@ -346,4 +389,3 @@ def test_remote_server_reports_a_failing_reward(monkeypatch):
     finally:
         thread.join(timeout=10)
         server.server_close()
-

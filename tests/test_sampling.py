@@ -21,8 +21,14 @@ def test_gaussian_logp_equals_torch_normal():
 
 @pytest.mark.parametrize("clip_sample", [False, True])
 def test_ddim_step_at_eta_zero_equals_diffusers(clip_sample):
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          clip_sample=clip_sample, set_alpha_to_one=False, steps_offset=1)
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=clip_sample,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     sampler = DDIMSampler(sched, num_steps=10, eta=0.0)
     g = torch.Generator().manual_seed(1)
     x, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
@@ -47,8 +53,13 @@ def test_ddim_mean_at_eta_one_equals_diffusers_without_noise():
 def test_recomputing_a_recorded_step_reproduces_its_logp(tiny_model):
     policy = Policy.load(tiny_model)
     sampler = make_sampler(policy, num_steps=6, eta=1.0)
-    traj = rollout(policy, sampler, ["a red circle", "two small blue squares on the left"] * 2, 3.0,
-                   torch.Generator().manual_seed(0))
+    traj = rollout(
+        policy,
+        sampler,
+        ["a red circle", "two small blue squares on the left"] * 2,
+        3.0,
+        torch.Generator().manual_seed(0),
+    )
     assert traj.latents.shape == (4, 7, *policy.sample_shape)
     assert traj.logp.shape == (4, 6) and traj.means.shape == (4, 6, *policy.sample_shape)
     steps = torch.stack([torch.randperm(6, generator=torch.Generator().manual_seed(i)) for i in range(4)])

@@ -77,17 +77,30 @@ def flow_toy(monkeypatch):
 
 @pytest.mark.parametrize("algorithm", ["ddpo_is", "flowgrpo"])
 def test_training_with_a_window_records_ode_steps_and_raises_the_reward(flow_toy, algorithm):
-    cfg = RunSpec(model_path="unused", algorithm=algorithm, reward="test_point_target", seed=0, prompts=["a", "b"],
-                  num_steps=8, eta=0.7, guidance=1.0, images_per_round=16, group_size=4, lr=0.02,
-                  budgets=[16 * 30], sde_window=[1, 5])
+    cfg = RunSpec(
+        model_path="unused",
+        algorithm=algorithm,
+        reward="test_point_target",
+        seed=0,
+        prompts=["a", "b"],
+        num_steps=8,
+        eta=0.7,
+        guidance=1.0,
+        images_per_round=16,
+        group_size=4,
+        lr=0.02,
+        budgets=[16 * 30],
+        sde_window=[1, 5],
+    )
     trainer = train_mod.Trainer(cfg, out="unused")
     assert trainer.spec.sde_window == (1, 5) and trainer.sampler.sde_steps.tolist() == [1, 2, 3, 4, 5]
     traj = trainer.sample_round()
     outside = [0, 6, 7]
     assert (traj.logp[:, outside] == 0).all() and (traj.stds[:, outside] == 0).all()
     assert (traj.stds[:, 1:6] > 0).all()
-    logp, _, _ = recompute(trainer.policy, trainer.sampler, traj, torch.arange(16),
-                           torch.arange(1, 6).expand(16, 5), 1.0)
+    logp, _, _ = recompute(
+        trainer.policy, trainer.sampler, traj, torch.arange(16), torch.arange(1, 6).expand(16, 5), 1.0
+    )
     torch.testing.assert_close(logp, traj.logp[:, 1:6], rtol=0, atol=1e-5)
     before = toy.expected_reward(trainer)
     line = {}
@@ -95,7 +108,7 @@ def test_training_with_a_window_records_ode_steps_and_raises_the_reward(flow_toy
         line = trainer.round()
     after = toy.expected_reward(trainer)
     assert line["trained_steps_per_sample"] == 5  # the window (the last step is outside it)
-    optimum = -FlowPointPolicy.data_std**2
+    optimum = -(FlowPointPolicy.data_std**2)
     assert after > before + (optimum - before) / 3, (algorithm, before, after)
 
 

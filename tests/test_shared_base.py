@@ -8,14 +8,29 @@ from bench.probe import probe_base, probe_run
 from bench.spec import RunSpec
 from bench.train import train
 
-EVALUATION = {"prompts": "heldout", "max_prompts": 2, "images_per_prompt": 2, "seed": 0,
-              "rewards": ["jpeg_compressibility", "attribute_match"], "clip_model": None}
+EVALUATION = {
+    "prompts": "heldout",
+    "max_prompts": 2,
+    "images_per_prompt": 2,
+    "seed": 0,
+    "rewards": ["jpeg_compressibility", "attribute_match"],
+    "clip_model": None,
+}
 PROBE = {"enabled": True, "minibatches": 2, "seed": 7}
 
 
 def _cfg(model, **kw) -> RunSpec:
-    base = dict(model_path=str(model), algorithm="ddpo_is", reward="jpeg_compressibility", seed=3, num_steps=3,
-                images_per_round=4, group_size=2, budgets=[4], prompts=["a red circle", "a blue square"])
+    base = dict(
+        model_path=str(model),
+        algorithm="ddpo_is",
+        reward="jpeg_compressibility",
+        seed=3,
+        num_steps=3,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+        prompts=["a red circle", "a blue square"],
+    )
     return RunSpec(**{**base, **kw})
 
 
@@ -65,5 +80,7 @@ def test_with_lora_the_base_probe_is_per_seed_and_over_the_adapters(tiny_model, 
     assert not own["base_shared"]
     # the adapters start at zero (B = 0): only B has a gradient, so the gradient is that of the
     # adapters, not of the full denoiser, and it depends on the seed that drew A
-    assert own["rows"][0]["mean_sq_norm"] != probe_run(out, _cfg(tiny_model, lora_rank=2, seed=4), PROBE)["rows"][0][
-        "mean_sq_norm"]
+    assert (
+        own["rows"][0]["mean_sq_norm"]
+        != probe_run(out, _cfg(tiny_model, lora_rank=2, seed=4), PROBE)["rows"][0]["mean_sq_norm"]
+    )

@@ -27,10 +27,20 @@ def _relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def _harness_round(folder, tmp_path, reuse: bool):
-    cfg = RunSpec(model_path=str(folder), algorithm="ddpo_is", reward="jpeg_compressibility", seed=0,
-                    algorithm_settings={"updates_per_round": 1}, prompts=["a red cat", "a blue dog"],
-                    num_steps=STEPS, guidance=GUIDANCE, images_per_round=4, group_size=2, budgets=[4],
-                    reuse_sampling_graph=reuse)
+    cfg = RunSpec(
+        model_path=str(folder),
+        algorithm="ddpo_is",
+        reward="jpeg_compressibility",
+        seed=0,
+        algorithm_settings={"updates_per_round": 1},
+        prompts=["a red cat", "a blue dog"],
+        num_steps=STEPS,
+        guidance=GUIDANCE,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+        reuse_sampling_graph=reuse,
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     seen: dict = {"before": [p.detach().clone() for p in trainer.params]}
     sample_round, advantages, step = trainer.sample_round, trainer.algorithm.advantages, trainer.optimiser.step
@@ -81,8 +91,13 @@ def test_harness_update_equals_plain_loop(tiny_sd, tmp_path, reuse):
     # Adam's first step is lr g / (|g| + eps): where |g| is near eps it amplifies rounding noise of
     # gradients that are zero in exact arithmetic, so the weights are compared where |g| >> eps
     kept = [g.abs() > 1e-6 for g in plain_grad]
-    assert _relative([(a - b)[m] for a, b, m in zip(seen["after"], seen["before"], kept)],
-                     [(p.detach() - b)[m] for p, b, m in zip(params, seen["before"], kept)]) < 3e-5
+    assert (
+        _relative(
+            [(a - b)[m] for a, b, m in zip(seen["after"], seen["before"], kept)],
+            [(p.detach() - b)[m] for p, b, m in zip(params, seen["before"], kept)],
+        )
+        < 3e-5
+    )
 
     # the tolerance tells a different update apart: the gradient at another guidance scale
     other = PlainDDPO(tiny_sd, PlainSettings(num_steps=STEPS, guidance=GUIDANCE - 1))
@@ -93,9 +108,19 @@ def test_harness_update_equals_plain_loop(tiny_sd, tmp_path, reuse):
 
 def test_graph_reuse_falls_back_when_weights_change(tiny_sd, tmp_path):
     """Several updates per round: after the first the weights differ from sampling, so no reuse."""
-    cfg = RunSpec(model_path=str(tiny_sd), algorithm="ddpo_is", reward="jpeg_compressibility", seed=0,
-                    algorithm_settings={"updates_per_round": 2}, prompts=["a red cat"], num_steps=2,
-                    images_per_round=4, group_size=2, budgets=[4], reuse_sampling_graph=True)
+    cfg = RunSpec(
+        model_path=str(tiny_sd),
+        algorithm="ddpo_is",
+        reward="jpeg_compressibility",
+        seed=0,
+        algorithm_settings={"updates_per_round": 2},
+        prompts=["a red cat"],
+        num_steps=2,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+        reuse_sampling_graph=True,
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     assert not trainer.reuse_graph
     assert trainer.round()["optimiser_steps"] == 2

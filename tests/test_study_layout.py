@@ -13,13 +13,24 @@ from bench.layout import study_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-DEFAULT_OUTPUTS = ("results/tables", "results/citable.json", "results/runs", "results/logs", "results/benchmarks",
-                   "report/index.html")
+DEFAULT_OUTPUTS = (
+    "results/tables",
+    "results/citable.json",
+    "results/runs",
+    "results/logs",
+    "results/benchmarks",
+    "report/index.html",
+)
 
 
 def planned(configfile: str) -> str:
-    done = subprocess.run([str(SNAKEMAKE), "-n", "-p", "--cores", "1", "--configfile", configfile, "--forceall"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "-n", "-p", "--cores", "1", "--configfile", configfile, "--forceall"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -31,14 +42,21 @@ def test_the_quick_preset_never_names_the_default_study_outputs():
     for path in DEFAULT_OUTPUTS:
         assert not re.search(rf"(?<![\w/]){re.escape(path)}", plan), path
     # a train job killed after its last retry still writes its summary (bench.failures)
-    assert re.search(r"\|\| \S+ -m bench\.failures killed --out results/studies/quick/runs/\S+/summary\.json "
-                     r"--stage train --exit-code \$\? --attempt 1 --retries 0", plan)
+    assert re.search(
+        r"\|\| \S+ -m bench\.failures killed --out results/studies/quick/runs/\S+/summary\.json "
+        r"--stage train --exit-code \$\? --attempt 1 --retries 0",
+        plan,
+    )
 
 
 def test_the_default_study_keeps_the_committed_layout():
     paths = study_paths({"study": "default"})
     assert (paths.runs, paths.tables, paths.citable, paths.report) == (
-        "results/runs", "results/tables", "results/citable.json", "report/index.html")
+        "results/runs",
+        "results/tables",
+        "results/citable.json",
+        "report/index.html",
+    )
     plan = planned("config/config.yaml")
     assert "results/tables/eval.csv" in plan and "report/index.html" in plan and "results/studies" not in plan
 
@@ -68,6 +86,5 @@ def test_the_readme_plugin_section_covers_what_authors_need():
 
     for field in fields(Loss):
         assert f"`{field.name}`" in section, field.name
-    for needed in ("whole_groups = True", "--configfile", "working\ndirectory", "pip install -e",
-                   "plugin_provenance"):
+    for needed in ("whole_groups = True", "--configfile", "working\ndirectory", "pip install -e", "plugin_provenance"):
         assert needed in section or needed in text, needed

@@ -8,14 +8,28 @@ STATS = {"confidence": 0.95, "bootstrap_resamples": 500, "seed": 0}
 
 
 def _seed_rows(values: dict[str, list[float]], metric="reward/r", budget=64) -> pd.DataFrame:
-    return pd.DataFrame([{"model": "m", "reward": "r", "algorithm": a, "seed": s, "budget": budget,
-                          "metric": metric, "value": v, "status": "finished"}
-                         for a, vs in values.items() for s, v in enumerate(vs)])
+    return pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "reward": "r",
+                "algorithm": a,
+                "seed": s,
+                "budget": budget,
+                "metric": metric,
+                "value": v,
+                "status": "finished",
+            }
+            for a, vs in values.items()
+            for s, v in enumerate(vs)
+        ]
+    )
 
 
 def test_improvement_is_significant_only_with_enough_separated_seeds_after_holm():
-    many = tables.improvement(_seed_rows({"a": [1, 1.1, 1.2, 1.3, 1.4, 1.5], "b": [0, 0.1, 0.2, 0.3, 0.4, 0.5]}),
-                              STATS, ["reward/{reward}"])
+    many = tables.improvement(
+        _seed_rows({"a": [1, 1.1, 1.2, 1.3, 1.4, 1.5], "b": [0, 0.1, 0.2, 0.3, 0.4, 0.5]}), STATS, ["reward/{reward}"]
+    )
     a_over_b = many[(many.method == "a") & (many.over == "b")].iloc[0]
     assert a_over_b.poi == 1.0 and a_over_b.significant and a_over_b.difference == pytest.approx(1.0)
     b_over_a = many[(many.method == "b") & (many.over == "a")].iloc[0]
@@ -23,21 +37,27 @@ def test_improvement_is_significant_only_with_enough_separated_seeds_after_holm(
     close = tables.improvement(_seed_rows({"a": [1.0, 1.3, 0.8], "b": [0.9, 1.2, 0.7]}), STATS, ["reward/{reward}"])
     assert not close["significant"].any()
     # three methods: the same separation is corrected over 3 pairs (p_holm >= p)
-    three = tables.improvement(_seed_rows({"a": [1.0, 1.2, 1.1], "b": [0.8, 0.9, 1.0], "c": [0.0, 0.1, 0.2]}),
-                               STATS, ["reward/{reward}"])
+    three = tables.improvement(
+        _seed_rows({"a": [1.0, 1.2, 1.1], "b": [0.8, 0.9, 1.0], "c": [0.0, 0.1, 0.2]}), STATS, ["reward/{reward}"]
+    )
     assert (three["p_holm"] >= three["p_value"] - 1e-12).all()
 
 
 def test_the_registry_direction_orients_lower_is_better_metrics():
-    out = tables.improvement(_seed_rows({"a": [10, 11, 12, 13, 14], "b": [20, 21, 22, 23, 24]}, metric="quality/fid"),
-                             STATS, ["quality/fid"])
+    out = tables.improvement(
+        _seed_rows({"a": [10, 11, 12, 13, 14], "b": [20, 21, 22, 23, 24]}, metric="quality/fid"), STATS, ["quality/fid"]
+    )
     row = out[(out.method == "a") & (out.over == "b")].iloc[0]
     assert row.poi == 1.0 and row.better == "lower" and row.difference == -10.0
 
 
 def test_compared_metrics_come_from_the_registry():
-    rows = pd.concat([_seed_rows({"a": [1.0]}, metric=m) for m in
-                      ("reward/r", "quality/fid", "attribute/mean", "device_seconds", "credit_share/3")])
+    rows = pd.concat(
+        [
+            _seed_rows({"a": [1.0]}, metric=m)
+            for m in ("reward/r", "quality/fid", "attribute/mean", "device_seconds", "credit_share/3")
+        ]
+    )
     assert tables.compared_metrics(rows, "r") == ["reward/r", "attribute/mean", "quality/fid"]
 
 
@@ -57,8 +77,18 @@ def test_aggregates_across_rewards_are_stratified_and_normalised():
         for algo, gain in (("a", 1.0), ("b", 0.5)):
             for seed in range(3):
                 for budget, v in ((0, 0.0), (64, scale * (gain + 0.01 * seed))):
-                    rows.append({"model": "m", "reward": reward, "algorithm": algo, "seed": seed, "budget": budget,
-                                 "metric": f"reward/{reward}", "value": v, "status": "finished"})
+                    rows.append(
+                        {
+                            "model": "m",
+                            "reward": reward,
+                            "algorithm": algo,
+                            "seed": seed,
+                            "budget": budget,
+                            "metric": f"reward/{reward}",
+                            "value": v,
+                            "status": "finished",
+                        }
+                    )
     across, profile = tables.across_rewards(pd.DataFrame(rows), STATS)
     iqm = across[across.statistic == "iqm_normalised_gain"].set_index("method")["value"]
     assert iqm["a"] > iqm["b"] > 0 and iqm["a"] <= 1.0  # the reward's scale (x100) does not matter
@@ -93,8 +123,11 @@ def test_summarise_skips_censored_seeds_and_counts_the_rest():
 def test_the_commit_stamp_is_dirty_for_changed_code_not_for_rewritten_outputs(tmp_path, monkeypatch):
     import subprocess
 
-    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
-                                    check=True, capture_output=True)
+    def git(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True, capture_output=True
+        )
+
     (tmp_path / "results" / "tables").mkdir(parents=True)
     (tmp_path / "report").mkdir()
     for name in ("code.py", "results/tables/eval.csv", "results/citable.json", "report/index.html"):

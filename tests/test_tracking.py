@@ -23,8 +23,14 @@ from bench.train import train
 from bench.train.loop import Trainer
 
 FLOW = Path(__file__).resolve().parent.parent / "results" / "models" / "dit16-flow"
-EVALUATION = {"prompts": "heldout", "max_prompts": 2, "images_per_prompt": 2, "seed": 0,
-              "rewards": ["jpeg_compressibility", "attribute_match"], "clip_model": None}
+EVALUATION = {
+    "prompts": "heldout",
+    "max_prompts": 2,
+    "images_per_prompt": 2,
+    "seed": 0,
+    "rewards": ["jpeg_compressibility", "attribute_match"],
+    "clip_model": None,
+}
 PROBE = {"enabled": True, "minibatches": 2, "seed": 7}
 
 
@@ -42,16 +48,30 @@ def _by_step(acc: EventAccumulator, tag: str) -> dict[int, float]:
 
 
 def _tags_at(acc: EventAccumulator, prefix: str, step: int) -> dict[str, float]:
-    return {tag: v for tag in acc.Tags()["scalars"] if tag.startswith(prefix + "/")
-            for s, v in _by_step(acc, tag).items() if s == step}
+    return {
+        tag: v
+        for tag in acc.Tags()["scalars"]
+        if tag.startswith(prefix + "/")
+        for s, v in _by_step(acc, tag).items()
+        if s == step
+    }
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, RunSpec]:
     """2 rounds of 8 images, 4 steps, of the shipped flow model; evaluated and probed."""
     out = tmp_path_factory.mktemp("run")
-    spec = RunSpec(model_path=str(FLOW), algorithm="ddpo_is", reward="jpeg_compressibility", seed=1, num_steps=4,
-                   images_per_round=8, group_size=2, budgets=(8, 16), prompts=("a red circle", "a blue square"))
+    spec = RunSpec(
+        model_path=str(FLOW),
+        algorithm="ddpo_is",
+        reward="jpeg_compressibility",
+        seed=1,
+        num_steps=4,
+        images_per_round=8,
+        group_size=2,
+        budgets=(8, 16),
+        prompts=("a red circle", "a blue square"),
+    )
     train(spec, out)
     evaluate_run(out, spec, EVALUATION)
     probe_run(out, spec, PROBE)
@@ -115,9 +135,18 @@ class Killed(Exception):
 def test_a_resumed_run_does_not_log_a_step_twice(tiny_model, tmp_path, monkeypatch):
     """Killed after logging round 3 but before saving its state (every 2 rounds): the rerun
     continues from round 2, and the reader keeps one value per step, the rerun's."""
-    spec = RunSpec(model_path=str(tiny_model), algorithm="ddpo_is", reward="jpeg_compressibility", seed=2,
-                   num_steps=3, images_per_round=4, group_size=2, budgets=(16,), state_every=2,
-                   prompts=("a red circle", "a blue square"))
+    spec = RunSpec(
+        model_path=str(tiny_model),
+        algorithm="ddpo_is",
+        reward="jpeg_compressibility",
+        seed=2,
+        num_steps=3,
+        images_per_round=4,
+        group_size=2,
+        budgets=(16,),
+        state_every=2,
+        prompts=("a red circle", "a blue square"),
+    )
     real_round = Trainer.round
     calls = {"n": 0}
 
@@ -141,8 +170,17 @@ def test_a_resumed_run_does_not_log_a_step_twice(tiny_model, tmp_path, monkeypat
 
 
 def test_a_fresh_run_replaces_the_curves_of_another(tiny_model, tmp_path):
-    spec = RunSpec(model_path=str(tiny_model), algorithm="reinforce", reward="jpeg_compressibility", seed=2,
-                   num_steps=2, images_per_round=4, group_size=2, budgets=(8,), prompts=("a red circle",))
+    spec = RunSpec(
+        model_path=str(tiny_model),
+        algorithm="reinforce",
+        reward="jpeg_compressibility",
+        seed=2,
+        num_steps=2,
+        images_per_round=4,
+        group_size=2,
+        budgets=(8,),
+        prompts=("a red circle",),
+    )
     train(spec, tmp_path)
     train(spec.replace(budgets=(4,)), tmp_path)  # another spec: starts over
     acc = _events(tmp_path)
@@ -158,10 +196,22 @@ def test_only_the_main_process_writes(tmp_path):
 
 
 def test_flatten_keeps_the_numbers_of_a_line():
-    line = {"round": 0, "reward/jpeg": 0.5, "clipfrac_per_step": [0.25, None], "loss": None, "name": "x",
-            "ok": True, "bad": float("nan"), "settings": {"clip": 1e-4}}
-    assert flatten("train", line) == {"train/round": 0.0, "train/reward/jpeg": 0.5,
-                                      "train/clipfrac_per_step/0": 0.25, "train/settings/clip": 1e-4}
+    line = {
+        "round": 0,
+        "reward/jpeg": 0.5,
+        "clipfrac_per_step": [0.25, None],
+        "loss": None,
+        "name": "x",
+        "ok": True,
+        "bad": float("nan"),
+        "settings": {"clip": 1e-4},
+    }
+    assert flatten("train", line) == {
+        "train/round": 0.0,
+        "train/reward/jpeg": 0.5,
+        "train/clipfrac_per_step/0": 0.25,
+        "train/settings/clip": 1e-4,
+    }
 
 
 class FakeRun:
@@ -196,8 +246,10 @@ def test_wandb_is_offline_unless_asked_and_logs_against_images_seen(tmp_path, mo
     tracker.close()
     (run,) = runs
     assert run.init["mode"] == "offline" and run.init["project"] == "p" and run.init["name"] == "m/r/a/seed0"
-    assert run.logged == [{"eval/reward/x": 0.5, "images_seen": 8},
-                          {"eval/samples": ("image", (4, 6, 3)), "images_seen": 8}]
+    assert run.logged == [
+        {"eval/reward/x": 0.5, "images_seen": 8},
+        {"eval/samples": ("image", (4, 6, 3)), "images_seen": 8},
+    ]
     assert ("*", "images_seen") in run.metrics and run.finished
     assert list(run_dir.glob(f"{EVENT_PREFIX}*.eval"))  # TensorBoard too, always
     # the same folder gives the same run id (training, evaluation and probe are one wandb run)
@@ -212,8 +264,7 @@ def test_tracking_is_bookkeeping_not_the_runs_identity(tmp_path):
     key = study.runs(cfg)[0]
     plain = study.run_spec(cfg, key)
     assert "tracking" not in plain.to_dict()  # a study without wandb keeps the run configs it had
-    tracked = study.run_spec(study.validate({**cfg, "tracking": {"wandb": True}}, check_paths=False,
-                                            verify=False), key)
+    tracked = study.run_spec(study.validate({**cfg, "tracking": {"wandb": True}}, check_paths=False, verify=False), key)
     assert tracked.tracking == {"wandb": True}
     assert RunSpec.from_json(tracked.to_json()) == tracked
     assert tracked.identity() == plain.identity() == plain.to_dict()

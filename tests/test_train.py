@@ -10,9 +10,17 @@ from bench.train import train, trained_steps
 
 
 def _cfg(model, **kw):
-    base = dict(model_path=str(model), algorithm="reinforce", reward="jpeg_compressibility", seed=3,
-                num_steps=4, images_per_round=8, group_size=2, budgets=[8, 16],
-                prompts=["a red circle", "a blue square"])
+    base = dict(
+        model_path=str(model),
+        algorithm="reinforce",
+        reward="jpeg_compressibility",
+        seed=3,
+        num_steps=4,
+        images_per_round=8,
+        group_size=2,
+        budgets=[8, 16],
+        prompts=["a red circle", "a blue square"],
+    )
     return RunSpec(**{**base, **kw})
 
 
@@ -26,8 +34,10 @@ def test_same_config_and_seed_give_identical_checkpoints_and_metrics(tiny_model,
     train(_cfg(tiny_model), a)
     train(_cfg(tiny_model), b)
     wa, wb = _weights(a), _weights(b)
-    assert set(wa) == {"checkpoints/8/transformer/diffusion_pytorch_model.safetensors",
-                       "checkpoints/16/transformer/diffusion_pytorch_model.safetensors"}
+    assert set(wa) == {
+        "checkpoints/8/transformer/diffusion_pytorch_model.safetensors",
+        "checkpoints/16/transformer/diffusion_pytorch_model.safetensors",
+    }
     for name in wa:
         for key in wa[name]:
             assert torch.equal(wa[name][key], wb[name][key]), (name, key)
@@ -41,8 +51,18 @@ def test_training_changes_the_weights_and_logs_every_round(tiny_model, tmp_path)
     summary = train(_cfg(tiny_model, seed=4), tmp_path)
     assert summary["status"] == "finished" and summary["images_seen"] == 16
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    for key in ("reward_mean", "reward_std", "approx_kl", "clipfrac", "clipfrac_per_step", "grad_norm",
-                "seconds_total", "peak_memory_mb", "adv_abs_mean", "zero_spread_groups"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "approx_kl",
+        "clipfrac",
+        "clipfrac_per_step",
+        "grad_norm",
+        "seconds_total",
+        "peak_memory_mb",
+        "adv_abs_mean",
+        "zero_spread_groups",
+    ):
         assert key in lines[0], key
     assert lines[0]["approx_kl"] == 0.0  # on-policy: the recomputed log-probs equal the sampled ones
     assert lines[0]["optimiser_steps"] == 1  # REINFORCE: one step per round
@@ -64,10 +84,12 @@ def test_trained_steps_subsets_per_sample_and_drops_the_last():
 
 def test_a_nan_reward_is_refused_naming_the_reward_and_prompt(tiny_model, tmp_path):
     plugin = tmp_path / "bad_reward.py"
-    plugin.write_text("import numpy as np\n"
-                      "def broken(images, prompts, metadata):\n"
-                      "    s = np.zeros(len(prompts)); s[1] = np.nan\n"
-                      "    return s, {}\n")
+    plugin.write_text(
+        "import numpy as np\n"
+        "def broken(images, prompts, metadata):\n"
+        "    s = np.zeros(len(prompts)); s[1] = np.nan\n"
+        "    return s, {}\n"
+    )
     with pytest.raises(RewardError, match=r"bad_reward.py:broken.*nan.*prompt"):
         train(_cfg(tiny_model, reward=f"{plugin}:broken"), tmp_path / "run")
 

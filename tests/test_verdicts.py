@@ -12,9 +12,23 @@ MEANS = {"supported": (1.0, 0.5), "contradicted": (0.5, 1.0), "inconclusive": (0
 
 
 def _frame(values: dict[str, np.ndarray], metric: str, budgets=(0, 64), status: dict | None = None) -> pd.DataFrame:
-    return pd.DataFrame([{"model": "m", "reward": "r", "algorithm": a, "seed": s, "budget": b, "metric": metric,
-                          "value": float(v[s]), "status": (status or {}).get(a, "finished")}
-                         for a, v in values.items() for s in SEEDS for b in budgets])
+    return pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "reward": "r",
+                "algorithm": a,
+                "seed": s,
+                "budget": b,
+                "metric": metric,
+                "value": float(v[s]),
+                "status": (status or {}).get(a, "finished"),
+            }
+            for a, v in values.items()
+            for s in SEEDS
+            for b in budgets
+        ]
+    )
 
 
 def _eval_rows(status: dict | None = None) -> pd.DataFrame:
@@ -22,9 +36,15 @@ def _eval_rows(status: dict | None = None) -> pd.DataFrame:
 
 
 def _cfg(measure: str, **claim) -> dict:
-    return {"statistics": STATS, "verdicts": {"reference": "ddpo_is", "target_fraction": 0.8, "matched_fraction": 0.5,
-                                              "claims": [{"id": "c", "claim": "x", "method": "pcpo",
-                                                          "measure": measure, **claim}]}}
+    return {
+        "statistics": STATS,
+        "verdicts": {
+            "reference": "ddpo_is",
+            "target_fraction": 0.8,
+            "matched_fraction": 0.5,
+            "claims": [{"id": "c", "claim": "x", "method": "pcpo", "measure": measure, **claim}],
+        },
+    }
 
 
 def _values(outcome: str, lower_is_better: bool) -> dict[str, np.ndarray]:
@@ -54,9 +74,19 @@ def _tables(kind: str, outcome: str) -> tuple[str, verdicts.Tables]:
         for a in v:
             for s in SEEDS:
                 for b, r, f in ((0, 0.0, 10.0), (64, 1.0, 10.0 + 2 * v[a][s]), (128, 1.0, 10.0 + 2 * v[a][s])):
-                    rows += [{"model": "m", "reward": "r", "algorithm": a, "seed": s, "budget": b,
-                              "metric": m, "value": val, "status": "finished"}
-                             for m, val in (("reward/r", r), ("quality/fid", f))]
+                    rows += [
+                        {
+                            "model": "m",
+                            "reward": "r",
+                            "algorithm": a,
+                            "seed": s,
+                            "budget": b,
+                            "metric": m,
+                            "value": val,
+                            "status": "finished",
+                        }
+                        for m, val in (("reward/r", r), ("quality/fid", f))
+                    ]
         return "matched:quality/fid", verdicts.Tables(pd.DataFrame(rows), empty, empty, empty)
     raise AssertionError(kind)
 
@@ -76,8 +106,9 @@ def test_divergence_rule_and_experiments_that_did_not_run():
     empty = pd.DataFrame(columns=["model", "reward", "algorithm", "seed", "budget", "metric", "value", "status"])
     calm = verdicts.evaluate(_cfg("diverged", method="prdp"), verdicts.Tables(_eval_rows(), empty, empty, empty))
     assert calm.iloc[0].verdict == "supported" and calm.iloc[0].ci_low == 0.0 and calm.iloc[0].ci_high < 0.6
-    wild = verdicts.evaluate(_cfg("diverged", method="prdp"),
-                             verdicts.Tables(_eval_rows({"prdp": "diverged"}), empty, empty, empty))
+    wild = verdicts.evaluate(
+        _cfg("diverged", method="prdp"), verdicts.Tables(_eval_rows({"prdp": "diverged"}), empty, empty, empty)
+    )
     assert wild.iloc[0].verdict == "contradicted" and wild.iloc[0].effect == 1.0
     off = verdicts.evaluate(_cfg("recursive:decay/diversity/vendi"), verdicts.Tables(_eval_rows(), empty, empty, empty))
     assert off.iloc[0].verdict == "not run" and "off" in off.iloc[0].note
@@ -87,8 +118,10 @@ def test_holm_correction_spans_all_lines_and_others_expands():
     # pcpo vs each of two others; each comparison alone p ~ 0.03, corrected over two lines > 0.05
     rng = np.random.default_rng(0)
     x = np.array([1.0, 1.3, 0.9, 1.4, 1.1])
-    probe = _frame({"pcpo": x, "ddpo_is": x - 0.45 + rng.normal(0, 0.01, 5),
-                    "prdp": x - 0.45 + rng.normal(0, 0.01, 5)}, "snr_unbiased")
+    probe = _frame(
+        {"pcpo": x, "ddpo_is": x - 0.45 + rng.normal(0, 0.01, 5), "prdp": x - 0.45 + rng.normal(0, 0.01, 5)},
+        "snr_unbiased",
+    )
     empty = pd.DataFrame(columns=probe.columns)
     tables = verdicts.Tables(_eval_rows(), probe, empty, empty)
     out = verdicts.evaluate(_cfg("probe:snr_unbiased", over="others"), tables)

@@ -23,8 +23,13 @@ def quick_study(tmp_path_factory):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     shutil.copytree(ROOT / "results" / "models", work / "results" / "models")
     shutil.copytree(ROOT / "report" / "snakemake", work / "report" / "snakemake")  # --report's captions
-    done = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml"],
-                          cwd=work, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return work, done
 
@@ -52,8 +57,13 @@ def test_quick_study_writes_tables_and_report(quick_study):
 @pytest.mark.slow
 def test_a_second_run_has_nothing_to_do(quick_study):
     work, _ = quick_study
-    again = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml", "-n"],
-                           cwd=work, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--configfile", "config/quick.yaml", "-n"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -61,8 +71,13 @@ def test_a_second_run_has_nothing_to_do(quick_study):
 @pytest.mark.slow
 def test_snakemake_report_holds_the_comparative_report_and_tables(quick_study):
     work, _ = quick_study
-    done = subprocess.run([str(SNAKEMAKE), "--configfile", "config/quick.yaml", "--report", "report/snakemake.html"],
-                          cwd=work, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "--configfile", "config/quick.yaml", "--report", "report/snakemake.html"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     html = (work / "report" / "snakemake.html").read_text()
     assert "index.html" in html and "eval.csv" in html
@@ -82,9 +97,17 @@ def _chromium():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
@@ -97,7 +120,8 @@ def test_report_opens_in_a_browser_with_every_figure_loaded(quick_study):
     try:
         driver.get((work / study_paths("quick").report).as_uri())
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+        )
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
     finally:
@@ -114,8 +138,13 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
     cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
     cfg["train"]["budgets"] = [32, 16]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([str(SNAKEMAKE), "--cores", "1", "--configfile", "bad.yaml", "-n"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "1", "--configfile", "bad.yaml", "-n"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "train.budgets" in done.stdout + done.stderr
     assert not (tmp_path / "results" / "runs").exists()
@@ -129,8 +158,13 @@ def test_cli_lists_what_is_registered():
 
 def test_the_slurm_profile_dry_runs_the_study():
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    done = subprocess.run([str(SNAKEMAKE), "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rule train" in done.stdout + done.stderr
 
@@ -140,7 +174,12 @@ def test_a_multi_gpu_train_job_is_one_torchrun_launch(tmp_path):
     cfg.setdefault("resources", {})["train"] = {"gpu": 2}
     path = tmp_path / "two_gpus.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([str(SNAKEMAKE), "-n", "-p", "--configfile", str(path), "--forcerun", "train"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(SNAKEMAKE), "-n", "-p", "--configfile", str(path), "--forcerun", "train"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "torchrun --standalone --nproc-per-node 2 -m bench train" in done.stdout

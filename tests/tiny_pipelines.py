@@ -33,17 +33,34 @@ def clip_tokenizer() -> CLIPTokenizer:
 
 
 def clip_config(tokenizer, hidden: int, projection: int | None = None) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_TOKENS,
-                          projection_dim=projection or hidden, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=projection or hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def tiny_vae(latent_channels: int, **sd3) -> AutoencoderKL:
     """Four resolution levels as the real VAEs (x8 downsampling), 8 channels each."""
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8,) * 4,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         layers_per_block=1, norm_num_groups=4, sample_size=64, **sd3)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(8,) * 4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        **sd3,
+    )
 
 
 def build_sd(folder: Path, seed: int = 0) -> Path:
@@ -51,16 +68,34 @@ def build_sd(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
     scheduler.register_to_config(clip_sample=False)  # SD-1.5's scheduler_config.json has it
     pipe = StableDiffusionPipeline(
-        vae=tiny_vae(4, scaling_factor=0.18215), text_encoder=CLIPTextModel(clip_config(tokenizer, 32)),
-        tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        vae=tiny_vae(4, scaling_factor=0.18215),
+        text_encoder=CLIPTextModel(clip_config(tokenizer, 32)),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
@@ -77,16 +112,30 @@ def build_sd3(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok_l, tok_g = clip_tokenizer(), clip_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=48,
-        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=16,
+        pooled_projection_dim=48,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
     )
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=CLIPTextModelWithProjection(clip_config(tok_l, 16)), tokenizer=tok_l,
-        text_encoder_2=CLIPTextModelWithProjection(clip_config(tok_g, 32)), tokenizer_2=tok_g,
-        text_encoder_3=None, tokenizer_3=None,
+        text_encoder=CLIPTextModelWithProjection(clip_config(tok_l, 16)),
+        tokenizer=tok_l,
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(tok_g, 32)),
+        tokenizer_2=tok_g,
+        text_encoder_3=None,
+        tokenizer_3=None,
     )
     pipe.save_pretrained(folder)
     return folder

@@ -59,11 +59,25 @@ def build_clip(spec: ClipSpec, vocab_size: int, pad_id: int = 0, eos_id: int = 3
     """An open_clip `CLIP` with tiny towers, built offline (no pretrained weights)."""
     from open_clip import CLIP
 
-    vision_cfg = dict(image_size=spec.resolution, patch_size=spec.patch_size, width=spec.vision_width,
-                      layers=spec.vision_layers, head_width=spec.head_width, mlp_ratio=2.0)
-    text_cfg = dict(context_length=MAX_LENGTH, vocab_size=vocab_size, width=spec.text_width,
-                    heads=spec.text_width // spec.head_width, layers=spec.text_layers, mlp_ratio=2.0,
-                    pad_id=pad_id, eos_id=eos_id, pool_type="eos")
+    vision_cfg = dict(
+        image_size=spec.resolution,
+        patch_size=spec.patch_size,
+        width=spec.vision_width,
+        layers=spec.vision_layers,
+        head_width=spec.head_width,
+        mlp_ratio=2.0,
+    )
+    text_cfg = dict(
+        context_length=MAX_LENGTH,
+        vocab_size=vocab_size,
+        width=spec.text_width,
+        heads=spec.text_width // spec.head_width,
+        layers=spec.text_layers,
+        mlp_ratio=2.0,
+        pad_id=pad_id,
+        eos_id=eos_id,
+        pool_type="eos",
+    )
     return CLIP(embed_dim=spec.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
 
 
@@ -85,8 +99,9 @@ class ClipJudge(torch.nn.Module):
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
 
     def tokens(self, prompts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            list(prompts), padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+        )
         return enc.input_ids.to(self.model.logit_scale.device)
 
     def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:  # (N, D)
@@ -186,8 +201,13 @@ def pretrain_clip(
         "tokenizer": "word-level (bench.world.tokenizer), pool at [EOS]",
         "image_normalisation": {"mean": IMAGE_MEAN, "std": IMAGE_STD},
         "pretraining": {
-            "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "seconds": round(seconds, 1),
-            "torch_threads": torch.get_num_threads(), "logit_scale": round(model.logit_scale.exp().item(), 3),
+            "seed": seed,
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seconds": round(seconds, 1),
+            "torch_threads": torch.get_num_threads(),
+            "logit_scale": round(model.logit_scale.exp().item(), 3),
             "loss_per_100_steps": curve,
         },
         "retrieval": retrieval,
@@ -220,8 +240,10 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> ClipJud
     folder = Path(folder)
     info = read_manifest(folder)
     if info.get("family") != FAMILY or not (folder / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{folder} is not an in-house CLIP folder (family {info.get('family')!r}, "
-                                f"{WEIGHTS} {'present' if (folder / WEIGHTS).is_file() else 'missing'})")
+        raise FileNotFoundError(
+            f"{folder} is not an in-house CLIP folder (family {info.get('family')!r}, "
+            f"{WEIGHTS} {'present' if (folder / WEIGHTS).is_file() else 'missing'})"
+        )
     spec = ClipSpec(**info["spec"])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
     model = build_clip(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
@@ -252,8 +274,11 @@ def retrieval_accuracy(judge: ClipJudge, renders: int = 4, seed: int = 10_000) -
             target = torch.arange(len(captions))
             i2t.append((sim.argmax(1) == target).float().mean().item())
             t2i.append((sim.argmax(0) == target).float().mean().item())
-        out[name] = {"captions": len(captions), "image_to_text_top1": round(float(np.mean(i2t)), 4),
-                     "text_to_image_top1": round(float(np.mean(t2i)), 4)}
+        out[name] = {
+            "captions": len(captions),
+            "image_to_text_top1": round(float(np.mean(i2t)), 4),
+            "text_to_image_top1": round(float(np.mean(t2i)), 4),
+        }
     return out
 
 

@@ -89,24 +89,36 @@ def file_problems(owner: str, key: str, path, suffixes=(".safetensors", ".bin", 
     return []
 
 
-def shape_problems(owner: str, key: str, path: Path, expected: dict[str, tuple], found: dict[str, tuple],
-                   shape_free: tuple[str, ...] = ()) -> list[str]:
+def shape_problems(
+    owner: str,
+    key: str,
+    path: Path,
+    expected: dict[str, tuple],
+    found: dict[str, tuple],
+    shape_free: tuple[str, ...] = (),
+) -> list[str]:
     """Missing, unexpected and mis-shaped tensors, a few of each named."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(k for k in set(found) - set(expected) if not k.endswith(shape_free))
-    wrong = sorted(f"{k} {found[k]} != {expected[k]}" for k in set(expected) & set(found)
-                   if found[k] != expected[k] and not k.endswith(shape_free))
+    wrong = sorted(
+        f"{k} {found[k]} != {expected[k]}"
+        for k in set(expected) & set(found)
+        if found[k] != expected[k] and not k.endswith(shape_free)
+    )
     out = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if items:
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-            out.append(f"{where(owner, key, path)}: not the weights of this architecture: {len(items)} {label} "
-                       f"tensors ({', '.join(items[:3])}{more})")
+            out.append(
+                f"{where(owner, key, path)}: not the weights of this architecture: {len(items)} {label} "
+                f"tensors ({', '.join(items[:3])}{more})"
+            )
     return out
 
 
-def state_file_problems(owner: str, key: str, path, expected: dict[str, tuple],
-                        shape_free: tuple[str, ...] = ()) -> list[str]:
+def state_file_problems(
+    owner: str, key: str, path, expected: dict[str, tuple], shape_free: tuple[str, ...] = ()
+) -> list[str]:
     problems = file_problems(owner, key, path)
     if problems:
         return problems
@@ -114,8 +126,10 @@ def state_file_problems(owner: str, key: str, path, expected: dict[str, tuple],
     try:
         found = tensor_shapes(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        return [f"{where(owner, key, path)}: cannot read the weights (not a safetensors file or a torch "
-                f"state dict): {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"]
+        return [
+            f"{where(owner, key, path)}: cannot read the weights (not a safetensors file or a torch "
+            f"state dict): {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        ]
     return shape_problems(owner, key, path, expected, found, shape_free)
 
 
@@ -147,8 +161,11 @@ def open_clip_config(model: str | dict) -> tuple[dict, dict]:
     if cfg.get("text_cfg", {}).get("hf_model_name") or cfg.get("custom_text"):
         raise ValueError(f"open_clip config {model!r} has a custom text tower; only the CLIP class is supported")
     image_size = cfg["vision_cfg"].get("image_size", 224)
-    preprocess = {"size": image_size if isinstance(image_size, int) else tuple(image_size),
-                  "mean": tuple(pre.get("mean", OPENAI_MEAN)), "std": tuple(pre.get("std", OPENAI_STD))}
+    preprocess = {
+        "size": image_size if isinstance(image_size, int) else tuple(image_size),
+        "mean": tuple(pre.get("mean", OPENAI_MEAN)),
+        "std": tuple(pre.get("std", OPENAI_STD)),
+    }
     return cfg, preprocess
 
 
@@ -214,8 +231,10 @@ def hf_clip_problems(owner: str, key: str, folder, need_processor: bool = True) 
         return [f"{where(owner, key, folder)}: config.json is not a CLIP config: {exc}"]
     weights = next((folder / name for name in _HF_WEIGHTS if (folder / name).is_file()), None)
     if weights is None:
-        return [f"{where(owner, key, folder)}: no weights ({' or '.join(_HF_WEIGHTS)}; sharded checkpoints: "
-                "merge them or use a single file)"]
+        return [
+            f"{where(owner, key, folder)}: no weights ({' or '.join(_HF_WEIGHTS)}; sharded checkpoints: "
+            "merge them or use a single file)"
+        ]
     expected = meta_shapes(lambda: CLIPModel(config))
     problems = state_file_problems(owner, key, weights, expected, ("position_ids",))
     return problems + (processor_problems(owner, key, folder) if need_processor else [])
@@ -233,8 +252,7 @@ def processor_problems(owner: str, key: str, folder) -> list[str]:
     return out
 
 
-def load_hf_clip(owner: str, key: str, folder, processor_key: str | None = None, processor_folder=None,
-                 device=None):
+def load_hf_clip(owner: str, key: str, folder, processor_key: str | None = None, processor_folder=None, device=None):
     """(CLIPModel in eval mode, tokenizer, preprocessing dict) from local folders only."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -261,7 +279,8 @@ def load_hf_clip(owner: str, key: str, folder, processor_key: str | None = None,
     preprocess = {
         "resize": size.get("shortest_edge") or (size["height"], size["width"]),
         "size": (crop["height"], crop["width"]) if "height" in crop else crop["shortest_edge"],
-        "mean": tuple(image_processor.image_mean), "std": tuple(image_processor.image_std),
+        "mean": tuple(image_processor.image_mean),
+        "std": tuple(image_processor.image_std),
     }
     return model.to(default_device(device)).eval().requires_grad_(False), tokenizer, preprocess
 
@@ -289,8 +308,11 @@ def clip_preprocess(images: torch.Tensor, size, mean, std, resize=None) -> torch
     arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out = []
     for a in arr:
-        im = TF.resize(Image.fromarray(a), short if isinstance(short, int) else list(short),
-                       interpolation=InterpolationMode.BICUBIC)
+        im = TF.resize(
+            Image.fromarray(a),
+            short if isinstance(short, int) else list(short),
+            interpolation=InterpolationMode.BICUBIC,
+        )
         out.append(TF.to_tensor(TF.center_crop(im, crop)))
     x = torch.stack(out).to(images.device)
     mean = torch.tensor(mean, device=x.device)[:, None, None]
@@ -299,17 +321,24 @@ def clip_preprocess(images: torch.Tensor, size, mean, std, resize=None) -> torch
 
 
 @torch.no_grad()
-def hf_clip_cosine(model, tokenizer, preprocess: dict, images: torch.Tensor, prompts: list[str],
-                   batch_size: int = 32) -> torch.Tensor:
+def hf_clip_cosine(
+    model, tokenizer, preprocess: dict, images: torch.Tensor, prompts: list[str], batch_size: int = 32
+) -> torch.Tensor:
     """(N,) cosine of the image and prompt embeddings of a transformers CLIPModel, in float64 on CPU."""
     device = model.logit_scale.device
     max_length = min(77, model.config.text_config.max_position_embeddings)
     out = []
     for i in range(0, images.shape[0], batch_size):
-        x = clip_preprocess(images[i : i + batch_size], preprocess["size"], preprocess["mean"], preprocess["std"],
-                            preprocess.get("resize")).to(device)
-        tokens = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt").to(device)
+        x = clip_preprocess(
+            images[i : i + batch_size],
+            preprocess["size"],
+            preprocess["mean"],
+            preprocess["std"],
+            preprocess.get("resize"),
+        ).to(device)
+        tokens = tokenizer(
+            list(prompts[i : i + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
         img = F.normalize(pooled(model.get_image_features(pixel_values=x)), dim=-1)
         txt = F.normalize(pooled(model.get_text_features(**tokens)), dim=-1)
         out.append((img * txt).sum(-1))

@@ -77,7 +77,7 @@ def lookup(key: str) -> Metric | None:
     'matched/quality/fid' -> fid, 'reward/jpeg_compressibility' -> reward), None for keys that are
     bookkeeping (k, device_seconds, credit_share/3, ...) and have no direction."""
     while key.startswith(_WRAPPERS):
-        key = key[len(next(p for p in _WRAPPERS if key.startswith(p))):]
+        key = key[len(next(p for p in _WRAPPERS if key.startswith(p))) :]
     for name in METRICS.names():
         metric = METRICS.get(name)
         if isinstance(metric, Metric) and any(fnmatch.fnmatchcase(key, k) for k in metric.keys):
@@ -101,51 +101,155 @@ def gold_keys(keys) -> list[str]:
     return [k for k in keys if (m := lookup(k)) is not None and m.gold]
 
 
-_register("reward", "higher", _mean_score, "held-out mean of a registered reward (rewards: higher is better)",
-          keys=("reward/*",))
-_register("attribute_accuracy", "higher", _mean_score, "held-out rate of correct scene attributes (GenEval-like)",
-          keys=("attribute/mean", "attribute/all"), gold=True, unit="fraction correct")
-_register("attribute_part", "higher", _mean_score, "held-out rate of one scene attribute (colour, shape, ...)",
-          keys=("attribute/*",), unit="fraction correct")
-_register("fid", "lower", quality.fid, "FID(real, fake, feature) by torchmetrics with a custom feature network",
-          keys=("quality/fid",), gold=True, unit="FID")
+_register(
+    "reward",
+    "higher",
+    _mean_score,
+    "held-out mean of a registered reward (rewards: higher is better)",
+    keys=("reward/*",),
+)
+_register(
+    "attribute_accuracy",
+    "higher",
+    _mean_score,
+    "held-out rate of correct scene attributes (GenEval-like)",
+    keys=("attribute/mean", "attribute/all"),
+    gold=True,
+    unit="fraction correct",
+)
+_register(
+    "attribute_part",
+    "higher",
+    _mean_score,
+    "held-out rate of one scene attribute (colour, shape, ...)",
+    keys=("attribute/*",),
+    unit="fraction correct",
+)
+_register(
+    "fid",
+    "lower",
+    quality.fid,
+    "FID(real, fake, feature) by torchmetrics with a custom feature network",
+    keys=("quality/fid",),
+    gold=True,
+    unit="FID",
+)
 _register("clean_fid", "lower", quality.clean_fid, "the same FID by clean-fid, on the same feature network")
-_register("kid", "lower", quality.kid, "KID(real, fake, feature) by torchmetrics: (mean, std) over subsets",
-          keys=("quality/kid",), gold=True, unit="KID")
-_register("clip_score", "higher", quality.clip_score, "100 * max(cos, 0) per (image, text) embedding pair",
-          keys=("quality/clip_score",), gold=True, unit="CLIP score (0-100)")
-_register("vendi_score", "higher", diversity.vendi_score, "effective number of distinct samples (features)",
-          keys=("diversity/vendi",), gold=True, unit="effective # of samples", floor=1.0)
-_register("mean_pairwise_distance", "higher", diversity.mean_pairwise_distance, "mean distance between samples",
-          keys=("diversity/pairwise_cosine_distance",), unit="cosine distance", floor=0.0)
+_register(
+    "kid",
+    "lower",
+    quality.kid,
+    "KID(real, fake, feature) by torchmetrics: (mean, std) over subsets",
+    keys=("quality/kid",),
+    gold=True,
+    unit="KID",
+)
+_register(
+    "clip_score",
+    "higher",
+    quality.clip_score,
+    "100 * max(cos, 0) per (image, text) embedding pair",
+    keys=("quality/clip_score",),
+    gold=True,
+    unit="CLIP score (0-100)",
+)
+_register(
+    "vendi_score",
+    "higher",
+    diversity.vendi_score,
+    "effective number of distinct samples (features)",
+    keys=("diversity/vendi",),
+    gold=True,
+    unit="effective # of samples",
+    floor=1.0,
+)
+_register(
+    "mean_pairwise_distance",
+    "higher",
+    diversity.mean_pairwise_distance,
+    "mean distance between samples",
+    keys=("diversity/pairwise_cosine_distance",),
+    unit="cosine distance",
+    floor=0.0,
+)
 for _field in ("precision", "recall", "density", "coverage"):
-    _register(_field, "higher", _prdc_field(_field), f"k-NN {_field} of fake features against real features",
-              keys=(f"prdc/{_field}",))
+    _register(
+        _field,
+        "higher",
+        _prdc_field(_field),
+        f"k-NN {_field} of fake features against real features",
+        keys=(f"prdc/{_field}",),
+    )
 del _field
-_register("gradient_snr", "higher", gradient_variance.gradient_snr, "||mean g||^2 / tr Cov of K minibatch gradients",
-          keys=("snr",))
-_register("gradient_snr_unbiased", "higher", gradient_variance.gradient_snr_unbiased,
-          "(||mean g||^2 - tr Cov / K) / tr Cov: the SNR without its 1/K noise floor", keys=("snr_unbiased",))
-_register("trace_covariance", "lower", gradient_variance.trace_covariance,
-          "tr Cov of K minibatch gradients (scales with the loss: per method only)", keys=("trace_cov",),
-          scale_free=False)
-_register("mean_sq_norm", "higher", gradient_variance.mean_sq_norm,
-          "||mean g||^2 of K minibatch gradients (scales with the loss: per method only)", keys=("mean_sq_norm",),
-          scale_free=False)
-_register("norm_variance", "lower", gradient_variance.norm_variance,
-          "variance of the K minibatch gradient norms (scales with the loss: per method only)", keys=("norm_variance",),
-          scale_free=False)
-_register("mean_pairwise_cosine", "higher", gradient_variance.mean_pairwise_cosine, "agreement of K gradients",
-          keys=("mean_pairwise_cosine",))
-_register("credit_gini", "lower", gradient_variance.gini, "Gini of the per-denoising-step credit share",
-          keys=("credit_gini",))
-_register("credit_max_min", "lower", gradient_variance.max_min_ratio, "max/min per-step credit share",
-          keys=("credit_max_min",))
-_register("normalized_auc", "higher", convergence.normalized_auc, "area under the normalised reward curve",
-          keys=("convergence/normalized_auc",))
-_register("samples_to_reach", "lower", convergence.samples_to_reach,
-          "samples (or device-seconds) to a fraction of the reference improvement; censored runs kept",
-          keys=("convergence/samples_to_*", "convergence/seconds_to_*", "convergence/rmst_*"))
+_register(
+    "gradient_snr",
+    "higher",
+    gradient_variance.gradient_snr,
+    "||mean g||^2 / tr Cov of K minibatch gradients",
+    keys=("snr",),
+)
+_register(
+    "gradient_snr_unbiased",
+    "higher",
+    gradient_variance.gradient_snr_unbiased,
+    "(||mean g||^2 - tr Cov / K) / tr Cov: the SNR without its 1/K noise floor",
+    keys=("snr_unbiased",),
+)
+_register(
+    "trace_covariance",
+    "lower",
+    gradient_variance.trace_covariance,
+    "tr Cov of K minibatch gradients (scales with the loss: per method only)",
+    keys=("trace_cov",),
+    scale_free=False,
+)
+_register(
+    "mean_sq_norm",
+    "higher",
+    gradient_variance.mean_sq_norm,
+    "||mean g||^2 of K minibatch gradients (scales with the loss: per method only)",
+    keys=("mean_sq_norm",),
+    scale_free=False,
+)
+_register(
+    "norm_variance",
+    "lower",
+    gradient_variance.norm_variance,
+    "variance of the K minibatch gradient norms (scales with the loss: per method only)",
+    keys=("norm_variance",),
+    scale_free=False,
+)
+_register(
+    "mean_pairwise_cosine",
+    "higher",
+    gradient_variance.mean_pairwise_cosine,
+    "agreement of K gradients",
+    keys=("mean_pairwise_cosine",),
+)
+_register(
+    "credit_gini", "lower", gradient_variance.gini, "Gini of the per-denoising-step credit share", keys=("credit_gini",)
+)
+_register(
+    "credit_max_min",
+    "lower",
+    gradient_variance.max_min_ratio,
+    "max/min per-step credit share",
+    keys=("credit_max_min",),
+)
+_register(
+    "normalized_auc",
+    "higher",
+    convergence.normalized_auc,
+    "area under the normalised reward curve",
+    keys=("convergence/normalized_auc",),
+)
+_register(
+    "samples_to_reach",
+    "lower",
+    convergence.samples_to_reach,
+    "samples (or device-seconds) to a fraction of the reference improvement; censored runs kept",
+    keys=("convergence/samples_to_*", "convergence/seconds_to_*", "convergence/rmst_*"),
+)
 _register(
     "probability_of_improvement",
     "higher",

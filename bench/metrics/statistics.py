@@ -169,8 +169,9 @@ def t_interval(values, confidence_level: float = 0.95) -> tuple[float, float, fl
     return point, float(point - half), float(point + half)
 
 
-def interval(values, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000,
-             seed: int = 0) -> Interval:
+def interval(
+    values, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> Interval:
     """The mean over seeds with the interval named by `method` (see `INTERVALS`)."""
     x = np.asarray(values, dtype=float).ravel()
     if method == "t":
@@ -182,8 +183,15 @@ def interval(values, method: str = "t", confidence_level: float = 0.95, n_resamp
         if x.size < 2 or np.ptp(x) == 0:
             low = high = float("nan") if x.size < 2 else point
         else:
-            res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, vectorized=True, method="BCa",
-                                  confidence_level=confidence_level, rng=np.random.default_rng(seed))
+            res = stats.bootstrap(
+                (x,),
+                np.mean,
+                n_resamples=n_resamples,
+                vectorized=True,
+                method="BCa",
+                confidence_level=confidence_level,
+                rng=np.random.default_rng(seed),
+            )
             low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     else:
         raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}")
@@ -202,8 +210,9 @@ class Difference:
     n_y: int
 
 
-def difference(x, y, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000,
-               seed: int = 0) -> Difference:
+def difference(
+    x, y, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> Difference:
     """Difference of means of two independent groups of seeds. `t`: Welch's interval
     (Welch-Satterthwaite degrees of freedom); `bootstrap`/`bca`: seeds of each group resampled
     independently. The p-value is always Welch's, so Holm's correction sees one kind of test.
@@ -227,10 +236,16 @@ def difference(x, y, method: str = "t", confidence_level: float = 0.95, n_resamp
         half = stats.t.ppf(0.5 + confidence_level / 2, df) * se
         low, high = effect - half, effect + half
     elif method in ("bootstrap", "bca"):
-        res = stats.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis) - b.mean(axis), n_resamples=n_resamples,
-                              vectorized=True, paired=False, confidence_level=confidence_level,
-                              method="percentile" if method == "bootstrap" else "BCa",
-                              rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (x, y),
+            lambda a, b, axis=-1: a.mean(axis) - b.mean(axis),
+            n_resamples=n_resamples,
+            vectorized=True,
+            paired=False,
+            confidence_level=confidence_level,
+            method="percentile" if method == "bootstrap" else "BCa",
+            rng=np.random.default_rng(seed),
+        )
         low, high = res.confidence_interval.low, res.confidence_interval.high
     else:
         raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}")
@@ -258,8 +273,11 @@ def holm(p_values) -> np.ndarray:
 
 
 def stratified_bootstrap(
-    scores: list[np.ndarray], aggregate: Callable[[list[np.ndarray]], float], confidence_level: float = 0.95,
-    n_resamples: int = 2000, seed: int = 0,
+    scores: list[np.ndarray],
+    aggregate: Callable[[list[np.ndarray]], float],
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> Interval:
     """Percentile interval of `aggregate(scores)` where `scores` holds one array of run scores per
     task (a method's seeds on each training reward); each resample draws runs with replacement
@@ -304,8 +322,9 @@ def probability_of_improvement_tasks_ci(
     """`probability_of_improvement_tasks` with a stratified percentile bootstrap: the runs of X
     and of Y are resampled independently within each task (rliable)."""
     k = len(x)
-    inter = stratified_bootstrap([*x, *y], lambda s: probability_of_improvement_tasks(s[:k], s[k:]),
-                                 confidence_level, n_resamples, seed)
+    inter = stratified_bootstrap(
+        [*x, *y], lambda s: probability_of_improvement_tasks(s[:k], s[k:]), confidence_level, n_resamples, seed
+    )
     return Interval(inter.point, inter.low, inter.high, min(np.size(a) for a in [*x, *y]), "poi")
 
 

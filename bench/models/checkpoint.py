@@ -57,8 +57,10 @@ def model_family(folder: str | Path, config_key: str = "model.path") -> str:
     if (folder / MODEL_INDEX).is_file():
         pipeline = json.loads((folder / MODEL_INDEX).read_text()).get("_class_name")
         if pipeline not in PIPELINE_FAMILIES:
-            raise ValueError(f"{where} holds a diffusers {pipeline!r}; supported pipelines: "
-                             + ", ".join(f"{k} (family {v})" for k, v in PIPELINE_FAMILIES.items()))
+            raise ValueError(
+                f"{where} holds a diffusers {pipeline!r}; supported pipelines: "
+                + ", ".join(f"{k} (family {v})" for k, v in PIPELINE_FAMILIES.items())
+            )
         return PIPELINE_FAMILIES[pipeline]
     raise FileNotFoundError(
         f"{where} has neither {MANIFEST} (embedded model; regenerate it with `python -m bench pretrain`) "

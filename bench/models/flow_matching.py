@@ -40,16 +40,27 @@ class PooledCond(Cond):
 
     @staticmethod
     def cat(parts: list[PooledCond]) -> PooledCond:
-        return PooledCond(torch.cat([p.embeds for p in parts]), torch.cat([p.mask for p in parts]),
-                          torch.cat([p.pooled for p in parts]))
+        return PooledCond(
+            torch.cat([p.embeds for p in parts]),
+            torch.cat([p.mask for p in parts]),
+            torch.cat([p.pooled for p in parts]),
+        )
 
 
 class FlowMatchingPolicy(LatentPolicy):
     """SD3-style MMDiT (SD3Transformer2DModel) + FlowMatchEulerDiscreteScheduler with shift."""
 
     denoiser_folder = "transformer"
-    lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-                    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+    lora_targets = (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    )
 
     def __init__(self, *args, max_sequence_length: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
@@ -68,17 +79,27 @@ class FlowMatchingPolicy(LatentPolicy):
         index = read_model_index(folder, COMPONENTS)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         if scheduler.config.use_dynamic_shifting:
-            raise ValueError(f"{folder / 'scheduler'}: dynamic (resolution-dependent) shifting needs mu, which the "
-                             "flow samplers do not pass; use a scheduler config with a fixed shift")
-        encoders = [CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder"),
-                    CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2")]
-        tokenizers = [AutoTokenizer.from_pretrained(folder / "tokenizer"),
-                      AutoTokenizer.from_pretrained(folder / "tokenizer_2")]
+            raise ValueError(
+                f"{folder / 'scheduler'}: dynamic (resolution-dependent) shifting needs mu, which the "
+                "flow samplers do not pass; use a scheduler config with a fixed shift"
+            )
+        encoders = [
+            CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder"),
+            CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+        ]
+        tokenizers = [
+            AutoTokenizer.from_pretrained(folder / "tokenizer"),
+            AutoTokenizer.from_pretrained(folder / "tokenizer_2"),
+        ]
         if use_t5 and (index.get("text_encoder_3") or [None])[0] is not None:
             encoders.append(T5EncoderModel.from_pretrained(folder / "text_encoder_3"))
             tokenizers.append(AutoTokenizer.from_pretrained(folder / "tokenizer_3"))
-        info = {"family": "flow", "pipeline": index["_class_name"], "path": str(folder),
-                "shift": float(scheduler.config.shift)}
+        info = {
+            "family": "flow",
+            "pipeline": index["_class_name"],
+            "path": str(folder),
+            "shift": float(scheduler.config.shift),
+        }
         return cls(
             SD3Transformer2DModel.from_pretrained(folder / "transformer"),
             nn.ModuleList(encoders),
@@ -95,8 +116,9 @@ class FlowMatchingPolicy(LatentPolicy):
         max_length = self.tokenizer[0].model_max_length  # diffusers uses the first tokenizer's for both CLIPs
         hidden, pooled = [], []
         for tokenizer, encoder in zip(self.tokenizer[:2], self.text_encoder[:2]):
-            ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(self.device)
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
             out = encoder(ids, output_hidden_states=True)
             pooled.append(out.text_embeds)  # (B, P_i) projected pooled embedding
             hidden.append(out.hidden_states[-2])  # (B, 77, D_i) penultimate layer
@@ -104,8 +126,14 @@ class FlowMatchingPolicy(LatentPolicy):
         clip = torch.cat(hidden, dim=-1)
         clip = F.pad(clip, (0, width - clip.shape[-1]))  # (B, 77, joint_attention_dim)
         if len(self.text_encoder) == 3:
-            ids = self.tokenizer[2](prompts, padding="max_length", max_length=self.max_sequence_length,
-                                    truncation=True, add_special_tokens=True, return_tensors="pt").input_ids
+            ids = self.tokenizer[2](
+                prompts,
+                padding="max_length",
+                max_length=self.max_sequence_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            ).input_ids
             t5 = self.text_encoder[2](ids.to(self.device))[0]
         else:
             t5 = torch.zeros(len(prompts), self.max_sequence_length, width, device=self.device, dtype=clip.dtype)
@@ -114,5 +142,10 @@ class FlowMatchingPolicy(LatentPolicy):
         return cond_to(PooledCond(embeds, mask, torch.cat(pooled, dim=-1)), self.device)
 
     def _denoise(self, module, x, t, cond: PooledCond) -> torch.Tensor:
-        return module(hidden_states=x, timestep=t, encoder_hidden_states=cond.embeds,
-                      pooled_projections=cond.pooled, return_dict=False)[0]
+        return module(
+            hidden_states=x,
+            timestep=t,
+            encoder_hidden_states=cond.embeds,
+            pooled_projections=cond.pooled,
+            return_dict=False,
+        )[0]

@@ -46,8 +46,10 @@ def read_model_index(folder: Path, components: tuple[str, ...]) -> dict:
     index = json.loads((folder / "model_index.json").read_text())
     missing = [name for name in components if not (folder / name).is_dir()]
     if missing:
-        raise FileNotFoundError(f"model folder {folder} ({index.get('_class_name')}) lacks "
-                                + ", ".join(str(folder / name) for name in missing))
+        raise FileNotFoundError(
+            f"model folder {folder} ({index.get('_class_name')}) lacks "
+            + ", ".join(str(folder / name) for name in missing)
+        )
     return index
 
 
@@ -58,9 +60,19 @@ class LatentPolicy(Policy):
     denoiser_folder = "unet"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
-    def __init__(self, denoiser, text_encoder, tokenizer, scheduler, vae, info: dict,
-                 resolution: int | None = None, mixed_precision: str | None = None,
-                 device: str | torch.device | None = None, decode_batch: int = 8):
+    def __init__(
+        self,
+        denoiser,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        vae,
+        info: dict,
+        resolution: int | None = None,
+        mixed_precision: str | None = None,
+        device: str | torch.device | None = None,
+        decode_batch: int = 8,
+    ):
         super().__init__(denoiser, text_encoder, tokenizer, scheduler, info)
         mixed_precision = mixed_precision or "no"
         if mixed_precision not in DTYPES:
@@ -95,8 +107,9 @@ class LatentPolicy(Policy):
         return (self.denoiser.config.in_channels, side, side)
 
     # ---- LoRA ----------------------------------------------------------------------------
-    def enable_lora(self, rank: int, alpha: float | None = None,
-                    targets: tuple[str, ...] | list[str] | None = None) -> None:
+    def enable_lora(
+        self, rank: int, alpha: float | None = None, targets: tuple[str, ...] | list[str] | None = None
+    ) -> None:
         super().enable_lora(rank, alpha, targets or self.lora_targets)
         if self.compute_dtype != torch.float32:  # frozen base weights in the half dtype (ddpo-pytorch)
             for param in self.denoiser.parameters():

@@ -58,8 +58,9 @@ class Policy(nn.Module):
         try:
             family_cls = MODELS.get(family)
         except KeyError as exc:
-            raise ValueError(f"model folder {folder} (config key '{config_key}') is of family {family!r}, "
-                             f"not a policy family: {exc}") from exc
+            raise ValueError(
+                f"model folder {folder} (config key '{config_key}') is of family {family!r}, not a policy family: {exc}"
+            ) from exc
         return family_cls.from_folder(folder, **options)
 
     @classmethod
@@ -92,8 +93,10 @@ class Policy(nn.Module):
         from safetensors.torch import save_file
 
         (folder / "adapter").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(self.denoiser).items()},
-                  folder / "adapter" / "adapter_model.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in get_peft_model_state_dict(self.denoiser).items()},
+            folder / "adapter" / "adapter_model.safetensors",
+        )
         (folder / "adapter" / "lora.json").write_text(json.dumps(self.lora))
 
     def load_denoiser_state(self, folder: str | Path) -> None:
@@ -112,8 +115,12 @@ class Policy(nn.Module):
         self.denoiser.load_state_dict(loaded.state_dict())
 
     # ---- LoRA ----------------------------------------------------------------------------
-    def enable_lora(self, rank: int, alpha: float | None = None,
-                    targets: tuple[str, ...] | list[str] = ("to_q", "to_k", "to_v", "to_out.0")) -> None:
+    def enable_lora(
+        self,
+        rank: int,
+        alpha: float | None = None,
+        targets: tuple[str, ...] | list[str] = ("to_q", "to_k", "to_v", "to_out.0"),
+    ) -> None:
         """Freeze the denoiser and train low-rank adapters on the attention projections (peft).
         The adapters start at zero, so the policy starts as the base model."""
         from peft import LoraConfig, inject_adapter_in_model
@@ -150,19 +157,31 @@ class Policy(nn.Module):
     # ---- text ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Cond:
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
         embeds = self.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return Cond(embeds, tokens.attention_mask)
 
     # ---- denoiser ------------------------------------------------------------------------
     def _forward(self, module, x, t_model, cond: Cond) -> torch.Tensor:
         t_model = torch.as_tensor(t_model).expand(x.shape[0])
-        return module(x, encoder_hidden_states=cond.embeds, timestep=t_model,
-                      encoder_attention_mask=cond.mask).sample
+        return module(x, encoder_hidden_states=cond.embeds, timestep=t_model, encoder_attention_mask=cond.mask).sample
 
-    def predict(self, x, t_model, cond: Cond, uncond: Cond | None, guidance: float,
-                detach_uncond: bool = False, reference: bool = False) -> torch.Tensor:
+    def predict(
+        self,
+        x,
+        t_model,
+        cond: Cond,
+        uncond: Cond | None,
+        guidance: float,
+        detach_uncond: bool = False,
+        reference: bool = False,
+    ) -> torch.Tensor:
         """Guided model output eps_u + w (eps_c - eps_u), one forward over the concatenated batch.
         reference=True: the frozen initial policy (LoRA: the same network with adapters off)."""
         if reference and self.lora is not None:

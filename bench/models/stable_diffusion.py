@@ -39,8 +39,12 @@ class StableDiffusionPolicy(LatentPolicy):
         folder = Path(folder)
         index = read_model_index(folder, COMPONENTS)
         scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(folder / "scheduler"))
-        info = {"family": "sd", "pipeline": index["_class_name"], "path": str(folder),
-                "scheduler": index["scheduler"][1]}
+        info = {
+            "family": "sd",
+            "pipeline": index["_class_name"],
+            "path": str(folder),
+            "scheduler": index["scheduler"][1],
+        }
         return cls(
             UNet2DConditionModel.from_pretrained(folder / "unet"),
             CLIPTextModel.from_pretrained(folder / "text_encoder"),
@@ -53,8 +57,13 @@ class StableDiffusionPolicy(LatentPolicy):
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Cond:
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
         embeds = self.text_encoder(tokens.input_ids.to(self.device))[0]  # (B, 77, D) last hidden state
         return cond_to(Cond(embeds, tokens.attention_mask), self.device)
 

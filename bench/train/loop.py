@@ -71,9 +71,13 @@ class Scored:
     def line(self, world: World) -> dict[str, Any]:
         components = {f"reward/{k}": float(world.gather(v).mean()) for k, v in self.info.items() if torch.is_tensor(v)}
         rewards = self.rewards_all
-        return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)), **components,
-                "adv_abs_mean": float(self.advantages_all.abs().mean()),
-                "zero_spread_groups": zero_spread_fraction(rewards, self.group_ids_all)}
+        return {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            **components,
+            "adv_abs_mean": float(self.advantages_all.abs().mean()),
+            "zero_spread_groups": zero_spread_fraction(rewards, self.group_ids_all),
+        }
 
 
 class Clock:
@@ -108,11 +112,14 @@ def can_reuse_graph(spec: RunSpec, algorithm_recipe: Any, policy: Any) -> bool:
         full_batch = spec.micro_batch >= spec.images_per_round and not spec.step_chunk
         wanted = isinstance(policy, LatentPolicy) and full_batch
     r = algorithm_recipe
-    trains_all = (r.updates_per_round == 1 and r.timestep_fraction >= 1 and not r.drop_last_step
-                  and spec.sde_window is None)
-    mode_free = not any((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-                        or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                        for m in policy.denoiser.modules())
+    trains_all = (
+        r.updates_per_round == 1 and r.timestep_fraction >= 1 and not r.drop_last_step and spec.sde_window is None
+    )
+    mode_free = not any(
+        (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+        or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for m in policy.denoiser.modules()
+    )
     return bool(wanted and trains_all and mode_free)
 
 
@@ -124,14 +131,17 @@ class Trainer:
         self.policy, self.algorithm, self.reward, self.sampler = run.policy, run.algorithm, run.reward, run.sampler
         self.recipe = self.algorithm.recipe
         self.params = self.policy.trainable_parameters()
-        self.optimiser = torch.optim.AdamW(self.params, lr=spec.lr, betas=spec.betas,
-                                           weight_decay=spec.weight_decay, eps=spec.adam_eps)
+        self.optimiser = torch.optim.AdamW(
+            self.params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=spec.adam_eps
+        )
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.rng = np.random.default_rng(spec.seed)
         self.group_size = self.recipe.group_size or spec.group_size
         if spec.images_per_round % self.group_size:
-            raise ValueError(f"images_per_round={spec.images_per_round} is not a multiple of the group size "
-                             f"{self.group_size} ({spec.algorithm})")
+            raise ValueError(
+                f"images_per_round={spec.images_per_round} is not a multiple of the group size "
+                f"{self.group_size} ({spec.algorithm})"
+            )
         if not spec.prompts:
             from bench.world.captions import prompt_sets
 
@@ -158,17 +168,29 @@ class Trainer:
         stats = RoundStats(self.sampler.num_steps)
         for _ in range(self.recipe.inner_epochs):
             parts = self._update_chunks(scored.group_ids_all)
-            steps = trained_steps(len(scored.group_ids_all), self.sampler.num_steps, self.recipe.timestep_fraction,
-                                  self.recipe.drop_last_step, self.recipe.shuffle_timesteps, self.generator,
-                                  trainable_steps(self.sampler, self.recipe.drop_last_step))[scored.own]
+            steps = trained_steps(
+                len(scored.group_ids_all),
+                self.sampler.num_steps,
+                self.recipe.timestep_fraction,
+                self.recipe.drop_last_step,
+                self.recipe.shuffle_timesteps,
+                self.generator,
+                trainable_steps(self.sampler, self.recipe.drop_last_step),
+            )[scored.own]
             for part in parts:
                 stats.grad_norm.append(self.update(traj, scored, reference, part, steps, stats))
         clock.lap("train")
         self.images_seen += len(scored.group_ids_all)
         self.seconds += clock.total
-        return {"images_seen": self.images_seen, **scored.line(self.world),
-                "trained_steps_per_sample": steps.shape[1], **stats.line(), **clock.laps,
-                "seconds_total": self.seconds, "peak_memory_mb": peak_memory_mb()}
+        return {
+            "images_seen": self.images_seen,
+            **scored.line(self.world),
+            "trained_steps_per_sample": steps.shape[1],
+            **stats.line(),
+            **clock.laps,
+            "seconds_total": self.seconds,
+            "peak_memory_mb": peak_memory_mb(),
+        }
 
     def sample_round(self) -> Trajectory:
         """This process's prompt groups of the round, sampled (one process: all of them)."""
@@ -180,8 +202,16 @@ class Trainer:
         group_ids = torch.arange(n_prompts)[share].repeat_interleave(self.group_size)
         generator = self.world.sample_generator(self.spec.seed, self.images_seen, self.generator)
         self.policy.denoiser.eval()
-        return rollout(self.policy, self.sampler, prompts, self.spec.guidance, generator, group_ids,
-                       self.recipe.same_noise_per_group, keep_graph=self.reuse_graph)
+        return rollout(
+            self.policy,
+            self.sampler,
+            prompts,
+            self.spec.guidance,
+            generator,
+            group_ids,
+            self.recipe.same_noise_per_group,
+            keep_graph=self.reuse_graph,
+        )
 
     def score(self, traj: Trajectory) -> Scored:
         """Rewards of this process's images; the whole round's advantages (gathered from every process)."""
@@ -192,16 +222,26 @@ class Trainer:
         advantages_all = self.algorithm.advantages(rewards_all, group_ids_all, prompts_all).float()
         return Scored(rewards_all, group_ids_all, advantages_all, self.world.rows(len(traj)), info)
 
-    def update(self, traj: Trajectory, scored: Scored, reference: Reference | None, part: torch.Tensor,
-               steps: torch.Tensor, stats: RoundStats) -> float:
+    def update(
+        self,
+        traj: Trajectory,
+        scored: Scored,
+        reference: Reference | None,
+        part: torch.Tensor,
+        steps: torch.Tensor,
+        stats: RoundStats,
+    ) -> float:
         """One optimiser step on the round's samples `part` (this process trains its own of them,
         micro-batch by micro-batch); returns the gradient norm before clipping."""
         chunk = self.world.own(part, len(traj))
         self.optimiser.zero_grad(set_to_none=True)
         graph, traj.graph = traj.graph, None  # only the round's first update still has the sampling weights
         for mb, cols in self._micro_batches(chunk, steps, graph):
-            current = (graph.select(mb, cols) if graph is not None
-                       else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance))
+            current = (
+                graph.select(mb, cols)
+                if graph is not None
+                else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance)
+            )
             batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
             loss = _check_loss(self.spec.algorithm, self.algorithm.loss(batch))
             (loss.value * global_mean_weight(cols, len(part), steps.shape[1])).backward()
@@ -220,13 +260,17 @@ class Trainer:
         if self.algorithm.whole_groups:
             groups = torch.unique(group_ids)
             groups = groups[torch.randperm(len(groups), generator=self.generator)]
-            return [torch.cat([torch.nonzero(group_ids == g).flatten() for g in part])
-                    for part in torch.tensor_split(groups, parts) if len(part)]
+            return [
+                torch.cat([torch.nonzero(group_ids == g).flatten() for g in part])
+                for part in torch.tensor_split(groups, parts)
+                if len(part)
+            ]
         order = torch.randperm(len(group_ids), generator=self.generator)
         return [c for c in torch.tensor_split(order, parts) if len(c)]
 
-    def _micro_batches(self, chunk: torch.Tensor, steps: torch.Tensor,
-                       graph: StepGraph | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _micro_batches(
+        self, chunk: torch.Tensor, steps: torch.Tensor, graph: StepGraph | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(samples, step columns) per forward/backward: memory only, the gradient is the same.
         On the sampling graph every sample is backpropagated at once, whatever the micro-batch."""
         if not len(chunk):
@@ -255,11 +299,24 @@ class Trainer:
         if main:
             atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         # the curves beside the log (bench/tracking.py): a resumed run writes from its restored round
-        tracker = open_tracker(self.out, "train", self.spec.tracking, self.spec.to_dict(), main,
-                               resume_step=self.images_seen if done else None)
+        tracker = open_tracker(
+            self.out,
+            "train",
+            self.spec.tracking,
+            self.spec.to_dict(),
+            main,
+            resume_step=self.images_seen if done else None,
+        )
         status, error = "finished", None
-        progress = tqdm(range(done, rounds), initial=done, total=rounds, desc="train rounds", unit="round",
-                        file=sys.stderr, disable=not main)
+        progress = tqdm(
+            range(done, rounds),
+            initial=done,
+            total=rounds,
+            desc="train rounds",
+            unit="round",
+            file=sys.stderr,
+            disable=not main,
+        )
         with open(log_path if main else os.devnull, "a") as log:
             try:
                 for i in progress:
@@ -276,9 +333,15 @@ class Trainer:
                 status, error = "diverged", str(exc)
             finally:
                 tracker.close()
-        summary = {"status": status, "error": error, "images_seen": self.images_seen,
-                   "device_seconds": self.seconds, "peak_memory_mb": peak_memory_mb(),
-                   "algorithm": self.spec.algorithm, "settings": self.algorithm.describe()}
+        summary = {
+            "status": status,
+            "error": error,
+            "images_seen": self.images_seen,
+            "device_seconds": self.seconds,
+            "peak_memory_mb": peak_memory_mb(),
+            "algorithm": self.spec.algorithm,
+            "settings": self.algorithm.describe(),
+        }
         if main:
             atomic_write_json(self.out / "summary.json", summary)
         return summary

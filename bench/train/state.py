@@ -63,8 +63,12 @@ class RunState:
         if tmp.exists():
             shutil.rmtree(tmp)
         trainer.policy.save_denoiser(tmp)
-        state = {"budget": budget, "images_seen": trainer.images_seen, "device_seconds": trainer.seconds,
-                 "peak_memory_mb": peak_memory_mb()}
+        state = {
+            "budget": budget,
+            "images_seen": trainer.images_seen,
+            "device_seconds": trainer.seconds,
+            "peak_memory_mb": peak_memory_mb(),
+        }
         atomic_write_json(tmp / "state.json", state)
         replace_dir(tmp, folder)
 
@@ -78,12 +82,20 @@ class RunState:
         if tmp.exists():
             shutil.rmtree(tmp)
         trainer.policy.save_denoiser(tmp)
-        torch.save({
-            "rounds_done": rounds_done, "images_seen": trainer.images_seen, "seconds": trainer.seconds,
-            "optimiser": trainer.optimiser.state_dict(), "generator": trainer.generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": trainer.rng.bit_generator.state,
-            "algorithm": trainer.algorithm.state_dict(), "run_config": trainer.spec.identity(),
-        }, tmp / "trainer.pt")
+        torch.save(
+            {
+                "rounds_done": rounds_done,
+                "images_seen": trainer.images_seen,
+                "seconds": trainer.seconds,
+                "optimiser": trainer.optimiser.state_dict(),
+                "generator": trainer.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": trainer.rng.bit_generator.state,
+                "algorithm": trainer.algorithm.state_dict(),
+                "run_config": trainer.spec.identity(),
+            },
+            tmp / "trainer.pt",
+        )
         replace_dir(tmp, self.out / "state")
 
     def restore(self, trainer: Trainer) -> int:

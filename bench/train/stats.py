@@ -41,6 +41,12 @@ class RoundStats:
 
     def line(self) -> dict[str, Any]:
         per_step = [round(float(h / c), 5) if c else None for h, c in zip(self.clip_hits, self.clip_counts)]
-        return {"loss": _mean(self.loss), "approx_kl": _mean(self.approx_kl), "clipfrac": _mean(self.clipfrac),
-                "clipfrac_per_step": per_step, "grad_norm": _mean(self.grad_norm),
-                "optimiser_steps": len(self.grad_norm), **{k: _mean(v) for k, v in self.extra.items()}}
+        return {
+            "loss": _mean(self.loss),
+            "approx_kl": _mean(self.approx_kl),
+            "clipfrac": _mean(self.clipfrac),
+            "clipfrac_per_step": per_step,
+            "grad_norm": _mean(self.grad_norm),
+            "optimiser_steps": len(self.grad_norm),
+            **{k: _mean(v) for k, v in self.extra.items()},
+        }

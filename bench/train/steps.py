@@ -23,8 +23,15 @@ def trainable_steps(sampler: Sampler, drop_last: bool) -> torch.Tensor:
     return steps[steps < sampler.num_steps - 1] if drop_last else steps
 
 
-def trained_steps(n: int, num_steps: int, fraction: float, drop_last: bool, shuffle: bool,
-                  generator: torch.Generator, allowed: torch.Tensor | None = None) -> torch.Tensor:
+def trained_steps(
+    n: int,
+    num_steps: int,
+    fraction: float,
+    drop_last: bool,
+    shuffle: bool,
+    generator: torch.Generator,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(n, S) sampler-step indices trained per sample: a random subset per sample (ddpo-pytorch's
     per-sample permutation of the time axis) or the first S steps, of `allowed` (default: all
     steps, the last dropped when asked; `trainable_steps` gives the sampler's)."""
@@ -56,8 +63,15 @@ class Reference:
         return logp, mean
 
 
-def reference_terms(policy: Policy, sampler: Sampler, traj: Trajectory, algorithm: Algorithm, guidance: float,
-                    rows: torch.Tensor | None = None, num_steps: int | None = None) -> Reference | None:
+def reference_terms(
+    policy: Policy,
+    sampler: Sampler,
+    traj: Trajectory,
+    algorithm: Algorithm,
+    guidance: float,
+    rows: torch.Tensor | None = None,
+    num_steps: int | None = None,
+) -> Reference | None:
     """The reference terms of samples `rows` (default: all) at their first `num_steps` steps
     (default: all), or None when the loss needs none. One batched forward without gradient."""
     if not algorithm.needs_reference:
@@ -65,21 +79,38 @@ def reference_terms(policy: Policy, sampler: Sampler, traj: Trajectory, algorith
     rows = torch.arange(len(traj)) if rows is None else rows
     s = sampler.num_steps if num_steps is None else num_steps
     with torch.no_grad():
-        logp, mean, _ = recompute(policy, sampler, traj, rows, torch.arange(s).expand(len(rows), s), guidance,
-                                  reference=True)
+        logp, mean, _ = recompute(
+            policy, sampler, traj, rows, torch.arange(s).expand(len(rows), s), guidance, reference=True
+        )
     return Reference(rows, logp, mean if algorithm.needs_reference_means else None)
 
 
-def step_batch(traj: Trajectory, sampler: Sampler, samples: torch.Tensor, cols: torch.Tensor, current: Current,
-               advantages: torch.Tensor, rewards: torch.Tensor, reference: Reference | None) -> StepBatch:
+def step_batch(
+    traj: Trajectory,
+    sampler: Sampler,
+    samples: torch.Tensor,
+    cols: torch.Tensor,
+    current: Current,
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    reference: Reference | None,
+) -> StepBatch:
     """The batch of samples (B,) at sampler steps cols (B, S): the current policy's terms
     `current`, the recorded ones of the trajectory, the samples' advantages and rewards (indexed
     like the trajectory) and the reference's terms."""
     logp, mean, std = current
     logp_ref, mean_ref = (None, None) if reference is None else reference.select(samples, cols)
     return StepBatch(
-        logp=logp, logp_old=torch.gather(traj.logp[samples], 1, cols), advantages=advantages[samples],
-        rewards=rewards[samples], group_ids=traj.group_ids[samples], timesteps=sampler.timesteps[cols],
-        step_index=cols, logp_ref=logp_ref, mean=mean, std=std, mean_ref=mean_ref,
+        logp=logp,
+        logp_old=torch.gather(traj.logp[samples], 1, cols),
+        advantages=advantages[samples],
+        rewards=rewards[samples],
+        group_ids=traj.group_ids[samples],
+        timesteps=sampler.timesteps[cols],
+        step_index=cols,
+        logp_ref=logp_ref,
+        mean=mean,
+        std=std,
+        mean_ref=mean_ref,
         mean_old=traj.means[samples[:, None].expand_as(cols), cols],
     )

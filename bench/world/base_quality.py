@@ -10,8 +10,14 @@ import numpy as np
 from bench.models.checkpoint import read_manifest, write_manifest
 
 
-def measure(folder: str | Path, num_steps: int = 20, eta: float = 1.0, guidance: float = 3.0,
-            images_per_set: int = 256, seed: int = 0) -> dict:
+def measure(
+    folder: str | Path,
+    num_steps: int = 20,
+    eta: float = 1.0,
+    guidance: float = 3.0,
+    images_per_set: int = 256,
+    seed: int = 0,
+) -> dict:
     from bench.models.policy import Policy
     from bench.rollout import make_sampler, sample_images
     from bench.world.captions import eval_prompts

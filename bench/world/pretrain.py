@@ -65,10 +65,24 @@ def pretrain(
                     ps.lerp_(pl, 1 - ema_decay)
         losses.append(loss.item())
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
-            _save(out / f"step{step + 1}", ema, tokenizer, scheduler, spec, losses,
-                  dict(seed=seed, steps=step + 1, batch_size=batch_size, lr=lr, started=started))
-    return _save(out, ema, tokenizer, scheduler, spec, losses,
-                 dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, started=started))
+            _save(
+                out / f"step{step + 1}",
+                ema,
+                tokenizer,
+                scheduler,
+                spec,
+                losses,
+                dict(seed=seed, steps=step + 1, batch_size=batch_size, lr=lr, started=started),
+            )
+    return _save(
+        out,
+        ema,
+        tokenizer,
+        scheduler,
+        spec,
+        losses,
+        dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, started=started),
+    )
 
 
 def denoising_loss(denoiser, x0, embeds, mask, objective: str, alphas_cumprod, generator) -> torch.Tensor:
@@ -102,8 +116,12 @@ def _save(out, ema, tokenizer, scheduler, spec, losses, run: dict) -> Path:
         "family": "embedded",
         "spec": asdict(spec),
         "pretraining": {
-            "seed": run["seed"], "steps": run["steps"], "batch_size": run["batch_size"], "lr": run["lr"],
-            "seconds": round(time.time() - run["started"], 1), "torch_threads": torch.get_num_threads(),
+            "seed": run["seed"],
+            "steps": run["steps"],
+            "batch_size": run["batch_size"],
+            "lr": run["lr"],
+            "seconds": round(time.time() - run["started"], 1),
+            "torch_threads": torch.get_num_threads(),
             "loss_per_100_steps": [round(v, 5) for v in curve],
         },
     }

@@ -44,10 +44,7 @@ class Scene:
 
 def all_scenes() -> list[Scene]:
     """Every attribute combination, in a fixed order."""
-    return [
-        Scene(*combo)
-        for combo in itertools.product(COUNTS, SIZES, COLOURS, SHAPES, POSITIONS, BACKGROUNDS)
-    ]
+    return [Scene(*combo) for combo in itertools.product(COUNTS, SIZES, COLOURS, SHAPES, POSITIONS, BACKGROUNDS)]
 
 
 def object_centres(scene: Scene, resolution: int = 16, jitter: tuple[float, float] = (0.0, 0.0)):

@@ -57,15 +57,25 @@ class PlainDDPO:
         self.alphas_cumprod = scheduler.alphas_cumprod.float()
         self.final_alpha_cumprod = float(scheduler.final_alpha_cumprod)
         self.step_size = scheduler.config.num_train_timesteps // settings.num_steps
-        self.optimiser = torch.optim.AdamW(self.unet.parameters(), lr=settings.lr, betas=settings.betas,
-                                           weight_decay=settings.weight_decay, eps=settings.adam_eps)
+        self.optimiser = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=settings.lr,
+            betas=settings.betas,
+            weight_decay=settings.weight_decay,
+            eps=settings.adam_eps,
+        )
         self.buffers: dict[str, deque] = {}
 
     # ---- model -----------------------------------------------------------------------------
     @torch.no_grad()
     def embed(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
         return self.text_encoder(ids)[0]  # (B, L, D)
 
     def guided_eps(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
@@ -97,7 +107,7 @@ class PlainDDPO:
         self.unet.eval()
         lat_parts, logp_parts = [], []
         for i in range(0, len(prompts), self.s.sample_batch):
-            batch = prompts[i:i + self.s.sample_batch]
+            batch = prompts[i : i + self.s.sample_batch]
             embeds, null = self.embed(batch), self.embed([""] * len(batch))
             cfg = self.unet.config
             x = torch.randn((len(batch), cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=generator)
@@ -136,8 +146,9 @@ class PlainDDPO:
             out[idx] = (r[idx] - ref.mean()) / (ref.std() + 1e-6)
         return torch.from_numpy(out).float().clamp(-self.s.adv_clip, self.s.adv_clip)
 
-    def accumulate_gradient(self, prompts: list[str], latents: torch.Tensor, logp_old: torch.Tensor,
-                            adv: torch.Tensor) -> list[float]:
+    def accumulate_gradient(
+        self, prompts: list[str], latents: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor
+    ) -> list[float]:
         """Gradient of the PPO-clip loss averaged over all B x K transitions, one step at a time;
         returns each step's recomputed log-probs' max deviation from logp_old (a check)."""
         self.unet.train()
@@ -174,5 +185,9 @@ class PlainDDPO:
         t2 = time.perf_counter()
         self.update(prompts, latents, logp, adv)
         t3 = time.perf_counter()
-        return {"seconds_sample": t1 - t0, "seconds_reward": t2 - t1, "seconds_train": t3 - t2,
-                "reward_mean": float(rewards.mean())}
+        return {
+            "seconds_sample": t1 - t0,
+            "seconds_reward": t2 - t1,
+            "seconds_train": t3 - t2,
+            "reward_mean": float(rewards.mean()),
+        }

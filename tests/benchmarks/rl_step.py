@@ -45,14 +45,18 @@ def measure(spec: RunSpec, rounds: int, threads: int, peak: float) -> dict:
     mean = {k: float(np.mean([line[k] for line in keep])) for k in parts}
     total = sum(mean.values())
     images, steps = spec.images_per_round, spec.num_steps
-    return {"algorithm": spec.algorithm, "seconds_per_round": round(total, 2),
-            **{k: round(v, 2) for k, v in mean.items()},
-            "images_per_second": round(images / total, 2),
-            "images_per_core_second": round(images / (total * threads), 2),
-            "transitions_per_second": round(images * steps / total, 1),
-            "gflop_per_round": round(flops / 1e9, 2),
-            "fraction_of_gemm_rate": round(flops / total / peak, 3),
-            "optimiser_steps": keep[-1]["optimiser_steps"], "peak_memory_mb": round(lines[-1]["peak_memory_mb"])}
+    return {
+        "algorithm": spec.algorithm,
+        "seconds_per_round": round(total, 2),
+        **{k: round(v, 2) for k, v in mean.items()},
+        "images_per_second": round(images / total, 2),
+        "images_per_core_second": round(images / (total * threads), 2),
+        "transitions_per_second": round(images * steps / total, 1),
+        "gflop_per_round": round(flops / 1e9, 2),
+        "fraction_of_gemm_rate": round(flops / total / peak, 3),
+        "optimiser_steps": keep[-1]["optimiser_steps"],
+        "peak_memory_mb": round(lines[-1]["peak_memory_mb"]),
+    }
 
 
 def main() -> None:

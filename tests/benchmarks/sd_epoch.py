@@ -28,8 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-PROMPTS = ["a cat", "a dog", "a red car", "a blue house", "a tree on a hill", "a bowl of fruit", "a boat at sea",
-           "a mountain at dawn", "a city street", "a yellow flower", "an old clock", "a horse in a field"]
+PROMPTS = [
+    "a cat",
+    "a dog",
+    "a red car",
+    "a blue house",
+    "a tree on a hill",
+    "a bowl of fruit",
+    "a boat at sea",
+    "a mountain at dawn",
+    "a city street",
+    "a yellow flower",
+    "an old clock",
+    "a horse in a field",
+]
 ALGORITHMS = ("reinforce", "ddpo_is", "loop", "prdp", "dancegrpo", "pcpo")
 PARTS = ("seconds_sample", "seconds_reward", "seconds_train")
 
@@ -42,10 +54,15 @@ def _summary(name: str, lines: list[dict], images: int, steps: int) -> dict:
     keep = lines[1:] if len(lines) > 1 else lines  # the first epoch pays one-off costs
     mean = {k: float(np.mean([line[k] for line in keep])) for k in PARTS}
     total = sum(mean.values())
-    return {"run": name, "seconds_per_epoch": round(total, 2), **{k: round(v, 2) for k, v in mean.items()},
-            "epochs": [round(sum(line[k] for k in PARTS), 2) for line in lines],
-            "images_per_second": round(images / total, 2), "transitions_per_second": round(images * steps / total, 1),
-            "peak_memory_mb": round(_peak_memory_mb())}
+    return {
+        "run": name,
+        "seconds_per_epoch": round(total, 2),
+        **{k: round(v, 2) for k, v in mean.items()},
+        "epochs": [round(sum(line[k] for k in PARTS), 2) for line in lines],
+        "images_per_second": round(images / total, 2),
+        "transitions_per_second": round(images * steps / total, 1),
+        "peak_memory_mb": round(_peak_memory_mb()),
+    }
 
 
 def measure_harness(args, algorithm: str) -> dict:
@@ -56,12 +73,24 @@ def measure_harness(args, algorithm: str) -> dict:
 
     torch.set_num_threads(args.threads)
     reuse = {"auto": None, "on": True, "off": False}[args.reuse_graph]
-    cfg = RunSpec(model_path=args.model, algorithm=algorithm, reward="jpeg_compressibility", seed=args.seed,
-                    algorithm_settings={"updates_per_round": 1, "inner_epochs": 1}, prompts=list(PROMPTS),
-                    num_steps=args.steps, eta=args.eta, guidance=args.guidance, images_per_round=args.images,
-                    group_size=args.group_size, micro_batch=args.micro_batch, step_chunk=args.step_chunk,
-                    lora_rank=args.lora_rank, budgets=[args.images * args.epochs],
-                    reuse_sampling_graph=reuse)
+    cfg = RunSpec(
+        model_path=args.model,
+        algorithm=algorithm,
+        reward="jpeg_compressibility",
+        seed=args.seed,
+        algorithm_settings={"updates_per_round": 1, "inner_epochs": 1},
+        prompts=list(PROMPTS),
+        num_steps=args.steps,
+        eta=args.eta,
+        guidance=args.guidance,
+        images_per_round=args.images,
+        group_size=args.group_size,
+        micro_batch=args.micro_batch,
+        step_chunk=args.step_chunk,
+        lora_rank=args.lora_rank,
+        budgets=[args.images * args.epochs],
+        reuse_sampling_graph=reuse,
+    )
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out, threads=args.threads)
         lines = [trainer.round() for _ in range(args.epochs)]
@@ -75,8 +104,10 @@ def measure_plain(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    plain = PlainDDPO(args.model, PlainSettings(num_steps=args.steps, eta=args.eta, guidance=args.guidance,
-                                                sample_batch=args.sample_batch))
+    plain = PlainDDPO(
+        args.model,
+        PlainSettings(num_steps=args.steps, eta=args.eta, guidance=args.guidance, sample_batch=args.sample_batch),
+    )
     generator = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     lines = []
@@ -88,12 +119,42 @@ def measure_plain(args) -> dict:
 
 
 def _child(args, mode: str, threads: int, algorithm: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "tests.benchmarks.sd_epoch", "--child", "--mode", mode, "--model", args.model,
-           "--threads", str(threads), "--epochs", str(args.epochs), "--images", str(args.images),
-           "--group-size", str(args.group_size), "--steps", str(args.steps), "--guidance", str(args.guidance),
-           "--eta", str(args.eta), "--micro-batch", str(args.micro_batch), "--step-chunk", str(args.step_chunk),
-           "--sample-batch", str(args.sample_batch),
-           "--lora-rank", str(args.lora_rank), "--reuse-graph", args.reuse_graph, "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.benchmarks.sd_epoch",
+        "--child",
+        "--mode",
+        mode,
+        "--model",
+        args.model,
+        "--threads",
+        str(threads),
+        "--epochs",
+        str(args.epochs),
+        "--images",
+        str(args.images),
+        "--group-size",
+        str(args.group_size),
+        "--steps",
+        str(args.steps),
+        "--guidance",
+        str(args.guidance),
+        "--eta",
+        str(args.eta),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--step-chunk",
+        str(args.step_chunk),
+        "--sample-batch",
+        str(args.sample_batch),
+        "--lora-rank",
+        str(args.lora_rank),
+        "--reuse-graph",
+        args.reuse_graph,
+        "--seed",
+        str(args.seed),
+    ]
     if algorithm:
         cmd += ["--algorithm", algorithm]
     return cmd
@@ -132,8 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-chunk", type=int, default=0, help="harness: steps per forward/backward, 0 = all")
     parser.add_argument("--sample-batch", type=int, default=8, help="plain loop: images per sampling forward")
     parser.add_argument("--lora-rank", type=int, default=0)
-    parser.add_argument("--reuse-graph", choices=("auto", "on", "off"), default="auto",
-                        help="harness: RunSpec.reuse_sampling_graph (auto = the policy family's default)")
+    parser.add_argument(
+        "--reuse-graph",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="harness: RunSpec.reuse_sampling_graph (auto = the policy family's default)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -181,8 +246,11 @@ def _parallel(args) -> None:
         print(json.dumps({"together": res}), flush=True)
     per_hour_alone = 3600 / alone["seconds_per_epoch"]
     per_hour_together = sum(3600 / r["seconds_per_epoch"] for r in together)
-    print(f"throughput ratio ({args.parallel} parallel one-thread runs / one run, epochs per hour): "
-          f"{per_hour_together / per_hour_alone:.2f} (wall {wall:.1f} s for the parallel set)", flush=True)
+    print(
+        f"throughput ratio ({args.parallel} parallel one-thread runs / one run, epochs per hour): "
+        f"{per_hour_together / per_hour_alone:.2f} (wall {wall:.1f} s for the parallel set)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -51,28 +51,59 @@ def build_tiny_sd(folder: str | Path, spec: TinySDSpec = TinySDSpec()) -> Path:
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
     up = ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",)
     unet = UNet2DConditionModel(
-        sample_size=spec.latent_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=spec.block_out_channels, down_block_types=down, up_block_types=up,
-        cross_attention_dim=spec.cross_attention_dim, attention_head_dim=8, norm_num_groups=32,
+        sample_size=spec.latent_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=spec.block_out_channels,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=spec.cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.cross_attention_dim, intermediate_size=2 * spec.cross_attention_dim,
-        num_hidden_layers=spec.text_layers, num_attention_heads=2, max_position_embeddings=spec.max_tokens,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=spec.cross_attention_dim,
+        intermediate_size=2 * spec.cross_attention_dim,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=2,
+        max_position_embeddings=spec.max_tokens,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     levels_vae = spec.vae_levels
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * levels_vae,
-        down_block_types=("DownEncoderBlock2D",) * levels_vae, up_block_types=("UpDecoderBlock2D",) * levels_vae,
-        layers_per_block=1, norm_num_groups=4, sample_size=spec.latent_size * 2 ** (spec.vae_levels - 1),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8,) * levels_vae,
+        down_block_types=("DownEncoderBlock2D",) * levels_vae,
+        up_block_types=("UpDecoderBlock2D",) * levels_vae,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=spec.latent_size * 2 ** (spec.vae_levels - 1),
         scaling_factor=0.18215,
     )
     # SD-1.x's schedule, as ddpo-pytorch rebuilds it (DDIM from the pipeline's scheduler config)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_config), tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
     (folder / "tiny_sd.json").write_text(json.dumps(asdict(spec)))
