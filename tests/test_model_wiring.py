@@ -138,7 +138,7 @@ def test_the_flow_preset_validates_with_its_variants():
 
     config = study.load(Path(__file__).resolve().parent.parent / "config" / "flow.yaml", check_paths=False)
     cfg = {k.algorithm: study.run_spec(config, k) for k in study.runs(config)}
-    assert cfg["flowgrpo"].algorithm == "dancegrpo" and cfg["flowgrpo"].flow_variant == "flowgrpo"
+    assert cfg["flowgrpo"].algorithm == "flowgrpo" and cfg["flowgrpo"].flow_variant == "flowgrpo"
     assert "flow_variant" not in cfg["flowgrpo"].algorithm_settings
     assert cfg["dancegrpo"].flow_variant == "dancegrpo" and cfg["pcpo"].flow_variant == "flowgrpo"
     bad = {**config, "algorithms": {"x": {"plugin": "dancegrpo", "flow_variant": "ode"}}}

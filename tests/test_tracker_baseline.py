@@ -40,7 +40,7 @@ def test_default_study_per_prompt_methods_use_the_per_prompt_baseline_from_the_f
     for label, settings in cfg["algorithms"].items():
         settings = {k: v for k, v in (settings or {}).items() if k not in ("plugin", "flow_variant")}
         algo = ALGORITHMS.get(label)(**settings)
-        if algo.settings.advantages != "per_prompt":
+        if algo.recipe.advantages != "per_prompt":
             continue
         adv = algo.advantages(rewards, group_ids, prompts)
         torch.testing.assert_close(adv, _per_prompt(rewards, group_ids).clamp(-5, 5), rtol=1e-5, atol=1e-5)
