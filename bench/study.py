@@ -181,6 +181,9 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
         raise ConfigError(
             f"config key 'algorithms.{label}.sde_window': [start, length] of integers >= 0, got {window!r}"
         )
+    lr = settings.pop("lr", None)
+    if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
+        raise ConfigError(f"config key 'algorithms.{label}.lr': a learning rate > 0, got {lr!r}")
     try:
         return ALGORITHMS.get(ref)(**settings)
     except SettingError as exc:
@@ -419,6 +422,9 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     algorithm = settings.pop("plugin", key.algorithm)
     own_variant = settings.pop("flow_variant", None)
     own_window = settings.pop("sde_window", None)
+    # a learning rate of the method's own (a calibration grid, or the rate a calibration chose by
+    # one protocol for every method) over the study's train.lr
+    own_lr = settings.pop("lr", None)
     model = config["models"][key.model]
     sampling = dict(config["sampling"])
     if own_window is not None:  # an algorithm's own SDE window (e.g. Flow-GRPO-Fast) over the study's
@@ -431,6 +437,9 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
         variant = own_variant or study_variant or ALGORITHMS.get(algorithm).flow_variant
     # wandb only when asked: a study without it keeps the run configs it had (RunSpec.to_dict)
     tracking = dict(config.get("tracking") or {})
+    train = dict(config["train"])
+    if own_lr is not None:
+        train["lr"] = float(own_lr)
     return RunSpec(
         tracking=tracking if tracking.get("wandb") else {},
         model_path=model["path"],
@@ -442,7 +451,7 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
         reward_settings=config["reward_settings"],
         flow_variant=variant,
         **sampling,
-        **config["train"],
+        **train,
     )
 
 
