@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench import failures  # noqa: E402
+from bench import calibration, failures  # noqa: E402
 from bench.io import atomic_write_text  # noqa: E402
 from bench.metrics import direction, gold_keys, lookup  # noqa: E402
 
@@ -349,6 +349,48 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
         fig.tight_layout()
         figures.append((f"Held-out evaluation vs training images and device-seconds: {model} / {reward}", _png(fig)))
     return figures
+
+
+def calibration_section(tables: Path, runs_root: Path) -> str:
+    """The learning-rate calibration (tables/calibration.csv, written when a study runs a method at
+    several rates): the rule, its choice per method, and each method's training and held-out curves."""
+    path = tables / "calibration.csv"
+    if not path.is_file():
+        return ""
+    table, header = read_table(path)
+    notes = [h for h in header if h.startswith(("selection rule", "recommended"))]
+    budgets = [c for c in table.columns if c.startswith("heldout_")]
+    shown = table[["method", "lr", "mean_train_reward", *budgets, "chosen"]].copy()
+    shown.columns = ["method", "lr", "mean training reward", *[f"held-out @{c[8:]}" for c in budgets], "chosen"]
+    parts = ["<h2>Learning-rate calibration</h2>", *(f"<p>{html.escape(n)}</p>" for n in notes)]
+    parts.append(shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+    methods = sorted(table["method"].unique())
+    fig, axes = plt.subplots(2, len(methods), figsize=(2.9 * len(methods), 5.4), squeeze=False)
+    for col, method in enumerate(methods):
+        rows = table[table["method"] == method]
+        for _, row in rows.iterrows():
+            runs = sorted((runs_root / str(row["model"]) / str(row["reward"]) / str(row["label"])).glob("seed*"))
+            curves = [calibration.training_curve(r) for r in runs]
+            curves = [c for c in curves if len(c)]
+            style = {"lw": 2.2 if row["chosen"] else 1.0}
+            if curves:
+                curve = pd.concat(curves).groupby("images_seen")["reward_mean"].mean()
+                smooth = curve.rolling(4, min_periods=1).mean()
+                axes[0, col].plot(smooth.index, smooth.to_numpy(), label=f"lr {row['lr']:g}", **style)
+            x = [int(c[8:]) for c in budgets]
+            axes[1, col].plot(x, row[budgets].to_numpy(dtype=float), marker="o", ms=3, **style)
+        axes[0, col].set_title(f"{method}", fontsize=10)
+        axes[0, col].legend(fontsize=7)
+        axes[1, col].set_xlabel("training images", fontsize=8)
+        for ax in axes[:, col]:
+            ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("training reward\n(4-round moving mean)", fontsize=8)
+    axes[1, 0].set_ylabel("held-out reward", fontsize=8)
+    fig.tight_layout()
+    title = "Training reward per round (top) and held-out reward at each budget (bottom); thick: chosen rate"
+    alt = html.escape(title)
+    parts.append(f"<figure><img alt='{alt}' src='{_png(fig)}'><figcaption>{alt}</figcaption></figure>")
+    return "\n".join(parts)
 
 
 def _within_probe(part: pd.DataFrame, algo: str, rows: pd.DataFrame) -> pd.DataFrame:
@@ -705,6 +747,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
             f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
             "</figcaption></figure>"
         )
+    parts.append(calibration_section(tables, runs_root))
     parts.append(probe_section(tables))
     parts.append(across_section(tables))
     parts.append("<h2>Samples (fixed held-out prompts and seeds)</h2>")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import analysis, failures, study, verdicts
+from bench import analysis, calibration, failures, study, verdicts
 from bench.io import atomic_write_text, dumps_json, read_json
 from bench.metrics import direction, gold_keys, lookup
 from bench.metrics.statistics import (
@@ -570,6 +570,12 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     table = summarise(seed_rows, s)
     write_tables(table, prov, out, "eval", [qnote])
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
+    calib, final = calibration.calibrate(cfg, runs_root, seed_rows)
+    if len(calib):  # a learning-rate grid (config/calibration.yaml): the rule's choice per method
+        notes = [f"selection rule: {calibration.SELECTION_RULE}", f"recommended final budget: {final}"]
+        atomic_write_text(
+            out / "calibration.csv", _header(prov, "#", notes) + calib.to_csv(index=False, float_format="%.6g")
+        )
     all_tables = [table]
     recursive_rows = pd.DataFrame()
     if cfg.get("recursive", {}).get("enabled"):

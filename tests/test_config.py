@@ -14,7 +14,7 @@ def _base():
     return yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
 
 
-@pytest.mark.parametrize("preset", ["config.yaml", "quick.yaml"])
+@pytest.mark.parametrize("preset", ["config.yaml", "quick.yaml", "calibration.yaml"])
 def test_presets_validate_and_fill_defaults(preset):
     cfg = study.load(ROOT / "config" / preset)
     assert cfg["statistics"]["confidence"] == 0.95
@@ -112,3 +112,22 @@ def test_a_grid_over_its_gpu_hours_budget_is_refused_with_the_numbers():
 def test_slurm_profile_names_the_executor():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["rerun-incomplete"] is True
+
+
+def test_a_label_may_run_its_method_at_its_own_learning_rate():
+    cfg = copy.deepcopy(_base())
+    cfg["algorithms"] = {"reinforce": {}, "reinforce-fast": {"plugin": "reinforce", "lr": 1.0e-3}}
+    cfg["train"]["lr"] = 2.0e-4
+    valid = study.validate(cfg)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid) if k.seed == 0}
+    assert specs["reinforce"].lr == 2.0e-4
+    assert specs["reinforce-fast"].lr == 1.0e-3 and specs["reinforce-fast"].algorithm == "reinforce"
+    assert "lr" not in specs["reinforce-fast"].algorithm_settings  # the optimiser's, not the loss's
+
+
+@pytest.mark.parametrize("value", [0, -1e-4, "fast", True])
+def test_a_labels_learning_rate_is_checked_naming_the_key(value):
+    cfg = copy.deepcopy(_base())
+    cfg["algorithms"]["reinforce"] = {"lr": value}
+    with pytest.raises(study.ConfigError, match=r"algorithms\.reinforce\.lr"):
+        study.validate(cfg)
