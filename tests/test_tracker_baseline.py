@@ -38,8 +38,7 @@ def test_default_study_per_prompt_methods_use_the_per_prompt_baseline_from_the_f
     rewards, group_ids, prompts = _round(group=cfg["train"]["group_size"])
     checked = 0
     for label, settings in cfg["algorithms"].items():
-        settings = {k: v for k, v in (settings or {}).items() if k not in ("plugin", "flow_variant")}
-        algo = ALGORITHMS.get(label)(**settings)
+        algo = study.check_algorithm(label, settings)  # as the workflow builds it
         if algo.recipe.advantages != "per_prompt":
             continue
         adv = algo.advantages(rewards, group_ids, prompts)
