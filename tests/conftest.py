@@ -19,3 +19,13 @@ def tiny_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "tiny"
     spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1)
     return pretrain(out, steps=2, batch_size=4, spec=spec, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_model(tmp_path_factory):
+    """The same with the rectified-flow objective, shared by tests."""
+    from bench.models.embedded import EmbeddedSpec
+    from bench.world.pretrain import pretrain
+
+    spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1, objective="flow")
+    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec, progress=False)

@@ -16,15 +16,6 @@ from bench.train import Trainer
 PROMPTS = ["a red circle on the left", "two small blue squares"]
 
 
-@pytest.fixture(scope="module")
-def tiny_flow_model(tmp_path_factory):
-    from bench.models.embedded import EmbeddedSpec
-    from bench.world.pretrain import pretrain
-
-    spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1, objective="flow")
-    return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec, progress=False)
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS.names())
 def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
     variant = "dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"

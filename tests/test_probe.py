@@ -1,13 +1,19 @@
 """The probe builds its step batch as training does (bench.train.steps.step_batch), so it measures
-every registered loss, a KL term to the reference included, and its per-step gradients are an
-exact decomposition of the loss's gradient."""
+every registered loss, a KL term to the reference included. Its per-step credit rests on one
+identity: the per-denoising-step gradients sum to the gradient of the algorithm's whole loss.
+Checked on real rollouts of tiny models, per step (the vector) and through the gradient statistics
+(the probe's equal those of full gradients computed in one backward pass)."""
 
 import pytest
 import torch
 
 from bench.factory import open_algorithm, open_run
-from bench.probe import Prober, step_gradients
-from bench.rollout import recompute, rollout
+from bench.metrics.gradient_variance import gradient_statistics
+from bench.models.policy import Policy
+from bench.probe import Prober, probe_gradients, probe_prompts, step_gradients
+from bench.registry import ALGORITHMS
+from bench.reward import build_reward
+from bench.rollout import make_sampler, recompute, rollout
 from bench.spec import RunSpec
 from bench.train.steps import reference_terms, step_batch
 
@@ -33,14 +39,28 @@ def _flat(grads, params) -> torch.Tensor:
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
 
 
+def _move_off_reference(policy: Policy, generator: torch.Generator) -> None:
+    """Perturb the trainable weights, so a KL term to the frozen reference has a gradient."""
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+
+
+def _direct_loss(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance, k_steps):
+    """The loss of samples `rows` over their first k_steps steps, every step recomputed with
+    autograd (one backward gives the full gradient, no per-step split)."""
+    steps = torch.arange(k_steps).expand(len(rows), k_steps)
+    reference = reference_terms(policy, sampler, traj, algorithm, guidance, rows, k_steps)
+    current = recompute(policy, sampler, traj, rows, steps, guidance)
+    return algorithm.loss(step_batch(traj, sampler, rows, steps, current, advantages, rewards, reference))
+
+
 def _probe_and_direct(spec: RunSpec):
     """The probe's per-step gradients of one group, and the gradient of the same loss computed
-    directly (every trained step recomputed with autograd, one backward), away from the reference."""
+    directly, away from the reference."""
     run = open_run(spec)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # move the weights off the frozen reference, so the KL term has a gradient
-        for p in run.policy.trainable_parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    _move_off_reference(run.policy, generator)
     algorithm = open_algorithm(spec)
     algorithm.setup(run.sampler)
     prompts = [PROMPTS[0]] * 4
@@ -51,13 +71,10 @@ def _probe_and_direct(spec: RunSpec):
     rewards = torch.tensor([0.3, -0.2, 0.1, -0.4])
     advantages = algorithm.advantages(rewards, group_ids, prompts).float()
     rows = torch.arange(4)
-    per_step = step_gradients(run.policy, run.sampler, algorithm, traj, rows, advantages, rewards, spec.guidance)
-    k = len(per_step)
-    steps = torch.arange(k).expand(4, k)
-    reference = reference_terms(run.policy, run.sampler, traj, algorithm, spec.guidance, rows, k)
-    current = recompute(run.policy, run.sampler, traj, rows, steps, spec.guidance)
-    loss = algorithm.loss(step_batch(traj, run.sampler, rows, steps, current, advantages, rewards, reference))
-    params = run.policy.trainable_parameters()
+    policy, sampler, guidance = run.policy, run.sampler, spec.guidance
+    per_step = step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance)
+    loss = _direct_loss(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance, len(per_step))
+    params = policy.trainable_parameters()
     direct = _flat(torch.autograd.grad(loss.value, params, allow_unused=True), params)
     return per_step, direct, loss
 
@@ -72,6 +89,63 @@ def test_probe_steps_of_a_kl_loss_sum_to_its_gradient(tiny_model):
     # the KL term is part of what the probe measures: without it the gradient differs
     plain, _, _ = _probe_and_direct(_spec(tiny_model, kl_beta=0.0))
     assert not torch.allclose(torch.stack(plain).sum(0), total, rtol=1e-3, atol=0)
+
+
+# (model fixture, algorithm, its settings, sampler eta and flow variant, has a KL to the reference):
+# plain losses on the epsilon model; on the flow model, Flow-GRPO's KL to the reference and
+# GRPO-Guard's RatioNorm, which read the current transition means (and the recorded ones)
+CASES = [
+    ("tiny_model", "ddpo_is", {}, 1.0, {}, False),
+    ("tiny_model", "pcpo", {}, 1.0, {}, False),
+    ("tiny_flow_model", "flowgrpo", {"clip_range": 0.2}, 0.7, {"flow_variant": "flowgrpo"}, True),
+    ("tiny_flow_model", "grpo_guard", {"clip_range": 0.2}, 0.7, {"flow_variant": "flowgrpo"}, True),
+]
+
+
+@pytest.mark.parametrize("model, name, settings, eta, variant, kl", CASES, ids=[c[1] for c in CASES])
+def test_the_probes_statistics_equal_those_of_the_full_gradients(request, model, name, settings, eta, variant, kl):
+    k, group, guidance, seed = 2, 2, 3.0, 99
+    policy = Policy.load(request.getfixturevalue(model))
+    if kl:
+        policy.freeze_reference()
+        _move_off_reference(policy, torch.Generator().manual_seed(1))
+    sampler = make_sampler(policy, 4, eta, **variant)
+    algorithm = ALGORITHMS.get(name)(**settings)
+    algorithm.setup(sampler)
+    reward = build_reward("jpeg_compressibility")
+    prompts = probe_prompts(k, seed)
+    probed = probe_gradients(policy, sampler, algorithm, reward, prompts, group, guidance, seed)
+
+    # the same rollout, then each group's loss differentiated in one backward pass
+    all_prompts = [p for p in prompts for _ in range(group)]
+    group_ids = torch.arange(k).repeat_interleave(group)
+    traj = rollout(
+        policy,
+        sampler,
+        all_prompts,
+        guidance,
+        torch.Generator().manual_seed(seed),
+        group_ids,
+        algorithm.recipe.same_noise_per_group,
+    )
+    rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
+    rewards = rewards.float()
+    advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()
+    k_steps = sampler.num_steps - int(algorithm.recipe.drop_last_step)
+    params = policy.trainable_parameters()
+    full, kls = [], []
+    for g in range(k):
+        rows = torch.nonzero(group_ids == g).flatten()
+        loss = _direct_loss(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance, k_steps)
+        if kl:
+            kls.append(float(loss.metrics["kl_ref"]))
+        full.append(_flat(torch.autograd.grad(loss.value, params, allow_unused=True), params))
+    expected = gradient_statistics(torch.stack(full))
+    if kl:
+        assert min(kls) > 0
+    assert probed["mean_sq_norm"] == pytest.approx(expected.mean_sq_norm, rel=1e-4)
+    assert probed["trace_cov"] == pytest.approx(expected.trace_cov, rel=1e-4)
+    assert expected.mean_sq_norm > 0
 
 
 @pytest.mark.parametrize("algorithm", ["dancegrpo", "prdp"])
