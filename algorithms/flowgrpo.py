@@ -16,8 +16,18 @@ The reference is the frozen initial weights (LoRA: adapters off). Sampling is th
 'flowgrpo' (std_dev_t = a sqrt(t/(1-t))); the first K-1 of K steps are trained, in order (the
 official timestep_fraction 0.99 of 10 steps; the step to sigma = 0 is never trained); no shared
 x_T (same_latent False). The evaluation with the ODE (noise level 0, 40 steps officially) is the
-study's `evaluation.eta` / `evaluation.num_steps`, the same for every method. Not reproduced: the
-filter of samples whose advantage is exactly 0 (they contribute no policy gradient, only KL) and EMA.
+study's `evaluation.eta` / `evaluation.num_steps`, the same for every method.
+
+Samples whose advantage is exactly 0 (every sample of a group whose rewards are all equal) are left
+out of the round's updates (train_sd3.py: `mask = advantages.abs().sum(dim=1) != 0`, then
+`samples = samples[mask]`), so the loss is a mean over the others and they add no KL: the recipe's
+`drop_zero_advantage` (on; false trains them as before). Not reproduced: the official code re-admits a
+few of them at random so that the kept count divides num_batches_per_epoch (a reshape's need; the
+updates here split any count), and EMA.
+
+With the coefficients-preserving sampler (flow_variant 'cps', IamCreateAI/FlowCPS, a fork of
+flow_grpo) the KL is FlowCPS's: KL_t = mean_dims((mu_theta - mu_ref)^2), without a std (its
+train_sd3.py drops the division along with the log-prob's 1/(2 std^2)).
 """
 
 from __future__ import annotations
@@ -62,18 +72,21 @@ class FlowGRPO(Algorithm):
         drop_last_step=True,
         shuffle_timesteps=False,  # train_timesteps = range(num_train_timesteps), in order
         same_noise_per_group=False,  # config.sample.same_latent = False
+        drop_zero_advantage=True,  # train_sd3.py: samples with an all-zero advantage are filtered out
     )
     flow_variant = "flowgrpo"
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
         self.step_dt: torch.Tensor | None = None  # (K,) sigma_t - sigma_{t+1}, set by setup
+        self.unscaled_kl = False  # the cps sampler: FlowCPS's KL, without a std
 
     @property
     def needs_reference_means(self) -> bool:
         return self.settings.beta > 0
 
     def setup(self, sampler) -> None:
+        self.unscaled_kl = getattr(sampler, "variant", None) == "cps"
         if sampler.family == "flow":
             self.step_dt = (sampler.sigmas[:-1] - sampler.sigmas[1:]).float()
         else:  # no std_dev_t without sqrt(dt) on DDIM: the exact KL
@@ -87,8 +100,11 @@ class FlowGRPO(Algorithm):
             raise ValueError("beta > 0 needs the reference's transition means (StepBatch.mean_ref)")
         if self.step_dt is None:
             raise RuntimeError("FlowGRPO.setup(sampler) must run before loss(): the KL's scale comes from the schedule")
-        dt = self.step_dt.to(batch.std.device)[batch.step_index]
-        kl = flowgrpo_kl(batch.mean, batch.mean_ref, batch.std, dt).mean()
+        if self.unscaled_kl:
+            kl = (batch.mean.float() - batch.mean_ref.float()).pow(2).flatten(2).mean(-1).mean()
+        else:
+            dt = self.step_dt.to(batch.std.device)[batch.step_index]
+            kl = flowgrpo_kl(batch.mean, batch.mean_ref, batch.std, dt).mean()
         return Loss(
             loss.value + self.settings.beta * kl, metrics={**loss.metrics, "kl_ref": kl.detach()}, clipped=loss.clipped
         )

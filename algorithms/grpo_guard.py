@@ -84,6 +84,12 @@ class GRPOGuard(FlowGRPO):
                 "GRPO-Guard is defined for the flow SDEs (Flow-GRPO's or DanceGRPO's), not for "
                 f"a {sampler.family} sampler: train it on a flow-matching model"
             )
+        if getattr(sampler, "variant", None) == "cps":
+            raise ValueError(
+                "GRPO-Guard's RatioNorm and reweighting are derived for the Gaussian log-density of the "
+                "Euler-Maruyama SDEs; the cps sampler scores with FlowCPS's unnormalised log-prob: use "
+                "flow_variant flowgrpo or dancegrpo"
+            )
         super().setup(sampler)
         self.delta = reweight_factors(sampler) if self.settings.grad_reweight else torch.ones(sampler.num_steps)
 

@@ -113,6 +113,8 @@ class Recipe(Checked):
     drop_last_step: bool = False  # DanceGRPO / Flow-GRPO never train the final step
     shuffle_timesteps: bool = True  # per-sample random subset of steps (ddpo-pytorch), else the first ones
     same_noise_per_group: bool = False  # one x_T per prompt group (DanceGRPO)
+    # leave samples whose advantage is exactly 0 (a group of equal rewards) out of the updates (Flow-GRPO)
+    drop_zero_advantage: bool = False
     group_size: int | None = setting(None, ge=1)  # images per prompt; None keeps the study's value
     tracker_buffer: int = setting(16, ge=1)  # per-prompt stat tracker (ddpo-pytorch defaults)
     tracker_min_count: int = setting(16, ge=1)

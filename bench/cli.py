@@ -20,8 +20,13 @@ def _threads(n: int) -> None:
 def cmd_list(args) -> None:
     from bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
 
+    from bench.sampling import FLOW_VARIANTS
+
     for title, reg in (("algorithms", ALGORITHMS), ("rewards", REWARDS), ("metrics", METRICS), ("models", MODELS)):
         print(f"{title}: {', '.join(reg.names()) or '(none)'}")
+    # the sampler options any algorithm runs with on a flow model (sampling.* or algorithms.<label>.*)
+    print(f"flow SDEs (flow_variant): {', '.join(FLOW_VARIANTS)}")
+    print("SDE windows: sde_window [start, length] (fixed), + sde_window_shift [every, stride] (sliding)")
 
 
 def cmd_validate(args) -> None:

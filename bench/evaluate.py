@@ -71,6 +71,7 @@ def evaluation_spec(spec: RunSpec, evaluation: dict[str, Any]) -> RunSpec:
     own: dict[str, Any] = {k: evaluation[k] for k in ("num_steps", "eta") if evaluation.get(k) is not None}
     if spec.sde_window is not None:
         own["sde_window"] = None
+        own["sde_window_shift"] = None
     return dataclasses.replace(spec, **own) if own else spec
 
 

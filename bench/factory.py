@@ -50,6 +50,7 @@ def open_sampler(spec: RunSpec, policy: Policy, algorithm: Algorithm | None = No
         spec.logp_reduce,
         flow_variant=variant or FLOW_VARIANTS[0],
         sde_window=spec.sde_window,
+        window_shift=spec.sde_window_shift,
     )
     noise = None if algorithm is None else algorithm.sampler_noise(sampler)
     return sampler if noise is None else sampler.with_std(noise)

@@ -28,6 +28,7 @@ from bench.io import atomic_write_json, read_shared
 from bench.metrics.gradient_variance import credit_share, gini, gradient_statistics, max_min_ratio
 from bench.models.policy import Policy
 from bench.rollout import Trajectory, recompute, rollout
+from bench.sampling import sampler_at_round
 from bench.spec import RunSpec
 from bench.tracking import flatten, open_tracker
 from bench.train.steps import reference_terms, step_batch, trainable_steps
@@ -165,6 +166,8 @@ class Prober:
 
     def __call__(self, budget: int) -> dict[str, Any]:
         algorithm = open_algorithm(self.spec)  # fresh: no tracker history
+        # a sliding SDE window where the round after this checkpoint would have it
+        self.sampler = sampler_at_round(self.sampler, budget // self.spec.images_per_round)
         algorithm.setup(self.sampler)
         group = algorithm.recipe.group_size or self.spec.group_size
         return {

@@ -56,10 +56,12 @@ def make_sampler(
     logp_reduce: str = "mean",
     flow_variant: str = FLOW_VARIANTS[0],
     sde_window: tuple[int, int] | None = None,
+    window_shift: tuple[int, int] | None = None,
 ) -> DDIMSampler | FlowSDESampler:
     """The sampler that matches the policy's objective: DDIM (epsilon/v) over the policy's
     scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included),
-    stochastic only inside `sde_window` (start, length) when given (flow models only)."""
+    stochastic only inside `sde_window` (start, length) when given, sliding by `window_shift`
+    (every, stride) over the rounds (flow models only)."""
     if policy.objective == "flow":
         policy.scheduler.set_timesteps(num_steps)
         return FlowSDESampler(
@@ -68,8 +70,9 @@ def make_sampler(
             variant=flow_variant,
             logp_reduce=logp_reduce,
             sde_window=sde_window,
+            window_shift=window_shift,
         )
-    if sde_window is not None:
+    if sde_window is not None or window_shift is not None:
         raise ValueError(
             "sampling.sde_window (SDE inside a window, ODE elsewhere) is a flow-SDE option; "
             "this model samples with DDIM"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-FLOW_VARIANTS = ("flowgrpo", "dancegrpo")  # the flow SDEs of FlowSDESampler; the first is the default
+# the flow SDEs of FlowSDESampler; the first is the default. 'cps': coefficients-preserving sampling
+FLOW_VARIANTS = ("flowgrpo", "dancegrpo", "cps")
 
 
 @dataclass
@@ -171,11 +172,18 @@ def diffusers_flow_sigmas(num_steps: int, shift: float = 3.0, num_train_timestep
 
 
 class FlowSDESampler:
-    """Euler-Maruyama steps of the reverse SDE with the flow ODE's marginals (ALGORITHMS.md 5.3-5.4).
+    """Stochastic steps of the flow ODE's reverse process (ALGORITHMS.md 5.3-5.4). Model output is
+    the velocity v ~ eps - x0; time runs from sigma = 1 (noise) to 0.
 
-    variant 'flowgrpo': std_dev_t = a sqrt(t / (1 - t)) (Flow-GRPO; t = 1 uses sigmas[1]);
-    variant 'dancegrpo': constant diffusion eta (DanceGRPO's flux_step). Model output is the
-    velocity v ~ eps - x0; time runs from sigma = 1 (noise) to 0."""
+    variant 'flowgrpo': Euler-Maruyama of the marginal-preserving SDE with std_dev_t = a sqrt(t / (1 - t))
+    (Flow-GRPO; t = 1 uses sigmas[1]); 'dancegrpo': the same SDE with constant diffusion a
+    (DanceGRPO's flux_step); 'cps': coefficients-preserving sampling (Wang & Yu 2025, arXiv
+    2509.05952; IamCreateAI/FlowCPS sd3_sde_with_logprob.py), see `_cps_step`.
+
+    Window (Flow-GRPO-Fast, MixGRPO): noise only at the steps start .. start + length - 1 of
+    `sde_window`, the ODE (x + dt v, a point mass: log-prob 0, std 0) elsewhere; only the window's
+    steps are trained. `window_shift` = (every, stride) slides it (MixGRPO): `at_round(r)` is the
+    sampler of training round r, see `window_start`."""
 
     family = "flow"
 
@@ -187,31 +195,76 @@ class FlowSDESampler:
         logp_reduce: str = "mean",
         timestep_scale: float = 1000.0,
         sde_window: tuple[int, int] | None = None,
+        window_shift: tuple[int, int] | None = None,
     ):
         if variant not in FLOW_VARIANTS:
-            raise ValueError(f"flow SDE variant must be 'flowgrpo' or 'dancegrpo', got {variant!r}")
+            raise ValueError(f"flow SDE variant must be one of {list(FLOW_VARIANTS)}, got {variant!r}")
+        if variant == "cps" and not 0 <= noise_level <= 1:
+            # the noise level is an angle: std = sigma_next sin(a pi / 2), a = 1 the largest std
+            raise ValueError(f"the cps sampler's noise level must lie in [0, 1], got {noise_level}")
         self.sigmas = sigmas.float()
         self.num_steps = len(sigmas) - 1
-        # windowed SDE (Flow-GRPO-Fast, MixGRPO): noise only at steps start .. start + length - 1, the
-        # ODE (x + dt v, a point mass: log-prob 0) elsewhere; only the window's steps are trained
-        self.sde_window = sde_window
-        if sde_window is None:
-            self.sde_steps = torch.arange(self.num_steps)
-        else:
+        self.noise_level = noise_level
+        self.variant = variant
+        self.logp_reduce = logp_reduce
+        self.timestep_scale = timestep_scale
+        self.timesteps = self.sigmas[:-1]  # (K,) the sampler's own time t in [0, 1]
+        if sde_window is not None:
             start, length = sde_window
             if not (0 <= start and length >= 1 and start + length <= self.num_steps):
                 raise ValueError(
                     f"sde_window (start, length) = {tuple(sde_window)} must lie inside the "
                     f"{self.num_steps} sampler steps"
                 )
-            self.sde_steps = torch.arange(start, start + length)
+        self.window_origin = None if sde_window is None else (int(sde_window[0]), int(sde_window[1]))
+        self.window_shift = None if window_shift is None else (int(window_shift[0]), int(window_shift[1]))
+        if self.window_shift is not None:
+            if self.window_origin is None:
+                raise ValueError("a window shift (every, stride) slides an SDE window: give sde_window too")
+            every, stride = self.window_shift
+            start, length = self.window_origin
+            if every < 1 or stride < 1 or start + length > self.num_steps - 1:
+                raise ValueError(
+                    f"sliding SDE window: every and stride >= 1 (got {self.window_shift}) and the window "
+                    f"{self.window_origin} must end before the final step of the {self.num_steps} steps"
+                )
+        self._set_window(self.window_origin)
+
+    def _set_window(self, window: tuple[int, int] | None) -> None:
+        self.sde_window = window
         self.stochastic = torch.zeros(self.num_steps, dtype=torch.bool)
-        self.stochastic[self.sde_steps] = True
-        self.noise_level = noise_level
-        self.variant = variant
-        self.logp_reduce = logp_reduce
-        self.timestep_scale = timestep_scale
-        self.timesteps = self.sigmas[:-1]  # (K,) the sampler's own time t in [0, 1]
+        if window is None:
+            self.stochastic[:] = True
+        else:
+            self.stochastic[window[0] : window[0] + window[1]] = True
+        if self.variant == "cps":  # the step to sigma = 0 has std sigma_next sin(a pi/2) = 0: deterministic
+            self.stochastic &= self.sigmas[1:] > 0
+        self.sde_steps = torch.nonzero(self.stochastic).flatten()  # the steps a sample can train
+
+    def window_start(self, round_index: int) -> int:
+        """The sliding window's first step at training round r (0-based): it moves `stride` steps
+        every `every` rounds, from the configured start, while it ends before the final step (the
+        step no flow recipe trains; MixGRPO's range stops short of it too), then starts over
+        (MixGRPO's roll_back). A fixed window stays where it is."""
+        if self.window_origin is None:
+            raise ValueError("no SDE window")
+        start, length = self.window_origin
+        if self.window_shift is None:
+            return start
+        every, stride = self.window_shift
+        positions = (self.num_steps - 1 - length - start) // stride + 1
+        return start + stride * ((round_index // every) % positions)
+
+    def at_round(self, round_index: int) -> FlowSDESampler:
+        """The sampler of training round r: itself unless its window slides and has moved."""
+        if self.window_shift is None or self.window_origin is None:
+            return self
+        start = self.window_start(round_index)
+        if self.sde_window is not None and start == self.sde_window[0]:
+            return self
+        moved = copy.copy(self)
+        moved._set_window((start, self.window_origin[1]))
+        return moved
 
     def model_timesteps(self) -> torch.Tensor:
         return self.timesteps * self.timestep_scale
@@ -221,6 +274,10 @@ class FlowSDESampler:
             return torch.full_like(sigma, self.noise_level)
         safe = torch.where(sigma >= 1.0, self.sigmas[1].to(sigma), sigma)
         return self.noise_level * (sigma / (1 - safe)).sqrt()
+
+    def cps_std(self, sigma_next: torch.Tensor) -> torch.Tensor:
+        """CPS's transition std sigma_next sin(a pi / 2) (the paper's sigma_t), per step."""
+        return sigma_next * math.sin(self.noise_level * math.pi / 2)
 
     def with_std(self, std: torch.Tensor) -> FlowSDESampler:
         raise ValueError("a flow SDE's noise is set by its variant and noise level, not per step")
@@ -240,6 +297,8 @@ class FlowSDESampler:
         k = torch.as_tensor(step_index, device="cpu").long().expand(x.shape[0])
         sigma, sigma_next = self.sigmas[k].to(x.device), self.sigmas[k + 1].to(x.device)
         noisy = self.stochastic[k].to(x.device)  # (B,) False: an ODE step of the window's outside
+        if self.variant == "cps":
+            return self._cps_step(x, v, sigma, sigma_next, noisy, prev, generator)
         diffusion = torch.where(noisy, self._diffusion(sigma), torch.zeros_like(sigma))
         dt = _expand(sigma_next - sigma, x32)  # < 0
         s = _expand(sigma, x32)
@@ -251,10 +310,66 @@ class FlowSDESampler:
         logp = gaussian_logp(x_next, mean, torch.where(noisy, std, torch.ones_like(std)), self.logp_reduce)
         return StepResult(x_next.to(x.dtype), torch.where(noisy, logp, torch.zeros_like(logp)), mean, std)
 
+    def _cps_step(
+        self,
+        x: torch.Tensor,
+        v: torch.Tensor,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        noisy: torch.Tensor,
+        prev: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> StepResult:
+        """Coefficients-preserving step from t = sigma to t' = sigma_next (FlowCPS):
+
+            x0^ = x - t v,   x1^ = x + (1 - t) v          (predicted data and noise)
+            std = t' sin(a pi / 2)
+            mean = (1 - t') x0^ + sqrt(t'^2 - std^2) x1^,   x' = mean + std z
+
+        With an exact model x1^ is the noise of x, so x' = (1 - t') x0 + t' eps' with eps' standard
+        normal: the step keeps the flow's coefficients (1 - t', t') exactly, where the Euler-Maruyama
+        SDEs keep them only to first order in dt. The log-prob is FlowCPS's, with every constant
+        removed: logp = -mean_dims (x' - mean)^2, i.e. not divided by 2 std^2 (a Gaussian of variance
+        1/2 per dimension up to a constant); PPO ratios of it are the transition's ratios raised to
+        the power 2 std^2. std = 0 (noise level 0, the final step, outside a window) is the Euler
+        ODE step x + (t' - t) v with log-prob 0."""
+        x32 = x.float()
+        std = torch.where(noisy, self.cps_std(sigma_next), torch.zeros_like(sigma_next))
+        s, s_next = _expand(sigma, x32), _expand(sigma_next, x32)
+        x0_hat = x32 - s * v
+        x1_hat = x32 + (1 - s) * v
+        mean = x0_hat * (1 - s_next) + x1_hat * (s_next**2 - _expand(std, x32) ** 2).clamp(min=0).sqrt()
+        x_next = _draw(mean, std, prev, generator)
+        elem = -((x_next.float().detach() - mean) ** 2)
+        dims = tuple(range(1, elem.ndim))
+        if self.logp_reduce == "mean":
+            logp = elem.mean(dim=dims)
+        elif self.logp_reduce == "sum":
+            logp = elem.sum(dim=dims)
+        else:
+            raise ValueError(f"logp_reduce must be 'mean' or 'sum', got {self.logp_reduce!r}")
+        return StepResult(x_next.to(x.dtype), torch.where(noisy, logp, torch.zeros_like(logp)), mean, std)
+
     def native_weights(self) -> torch.Tensor:
-        """w(t_i) = sqrt(dt_i)/g_i (1 + (1 - t_i) g_i^2/(2 t_i)) (ALGORITHMS.md 6.3, Proposition 2)."""
-        t = self.sigmas[:-1]
-        dt = t - self.sigmas[1:]
-        g = self._diffusion(t)
-        w = dt.sqrt() / g * (1 + (1 - t) * g**2 / (2 * t))
+        """The per-step credit w(t_i) (ALGORITHMS.md 6.3): the scale of d logp / d v = -w eps at
+        the sampling weights. Flow-GRPO / DanceGRPO SDEs (Proposition 2):
+        sqrt(dt_i)/g_i (1 + (1 - t_i) g_i^2/(2 t_i)). CPS [derived]: the mean's velocity
+        coefficient is -C with C = t(1 - t') - (1 - t) sqrt(t'^2 - std^2), and its log-prob has no
+        1/(2 std^2), so w = 2 std C."""
+        t, t_next = self.sigmas[:-1], self.sigmas[1:]
+        if self.variant == "cps":
+            std = self.cps_std(t_next)
+            c = t * (1 - t_next) - (1 - t) * (t_next**2 - std**2).clamp(min=0).sqrt()
+            w = 2 * std * c
+        else:
+            dt = t - t_next
+            g = self._diffusion(t)
+            w = dt.sqrt() / g * (1 + (1 - t) * g**2 / (2 * t))
         return torch.where(self.stochastic, w, torch.zeros_like(w))  # an ODE step carries no credit
+
+
+def sampler_at_round(sampler, round_index: int):
+    """The sampler of training round r: a sliding SDE window moved there (FlowSDESampler.at_round);
+    any other sampler as it is."""
+    at_round = getattr(sampler, "at_round", None)
+    return sampler if at_round is None else at_round(round_index)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_SPEC_FILE = "run_config.json"
-_OMITTED_WHEN_UNSET = ("sde_window",)
+_OMITTED_WHEN_UNSET = ("sde_window", "sde_window_shift")
 
 # a reward spec (bench.reward): a registered name, or {name: weight} for a weighted sum
 RewardSpec = str | dict[str, float]
@@ -44,6 +44,9 @@ class RunSpec:
     # flow models: (start, length) of the steps that are stochastic and trained; the ODE elsewhere
     # (Flow-GRPO-Fast, MixGRPO's fixed window); None: every step
     sde_window: tuple[int, int] | None = None
+    # (every, stride): the window moves `stride` steps every `every` rounds and starts over after its
+    # last position (MixGRPO's sliding window; FlowSDESampler.window_start); None: a fixed window
+    sde_window_shift: tuple[int, int] | None = None
     # the round
     images_per_round: int = 32
     group_size: int = 4  # images per prompt, unless the algorithm's recipe fixes it
@@ -75,8 +78,9 @@ class RunSpec:
         # lists from JSON or a caller become tuples, so a spec read back equals the one written
         for name in ("prompts", "betas", "budgets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.sde_window is not None:
-            object.__setattr__(self, "sde_window", tuple(self.sde_window))
+        for name in ("sde_window", "sde_window_shift"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples as lists). Fields added after studies were run are left out

@@ -181,6 +181,15 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
         raise ConfigError(
             f"config key 'algorithms.{label}.sde_window': [start, length] of integers >= 0, got {window!r}"
         )
+    shift = settings.pop("sde_window_shift", None)
+    if shift is not None and not (
+        isinstance(shift, list | tuple)
+        and len(shift) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shift)
+    ):
+        raise ConfigError(
+            f"config key 'algorithms.{label}.sde_window_shift': [every, stride] of integers >= 1, got {shift!r}"
+        )
     lr = settings.pop("lr", None)
     if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
         raise ConfigError(f"config key 'algorithms.{label}.lr': a learning rate > 0, got {lr!r}")
@@ -254,6 +263,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
                 f"config key '{key}': [start, length] = {window} must lie inside the "
                 f"{num_steps} sampler steps, length >= 1"
             )
+    check_sliding_windows(config, num_steps)
     for name, model in config["models"].items():
         check_model(name, model, check_paths)
         family = "flow" if model_objective(model) == "flow" else "ddim"
@@ -278,6 +288,33 @@ def window_settings(config: dict) -> list[tuple[str, list[int]]]:
         if (settings or {}).get("sde_window") is not None:
             found.append((f"algorithms.{label}.sde_window", settings["sde_window"]))
     return found
+
+
+def check_sliding_windows(config: dict, num_steps: int) -> None:
+    """Each label's sliding SDE window (its own sde_window_shift or the study's, over its own window
+    or the study's): it needs a window, and one that ends before the final step, where it starts
+    over. The cps sampler's noise level is an angle in [0, 1]. Errors name the key."""
+    sampling = config["sampling"]
+    for label, settings in config["algorithms"].items():
+        settings = settings or {}
+        own = settings.get("sde_window_shift") is not None
+        shift = settings["sde_window_shift"] if own else sampling.get("sde_window_shift")
+        window = settings.get("sde_window") or sampling.get("sde_window")
+        key = f"algorithms.{label}.sde_window_shift" if own else "sampling.sde_window_shift"
+        if shift is not None and window is None:
+            raise ConfigError(f"config key '{key}': slides an SDE window, and {label!r} has none (set sde_window)")
+        if shift is not None and window[0] + window[1] > num_steps - 1:
+            raise ConfigError(
+                f"config key '{key}': the window {list(window)} of {label!r} must end before the final "
+                f"of the {num_steps} sampler steps to slide (it moves while it does, then starts over)"
+            )
+        variant = settings.get("flow_variant") or sampling.get("flow_variant")
+        flow = any(model_objective(m) == "flow" for m in config["models"].values())
+        if flow and variant == "cps" and not sampling.get("eta", RunSpec.eta) <= 1:
+            raise ConfigError(
+                f"config key 'sampling.eta': {label!r} samples with the cps sampler, whose noise level "
+                f"is an angle in [0, 1] (std = sigma_next sin(eta pi / 2)), got {sampling['eta']}"
+            )
 
 
 def check_group_size(config: dict, label: str, algorithm_group: int | None) -> None:
@@ -422,6 +459,7 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     algorithm = settings.pop("plugin", key.algorithm)
     own_variant = settings.pop("flow_variant", None)
     own_window = settings.pop("sde_window", None)
+    own_shift = settings.pop("sde_window_shift", None)
     # a learning rate of the method's own (a calibration grid, or the rate a calibration chose by
     # one protocol for every method) over the study's train.lr
     own_lr = settings.pop("lr", None)
@@ -429,6 +467,8 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     sampling = dict(config["sampling"])
     if own_window is not None:  # an algorithm's own SDE window (e.g. Flow-GRPO-Fast) over the study's
         sampling["sde_window"] = own_window
+    if own_shift is not None:  # its own sliding of the window (MixGRPO) over the study's
+        sampling["sde_window_shift"] = own_shift
     study_variant = sampling.pop("flow_variant", None)
     # flow models: the algorithm's own flow_variant, else the study's, else the SDE its paper
     # samples with (Algorithm.flow_variant); DDIM models carry none

@@ -215,9 +215,19 @@ def test_the_extended_preset_adds_the_new_methods_to_the_quick_grid(toy_world):
     root = Path(__file__).parents[1] / "config"
     quick = yaml.safe_load((root / "quick.yaml").read_text())
     cfg = study.load(root / "extended.yaml")
-    assert set(cfg["algorithms"]) == set(quick["algorithms"]) | {"flowgrpo", "grpo_guard", "flowgrpo_fast"}
+    added = {"flowgrpo", "grpo_guard", "flowgrpo_fast", "flowgrpo_cps", "mixgrpo"}
+    assert set(cfg["algorithms"]) == set(quick["algorithms"]) | added
     assert {k: cfg[k] for k in ("seeds", "rewards")} == {k: quick[k] for k in ("seeds", "rewards")}
     assert cfg["train"]["budgets"] == quick["train"]["budgets"]
-    assert len(study.runs(cfg)) == 9 * 2
+    assert len(study.runs(cfg)) == 11 * 2
     fast = study.run_spec(cfg, study.RunKey("dit16-flow", "jpeg_compressibility", "flowgrpo_fast", 0))
     assert (fast.algorithm, fast.sde_window) == ("flowgrpo", (1, 2))
+    cps = study.run_spec(cfg, study.RunKey("dit16-flow", "jpeg_compressibility", "flowgrpo_cps", 0))
+    assert (cps.algorithm, cps.flow_variant, cps.sde_window) == ("flowgrpo", "cps", None)
+    mix = study.run_spec(cfg, study.RunKey("dit16-flow", "jpeg_compressibility", "mixgrpo", 0))
+    assert (mix.algorithm, mix.flow_variant, mix.sde_window, mix.sde_window_shift) == (
+        "dancegrpo",
+        "flowgrpo",
+        (0, 2),
+        (1, 1),
+    )

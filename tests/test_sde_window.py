@@ -172,3 +172,126 @@ def test_the_evaluation_samples_without_the_window():
     spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2))
     assert evaluation_spec(spec, {}).sde_window is None and "sde_window" not in BASE_FIELDS
     assert evaluation_spec(spec, {"eta": 0.0}).eta == 0.0
+
+
+# ---- the sliding window (MixGRPO) ---------------------------------------------------------------
+def test_the_sliding_window_moves_by_its_setting_and_starts_over():
+    """K = 8, window [1, 2]: positions 1..5 (it ends before the final step); every 2 rounds by 1,
+    back to 1 after 5; by stride 2: 1, 3, 5."""
+    slow = FlowSDESampler(sd3_sigmas(8), sde_window=(1, 2), window_shift=(2, 1))
+    assert [slow.window_start(r) for r in range(12)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 1, 1]
+    wide = FlowSDESampler(sd3_sigmas(8), sde_window=(1, 2), window_shift=(1, 2))
+    assert [wide.window_start(r) for r in range(5)] == [1, 3, 5, 1, 3]
+    fixed = FlowSDESampler(sd3_sigmas(8), sde_window=(1, 2))
+    assert fixed.at_round(7) is fixed and slow.at_round(1) is slow
+    moved = slow.at_round(4)
+    assert moved.sde_window == (3, 2) and moved.sde_steps.tolist() == [3, 4] and slow.sde_window == (1, 2)
+    assert moved.at_round(0).sde_window == (1, 2)  # from the configured start, whatever the current one
+    with pytest.raises(ValueError, match="final step"):
+        FlowSDESampler(sd3_sigmas(8), sde_window=(5, 3), window_shift=(1, 1))
+    with pytest.raises(ValueError, match="sde_window"):
+        FlowSDESampler(sd3_sigmas(8), window_shift=(1, 1))
+
+
+def test_training_follows_the_sliding_window_and_trains_only_inside_it(flow_toy):
+    """Each round samples with the window the setting gives for that round: SDE inside (std > 0),
+    the deterministic ODE outside (std 0, log-prob 0), and trains only steps inside; a trainer
+    resumed at round r starts at round r's window; the probe at a budget uses the next round's."""
+    cfg = RunSpec(
+        model_path="unused",
+        algorithm="flowgrpo",
+        reward="test_point_target",
+        seed=0,
+        prompts=["a", "b"],
+        num_steps=8,
+        eta=0.7,
+        guidance=1.0,
+        images_per_round=16,
+        group_size=4,
+        lr=0.02,
+        budgets=[16 * 6],
+        sde_window=[0, 3],
+        sde_window_shift=[1, 2],
+    )
+    trainer = train_mod.Trainer(cfg, out="unused")
+    seen: dict[str, list] = {"traj": [], "steps": []}
+    sample, update = trainer.sample_round, trainer.update
+
+    def record_sample():
+        traj = sample()
+        seen["traj"].append(traj)
+        return traj
+
+    def record_update(traj, scored, reference, part, steps, stats):
+        seen["steps"].append(steps[part])
+        return update(traj, scored, reference, part, steps, stats)
+
+    trainer.sample_round, trainer.update = record_sample, record_update
+    expected = [0, 2, 4, 0, 2, 4]  # positions 0, 2, 4 (p + 3 <= 7)
+    for r, start in enumerate(expected):
+        seen["steps"].clear()
+        line = trainer.round()
+        inside = list(range(start, start + 3))
+        outside = [k for k in range(8) if k not in inside]
+        traj = seen["traj"][-1]
+        assert line["sde_window"] == [start, 3] and trainer.sampler.sde_window == (start, 3), r
+        assert (traj.stds[:, inside] > 0).all() and (traj.stds[:, outside] == 0).all()
+        assert (traj.logp[:, outside] == 0).all()
+        trained = set(torch.cat(seen["steps"]).flatten().tolist())
+        assert trained and trained <= set(inside), (r, trained)
+        for k in outside:  # the ODE step, no noise drawn into it
+            torch.testing.assert_close(
+                traj.latents[:, k + 1],
+                traj.means[:, k],
+                rtol=0,
+                atol=0,
+            )
+    resumed = train_mod.Trainer(cfg, out="unused")
+    resumed.images_seen = 16 * 4
+    resumed.follow_window()
+    assert resumed.sampler.sde_window == (2, 3) and resumed.algorithm.step_dt is not None
+
+    from bench.probe import Prober
+
+    prober = Prober(cfg, {"minibatches": 2, "seed": 5})
+    share = torch.tensor(prober(16 * 2)["credit_share"])  # after round 1: round 2's window, steps 4-6
+    assert (share[[4, 5, 6]] > 0).all() and (share[[0, 1, 2, 3, 7]] == 0).all()
+
+
+def test_the_config_checks_the_sliding_window():
+    ALGORITHMS.register("flowgrpo")(FlowGRPO)
+    cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
+    cfg["algorithms"]["mixgrpo"] = {"plugin": "flowgrpo", "sde_window": [0, 2], "sde_window_shift": [25, 1]}
+    valid = study.validate(cfg, check_paths=False)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid)}
+    assert (specs["mixgrpo"].sde_window, specs["mixgrpo"].sde_window_shift) == ((0, 2), (25, 1))
+    assert specs["flowgrpo"].sde_window_shift is None and "sde_window_shift" not in specs["flowgrpo"].to_dict()
+    assert "sde_window_shift" not in specs["mixgrpo"].algorithm_settings
+    for bad in ([0, 1], "often", [1]):
+        cfg["algorithms"]["mixgrpo"]["sde_window_shift"] = bad
+        with pytest.raises(study.ConfigError, match=r"algorithms\.mixgrpo\.sde_window_shift"):
+            study.validate(cfg, check_paths=False)
+    steps = cfg["sampling"]["num_steps"]
+    cfg["algorithms"]["mixgrpo"].update(sde_window=[steps - 2, 2], sde_window_shift=[1, 1])  # reaches the final step
+    with pytest.raises(study.ConfigError, match=r"algorithms\.mixgrpo\.sde_window_shift.*final"):
+        study.validate(cfg, check_paths=False)
+    del cfg["algorithms"]["mixgrpo"]
+    cfg["sampling"]["sde_window_shift"] = [2, 1]  # the study's, and no window anywhere
+    with pytest.raises(study.ConfigError, match=r"sampling\.sde_window_shift.*sde_window"):
+        study.validate(cfg, check_paths=False)
+    cfg["sampling"]["sde_window"] = [0, 2]
+    valid = study.validate(cfg, check_paths=False)
+    assert {study.run_spec(valid, k).sde_window_shift for k in study.runs(valid)} == {(2, 1)}
+    quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    quick["sampling"].update(sde_window=[0, 2], sde_window_shift=[1, 1])
+    with pytest.raises(study.ConfigError, match="DDIM"):
+        study.validate(quick, check_paths=False)
+
+
+def test_the_evaluation_samples_without_the_sliding_window():
+    from bench.evaluate import evaluation_spec
+
+    spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2), sde_window_shift=(3, 1))
+    plain = evaluation_spec(spec, {})
+    assert plain.sde_window is None and plain.sde_window_shift is None
+    assert RunSpec.from_json(spec.to_json()) == spec

@@ -28,6 +28,7 @@ from bench.models.latent import LatentPolicy
 from bench.registry import PluginError
 from bench.reward import zero_spread_fraction
 from bench.rollout import StepGraph, Trajectory, recompute, rollout
+from bench.sampling import sampler_at_round
 from bench.spec import RUN_SPEC_FILE, RunSpec
 from bench.tracking import flatten, open_tracker
 from bench.train.state import RunState, peak_memory_mb
@@ -159,6 +160,7 @@ class Trainer:
         over the whole round; the reference terms the loss declares; `inner_epochs` passes of
         `updates_per_round` optimiser steps each; the round's log line."""
         clock = Clock()
+        self.follow_window()
         traj = self.sample_round()
         clock.lap("sample")
         scored = self.score(traj)
@@ -166,8 +168,11 @@ class Trainer:
         reference = reference_terms(self.policy, self.sampler, traj, self.algorithm, self.spec.guidance)
         self.policy.denoiser.train()
         stats = RoundStats(self.sampler.num_steps)
+        # Flow-GRPO: samples whose advantage is exactly 0 (a group of equal rewards) are left out of
+        # the round's updates: they carry no policy gradient, and the loss is a mean over the rest
+        keep = scored.advantages_all != 0 if self.recipe.drop_zero_advantage else None
         for _ in range(self.recipe.inner_epochs):
-            parts = self._update_chunks(scored.group_ids_all)
+            parts = self._update_chunks(scored.group_ids_all, keep)
             steps = trained_steps(
                 len(scored.group_ids_all),
                 self.sampler.num_steps,
@@ -180,17 +185,28 @@ class Trainer:
             for part in parts:
                 stats.grad_norm.append(self.update(traj, scored, reference, part, steps, stats))
         clock.lap("train")
+        window = getattr(self.sampler, "sde_window", None)  # a windowed flow SDE's, this round
         self.images_seen += len(scored.group_ids_all)
         self.seconds += clock.total
         return {
             "images_seen": self.images_seen,
             **scored.line(self.world),
             "trained_steps_per_sample": steps.shape[1],
+            **({} if keep is None else {"zero_advantage_dropped": int((~keep).sum())}),
+            **({} if window is None else {"sde_window": list(window)}),
             **stats.line(),
             **clock.laps,
             "seconds_total": self.seconds,
             "peak_memory_mb": peak_memory_mb(),
         }
+
+    def follow_window(self) -> None:
+        """A sliding SDE window (MixGRPO) at this round's position, derived from the images seen
+        (so a resumed run continues where it was); the algorithm's set-up follows the sampler."""
+        moved = sampler_at_round(self.sampler, self.images_seen // self.spec.images_per_round)
+        if moved is not self.sampler:
+            self.sampler = moved
+            self.algorithm.setup(moved)
 
     def sample_round(self) -> Trajectory:
         """This process's prompt groups of the round, sampled (one process: all of them)."""
@@ -253,19 +269,25 @@ class Trainer:
         self.optimiser.step()
         return grad_norm.item()
 
-    def _update_chunks(self, group_ids: torch.Tensor) -> list[torch.Tensor]:
+    def _update_chunks(self, group_ids: torch.Tensor, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Sample indices (of the whole round, group_ids (N,)) of each optimiser step of one inner
-        epoch (whole groups when the loss pairs group members)."""
+        epoch (whole groups when the loss pairs group members); only the samples `keep` (N,) marks
+        when given (whole groups: those with a marked member). Leaving samples out draws the same
+        random numbers, so it changes nothing else."""
         parts = self.recipe.updates_per_round
         if self.algorithm.whole_groups:
             groups = torch.unique(group_ids)
             groups = groups[torch.randperm(len(groups), generator=self.generator)]
+            if keep is not None:
+                groups = groups[torch.tensor([bool(keep[group_ids == g].any()) for g in groups], dtype=torch.bool)]
             return [
                 torch.cat([torch.nonzero(group_ids == g).flatten() for g in part])
                 for part in torch.tensor_split(groups, parts)
                 if len(part)
             ]
         order = torch.randperm(len(group_ids), generator=self.generator)
+        if keep is not None:
+            order = order[keep[order]]
         return [c for c in torch.tensor_split(order, parts) if len(c)]
 
     def _micro_batches(
