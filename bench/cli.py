@@ -19,7 +19,6 @@ def _threads(n: int) -> None:
 
 def cmd_list(args) -> None:
     from bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
-
     from bench.sampling import FLOW_VARIANTS
 
     for title, reg in (("algorithms", ALGORITHMS), ("rewards", REWARDS), ("metrics", METRICS), ("models", MODELS)):
