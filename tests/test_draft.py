@@ -166,6 +166,7 @@ def test_differentiable_methods_raise_the_reward(toy_world, algorithm, settings)
     before, after, line = run(algorithm, **settings)
     assert after > before + abs(before) / 3, (algorithm, settings, before, after)
     assert line["optimiser_steps"] == 1 and line["approx_kl"] is None and line["images_seen"] == 16 * 30
+    assert line["trained_steps_per_sample"] == (settings.get("k", 1))
 
 
 def test_probe_measures_the_reward_gradient_and_says_why_there_is_no_step_credit(toy_world):

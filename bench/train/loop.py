@@ -3,7 +3,10 @@ sample -> reward -> advantages -> (reference terms) -> inner epochs of loss/back
 with a checkpoint at every budget (a number of sampled training images) and a JSON line per round.
 What each part does lives in its own small piece: the step batch (bench/train/steps.py), the
 round's statistics (bench/train/stats.py), checkpoints and resuming (bench/train/state.py),
-the sharding over processes (bench/distributed.py)."""
+the sharding over processes (bench/distributed.py). Each algorithm family has its batch: the
+per-step log-prob family trains recorded transitions (steps.py), the forward-process family clean
+samples re-noised (forward.py), the differentiable-reward family samples with gradient
+(differentiable.py)."""
 
 from __future__ import annotations
 
@@ -168,7 +171,7 @@ class Trainer:
         clock = Clock()
         stats = RoundStats(self.sampler.num_steps)
         if self.family == "differentiable":
-            scored, trained = self.train_differentiable(stats), self.sampler.num_steps
+            scored, trained = self.train_differentiable(stats)
         else:
             traj = self.sample_round()
             clock.lap("sample")
@@ -248,21 +251,24 @@ class Trainer:
         self.old.update(self.algorithm.old_policy_decay(self.old.optimiser_steps))  # type: ignore[attr-defined]
         return trained
 
-    def train_differentiable(self, stats: RoundStats) -> Scored:
+    def train_differentiable(self, stats: RoundStats) -> tuple[Scored, float]:
         """The differentiable-reward family: each optimiser step samples its images with gradient
         through the algorithm's window of steps and backpropagates their reward. Returns the
-        round's rewards (the advantages are the algorithm's, unused by its loss)."""
+        round's rewards (the advantages are the algorithm's, unused by its loss) and the mean
+        number of model evaluations with gradient per sample."""
         prompts, group_ids, generator = self.round_prompts()
         self.policy.denoiser.train()
         rewards = torch.zeros(len(prompts))
+        with_grad: list[int] = []
         for _ in range(self.recipe.inner_epochs):
             for part in self._update_chunks(group_ids):  # this process's own samples (equal shares)
-                batches = self._reward_batches(part, prompts, group_ids, generator, rewards)
+                batches = self._reward_batches(part, prompts, group_ids, generator, rewards, with_grad)
                 stats.grad_norm.append(self.optimiser_step(batches, stats))
         rewards_all, group_ids_all = self.world.gather(rewards), self.world.gather(group_ids)
         prompts_all = self.world.gather_list(prompts)
         advantages_all = self.algorithm.advantages(rewards_all, group_ids_all, prompts_all).float()
-        return Scored(rewards_all, group_ids_all, advantages_all, self.world.rows(len(prompts)), {})
+        scored = Scored(rewards_all, group_ids_all, advantages_all, self.world.rows(len(prompts)), {})
+        return scored, float(np.mean(with_grad))
 
     def _reward_batches(
         self,
@@ -271,12 +277,15 @@ class Trainer:
         group_ids: torch.Tensor,
         generator: torch.Generator,
         rewards: torch.Tensor,
+        with_grad: list[int],
     ) -> Iterator[tuple[RewardBatch, float]]:
         """RewardBatches of this process's samples `part`, micro-batch by micro-batch (recording
-        their rewards into `rewards`), each with its share of the optimiser step."""
+        their rewards into `rewards` and their model evaluations with gradient into `with_grad`),
+        each with its share of the optimiser step."""
         for mb in torch.split(part, self.spec.micro_batch):
             chosen = [prompts[i] for i in mb.tolist()]
             window = self.algorithm.backprop_window(self.sampler.num_steps, self.generator)  # type: ignore[attr-defined]
+            with_grad.append(window[1] - window[0] + int(window[1] < self.sampler.num_steps))
             x0 = backprop_sample(self.policy, self.sampler, chosen, self.spec.guidance, generator, window)
             scores = self.reward.differentiable_score(self.policy.decode(x0), chosen, {"group_ids": group_ids[mb]})
             rewards[mb] = scores.detach().float()
