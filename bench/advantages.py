@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 import torch
 
-MODES = ("batch", "per_prompt", "grpo_group", "flowgrpo", "loo", "loo_std", "none")
+MODES = ("batch", "per_prompt", "grpo_group", "group_pop", "flowgrpo", "loo", "loo_std", "none")
 
 
 def batch_normalised(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -33,6 +33,14 @@ def grpo_group(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-8
     """DanceGRPO: (r - mean_g) / (std_g + eps) with the unbiased (Bessel) group std."""
     r = rewards.double()
     inverse, _, mean, std = _group_stats(r, group_ids, unbiased=True)
+    return ((r - mean[inverse]) / (std[inverse] + eps)).to(rewards.dtype)
+
+
+def group_population(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """DiffusionNFT: (r - mean_g) / (population std_g + 1e-4), flow_grpo's PerPromptStatTracker
+    cleared every round (each prompt's statistics are its group's)."""
+    r = rewards.double()
+    inverse, _, mean, std = _group_stats(r, group_ids, unbiased=False)
     return ((r - mean[inverse]) / (std[inverse] + eps)).to(rewards.dtype)
 
 
@@ -103,6 +111,8 @@ class AdvantageEstimator:
             return self.tracker(rewards, prompts)
         if self.mode == "grpo_group":
             return grpo_group(rewards, group_ids)
+        if self.mode == "group_pop":
+            return group_population(rewards, group_ids)
         if self.mode == "flowgrpo":
             return flowgrpo_group(rewards, group_ids)
         if self.mode in ("loo", "loo_std"):

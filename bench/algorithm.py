@@ -2,6 +2,12 @@
 defaults), a training recipe (how the loop feeds the loss: inner epochs, updates per round,
 trained steps, group size, ...) and a loss over a batch of recorded denoising steps.
 
+Three families of loss, each with its batch: 'step' (the per-step log-prob methods: a StepBatch
+of recorded denoising transitions), 'forward' (likelihood-free methods trained on the forward
+process: a ForwardBatch of clean samples re-noised at sampler times; DiffusionNFT) and
+'differentiable' (a differentiable reward backpropagated through the last sampling steps: a
+RewardBatch; DRaFT-K, ReFL). `Algorithm.family` tells the training loop which batch to build.
+
 An algorithm never touches the sampler, the optimiser or the files; what it needs from them it
 declares: `sampler_noise` (a per-step std of its own, PCPO's credit='sigma'), `needs_reference`
 and `needs_reference_means` (the frozen reference's log-probs / transition means, PRDP and
@@ -145,6 +151,36 @@ class StepBatch:
 
 
 @dataclass
+class ForwardBatch:
+    """N = B samples x S times each, flattened: a clean sample x0 re-noised at a sampler time t,
+    x_t = (1 - t) x0 + t noise (rectified flow, velocity v ~ noise - x0), and the velocities the
+    current, old (sampling) and reference policies predict there, conditional (guidance 1)."""
+
+    x0: torch.Tensor  # (N, C, H, W) clean samples of the round (the sampler's final latents)
+    noise: torch.Tensor  # (N, C, H, W)
+    t: torch.Tensor  # (N,) flow time in (0, 1] (the sampler's sigma at the trained step)
+    x_t: torch.Tensor  # (N, C, H, W)
+    pred: torch.Tensor  # (N, C, H, W) current policy's velocity, differentiable
+    pred_old: torch.Tensor  # (N, C, H, W) the old policy's (the weights that sampled), no gradient
+    advantages: torch.Tensor  # (N,) already clamped to [-adv_clip, adv_clip]
+    rewards: torch.Tensor  # (N,)
+    group_ids: torch.Tensor  # (N,)
+    sample_index: torch.Tensor  # (N,) the round's sample each row re-noises
+    step_index: torch.Tensor  # (N,) the sampler step whose time t is
+    prompts: list[str]  # (N,)
+    pred_ref: torch.Tensor | None = None  # (N, C, H, W) frozen reference's velocity, when needs_reference
+
+
+@dataclass
+class RewardBatch:
+    """B samples whose reward is differentiable in the weights (through the last sampling steps)."""
+
+    rewards: torch.Tensor  # (B,) differentiable
+    group_ids: torch.Tensor  # (B,)
+    prompts: list[str]
+
+
+@dataclass
 class Loss:
     value: torch.Tensor  # scalar, averaged over the batch's elements
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -164,6 +200,8 @@ class Algorithm:
     flow_variant: ClassVar[str] = FLOW_VARIANTS[0]  # the flow SDE of its runs unless the config names one
     # the sampler families ('ddim', 'flow') its loss is defined for; the study refuses other models
     sampler_families: ClassVar[tuple[str, ...]] = ("ddim", "flow")
+    # the batch its loss reads: 'step' (StepBatch), 'forward' (ForwardBatch), 'differentiable' (RewardBatch)
+    family: ClassVar[str] = "step"
 
     def __init__(self, **overrides: Any):
         """`overrides`: one flat namespace (the config's keys): recipe fields and loss settings."""
@@ -221,3 +259,42 @@ class Algorithm:
         tracker = self._advantages.tracker
         if tracker is not None and state.get("tracker") is not None:
             tracker.buffers = {k: deque(v, maxlen=tracker.buffer_size) for k, v in state["tracker"].items()}
+
+
+FAMILIES = ("step", "forward", "differentiable")
+
+
+class ForwardAlgorithm(Algorithm):
+    """A likelihood-free method trained on the forward process (DiffusionNFT; DGPO, AWM and
+    Diffusion-DPO fit the same batch): subclass, set `Settings`, implement `loss(ForwardBatch)`.
+    The loop re-noises each round's clean samples at `recipe.timestep_fraction` of the sampler's
+    times (a random subset per sample), and keeps an old policy that samples, updated after
+    each round as old <- d old + (1 - d) current with d = `old_policy_decay(optimiser steps)`."""
+
+    family: ClassVar[str] = "forward"
+    sampler_families: ClassVar[tuple[str, ...]] = ("flow",)  # x_t = (1 - t) x0 + t noise
+
+    def old_policy_decay(self, optimiser_steps: int) -> float:
+        """d in [0, 1): 0 keeps no history (the old policy is the weights at the round's start)."""
+        return 0.0
+
+    def loss(self, batch: ForwardBatch) -> Loss:  # type: ignore[override]  # the family's own batch
+        raise NotImplementedError
+
+
+class DifferentiableRewardAlgorithm(Algorithm):
+    """A method that backpropagates a differentiable reward through the sampler (DRaFT-K, ReFL):
+    subclass, implement `backprop_window` and `loss(RewardBatch)`. The study refuses rewards
+    that are not differentiable (bench.reward.is_differentiable)."""
+
+    family: ClassVar[str] = "differentiable"
+
+    def backprop_window(self, num_steps: int, generator: torch.Generator) -> tuple[int, int]:
+        """(start, stop) with 0 <= start <= stop <= num_steps: the sampler runs steps before `start`
+        without gradient, steps start..stop-1 with it (the chain of their inputs kept); when
+        stop < num_steps the image is the model's x0 prediction at step `stop` (with gradient),
+        else the sampler's final latent."""
+        raise NotImplementedError
+
+    def loss(self, batch: RewardBatch) -> Loss:  # type: ignore[override]  # the family's own batch
+        raise NotImplementedError

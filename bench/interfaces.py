@@ -48,7 +48,9 @@ class Sampler(Protocol):
 
 @runtime_checkable
 class Reward(Protocol):
-    """`fn(images, prompts, metadata) -> (scores (B,), info)`; images (B, 3, H, W) in [0, 1]."""
+    """`fn(images, prompts, metadata) -> (scores (B,), info)`; images (B, 3, H, W) in [0, 1].
+    A reward with a gradient in the images also sets `differentiable = True` and implements
+    `differentiable_score(images, prompts, metadata) -> (B,)` with autograd (DRaFT, ReFL)."""
 
     def __call__(
         self, images: torch.Tensor, prompts: list[str], metadata: dict[str, Any] | None = None

@@ -9,6 +9,10 @@ copies of the current log-probs and transition means (the terms a loss reads tha
 weights), g_k = sum_s grad(sum_b c[b, s] logp[b, s] + <c_mean[b, s], mean[b, s]>), and g_{k,s} is
 the s-th term. So any loss over these (pairwise PRDP, Flow-GRPO's KL to the reference) gets a
 per-step credit without assuming it is a mean of per-step terms.
+
+The two families without per-step log-probs get the same gradient statistics (minibatch k: the
+gradient of the loss training computes on group k) and, instead of a credit share, a
+`credit_note` that says why they have none (NO_STEP_CREDIT).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.algorithm import Algorithm
+from bench.algorithm import Algorithm, RewardBatch
 from bench.factory import open_algorithm, open_run
 from bench.interfaces import Reward, Sampler
 from bench.io import atomic_write_json, read_shared
@@ -31,7 +35,9 @@ from bench.rollout import Trajectory, recompute, rollout
 from bench.sampling import sampler_at_round
 from bench.spec import RunSpec
 from bench.tracking import flatten, open_tracker
-from bench.train.steps import reference_terms, step_batch, trainable_steps
+from bench.train.differentiable import backprop_sample
+from bench.train.forward import forward_batch
+from bench.train.steps import reference_terms, step_batch, trainable_steps, trained_steps
 from bench.world.captions import prompt_sets
 
 
@@ -78,6 +84,51 @@ def step_gradients(
     return grads
 
 
+NO_STEP_CREDIT = {
+    "forward": (
+        "no per-step log-prob credit: a forward-process (likelihood-free) method trains on clean "
+        "samples re-noised at random times, not on the sampler's transitions, so no step's "
+        "log-prob carries its gradient; gradient statistics only"
+    ),
+    "differentiable": (
+        "no per-step log-prob credit: the reward's gradient reaches the weights through the last "
+        "sampling steps by the chain rule (reparameterised noise), not through log-probs; "
+        "gradient statistics only"
+    ),
+}
+
+
+def family_gradient(
+    policy: Policy,
+    sampler: Sampler,
+    algorithm: Algorithm,
+    reward: Reward,
+    traj: Trajectory,
+    rows: torch.Tensor,
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    guidance: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The flat gradient of the loss of samples `rows` as training computes it, for the families
+    without log-probs: a ForwardBatch of the rows (the current weights as the old policy) or the
+    rows' prompts sampled with gradient through the algorithm's window."""
+    params = policy.trainable_parameters()
+    if algorithm.family == "forward":
+        r = algorithm.recipe
+        cols = trained_steps(len(rows), sampler.num_steps, r.timestep_fraction, False, r.shuffle_timesteps, generator)
+        batch: Any = forward_batch(
+            policy, sampler, traj, rows, cols, advantages, rewards, None, generator, algorithm.needs_reference
+        )
+    else:
+        prompts = [traj.prompts[i] for i in rows.tolist()]
+        window = algorithm.backprop_window(sampler.num_steps, generator)  # type: ignore[attr-defined]
+        x0 = backprop_sample(policy, sampler, prompts, guidance, generator, window)
+        scores = reward.differentiable_score(policy.decode(x0), prompts, {})  # type: ignore[attr-defined]
+        batch = RewardBatch(scores.float(), traj.group_ids[rows], prompts)
+    return _flat(torch.autograd.grad(algorithm.loss(batch).value, params, allow_unused=True), params)
+
+
 def probe_gradients(
     policy: Policy,
     sampler: Sampler,
@@ -104,6 +155,28 @@ def probe_gradients(
     rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
     rewards = rewards.float()
     advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()
+    if algorithm.family != "step":
+        generator = torch.Generator().manual_seed(seed + 1)
+        grads = [
+            family_gradient(
+                policy,
+                sampler,
+                algorithm,
+                reward,
+                traj,
+                torch.nonzero(group_ids == g).flatten(),
+                advantages,
+                rewards,
+                guidance,
+                generator,
+            )
+            for g in range(n_groups)
+        ]
+        return {
+            **asdict(gradient_statistics(torch.stack(grads))),
+            "credit_note": NO_STEP_CREDIT[algorithm.family],
+            "reward_mean": float(rewards.mean()),
+        }
     trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
     grads, norms = [], torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
     for g in range(n_groups):

@@ -108,11 +108,12 @@ def _load_reference(ref: str, kind: str) -> Any:
 
 
 def _check_algorithm(name: str, obj: Any) -> None:
-    from bench.algorithm import Algorithm
+    from bench.algorithm import Algorithm, DifferentiableRewardAlgorithm, ForwardAlgorithm
 
     if not (isinstance(obj, type) and issubclass(obj, Algorithm)):
         raise PluginError(f"algorithm plugin {name!r} is {obj!r}, not a subclass of bench.algorithm.Algorithm")
-    if getattr(obj.loss, "__isabstractmethod__", False) or obj.loss is Algorithm.loss:
+    bases = (Algorithm.loss, ForwardAlgorithm.loss, DifferentiableRewardAlgorithm.loss)
+    if getattr(obj.loss, "__isabstractmethod__", False) or obj.loss in bases:
         raise PluginError(f"algorithm plugin {name!r} does not define loss(batch)")
 
 

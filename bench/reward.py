@@ -56,6 +56,23 @@ class ComposedReward:
             fn = factory(**(s.settings or {})) if isinstance(factory, type) else factory
             self.components.append(fn)
 
+    @property
+    def differentiable(self) -> bool:
+        """Every component has a gradient in the images (`differentiable_score`)."""
+        return all(getattr(fn, "differentiable", False) for fn in self.components)
+
+    def differentiable_score(
+        self, images: torch.Tensor, prompts: list[str], metadata: dict | None = None
+    ) -> torch.Tensor:
+        """(B,) the weighted sum with autograd through the images (DRaFT, ReFL)."""
+        if not self.differentiable:
+            raise RewardError(f"reward {self.name!r} is not differentiable: {not_differentiable(self.specs)}")
+        parts = [
+            s.weight * fn.differentiable_score(images, prompts, metadata or {})
+            for s, fn in zip(self.specs, self.components, strict=True)
+        ]
+        return torch.stack(parts).sum(0)
+
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: dict | None = None):
         total = torch.zeros(len(prompts), dtype=torch.float64)
         info: dict = {}
@@ -99,6 +116,15 @@ def check_weights(spec, settings: dict | None = None) -> list[str]:
         if check is not None:
             problems += [p if p.startswith(s.name) else f"{s.name}: {p}" for p in check(dict(s.settings or {}))]
     return problems
+
+
+def not_differentiable(spec) -> list[str]:
+    """The components of a reward spec that have no gradient in the images: a reward is
+    differentiable when its registered object sets `differentiable = True` (and then implements
+    `differentiable_score(images, prompts, metadata) -> (B,)` with autograd). Read without loading
+    any weights, so the study checks it before any job starts."""
+    specs = spec if isinstance(spec, list) and all(isinstance(s, RewardSpec) for s in spec) else _as_specs(spec)
+    return [s.name for s in specs if not getattr(REWARDS.get(s.name), "differentiable", False)]
 
 
 def build_reward(spec, settings: dict | None = None) -> ComposedReward:

@@ -248,6 +248,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
             problems = check_weights(spec, config["reward_settings"])
             if problems:
                 raise ConfigError(f"config key '{key}': {problems[0]}")
+    check_differentiable_rewards(config, algorithms)
     clip_model = config["evaluation"]["clip_model"]
     if check_paths and clip_model and not (Path(clip_model) / MANIFEST).is_file():
         raise ConfigError(
@@ -278,6 +279,24 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
                     f"with {family}"
                 )
     return config
+
+
+def check_differentiable_rewards(config: dict, algorithms: dict[str, Any]) -> None:
+    """A differentiable-reward method (DRaFT-K, ReFL) backpropagates through the training reward:
+    refuse a grid that pairs one with a reward that has no gradient, naming both keys."""
+    from bench.reward import not_differentiable
+
+    for label, algorithm in algorithms.items():
+        if algorithm.family != "differentiable":
+            continue
+        for i, spec in enumerate(config["rewards"]):
+            bad = not_differentiable(spec)
+            if bad:
+                raise ConfigError(
+                    f"config key 'rewards[{i}]': reward {bad[0]!r} is not differentiable, and "
+                    f"'algorithms.{label}' ({type(algorithm).__name__}) backpropagates through the "
+                    "reward: use a differentiable reward (e.g. clip_alignment) or another method"
+                )
 
 
 def window_settings(config: dict) -> list[tuple[str, list[int]]]:

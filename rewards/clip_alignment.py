@@ -48,6 +48,12 @@ class ClipAlignment:
         changed = verify(folder)
         return [f"{where}: weight files differ from their recorded hashes: {changed}"] if changed else []
 
+    differentiable = True  # the CLIP is a network: its cosine has a gradient in the images (DRaFT, ReFL)
+
+    def differentiable_score(self, images, prompts, metadata=None) -> torch.Tensor:
+        """(B,) the cosine with autograd through the images (the CLIP's own weights stay frozen)."""
+        return (self.judge.encode_images(images) * self.judge.encode_texts(prompts)).sum(-1)
+
     @torch.no_grad()
     def __call__(self, images, prompts, metadata=None):
         cos = (

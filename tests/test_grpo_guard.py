@@ -209,22 +209,27 @@ def test_a_study_refuses_grpo_guard_on_a_ddim_model(toy_world):
 def test_the_extended_preset_adds_the_new_methods_to_the_quick_grid(toy_world):
     import yaml
 
+    from algorithms.diffusionnft import DiffusionNFT
+    from algorithms.draft import DRaFT, ReFL
     from bench import study
 
     ALGORITHMS.register("flowgrpo")(FlowGRPO)
+    for name, cls in (("diffusionnft", DiffusionNFT), ("draft", DRaFT), ("refl", ReFL)):
+        ALGORITHMS.register(name)(cls)  # the worktree is not installed
     root = Path(__file__).parents[1] / "config"
     quick = yaml.safe_load((root / "quick.yaml").read_text())
     cfg = study.load(root / "extended.yaml")
-    added = {"flowgrpo", "grpo_guard", "flowgrpo_fast", "flowgrpo_cps", "mixgrpo"}
-    assert set(cfg["algorithms"]) == set(quick["algorithms"]) | added
-    assert {k: cfg[k] for k in ("seeds", "rewards")} == {k: quick[k] for k in ("seeds", "rewards")}
+    new = {"flowgrpo", "grpo_guard", "flowgrpo_fast", "flowgrpo_cps", "mixgrpo", "diffusionnft", "draft", "refl"}
+    assert set(cfg["algorithms"]) == set(quick["algorithms"]) | new
+    assert cfg["seeds"] == quick["seeds"]
+    assert cfg["rewards"] == ["clip_alignment"]  # the one differentiable reward (DRaFT, ReFL)
     assert cfg["train"]["budgets"] == quick["train"]["budgets"]
-    assert len(study.runs(cfg)) == 11 * 2
-    fast = study.run_spec(cfg, study.RunKey("dit16-flow", "jpeg_compressibility", "flowgrpo_fast", 0))
+    assert len(study.runs(cfg)) == 14 * 2
+    fast = study.run_spec(cfg, study.RunKey("dit16-flow", "clip_alignment", "flowgrpo_fast", 0))
     assert (fast.algorithm, fast.sde_window) == ("flowgrpo", (1, 2))
-    cps = study.run_spec(cfg, study.RunKey("dit16-flow", "jpeg_compressibility", "flowgrpo_cps", 0))
+    cps = study.run_spec(cfg, study.RunKey("dit16-flow", "clip_alignment", "flowgrpo_cps", 0))
     assert (cps.algorithm, cps.flow_variant, cps.sde_window) == ("flowgrpo", "cps", None)
-    mix = study.run_spec(cfg, study.RunKey("dit16-flow", "jpeg_compressibility", "mixgrpo", 0))
+    mix = study.run_spec(cfg, study.RunKey("dit16-flow", "clip_alignment", "mixgrpo", 0))
     assert (mix.algorithm, mix.flow_variant, mix.sde_window, mix.sde_window_shift) == (
         "dancegrpo",
         "flowgrpo",

@@ -3,10 +3,14 @@ sample -> reward -> advantages -> (reference terms) -> inner epochs of loss/back
 with a checkpoint at every budget (a number of sampled training images) and a JSON line per round.
 What each part does lives in its own small piece: the step batch (bench/train/steps.py), the
 round's statistics (bench/train/stats.py), checkpoints and resuming (bench/train/state.py),
-the sharding over processes (bench/distributed.py)."""
+the sharding over processes (bench/distributed.py). Each algorithm family has its batch: the
+per-step log-prob family trains recorded transitions (steps.py), the forward-process family clean
+samples re-noised (forward.py), the differentiable-reward family samples with gradient
+(differentiable.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.algorithm import Loss
+from bench.algorithm import Loss, RewardBatch
 from bench.distributed import World
 from bench.factory import open_run
 from bench.io import atomic_write_json, atomic_write_text, dumps_json
@@ -31,6 +35,8 @@ from bench.rollout import StepGraph, Trajectory, recompute, rollout
 from bench.sampling import sampler_at_round
 from bench.spec import RUN_SPEC_FILE, RunSpec
 from bench.tracking import flatten, open_tracker
+from bench.train.differentiable import backprop_sample
+from bench.train.forward import OldPolicy, forward_batch
 from bench.train.state import RunState, peak_memory_mb
 from bench.train.stats import RoundStats
 from bench.train.steps import Reference, reference_terms, step_batch, trainable_steps, trained_steps
@@ -150,27 +156,59 @@ class Trainer:
         self.spec = spec
         self.images_seen = 0
         self.seconds = 0.0
-        self.reuse_graph = can_reuse_graph(spec, self.recipe, self.policy)
+        self.family = self.algorithm.family
+        self.reuse_graph = self.family == "step" and can_reuse_graph(spec, self.recipe, self.policy)
+        # the forward family's old policy samples and anchors the loss (bench/train/forward.py)
+        self.old = OldPolicy(self.params) if self.family == "forward" else None
         self.world = World.current()  # several processes under torchrun (bench.distributed), else one
         self.state = RunState(self.out, self.world)
 
     # ---- one round -----------------------------------------------------------------------
     def round(self) -> dict[str, Any]:
         """One round: sample this process's share of the prompt groups; score them; advantages
-        over the whole round; the reference terms the loss declares; `inner_epochs` passes of
-        `updates_per_round` optimiser steps each; the round's log line."""
+        over the whole round; then the algorithm family's training (`inner_epochs` passes of
+        `updates_per_round` optimiser steps each) and the round's log line. The differentiable
+        family samples with gradient inside its optimiser steps, so its phases are one."""
         clock = Clock()
         self.follow_window()
-        traj = self.sample_round()
-        clock.lap("sample")
-        scored = self.score(traj)
-        clock.lap("reward")
-        reference = reference_terms(self.policy, self.sampler, traj, self.algorithm, self.spec.guidance)
-        self.policy.denoiser.train()
         stats = RoundStats(self.sampler.num_steps)
-        # Flow-GRPO: samples whose advantage is exactly 0 (a group of equal rewards) are left out of
-        # the round's updates: they carry no policy gradient, and the loss is a mean over the rest
-        keep = scored.advantages_all != 0 if self.recipe.drop_zero_advantage else None
+        extra: dict[str, Any] = {}
+        if self.family == "differentiable":
+            scored, trained = self.train_differentiable(stats)
+        else:
+            traj = self.sample_round()
+            clock.lap("sample")
+            scored = self.score(traj)
+            clock.lap("reward")
+            self.policy.denoiser.train()
+            # Flow-GRPO: samples whose advantage is exactly 0 (a group of equal rewards) are left out
+            # of the round's updates: they carry no policy gradient, and the loss is a mean over the rest
+            keep = scored.advantages_all != 0 if self.recipe.drop_zero_advantage else None
+            if keep is not None:
+                extra["zero_advantage_dropped"] = int((~keep).sum())
+            train = self.train_forward if self.family == "forward" else self.train_steps
+            trained = train(traj, scored, stats, keep)
+        clock.lap("train")
+        window = getattr(self.sampler, "sde_window", None)  # a windowed flow SDE's, this round
+        if window is not None:
+            extra["sde_window"] = list(window)
+        self.images_seen += len(scored.group_ids_all)
+        self.seconds += clock.total
+        return {
+            "images_seen": self.images_seen,
+            **scored.line(self.world),
+            "trained_steps_per_sample": trained,
+            **extra,
+            **stats.line(),
+            **clock.laps,
+            "seconds_total": self.seconds,
+            "peak_memory_mb": peak_memory_mb(),
+        }
+
+    def train_steps(self, traj: Trajectory, scored: Scored, stats: RoundStats, keep: torch.Tensor | None = None) -> int:
+        """The per-step log-prob family: StepBatches of recorded transitions. Returns the steps trained per sample."""
+        reference = reference_terms(self.policy, self.sampler, traj, self.algorithm, self.spec.guidance)
+        trained = 0
         for _ in range(self.recipe.inner_epochs):
             parts = self._update_chunks(scored.group_ids_all, keep)
             steps = trained_steps(
@@ -182,23 +220,91 @@ class Trainer:
                 self.generator,
                 trainable_steps(self.sampler, self.recipe.drop_last_step),
             )[scored.own]
+            trained = steps.shape[1]
             for part in parts:
                 stats.grad_norm.append(self.update(traj, scored, reference, part, steps, stats))
-        clock.lap("train")
-        window = getattr(self.sampler, "sde_window", None)  # a windowed flow SDE's, this round
-        self.images_seen += len(scored.group_ids_all)
-        self.seconds += clock.total
-        return {
-            "images_seen": self.images_seen,
-            **scored.line(self.world),
-            "trained_steps_per_sample": steps.shape[1],
-            **({} if keep is None else {"zero_advantage_dropped": int((~keep).sum())}),
-            **({} if window is None else {"sde_window": list(window)}),
-            **stats.line(),
-            **clock.laps,
-            "seconds_total": self.seconds,
-            "peak_memory_mb": peak_memory_mb(),
-        }
+        return trained
+
+    def train_forward(
+        self, traj: Trajectory, scored: Scored, stats: RoundStats, keep: torch.Tensor | None = None
+    ) -> int:
+        """The forward-process family: the round's clean samples re-noised at a random subset of
+        the sampler's times (any step: the SDE window concerns log-probs), a ForwardBatch per
+        micro-batch; then the old policy moves toward the trained weights."""
+        assert self.old is not None  # made for this family
+        trained = 0
+        for _ in range(self.recipe.inner_epochs):
+            parts = self._update_chunks(scored.group_ids_all, keep)
+            n, k = len(scored.group_ids_all), self.sampler.num_steps
+            steps = trained_steps(
+                n, k, self.recipe.timestep_fraction, False, self.recipe.shuffle_timesteps, self.generator
+            )[scored.own]
+            trained = steps.shape[1]
+            for part in parts:
+                chunk = self.world.own(part, len(traj))
+                batches = (
+                    (
+                        forward_batch(
+                            self.policy,
+                            self.sampler,
+                            traj,
+                            mb,
+                            cols,
+                            scored.advantages,
+                            scored.rewards,
+                            self.old,
+                            self.generator,
+                            self.algorithm.needs_reference,
+                        ),
+                        global_mean_weight(cols, len(part), trained),
+                    )
+                    for mb, cols in self._micro_batches(chunk, steps, None)
+                )
+                stats.grad_norm.append(self.optimiser_step(batches, stats))
+                self.old.optimiser_steps += 1
+        self.old.update(self.algorithm.old_policy_decay(self.old.optimiser_steps))  # type: ignore[attr-defined]
+        return trained
+
+    def train_differentiable(self, stats: RoundStats) -> tuple[Scored, float]:
+        """The differentiable-reward family: each optimiser step samples its images with gradient
+        through the algorithm's window of steps and backpropagates their reward. Returns the
+        round's rewards (the advantages are the algorithm's, unused by its loss) and the mean
+        number of model evaluations with gradient per sample."""
+        prompts, group_ids, generator = self.round_prompts()
+        self.policy.denoiser.train()
+        rewards = torch.zeros(len(prompts))
+        with_grad: list[int] = []
+        for _ in range(self.recipe.inner_epochs):
+            for part in self._update_chunks(group_ids):  # this process's own samples (equal shares)
+                batches = self._reward_batches(part, prompts, group_ids, generator, rewards, with_grad)
+                stats.grad_norm.append(self.optimiser_step(batches, stats))
+        rewards_all, group_ids_all = self.world.gather(rewards), self.world.gather(group_ids)
+        prompts_all = self.world.gather_list(prompts)
+        advantages_all = self.algorithm.advantages(rewards_all, group_ids_all, prompts_all).float()
+        scored = Scored(rewards_all, group_ids_all, advantages_all, self.world.rows(len(prompts)), {})
+        return scored, float(np.mean(with_grad))
+
+    def _reward_batches(
+        self,
+        part: torch.Tensor,
+        prompts: list[str],
+        group_ids: torch.Tensor,
+        generator: torch.Generator,
+        rewards: torch.Tensor,
+        with_grad: list[int],
+    ) -> Iterator[tuple[RewardBatch, float]]:
+        """RewardBatches of this process's samples `part`, micro-batch by micro-batch (recording
+        their rewards into `rewards` and their model evaluations with gradient into `with_grad`),
+        each with its share of the optimiser step."""
+        for mb in torch.split(part, self.spec.micro_batch):
+            chosen = [prompts[i] for i in mb.tolist()]
+            window = self.algorithm.backprop_window(self.sampler.num_steps, self.generator)  # type: ignore[attr-defined]
+            with_grad.append(window[1] - window[0] + int(window[1] < self.sampler.num_steps))
+            x0 = backprop_sample(self.policy, self.sampler, chosen, self.spec.guidance, generator, window)
+            scores = self.reward.differentiable_score(self.policy.decode(x0), chosen, {"group_ids": group_ids[mb]})
+            rewards[mb] = scores.detach().float()
+            # every process steps on its own part of equal size: the summed gradient is the global mean
+            yield RewardBatch(scores.float(), group_ids[mb], chosen), len(mb) / (len(part) * self.world.size)
 
     def follow_window(self) -> None:
         """A sliding SDE window (MixGRPO) at this round's position, derived from the images seen
@@ -208,8 +314,9 @@ class Trainer:
             self.sampler = moved
             self.algorithm.setup(moved)
 
-    def sample_round(self) -> Trajectory:
-        """This process's prompt groups of the round, sampled (one process: all of them)."""
+    def round_prompts(self) -> tuple[list[str], torch.Tensor, torch.Generator]:
+        """This process's prompts of the round (G copies per chosen prompt), their group ids and
+        the round's sampling generator."""
         n_prompts = self.spec.images_per_round // self.group_size
         prompts_all = self.spec.prompts
         chosen = self.rng.choice(len(prompts_all), size=n_prompts, replace=len(prompts_all) < n_prompts)
@@ -217,17 +324,24 @@ class Trainer:
         prompts = [prompts_all[i] for i in chosen[share] for _ in range(self.group_size)]
         group_ids = torch.arange(n_prompts)[share].repeat_interleave(self.group_size)
         generator = self.world.sample_generator(self.spec.seed, self.images_seen, self.generator)
+        return prompts, group_ids, generator
+
+    def sample_round(self) -> Trajectory:
+        """This process's prompt groups of the round, sampled (one process: all of them) by the
+        current weights, or by the old policy where the algorithm keeps one."""
+        prompts, group_ids, generator = self.round_prompts()
         self.policy.denoiser.eval()
-        return rollout(
-            self.policy,
-            self.sampler,
-            prompts,
-            self.spec.guidance,
-            generator,
-            group_ids,
-            self.recipe.same_noise_per_group,
-            keep_graph=self.reuse_graph,
-        )
+        with self.old.applied() if self.old is not None else contextlib.nullcontext():
+            return rollout(
+                self.policy,
+                self.sampler,
+                prompts,
+                self.spec.guidance,
+                generator,
+                group_ids,
+                self.recipe.same_noise_per_group,
+                keep_graph=self.reuse_graph,
+            )
 
     def score(self, traj: Trajectory) -> Scored:
         """Rewards of this process's images; the whole round's advantages (gathered from every process)."""
@@ -250,17 +364,27 @@ class Trainer:
         """One optimiser step on the round's samples `part` (this process trains its own of them,
         micro-batch by micro-batch); returns the gradient norm before clipping."""
         chunk = self.world.own(part, len(traj))
-        self.optimiser.zero_grad(set_to_none=True)
         graph, traj.graph = traj.graph, None  # only the round's first update still has the sampling weights
-        for mb, cols in self._micro_batches(chunk, steps, graph):
-            current = (
-                graph.select(mb, cols)
-                if graph is not None
-                else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance)
-            )
-            batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
+
+        def batches() -> Iterator[tuple[Any, float]]:
+            for mb, cols in self._micro_batches(chunk, steps, graph):
+                current = (
+                    graph.select(mb, cols)
+                    if graph is not None
+                    else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance)
+                )
+                batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
+                yield batch, global_mean_weight(cols, len(part), steps.shape[1])
+
+        return self.optimiser_step(batches(), stats)
+
+    def optimiser_step(self, batches: Iterator[tuple[Any, float]], stats: RoundStats) -> float:
+        """Accumulate the gradient of each (batch, weight): weight x the loss's mean over the
+        batch's elements, summed over processes; clip and step. Returns the norm before clipping."""
+        self.optimiser.zero_grad(set_to_none=True)
+        for batch, weight in batches:
             loss = _check_loss(self.spec.algorithm, self.algorithm.loss(batch))
-            (loss.value * global_mean_weight(cols, len(part), steps.shape[1])).backward()
+            (loss.value * weight).backward()
             stats.add(batch, loss)
         self.world.sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)

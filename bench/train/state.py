@@ -44,6 +44,11 @@ class Trainer(Protocol):
     def rng(self) -> np.random.Generator: ...
 
 
+def _old_policy(trainer: Trainer) -> Any:
+    """The forward family's old policy (bench/train/forward.py), or None."""
+    return getattr(trainer, "old", None)
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -92,6 +97,7 @@ class RunState:
                 "torch_rng": torch.get_rng_state(),
                 "numpy_rng": trainer.rng.bit_generator.state,
                 "algorithm": trainer.algorithm.state_dict(),
+                "old_policy": _old_policy(trainer).state_dict() if _old_policy(trainer) is not None else None,
                 "run_config": trainer.spec.identity(),
             },
             tmp / "trainer.pt",
@@ -117,5 +123,8 @@ class RunState:
         torch.set_rng_state(state["torch_rng"])
         trainer.rng.bit_generator.state = state["numpy_rng"]
         trainer.algorithm.load_state_dict(state["algorithm"])
+        old = _old_policy(trainer)
+        if old is not None and state.get("old_policy") is not None:
+            old.load_state_dict(state["old_policy"])
         trainer.images_seen, trainer.seconds = state["images_seen"], state["seconds"]
         return int(state["rounds_done"])

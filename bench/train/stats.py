@@ -26,12 +26,13 @@ class RoundStats:
         self.clip_hits, self.clip_counts = torch.zeros(num_steps), torch.zeros(num_steps)
 
     @torch.no_grad()
-    def add(self, batch: StepBatch, loss: Loss) -> None:
-        """One micro-batch's loss and the metrics of its steps."""
-        delta = batch.logp.detach() - batch.logp_old
+    def add(self, batch: Any, loss: Loss) -> None:
+        """One micro-batch's loss and the metrics of its steps (log-prob ones for a StepBatch only)."""
         self.loss.append(loss.value.item())
-        self.approx_kl.append(0.5 * delta.pow(2).mean().item())
-        if loss.clipped is not None:
+        if isinstance(batch, StepBatch):
+            delta = batch.logp.detach() - batch.logp_old
+            self.approx_kl.append(0.5 * delta.pow(2).mean().item())
+        if loss.clipped is not None and isinstance(batch, StepBatch):
             cols = batch.step_index
             self.clipfrac.append(loss.clipped.float().mean().item())
             self.clip_hits.index_add_(0, cols.flatten(), loss.clipped.float().flatten())
