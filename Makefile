@@ -33,7 +33,7 @@ typecheck: setup        ## mypy on the core (the files are listed in pyproject.t
 	$(VENV)/bin/mypy
 
 report: setup           ## re-render the default study's report from its tables and run files (seconds; nothing reruns)
-	$(PY) -m bench report --tables results/tables --runs-root results/runs --out report/index.html --quote-in README.md
+	$(PY) -m t2i_rl_bench report --tables results/tables --runs-root results/runs --out report/index.html --quote-in README.md
 
 snakemake-report: setup ## Snakemake's own report of the last run (provenance, runtimes, the report and tables)
 	$(SNAKEMAKE) --report report/snakemake.html

@@ -1,11 +1,11 @@
 # t2i-rl-bench: the whole study. `snakemake --cores all` (see README).
 # The grid (model x reward x algorithm x seed) comes from the validated config; every rule body
-# is one `python -m bench <command>`, so each stage also runs by hand.
+# is one `python -m t2i_rl_bench <command>`, so each stage also runs by hand.
 import json
 import sys
 
-from bench import study
-from bench.layout import study_paths
+from t2i_rl_bench import study
+from t2i_rl_bench.layout import study_paths
 
 # the default study unless --configfile names another (a preset replaces it; it is not merged)
 if not config:
@@ -13,7 +13,7 @@ if not config:
     configfile: "config/config.yaml"
 
 
-# schema + semantic checks, and the recorded SHA-256 of every model and judge (bench.integrity),
+# schema + semantic checks, and the recorded SHA-256 of every model and judge (t2i_rl_bench.integrity),
 # before any job starts; hashed once, by the main process (not again inside each cluster job)
 _validated = study.validate(config, verify=workflow.is_main_process)
 config.clear()
@@ -36,7 +36,7 @@ RETRIES = getattr(workflow.execution_settings, "retries", 0)  # None in a dry ru
 
 
 def killed(stage):
-    return ("|| {PY} -m bench.failures killed --out {output} --stage " + stage
+    return ("|| {PY} -m t2i_rl_bench.failures killed --out {output} --stage " + stage
             + " --exit-code $? --attempt {resources.attempt} --retries {RETRIES} >> {log} 2>&1")
 
 
@@ -73,7 +73,7 @@ rule world:
     log:
         LOGS + "/world.log",
     shell:
-        "{PY} -m bench world --out {output} > {log} 2>&1"
+        "{PY} -m t2i_rl_bench world --out {output} > {log} 2>&1"
 
 
 rule pretrain:
@@ -89,7 +89,7 @@ rule pretrain:
     log:
         LOGS + "/pretrain/{model}.log",
     shell:
-        "{PY} -m bench pretrain --out results/models/{wildcards.model} --steps {params.p[steps]} "
+        "{PY} -m t2i_rl_bench pretrain --out results/models/{wildcards.model} --steps {params.p[steps]} "
         "--seed {params.p[seed]} --objective {params.p[objective]} > {log} 2>&1"
 
 
@@ -101,7 +101,7 @@ rule pretrain_clip:
     log:
         LOGS + "/pretrain/clip16.log",
     shell:
-        "{PY} -m bench pretrain-clip --out results/models/clip16 --steps 1500 --seed 0 > {log} 2>&1"
+        "{PY} -m t2i_rl_bench pretrain-clip --out results/models/clip16 --steps 1500 --seed 0 > {log} 2>&1"
 
 
 rule train:
@@ -143,7 +143,7 @@ rule evaluate_base:
     benchmark:
         BENCH + "/evaluate/{model}/base.tsv"
     shell:
-        "{PY} -m bench evaluate-base --run-config {params.run:q} --evaluation {EVALUATION:q} --out {output} > {log} 2>&1 "
+        "{PY} -m t2i_rl_bench evaluate-base --run-config {params.run:q} --evaluation {EVALUATION:q} --out {output} > {log} 2>&1 "
         + killed("evaluate")
 
 
@@ -163,7 +163,7 @@ rule evaluate:
     benchmark:
         BENCH + "/evaluate/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m bench evaluate --run-dir $(dirname {output}) --evaluation {EVALUATION:q} --base {input.base} "
+        "{PY} -m t2i_rl_bench evaluate --run-dir $(dirname {output}) --evaluation {EVALUATION:q} --base {input.base} "
         "> {log} 2>&1 " + killed("evaluate")
 
 
@@ -185,7 +185,7 @@ rule probe_base:
     benchmark:
         BENCH + "/probe/{model}/{reward}/{algorithm}/base.tsv"
     shell:
-        "{PY} -m bench probe-base --run-config {params.run:q} --probe {params.probe:q} --out {output} > {log} 2>&1 "
+        "{PY} -m t2i_rl_bench probe-base --run-config {params.run:q} --probe {params.probe:q} --out {output} > {log} 2>&1 "
         + killed("probe")
 
 
@@ -206,7 +206,7 @@ rule probe:
     benchmark:
         BENCH + "/probe/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m bench probe --run-dir $(dirname {output}) --probe {params.probe:q} --base {input.base} > {log} 2>&1 "
+        "{PY} -m t2i_rl_bench probe --run-dir $(dirname {output}) --probe {params.probe:q} --base {input.base} > {log} 2>&1 "
         + killed("probe")
 
 
@@ -228,7 +228,7 @@ rule recursive:
     benchmark:
         BENCH + "/recursive/{model}/{reward}/{algorithm}/seed{seed}/{variant}.tsv"
     shell:
-        "{PY} -m bench recursive --run-dir $(dirname $(dirname {output})) --settings {params.settings:q} "
+        "{PY} -m t2i_rl_bench recursive --run-dir $(dirname $(dirname {output})) --settings {params.settings:q} "
         "--evaluation {EVALUATION:q} > {log} 2>&1 " + killed("recursive")
 
 
@@ -253,7 +253,7 @@ rule aggregate:
     log:
         LOGS + "/aggregate.log",
     shell:
-        "{PY} -m bench aggregate --config {params.cfg:q} --runs-root {RUNS_ROOT} --out {TABLES} > {log} 2>&1"
+        "{PY} -m t2i_rl_bench aggregate --config {params.cfg:q} --runs-root {RUNS_ROOT} --out {TABLES} > {log} 2>&1"
 
 
 # the default study's report also refreshes the verdict table the README quotes (between its markers)
@@ -268,4 +268,4 @@ rule report:
     log:
         LOGS + "/report.log",
     shell:
-        "{PY} -m bench report --tables {TABLES} --runs-root {RUNS_ROOT} --out {output} {QUOTE} > {log} 2>&1"
+        "{PY} -m t2i_rl_bench report --tables {TABLES} --runs-root {RUNS_ROOT} --out {output} {QUOTE} > {log} 2>&1"

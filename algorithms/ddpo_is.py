@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
-from bench.losses import ppo_clip_loss
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.losses import ppo_clip_loss
 
 
 @dataclass(frozen=True)

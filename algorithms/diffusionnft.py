@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.algorithm import AlgorithmSettings, ForwardAlgorithm, ForwardBatch, Loss, Recipe, setting
+from t2i_rl_bench.algorithm import AlgorithmSettings, ForwardAlgorithm, ForwardBatch, Loss, Recipe, setting
 
 ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
 # return_decay of train_nft_sd3.py: (flat, uprate, uphold) by decay_type

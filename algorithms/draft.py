@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.algorithm import AlgorithmSettings, DifferentiableRewardAlgorithm, Loss, Recipe, RewardBatch, setting
+from t2i_rl_bench.algorithm import AlgorithmSettings, DifferentiableRewardAlgorithm, Loss, Recipe, RewardBatch, setting
 
 
 @dataclass(frozen=True)

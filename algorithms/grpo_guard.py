@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from algorithms.flowgrpo import FlowGRPO, FlowGRPOSettings, flowgrpo_kl
-from bench.algorithm import Loss, StepBatch
-from bench.losses import ppo_clip_loss
+from t2i_rl_bench.algorithm import Loss, StepBatch
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO, FlowGRPOSettings, flowgrpo_kl
+from t2i_rl_bench.losses import ppo_clip_loss
 
 
 @dataclass(frozen=True)

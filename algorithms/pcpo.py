@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)

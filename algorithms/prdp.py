@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.advantages import reward_pairs
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.advantages import reward_pairs
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)

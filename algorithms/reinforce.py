@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.algorithm import Algorithm, Loss, Recipe, StepBatch
+from t2i_rl_bench.algorithm import Algorithm, Loss, Recipe, StepBatch
 
 
 class Reinforce(Algorithm):

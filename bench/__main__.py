@@ -1,5 +1,5 @@
 import sys
 
-from bench.cli import main
+from t2i_rl_bench.cli import main
 
 sys.exit(main())

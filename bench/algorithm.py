@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench import advantages as adv
-from bench.sampling import FLOW_VARIANTS
+from t2i_rl_bench import advantages as adv
+from t2i_rl_bench.sampling import FLOW_VARIANTS
 
 
 class SettingError(ValueError):
@@ -189,7 +189,7 @@ class Loss:
 
 class Algorithm:
     """Subclass, set `Settings` (and `recipe`), implement `loss`. Register in an entry point
-    `bench.algorithms`."""
+    `t2i_rl_bench.algorithms`."""
 
     Settings: ClassVar[type[AlgorithmSettings]] = AlgorithmSettings
     recipe: Recipe = Recipe()  # the class's defaults; an instance holds the config's overrides
@@ -285,7 +285,7 @@ class ForwardAlgorithm(Algorithm):
 class DifferentiableRewardAlgorithm(Algorithm):
     """A method that backpropagates a differentiable reward through the sampler (DRaFT-K, ReFL):
     subclass, implement `backprop_window` and `loss(RewardBatch)`. The study refuses rewards
-    that are not differentiable (bench.reward.is_differentiable)."""
+    that are not differentiable (t2i_rl_bench.reward.is_differentiable)."""
 
     family: ClassVar[str] = "differentiable"
 

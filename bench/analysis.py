@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.metrics import direction, floors, gold_keys
-from bench.metrics.collapse import metric_at_reward
-from bench.metrics.convergence import first_crossing, normalized_auc
-from bench.metrics.statistics import interval
+from t2i_rl_bench.metrics import direction, floors, gold_keys
+from t2i_rl_bench.metrics.collapse import metric_at_reward
+from t2i_rl_bench.metrics.convergence import first_crossing, normalized_auc
+from t2i_rl_bench.metrics.statistics import interval
 
 RUN = ["model", "reward", "algorithm", "seed"]
 

@@ -26,10 +26,10 @@ def base_sample_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.evaluate import eval_prompts, sample_images
-    from bench.models.policy import Policy
-    from bench.rollout import make_sampler
-    from bench.world.checker import score
+    from t2i_rl_bench.evaluate import eval_prompts, sample_images
+    from t2i_rl_bench.models.policy import Policy
+    from t2i_rl_bench.rollout import make_sampler
+    from t2i_rl_bench.world.checker import score
 
     torch.manual_seed(seed)
     policy = Policy.load(model)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import study
+from t2i_rl_bench import study
 
 SELECTION_RULE = (
     "per method, the learning rate with the highest mean training reward over all its rounds (mean over "

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench <command>` (also installed as `t2i-rl-bench`).
+"""Command line: `python -m t2i_rl_bench <command>` (also installed as `t2i-rl-bench`).
 Each workflow rule calls one of these commands, so every stage also runs by hand."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ def _threads(n: int) -> None:
 
 
 def cmd_list(args) -> None:
-    from bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
-    from bench.sampling import FLOW_VARIANTS
+    from t2i_rl_bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
+    from t2i_rl_bench.sampling import FLOW_VARIANTS
 
     for title, reg in (("algorithms", ALGORITHMS), ("rewards", REWARDS), ("metrics", METRICS), ("models", MODELS)):
         print(f"{title}: {', '.join(reg.names()) or '(none)'}")
@@ -29,15 +29,15 @@ def cmd_list(args) -> None:
 
 
 def cmd_validate(args) -> None:
-    from bench import study
+    from t2i_rl_bench import study
 
     cfg = study.load(args.configfile)
     print(f"{args.configfile}: valid; {len(study.runs(cfg))} runs, config hash {study.config_hash(cfg)}")
 
 
 def cmd_world(args) -> None:
-    from bench.io import atomic_write_json
-    from bench.world.captions import prompt_sets
+    from t2i_rl_bench.io import atomic_write_json
+    from t2i_rl_bench.world.captions import prompt_sets
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,12 +48,12 @@ def cmd_world(args) -> None:
 
 def cmd_pretrain(args) -> None:
     _threads(args.threads)
-    from bench.models.embedded import EmbeddedSpec
-    from bench.world.pretrain import pretrain
+    from t2i_rl_bench.models.embedded import EmbeddedSpec
+    from t2i_rl_bench.world.pretrain import pretrain
 
     out = pretrain(args.out, steps=args.steps, seed=args.seed, spec=EmbeddedSpec(objective=args.objective))
     if args.evaluate:
-        from bench.world.base_quality import record_base_quality
+        from t2i_rl_bench.world.base_quality import record_base_quality
 
         record_base_quality(out)
     print(f"wrote {out}")
@@ -61,18 +61,18 @@ def cmd_pretrain(args) -> None:
 
 def cmd_pretrain_clip(args) -> None:
     _threads(args.threads)
-    from bench.judges.clip import pretrain_clip
+    from t2i_rl_bench.judges.clip import pretrain_clip
 
     print(f"wrote {pretrain_clip(args.out, steps=args.steps, seed=args.seed)}")
 
 
 def cmd_train(args) -> None:
     _threads(args.threads)
-    from bench.distributed import init_from_env
-    from bench.spec import RunSpec
-    from bench.train import train
+    from t2i_rl_bench.distributed import init_from_env
+    from t2i_rl_bench.spec import RunSpec
+    from t2i_rl_bench.train import train
 
-    init_from_env()  # under torchrun: one process of a distributed run (bench.distributed)
+    init_from_env()  # under torchrun: one process of a distributed run (t2i_rl_bench.distributed)
     spec = RunSpec.from_json(args.run_config)  # the text of a run_config.json too
     if args.prompts:
         spec = spec.replace(prompts=tuple(json.loads(Path(args.prompts).read_text())["train"]))
@@ -82,8 +82,8 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     _threads(args.threads)
-    from bench.evaluate import evaluate_run
-    from bench.spec import RunSpec
+    from t2i_rl_bench.evaluate import evaluate_run
+    from t2i_rl_bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
     evaluate_run(run_dir, RunSpec.read(run_dir), json.loads(args.evaluation), threads=args.threads, base=args.base)
@@ -91,16 +91,16 @@ def cmd_evaluate(args) -> None:
 
 def cmd_evaluate_base(args) -> None:
     _threads(args.threads)
-    from bench.evaluate import evaluate_base
-    from bench.spec import RunSpec
+    from t2i_rl_bench.evaluate import evaluate_base
+    from t2i_rl_bench.spec import RunSpec
 
     evaluate_base(RunSpec.from_json(args.run_config), json.loads(args.evaluation), args.out, threads=args.threads)
 
 
 def cmd_probe(args) -> None:
     _threads(args.threads)
-    from bench.probe import probe_run
-    from bench.spec import RunSpec
+    from t2i_rl_bench.probe import probe_run
+    from t2i_rl_bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
     probe_run(run_dir, RunSpec.read(run_dir), json.loads(args.probe), threads=args.threads, base=args.base)
@@ -108,16 +108,16 @@ def cmd_probe(args) -> None:
 
 def cmd_probe_base(args) -> None:
     _threads(args.threads)
-    from bench.probe import probe_base
-    from bench.spec import RunSpec
+    from t2i_rl_bench.probe import probe_base
+    from t2i_rl_bench.spec import RunSpec
 
     probe_base(RunSpec.from_json(args.run_config), json.loads(args.probe), args.out, threads=args.threads)
 
 
 def cmd_recursive(args) -> None:
     _threads(args.threads)
-    from bench.recursive import RecursiveSettings, recursive_run
-    from bench.spec import RunSpec
+    from t2i_rl_bench.recursive import RecursiveSettings, recursive_run
+    from t2i_rl_bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
     settings = RecursiveSettings.from_dict(json.loads(args.settings))
@@ -125,14 +125,14 @@ def cmd_recursive(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from bench import study, tables
+    from t2i_rl_bench import study, tables
 
     cfg = study.validate(json.loads(args.config), check_paths=False)
     tables.aggregate(cfg, Path(args.runs_root), Path(args.out))
 
 
 def cmd_report(args) -> None:
-    from bench import report
+    from t2i_rl_bench import report
 
     report.render(Path(args.tables), Path(args.runs_root), Path(args.out))
     if args.quote_in and report.quote_verdicts(Path(args.quote_in), Path(args.tables)):
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_pretrain_clip)
     p = sub.add_parser("train", help="one training run")
-    p.add_argument("--run-config", required=True, help="JSON of bench.spec.RunSpec")
+    p.add_argument("--run-config", required=True, help="JSON of t2i_rl_bench.spec.RunSpec")
     p.add_argument("--prompts", help="prompt-set JSON (its 'train' list); default: the embedded world's")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_evaluate)
     p = sub.add_parser("evaluate-base", help="evaluate the base model once for every run that shares it")
-    p.add_argument("--run-config", required=True, help="JSON of bench.spec.RunSpec (any run of the model)")
+    p.add_argument("--run-config", required=True, help="JSON of t2i_rl_bench.spec.RunSpec (any run of the model)")
     p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -188,14 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("probe-base", help="probe the base model once for the runs (seeds) that share it")
-    p.add_argument("--run-config", required=True, help="JSON of bench.spec.RunSpec (any seed of the run)")
+    p.add_argument("--run-config", required=True, help="JSON of t2i_rl_bench.spec.RunSpec (any seed of the run)")
     p.add_argument("--probe", required=True, help="JSON of the config's probe section")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe_base)
     p = sub.add_parser("recursive", help="the self-consuming loop from a run's final checkpoint")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--settings", required=True, help="JSON of one variant's settings (bench.study.recursive_variants)")
+    p.add_argument(
+        "--settings", required=True, help="JSON of one variant's settings (t2i_rl_bench.study.recursive_variants)"
+    )
     p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_recursive)
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quote-in", help="a README whose verdict markers get the study's verdict table (default study)")
     p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
-    from bench.failures import recorded_failure
+    from t2i_rl_bench.failures import recorded_failure
 
     with recorded_failure(args):  # a reward error, divergence or OOM ends a job as a failed result
         args.fn(args)

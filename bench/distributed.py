@@ -1,6 +1,6 @@
 """One run across several processes (torch.distributed, launched by torchrun):
 
-    torchrun --nproc-per-node 8 -m bench train --run-config "$(cat run.json)" --out results/runs/x
+    torchrun --nproc-per-node 8 -m t2i_rl_bench train --run-config "$(cat run.json)" --out results/runs/x
 
 Each process samples its share of the round's prompt groups (whole groups, its own noise seeded
 by (seed, rank, images seen)), rewards them, and gathers every process's rewards, group ids and

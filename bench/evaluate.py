@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.factory import open_policy, open_sampler
-from bench.io import atomic_write_json, read_shared
-from bench.reward import build_reward
-from bench.rollout import sample_images
-from bench.spec import RunSpec
-from bench.study import reward_label
-from bench.tracking import flatten, open_tracker
-from bench.world.captions import eval_prompts
-from bench.world.checker import accuracy
+from t2i_rl_bench.factory import open_policy, open_sampler
+from t2i_rl_bench.io import atomic_write_json, read_shared
+from t2i_rl_bench.reward import build_reward
+from t2i_rl_bench.rollout import sample_images
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.study import reward_label
+from t2i_rl_bench.tracking import flatten, open_tracker
+from t2i_rl_bench.world.captions import eval_prompts
+from t2i_rl_bench.world.checker import accuracy
 
 __all__ = ["Evaluator", "QualityJudge", "evaluate_base", "evaluate_run", "eval_prompts", "sample_images"]
 
@@ -31,8 +31,8 @@ class QualityJudge:
     diversity, all in the in-house CLIP's feature space (a named, shipped feature network)."""
 
     def __init__(self, clip_model: str, prompts: list[str], per_prompt: int, seed: int):
-        from bench.judges.clip import ImageFeatures, load_clip
-        from bench.world.dataset import reference_images
+        from t2i_rl_bench.judges.clip import ImageFeatures, load_clip
+        from t2i_rl_bench.world.dataset import reference_images
 
         self.judge = load_clip(clip_model).eval()
         self.features = ImageFeatures(self.judge)
@@ -42,8 +42,8 @@ class QualityJudge:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> dict[str, float]:
-        from bench.metrics.diversity import mean_pairwise_distance, vendi_score
-        from bench.metrics.quality import clip_score, fid, kid
+        from t2i_rl_bench.metrics.diversity import mean_pairwise_distance, vendi_score
+        from t2i_rl_bench.metrics.quality import clip_score, fid, kid
 
         n = len(images)
         feats = self.features(images)

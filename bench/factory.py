@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.algorithm import Algorithm
-from bench.interfaces import Sampler
-from bench.models.policy import Policy
-from bench.registry import ALGORITHMS
-from bench.reward import ComposedReward, build_reward
-from bench.rollout import make_sampler
-from bench.sampling import FLOW_VARIANTS
-from bench.spec import RunSpec
+from t2i_rl_bench.algorithm import Algorithm
+from t2i_rl_bench.interfaces import Sampler
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.reward import ComposedReward, build_reward
+from t2i_rl_bench.rollout import make_sampler
+from t2i_rl_bench.sampling import FLOW_VARIANTS
+from t2i_rl_bench.spec import RunSpec
 
 
 def open_algorithm(spec: RunSpec) -> Algorithm:

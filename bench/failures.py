@@ -3,9 +3,9 @@ memory, a kill beyond the last retry) is written into the job's own output file 
 (`status: failed`, `reason`), the job exits 0, and aggregate and report run on: the tables list
 the run in `failed_runs.csv` and the report shows it with its reason.
 
-- `recorded_failure(args)`: around a `python -m bench <command>`; an expected failure becomes the
+- `recorded_failure(args)`: around a `python -m t2i_rl_bench <command>`; an expected failure becomes the
   command's output file with status 'failed' (bench/cli.py).
-- `python -m bench.failures killed --out FILE --stage S --exit-code RC --attempt A --retries R`:
+- `python -m t2i_rl_bench.failures killed --out FILE --stage S --exit-code RC --attempt A --retries R`:
   the Snakefile's fallback after a job's process died by a signal (SIGKILL, the OOM killer): on
   the last attempt it writes the failed output and exits 0, on an earlier one it exits RC so
   Snakemake retries (and training resumes from its last state). Any other exit code (an
@@ -24,7 +24,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from bench.io import atomic_write_json, atomic_write_text
+from t2i_rl_bench.io import atomic_write_json, atomic_write_text
 
 FINISHED = "finished"
 FAILED = "failed"
@@ -47,9 +47,9 @@ def expected_failures() -> tuple[type[BaseException], ...]:
     """The exceptions that end a run as a result rather than as a bug of the harness."""
     import torch
 
-    from bench.registry import PluginError
-    from bench.reward import RewardError
-    from bench.train import DivergedError
+    from t2i_rl_bench.registry import PluginError
+    from t2i_rl_bench.reward import RewardError
+    from t2i_rl_bench.train import DivergedError
 
     oom = tuple({getattr(torch, "OutOfMemoryError", MemoryError), getattr(torch.cuda, "OutOfMemoryError", MemoryError)})
     return (RewardError, DivergedError, PluginError, MemoryError, *oom)
@@ -126,7 +126,7 @@ def failed_runs(cfg: dict, runs_root: str | Path) -> pd.DataFrame:  # noqa: F821
     file), with the reason; empty (with the columns) when every run finished."""
     import pandas as pd
 
-    from bench import study
+    from t2i_rl_bench import study
 
     rows = []
     for key in study.runs(cfg):
@@ -242,7 +242,7 @@ def html_section(tables: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.failures")
+    parser = argparse.ArgumentParser(prog="python -m t2i_rl_bench.failures")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("killed", help="record a job whose process died, on its last attempt")
     p.add_argument("--out", required=True, help="the job's output file")

@@ -4,10 +4,10 @@ refused naming the file and the config key, instead of failing (or silently trai
 
 Recorded hashes live in the harness manifest (`bench_model.json`, key `sha256`) of the embedded
 models and the in-house CLIP, or in `sha256.json` beside a real model's `model_index.json`, written
-by `python -m bench.integrity record <folder>`. A real-model folder without one has nothing to
+by `python -m t2i_rl_bench.integrity record <folder>`. A real-model folder without one has nothing to
 check. `verify_sha256: false` in the config skips the check (hours of hashing for very large models).
 
-    python -m bench.integrity record /path/to/stable-diffusion-v1-5   # once, after copying the weights
+    python -m t2i_rl_bench.integrity record /path/to/stable-diffusion-v1-5   # once, after copying the weights
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.models.checkpoint import MANIFEST, WEIGHT_SUFFIXES
-from bench.study import ConfigError
+from t2i_rl_bench.models.checkpoint import MANIFEST, WEIGHT_SUFFIXES
+from t2i_rl_bench.study import ConfigError
 
 HASHES = "sha256.json"  # recorded hashes of a folder that has no harness manifest (a diffusers pipeline)
 _CHUNK = 1 << 22
@@ -137,7 +137,9 @@ def check_study(config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.integrity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m t2i_rl_bench.integrity",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("record", help="write sha256.json (every weight file's hash) into a model folder")
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "record":
         print(f"wrote {record(args.folder)}")
         return 0
-    from bench import study  # noqa: PLC0415
+    from t2i_rl_bench import study  # noqa: PLC0415
 
     problems = verify_study(study.load(args.configfile))
     print("\n".join(problems) or f"{args.configfile}: every recorded weight file matches its SHA-256")

@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from bench.sampling import StepResult
+from t2i_rl_bench.sampling import StepResult
 
 
 @runtime_checkable
@@ -59,7 +59,7 @@ class Reward(Protocol):
 
 @runtime_checkable
 class Policy(Protocol):
-    """A text-conditioned denoiser with its scheduler, encoder and decoder (bench.models.policy.Policy)."""
+    """A text-conditioned denoiser with its scheduler, encoder and decoder (t2i_rl_bench.models.policy.Policy)."""
 
     objective: str  # 'epsilon', 'v_prediction' or 'flow'
     denoiser: torch.nn.Module

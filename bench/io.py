@@ -105,5 +105,5 @@ def read_shared(path: str | Path | None, key: dict) -> dict | None:
     if path is None or not Path(path).is_file():
         return None
     shared = json.loads(Path(path).read_text())
-    # a failed base job's file has no key (bench.failures): every run computes its own base
+    # a failed base job's file has no key (t2i_rl_bench.failures): every run computes its own base
     return shared if shared.get("key") == json.loads(dumps_json(key)) else None

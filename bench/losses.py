@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.algorithm import Loss
+from t2i_rl_bench.algorithm import Loss
 
 
 def ppo_clip_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_range: float) -> Loss:

@@ -3,7 +3,7 @@ seeds (the same for every method), K independent minibatch gradients of the algo
 and the share of the gradient each denoising step contributes (DESIGN.md, "Measurements").
 
 Minibatch k is one prompt group of G images, its StepBatch built as training builds it
-(bench.train.steps.step_batch), reference terms included. Its gradient is decomposed exactly by
+(t2i_rl_bench.train.steps.step_batch), reference terms included. Its gradient is decomposed exactly by
 step: with c = dL/dlogp (B, S) and c_mean = dL/dmean (B, S, C, H, W) from the loss on detached
 copies of the current log-probs and transition means (the terms a loss reads that depend on the
 weights), g_k = sum_s grad(sum_b c[b, s] logp[b, s] + <c_mean[b, s], mean[b, s]>), and g_{k,s} is
@@ -25,20 +25,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.algorithm import Algorithm, RewardBatch
-from bench.factory import open_algorithm, open_run
-from bench.interfaces import Reward, Sampler
-from bench.io import atomic_write_json, read_shared
-from bench.metrics.gradient_variance import credit_share, gini, gradient_statistics, max_min_ratio
-from bench.models.policy import Policy
-from bench.rollout import Trajectory, recompute, rollout
-from bench.sampling import sampler_at_round
-from bench.spec import RunSpec
-from bench.tracking import flatten, open_tracker
-from bench.train.differentiable import backprop_sample
-from bench.train.forward import forward_batch
-from bench.train.steps import reference_terms, step_batch, trainable_steps, trained_steps
-from bench.world.captions import prompt_sets
+from t2i_rl_bench.algorithm import Algorithm, RewardBatch
+from t2i_rl_bench.factory import open_algorithm, open_run
+from t2i_rl_bench.interfaces import Reward, Sampler
+from t2i_rl_bench.io import atomic_write_json, read_shared
+from t2i_rl_bench.metrics.gradient_variance import credit_share, gini, gradient_statistics, max_min_ratio
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import Trajectory, recompute, rollout
+from t2i_rl_bench.sampling import sampler_at_round
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.tracking import flatten, open_tracker
+from t2i_rl_bench.train.differentiable import backprop_sample
+from t2i_rl_bench.train.forward import forward_batch
+from t2i_rl_bench.train.steps import reference_terms, step_batch, trainable_steps, trained_steps
+from t2i_rl_bench.world.captions import prompt_sets
 
 
 def probe_prompts(k: int, seed: int) -> list[str]:

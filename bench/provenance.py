@@ -67,24 +67,24 @@ def plugin_provenance(config: dict) -> dict[str, str]:
     File plugins are hashed as read from the working directory (where `plugin:` paths resolve)."""
     out: dict[str, str] = {}
     for label, settings in config.get("algorithms", {}).items():
-        pin = describe((settings or {}).get("plugin", label), "bench.algorithms")
+        pin = describe((settings or {}).get("plugin", label), "t2i_rl_bench.algorithms")
         if pin:
             out[f"algorithms.{label}"] = pin
     rewards = [(f"rewards[{i}]", spec) for i, spec in enumerate(config.get("rewards", []))]
     rewards += [("evaluation.rewards", name) for name in config.get("evaluation", {}).get("rewards", [])]
     for key, spec in rewards:
         for name in _reward_names(spec):
-            pin = describe(name, "bench.rewards")
+            pin = describe(name, "t2i_rl_bench.rewards")
             if pin:  # rewards[0] for a single reward, rewards[0].name in a weighted sum
                 single = isinstance(spec, str) and key != "evaluation.rewards"
                 out[key if single else f"{key}.{name}"] = pin
-    from bench.registry import MODELS
+    from t2i_rl_bench.registry import MODELS
 
     builtin = MODELS.shipped()  # the families the harness ships; a plugin family is pinned
     for name, model in config.get("models", {}).items():
         family = model.get("family", "embedded")
         if family not in builtin:
-            pin = describe(family, "bench.models")
+            pin = describe(family, "t2i_rl_bench.models")
             if pin:
                 out[f"models.{name}.family"] = pin
     return out

@@ -17,7 +17,7 @@ real share stays `real_fraction` in both modes, so the mode is the only differen
 generation, the start (g = 0) included, is measured like an evaluation checkpoint: FID/KID,
 precision/recall/density/coverage against rendered references, per-prompt diversity, attribute
 accuracy. The decay rate of a measure is its least-squares slope per generation
-(`bench.metrics.collapse.decay_rate`); the tables give it with an interval over seeds.
+(`t2i_rl_bench.metrics.collapse.decay_rate`); the tables give it with an interval over seeds.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.evaluate import QualityJudge
-from bench.factory import open_policy, open_reward, open_sampler
-from bench.interfaces import Sampler
-from bench.io import atomic_write_json
-from bench.metrics.collapse import decay_rate
-from bench.metrics.diversity import precision_recall_density_coverage
-from bench.models.policy import Policy
-from bench.rollout import sample_images
-from bench.spec import RunSpec
-from bench.world.captions import eval_prompts, prompt_sets
-from bench.world.checker import accuracy
-from bench.world.dataset import reference_images
-from bench.world.pretrain import denoising_loss
+from t2i_rl_bench.evaluate import QualityJudge
+from t2i_rl_bench.factory import open_policy, open_reward, open_sampler
+from t2i_rl_bench.interfaces import Sampler
+from t2i_rl_bench.io import atomic_write_json
+from t2i_rl_bench.metrics.collapse import decay_rate
+from t2i_rl_bench.metrics.diversity import precision_recall_density_coverage
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import sample_images
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.world.captions import eval_prompts, prompt_sets
+from t2i_rl_bench.world.checker import accuracy
+from t2i_rl_bench.world.dataset import reference_images
+from t2i_rl_bench.world.pretrain import denoising_loss
 
 DECAY_METRICS = (
     "quality/fid",
@@ -79,7 +79,7 @@ class RecursiveSettings:
 
     @classmethod
     def from_dict(cls, section: dict) -> RecursiveSettings:
-        """From a variant's settings (bench.study.recursive_variants); keys that are not settings
+        """From a variant's settings (t2i_rl_bench.study.recursive_variants); keys that are not settings
         (enabled, variants) are ignored."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in section.items() if k in names})

@@ -32,7 +32,7 @@ class Registry:
         self.kind = kind
         self._builtins = builtins  # a module that registers built-in entries when imported
         self._references = dict(references or {})  # built-in entries as `package.module:Name`, imported when asked for
-        self.group = f"bench.{kind}s"
+        self.group = f"t2i_rl_bench.{kind}s"
         self._local: dict[str, Any] = {}
         self._check = check
 
@@ -108,10 +108,10 @@ def _load_reference(ref: str, kind: str) -> Any:
 
 
 def _check_algorithm(name: str, obj: Any) -> None:
-    from bench.algorithm import Algorithm, DifferentiableRewardAlgorithm, ForwardAlgorithm
+    from t2i_rl_bench.algorithm import Algorithm, DifferentiableRewardAlgorithm, ForwardAlgorithm
 
     if not (isinstance(obj, type) and issubclass(obj, Algorithm)):
-        raise PluginError(f"algorithm plugin {name!r} is {obj!r}, not a subclass of bench.algorithm.Algorithm")
+        raise PluginError(f"algorithm plugin {name!r} is {obj!r}, not a subclass of t2i_rl_bench.algorithm.Algorithm")
     bases = (Algorithm.loss, ForwardAlgorithm.loss, DifferentiableRewardAlgorithm.loss)
     if getattr(obj.loss, "__isabstractmethod__", False) or obj.loss in bases:
         raise PluginError(f"algorithm plugin {name!r} does not define loss(batch)")
@@ -127,14 +127,14 @@ def _check_callable(kind: str):
 
 ALGORITHMS = Registry("algorithm", _check_algorithm)
 REWARDS = Registry("reward", _check_callable("reward"))
-METRICS = Registry("metric", _check_callable("metric"), builtins="bench.metrics")
-# the model families, registered here only (a plugin family adds an entry point `bench.models`)
+METRICS = Registry("metric", _check_callable("metric"), builtins="t2i_rl_bench.metrics")
+# the model families, registered here only (a plugin family adds an entry point `t2i_rl_bench.models`)
 MODELS = Registry(
     "model",
     _check_callable("model"),
     references={
-        "embedded": "bench.models.policy:Policy",
-        "sd": "bench.models.stable_diffusion:StableDiffusionPolicy",
-        "flow": "bench.models.flow_matching:FlowMatchingPolicy",
+        "embedded": "t2i_rl_bench.models.policy:Policy",
+        "sd": "t2i_rl_bench.models.stable_diffusion:StableDiffusionPolicy",
+        "flow": "t2i_rl_bench.models.flow_matching:FlowMatchingPolicy",
     },
 )

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench import calibration, failures  # noqa: E402
-from bench.io import atomic_write_text  # noqa: E402
-from bench.metrics import direction, gold_keys, lookup  # noqa: E402
+from t2i_rl_bench import calibration, failures  # noqa: E402
+from t2i_rl_bench.io import atomic_write_text  # noqa: E402
+from t2i_rl_bench.metrics import direction, gold_keys, lookup  # noqa: E402
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1350px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;
@@ -560,7 +560,7 @@ def _prompts(tables: Path) -> list[str]:
     """The evaluation prompts in the order the sample grids show them (from citable.json)."""
     ev = _citable(tables).get("evaluation", {})
     try:
-        from bench.evaluate import eval_prompts
+        from t2i_rl_bench.evaluate import eval_prompts
 
         return [p for p in eval_prompts(ev["prompts"], ev["max_prompts"]) for _ in range(ev["images_per_prompt"])]
     except (KeyError, ImportError, TypeError):

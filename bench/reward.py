@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.registry import REWARDS
+from t2i_rl_bench.registry import REWARDS
 
 
 class RewardError(ValueError):

@@ -2,7 +2,7 @@
 reward over HTTP on localhost, for reward models whose dependencies clash with the harness. Run
 it in the reward model's own environment,
 
-    python -m bench.reward_server serve --reward pickscore --settings '{"model_path": "/w/pickscore"}' --port 8765
+    python -m t2i_rl_bench.reward_server serve --reward pickscore --settings '{"model_path": "/w/pickscore"}' --port 8765
 
 and name the client in the config: `{name: remote, settings: {url: "http://127.0.0.1:8765"}}`.
 
@@ -60,14 +60,14 @@ def jsonable(value: Any) -> Any:
 
 
 def build_local(name: str, settings: dict | None = None):
-    from bench.registry import REWARDS
+    from t2i_rl_bench.registry import REWARDS
 
     factory = REWARDS.get(name)
     return factory(**(settings or {})) if isinstance(factory, type) else factory
 
 
 def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 0) -> HTTPServer:
-    from bench.reward import RewardError, check_scores
+    from t2i_rl_bench.reward import RewardError, check_scores
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, body: dict) -> None:
@@ -138,10 +138,10 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.reward_server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m t2i_rl_bench.reward_server", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a registered reward over HTTP")
-    s.add_argument("--reward", required=True, help="a registered reward name (python -m bench list)")
+    s.add_argument("--reward", required=True, help="a registered reward name (python -m t2i_rl_bench list)")
     s.add_argument("--settings", default="{}", help="the reward's settings as JSON")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed)")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.interfaces import Sampler
-from bench.models.policy import Cond, Policy
-from bench.sampling import FLOW_VARIANTS, DDIMSampler, FlowSDESampler
+from t2i_rl_bench.interfaces import Sampler
+from t2i_rl_bench.models.policy import Cond, Policy
+from t2i_rl_bench.sampling import FLOW_VARIANTS, DDIMSampler, FlowSDESampler
 
 
 @dataclass

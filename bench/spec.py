@@ -16,7 +16,7 @@ from typing import Any
 RUN_SPEC_FILE = "run_config.json"
 _OMITTED_WHEN_UNSET = ("sde_window", "sde_window_shift")
 
-# a reward spec (bench.reward): a registered name, or {name: weight} for a weighted sum
+# a reward spec (t2i_rl_bench.reward): a registered name, or {name: weight} for a weighted sum
 RewardSpec = str | dict[str, float]
 
 
@@ -31,7 +31,7 @@ class RunSpec:
     reward_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # {reward name: settings}
     seed: int = 0
     model_options: dict[str, Any] = field(default_factory=dict)  # Policy.load keywords: resolution, mixed_precision
-    # the algorithm's overrides of its loss settings and training recipe (bench.algorithm), checked
+    # the algorithm's overrides of its loss settings and training recipe (t2i_rl_bench.algorithm), checked
     # against their dataclass fields before any job starts
     algorithm_settings: dict[str, Any] = field(default_factory=dict)
     prompts: tuple[str, ...] = ()  # training prompts; empty = the world's 'train' set

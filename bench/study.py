@@ -16,9 +16,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bench.models.checkpoint import MANIFEST, MODEL_INDEX, PIPELINE_FAMILIES
-from bench.sampling import FLOW_VARIANTS
-from bench.spec import RunSpec
+from t2i_rl_bench.models.checkpoint import MANIFEST, MODEL_INDEX, PIPELINE_FAMILIES
+from t2i_rl_bench.sampling import FLOW_VARIANTS
+from t2i_rl_bench.spec import RunSpec
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -164,8 +164,8 @@ def _fill_spec_defaults(config: dict, schema: dict) -> None:
 def check_algorithm(label: str, settings: dict | None) -> Any:
     """The algorithm a config label runs, built from its settings (each field's type and range
     checked by its dataclass); errors name `algorithms.<label>[.<key>]`."""
-    from bench.algorithm import SettingError
-    from bench.registry import ALGORITHMS, PluginError
+    from t2i_rl_bench.algorithm import SettingError
+    from t2i_rl_bench.registry import ALGORITHMS, PluginError
 
     settings = dict(settings or {})
     ref = settings.pop("plugin", label)
@@ -204,8 +204,8 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
 def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dict:
     """Validated copy of the config with defaults filled in; raises ConfigError naming the key.
     With check_paths and verify (and the config's verify_sha256), every model's and judge's weight
-    files are checked against their recorded SHA-256 first (bench.integrity)."""
-    from bench.registry import REWARDS, PluginError
+    files are checked against their recorded SHA-256 first (t2i_rl_bench.integrity)."""
+    from t2i_rl_bench.registry import REWARDS, PluginError
 
     config = copy.deepcopy(config)
     schema = load_schema()
@@ -218,7 +218,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     _fill_spec_defaults(config, schema)
     check_labels(config)
     if check_paths and verify:
-        from bench.integrity import check_study
+        from t2i_rl_bench.integrity import check_study
 
         check_study(config)  # a damaged checkpoint, named with its config key, before anything else
     train = config["train"]
@@ -234,7 +234,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     algorithms = {label: check_algorithm(label, settings) for label, settings in config["algorithms"].items()}
     for label, algorithm in algorithms.items():
         check_group_size(config, label, algorithm.recipe.group_size)
-    from bench.reward import check_weights
+    from t2i_rl_bench.reward import check_weights
 
     reward_specs = [(f"rewards[{i}]", spec) for i, spec in enumerate(config["rewards"])]
     reward_specs += [("evaluation.rewards", name) for name in config["evaluation"]["rewards"]]
@@ -253,7 +253,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     if check_paths and clip_model and not (Path(clip_model) / MANIFEST).is_file():
         raise ConfigError(
             f"config key 'evaluation.clip_model': no judge at {clip_model} (missing {MANIFEST}); "
-            "regenerate it with `python -m bench pretrain-clip` or set the key to null"
+            "regenerate it with `python -m t2i_rl_bench pretrain-clip` or set the key to null"
         )
     check_gpu_budget(config)
     recursive_variants(config)  # unique variant names
@@ -284,7 +284,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
 def check_differentiable_rewards(config: dict, algorithms: dict[str, Any]) -> None:
     """A differentiable-reward method (DRaFT-K, ReFL) backpropagates through the training reward:
     refuse a grid that pairs one with a reward that has no gradient, naming both keys."""
-    from bench.reward import not_differentiable
+    from t2i_rl_bench.reward import not_differentiable
 
     for label, algorithm in algorithms.items():
         if algorithm.family != "differentiable":
@@ -366,7 +366,7 @@ def model_file(model: dict) -> str:
 
 def check_model(name: str, model: dict, check_paths: bool) -> None:
     """A known family, options the family takes, and (check_paths) a folder of that family."""
-    from bench.registry import MODELS
+    from t2i_rl_bench.registry import MODELS
 
     family = model.get("family", "embedded")
     if family not in MODELS.names():
@@ -434,7 +434,7 @@ def runs(config: dict) -> list[RunKey]:
 
 def recursive_variants(config: dict) -> dict[str, dict]:
     """The self-consuming loop's variants of a validated config, name -> the settings of
-    bench.recursive.RecursiveSettings (the shared settings with the variant's overrides), in the
+    t2i_rl_bench.recursive.RecursiveSettings (the shared settings with the variant's overrides), in the
     config's order (the first is the one the verdicts read). No `variants`: one variant of the
     shared settings, named <mode>-real<fraction>."""
     section = {k: v for k, v in config.get("recursive", {}).items() if k not in ("enabled", "variants")}
@@ -465,13 +465,13 @@ def train_command(config: dict, python: str) -> str:
     (bench/distributed.py); otherwise one process."""
     gpus = config["resources"]["train"].get("gpu", 0)
     if gpus > 1:
-        return f"{Path(python).with_name('torchrun')} --standalone --nproc-per-node {gpus} -m bench"
-    return f"{python} -m bench"
+        return f"{Path(python).with_name('torchrun')} --standalone --nproc-per-node {gpus} -m t2i_rl_bench"
+    return f"{python} -m t2i_rl_bench"
 
 
 def run_spec(config: dict, key: RunKey) -> RunSpec:
     """The RunSpec of one run of the grid (from the validated config)."""
-    from bench.registry import ALGORITHMS
+    from t2i_rl_bench.registry import ALGORITHMS
 
     reward = next(r for r in config["rewards"] if reward_label(r) == key.reward)
     settings = dict(config["algorithms"][key.algorithm] or {})

@@ -5,7 +5,7 @@ stable keys. Every number traces back to a commit, a config hash and seeds.
 The interval over seeds is the study's setting (`statistics.interval`, `statistics.confidence`)
 and is named in every header. A row measured once and shared by every seed (the base model at
 budget 0) carries n_seeds = 1 and no interval. Directions (which way is better), gold checks and
-scale-freeness come from the metrics registry (`bench.metrics.lookup`); a scale-dependent
+scale-freeness come from the metrics registry (`t2i_rl_bench.metrics.lookup`); a scale-dependent
 quantity (tr Cov, ||mean g||^2) is marked `scale_free = False` and never ranked across methods.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import analysis, calibration, failures, study, verdicts
-from bench.io import atomic_write_text, dumps_json, read_json
-from bench.metrics import direction, gold_keys, lookup
-from bench.metrics.statistics import (
+from t2i_rl_bench import analysis, calibration, failures, study, verdicts
+from t2i_rl_bench.io import atomic_write_text, dumps_json, read_json
+from t2i_rl_bench.metrics import direction, gold_keys, lookup
+from t2i_rl_bench.metrics.statistics import (
     aggregate_iqm,
     describe_interval,
     difference,
@@ -36,7 +36,7 @@ from bench.metrics.statistics import (
     probability_of_improvement_tasks_ci,
     stratified_bootstrap,
 )
-from bench.provenance import plugin_provenance
+from t2i_rl_bench.provenance import plugin_provenance
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
 PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")

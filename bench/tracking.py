@@ -11,7 +11,7 @@ Each kind of writer has its own event file in the run folder (suffix .train, .ev
 fresh training run removes every old event file; a resumed one writes a purge marker at the
 restored images seen, so the steps a killed process logged past its last state are dropped by
 TensorBoard's reader; an evaluation or probe replaces its own earlier file. The other processes
-of a distributed run write nothing (bench.distributed.World.main).
+of a distributed run write nothing (t2i_rl_bench.distributed.World.main).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench import analysis
-from bench.metrics import direction
-from bench.metrics.statistics import difference, holm
+from t2i_rl_bench import analysis
+from t2i_rl_bench.metrics import direction
+from t2i_rl_bench.metrics.statistics import difference, holm
 
 RUN = ["model", "reward", "algorithm", "seed"]
 OUTCOMES = ("supported", "contradicted", "inconclusive", "not run")
@@ -35,7 +35,7 @@ class Tables:
 
     eval: pd.DataFrame
     probe: pd.DataFrame
-    derived: pd.DataFrame  # gold checks, convergence, compute-matched (bench.analysis)
+    derived: pd.DataFrame  # gold checks, convergence, compute-matched (t2i_rl_bench.analysis)
     recursive: pd.DataFrame
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.judges.reward_model_weights import (
+from t2i_rl_bench.judges.reward_model_weights import (
     clip_preprocess,
     file_problems,
     load_open_clip,

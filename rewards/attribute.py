@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.world.checker import score
+from t2i_rl_bench.world.checker import score
 
 
 class AttributeMatch:

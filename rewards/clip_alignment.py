@@ -1,4 +1,4 @@
-"""CLIP alignment with the in-house CLIP (`bench.judges.clip`): the cosine similarity of the image
+"""CLIP alignment with the in-house CLIP (`t2i_rl_bench.judges.clip`): the cosine similarity of the image
 and prompt embeddings, in [-1, 1] (not multiplied by the logit scale; 1 = same direction). The
 info also carries the CLIP score 100 * max(cos, 0), the torchmetrics convention."""
 
@@ -22,11 +22,11 @@ def _resolve(path) -> Path:
 
 class ClipAlignment:
     """Reward = cos(E_image, E_prompt) under the in-house CLIP at `model` (a folder written by
-    `bench.judges.clip.pretrain_clip`). Images are resized to the CLIP's 16x16 when they differ."""
+    `t2i_rl_bench.judges.clip.pretrain_clip`). Images are resized to the CLIP's 16x16 when they differ."""
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 512):
-        from bench.judges.clip import load_clip
-        from bench.judges.reward_model_weights import WeightsError, default_device
+        from t2i_rl_bench.judges.clip import load_clip
+        from t2i_rl_bench.judges.reward_model_weights import WeightsError, default_device
 
         problems = self.check_weights({"model": model})
         if problems:
@@ -36,13 +36,13 @@ class ClipAlignment:
 
     @staticmethod
     def check_weights(settings: dict) -> list[str]:
-        from bench.models.checkpoint import MANIFEST, read_manifest, verify
+        from t2i_rl_bench.models.checkpoint import MANIFEST, read_manifest, verify
 
         path = settings.get("model", DEFAULT_MODEL)
         folder = _resolve(path)
         where = f"clip_alignment setting 'model' ({path})"
         if not (folder / MANIFEST).is_file():
-            return [f"{where}: no {MANIFEST}: not a model folder (make it with bench.judges.clip.pretrain_clip)"]
+            return [f"{where}: no {MANIFEST}: not a model folder (make it with t2i_rl_bench.judges.clip.pretrain_clip)"]
         if read_manifest(folder).get("family") != "judge_clip":
             return [f"{where}: not an in-house CLIP folder (family {read_manifest(folder).get('family')!r})"]
         changed = verify(folder)

@@ -1,5 +1,5 @@
 """CLIP score (Hessel et al. 2021) with OpenAI CLIP ViT-L/14 as a transformers `CLIPModel`:
-100 * max(cos(image, prompt), 0), the torchmetrics convention (`bench.metrics.quality.clip_score`),
+100 * max(cos(image, prompt), 0), the torchmetrics convention (`t2i_rl_bench.metrics.quality.clip_score`),
 about 20-35 on real generations. The info holds the cosine.
 
 Weights: `model_path` = a local copy of the `openai/clip-vit-large-patch14` folder (config.json,
@@ -8,7 +8,7 @@ model.safetensors, tokenizer files, preprocessor_config.json).
 
 from __future__ import annotations
 
-from bench.judges.reward_model_weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, raise_problems
+from t2i_rl_bench.judges.reward_model_weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, raise_problems
 
 NAME = "clip_score"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.judges.reward_model_weights import (
+from t2i_rl_bench.judges.reward_model_weights import (
     clip_preprocess,
     load_open_clip,
     open_clip_problems,

@@ -11,7 +11,7 @@ with the sizes and statistics read from preprocessor_config.json.
 
 from __future__ import annotations
 
-from bench.judges.reward_model_weights import (
+from t2i_rl_bench.judges.reward_model_weights import (
     hf_clip_cosine,
     hf_clip_problems,
     load_hf_clip,

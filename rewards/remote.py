@@ -2,7 +2,7 @@
 protocol are bench/reward_server.py), for reward models whose dependencies clash with the
 harness: run the server in the reward model's own environment,
 
-    python -m bench.reward_server serve --reward pickscore --settings '{"model_path": "/w/pickscore"}' --port 8765
+    python -m t2i_rl_bench.reward_server serve --reward pickscore --settings '{"model_path": "/w/pickscore"}' --port 8765
 
 and name the client in the config: `{name: remote, settings: {url: "http://127.0.0.1:8765"}}`.
 """
@@ -15,7 +15,7 @@ import urllib.request
 
 import numpy as np
 
-from bench.reward_server import encode_images, jsonable
+from t2i_rl_bench.reward_server import encode_images, jsonable
 
 
 class RemoteRewardError(RuntimeError):
@@ -64,7 +64,7 @@ class RemoteReward:
                 raise RemoteRewardError(f"remote reward at {url} did not answer within {timeout:g} s") from exc
             raise RemoteRewardError(
                 f"remote reward at {url} is unreachable ({exc.reason}); is its server running? Start it with "
-                f"`python -m bench.reward_server serve --reward NAME --port PORT`"
+                f"`python -m t2i_rl_bench.reward_server serve --reward NAME --port PORT`"
             ) from exc
 
     def health(self, timeout: float | None = None) -> dict:

@@ -10,18 +10,18 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-from algorithms.dancegrpo import DanceGRPO
-from algorithms.ddpo_is import DDPOIS
-from algorithms.flowgrpo import FlowGRPO
-from algorithms.loop import LOOP
-from algorithms.pcpo import PCPO, sigma_tilde
-from algorithms.prdp import PRDP
-from algorithms.reinforce import Reinforce
-from bench.advantages import AdvantageEstimator
-from bench.algorithm import StepBatch
-from bench.losses import ppo_clip_loss
-from bench.registry import ALGORITHMS, PluginError
-from bench.sampling import DDIMSampler, FlowSDESampler, diffusers_flow_sigmas
+from t2i_rl_bench.advantages import AdvantageEstimator
+from t2i_rl_bench.algorithm import StepBatch
+from t2i_rl_bench.algorithms.dancegrpo import DanceGRPO
+from t2i_rl_bench.algorithms.ddpo_is import DDPOIS
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
+from t2i_rl_bench.algorithms.loop import LOOP
+from t2i_rl_bench.algorithms.pcpo import PCPO, sigma_tilde
+from t2i_rl_bench.algorithms.prdp import PRDP
+from t2i_rl_bench.algorithms.reinforce import Reinforce
+from t2i_rl_bench.losses import ppo_clip_loss
+from t2i_rl_bench.registry import ALGORITHMS, PluginError
+from t2i_rl_bench.sampling import DDIMSampler, FlowSDESampler, diffusers_flow_sigmas
 
 torch.set_num_threads(1)
 
@@ -341,7 +341,7 @@ def test_pcpo_needs_setup():
 # ---- registry -----------------------------------------------------------------------------------
 PLUGIN = """
 import torch
-from bench.algorithm import Algorithm, Loss
+from t2i_rl_bench.algorithm import Algorithm, Loss
 class Mine(Algorithm):
     def loss(self, batch):
         return Loss(batch.logp.mean())
@@ -411,7 +411,7 @@ def test_entry_points(name, cls):
     ],
 )
 def test_a_bad_setting_is_refused_naming_its_key(algorithm, key, value, message):
-    from bench.algorithm import SettingError
+    from t2i_rl_bench.algorithm import SettingError
 
     with pytest.raises(SettingError, match=message) as info:
         ALGORITHMS.get(algorithm)(**{key: value})

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import analysis
+from t2i_rl_bench import analysis
 
 RULES = analysis.Rules(
     reference="ref", target_fraction=0.8, matched_fraction=0.5, collapse_drop=0.5, gold_tolerance=0.1

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from bench import calibration, study
+from t2i_rl_bench import calibration, study
 
 
 def _cfg():

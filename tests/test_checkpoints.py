@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from bench.models.checkpoint import read_manifest, verify
-from bench.models.policy import Policy
+from t2i_rl_bench.models.checkpoint import read_manifest, verify
+from t2i_rl_bench.models.policy import Policy
 
 SHIPPED = Path(__file__).resolve().parent.parent / "results" / "models"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import study
-from bench.spec import RunSpec
+from t2i_rl_bench import study
+from t2i_rl_bench.spec import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-from algorithms.flowgrpo import FlowGRPO
-from algorithms.grpo_guard import GRPOGuard
-from bench import factory, study
-from bench import train as train_mod
-from bench.algorithm import StepBatch
-from bench.registry import ALGORITHMS
-from bench.sampling import FlowSDESampler
-from bench.spec import RunSpec
-from bench.train.steps import trainable_steps
+from t2i_rl_bench import factory, study
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithm import StepBatch
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
+from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.sampling import FlowSDESampler
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train.steps import trainable_steps
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy, sd3_sigmas
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.diffusionnft import DiffusionNFT
-from bench import factory
-from bench import train as train_mod
-from bench.algorithm import ForwardBatch
-from bench.registry import ALGORITHMS
-from bench.spec import RunSpec
-from bench.train.forward import OldPolicy, forward_batch
+from t2i_rl_bench import factory
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithm import ForwardBatch
+from t2i_rl_bench.algorithms.diffusionnft import DiffusionNFT
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train.forward import OldPolicy, forward_batch
 from tests import test_flowgrpo as flow_toy
 from tests import test_learning as toy
 
@@ -210,7 +210,7 @@ def test_diffusionnft_is_refused_on_ddim_models(flow_world):
 
     import yaml
 
-    from bench import study
+    from t2i_rl_bench import study
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "quick.yaml").read_text())
     cfg["algorithms"] = {"nft": {"plugin": "diffusionnft"}}
@@ -223,11 +223,11 @@ def test_pyproject_registers_the_new_methods():
 
     import tomllib
 
-    from algorithms.draft import DRaFT, ReFL
-    from bench.registry import _load_reference
+    from t2i_rl_bench.algorithms.draft import DRaFT, ReFL
+    from t2i_rl_bench.registry import _load_reference
 
     eps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["entry-points"]
-    algos = eps["bench.algorithms"]
+    algos = eps["t2i_rl_bench.algorithms"]
     assert _load_reference(algos["diffusionnft"], "algorithm") is DiffusionNFT
     assert _load_reference(algos["draft"], "algorithm") is DRaFT
     assert _load_reference(algos["refl"], "algorithm") is ReFL
@@ -236,7 +236,7 @@ def test_pyproject_registers_the_new_methods():
 def test_probe_measures_gradients_and_says_why_there_is_no_step_credit(flow_world):
     """The probe's minibatch gradients are the training loss's (nonzero, one per group); instead
     of a per-step credit share it writes why the family has none."""
-    from bench.probe import probe_gradients
+    from t2i_rl_bench.probe import probe_gradients
 
     trainer = train_mod.Trainer(flow_spec("diffusionnft", 1), out="unused")
     row = probe_gradients(

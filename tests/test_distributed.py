@@ -1,4 +1,4 @@
-"""One run across processes (bench.distributed; gloo on CPU, 2 processes spawned here): N processes
+"""One run across processes (t2i_rl_bench.distributed; gloo on CPU, 2 processes spawned here): N processes
 x k micro-batches give the same update as 1 process x N k micro-batches on the same round (the
 average is over the global batch, ddpo-pytorch#10), with the same advantages; a real distributed
 run samples different noise per process, keeps the processes' weights equal, writes once, and a
@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.distributed import World
-from bench.rollout import Trajectory, rollout
-from bench.spec import RunSpec
-from bench.train import Trainer
+from t2i_rl_bench.distributed import World
+from t2i_rl_bench.rollout import Trajectory, rollout
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import Trainer
 
 WORLD = 2
 PROMPTS = ["a red circle on the left", "a blue square", "two green triangles", "a small red square on the top"]

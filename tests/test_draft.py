@@ -11,16 +11,16 @@ import torch
 import yaml
 from diffusers import DDIMScheduler
 
-from algorithms.draft import DRaFT, ReFL
-from bench import factory, study
-from bench import train as train_mod
-from bench.algorithm import RewardBatch
-from bench.registry import ALGORITHMS, REWARDS
-from bench.reward import build_reward, not_differentiable
-from bench.rollout import make_sampler
-from bench.sampling import DDIMSampler
-from bench.spec import RunSpec
-from bench.train.differentiable import backprop_sample, predicted_x0
+from t2i_rl_bench import factory, study
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithm import RewardBatch
+from t2i_rl_bench.algorithms.draft import DRaFT, ReFL
+from t2i_rl_bench.registry import ALGORITHMS, REWARDS
+from t2i_rl_bench.reward import build_reward, not_differentiable
+from t2i_rl_bench.rollout import make_sampler
+from t2i_rl_bench.sampling import DDIMSampler
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train.differentiable import backprop_sample, predicted_x0
 from tests import test_flowgrpo as flow_toy
 from tests import test_learning as toy
 
@@ -170,7 +170,7 @@ def test_differentiable_methods_raise_the_reward(toy_world, algorithm, settings)
 
 
 def test_probe_measures_the_reward_gradient_and_says_why_there_is_no_step_credit(toy_world):
-    from bench.probe import probe_gradients
+    from t2i_rl_bench.probe import probe_gradients
 
     cfg = RunSpec(model_path="unused", algorithm="draft", reward="test_point_target_grad", num_steps=8, guidance=1.0)
     trainer = train_mod.Trainer(cfg, out="unused")

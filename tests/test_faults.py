@@ -1,5 +1,5 @@
 """The faults of a study that leaves the default path (issue 15): each test fails on the code
-before the fix. Config-level faults are checked through `bench.study.validate` or a Snakemake dry
+before the fix. Config-level faults are checked through `t2i_rl_bench.study.validate` or a Snakemake dry
 run; run-level ones through the commands the workflow runs, on a tiny embedded model."""
 
 import json
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench import study
-from bench.cli import main as bench_main
+from t2i_rl_bench import study
+from t2i_rl_bench.cli import main as bench_main
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -25,7 +25,7 @@ def nan_reward(images, prompts, metadata):
 """
 NAN_LOSS = """
 import torch
-from bench.algorithm import Algorithm, Loss
+from t2i_rl_bench.algorithm import Algorithm, Loss
 class NanLoss(Algorithm):
     def loss(self, batch):
         return Loss(batch.logp.mean() * float("nan"))
@@ -161,7 +161,7 @@ def test_a_reward_named_by_its_plugin_path_runs_in_a_folder_of_its_own(tmp_path,
     matched and snakemake exited 0 doing nothing."""
     work = study_copy(tmp_path)
     (work / "plugins").mkdir()
-    (work / "plugins" / "r.py").write_text("from rewards.jpeg import JpegCompressibility as fn\n")
+    (work / "plugins" / "r.py").write_text("from t2i_rl_bench.rewards.jpeg import JpegCompressibility as fn\n")
     cfg = quick()
     cfg.update(rewards=["plugins/r.py:fn"], seeds=[0], algorithms={"reinforce": {}})
     cfg["evaluation"]["rewards"] = ["plugins/r.py:fn"]
@@ -227,7 +227,7 @@ def test_a_damaged_weight_file_is_refused_before_any_job(tmp_path, how, folder, 
 
 
 def test_a_real_model_folder_is_verified_against_its_recorded_hashes(tmp_path):
-    from bench import integrity
+    from t2i_rl_bench import integrity
 
     folder = tmp_path / "pipe"
     (folder / "unet").mkdir(parents=True)
@@ -320,7 +320,7 @@ def test_strict_json_round_trips_non_finite_numbers_as_null_with_their_place():
     import numpy as np
     import torch
 
-    from bench.io import dumps_json
+    from t2i_rl_bench.io import dumps_json
 
     obj = {"rows": [{"snr": float("nan"), "a/b": np.float32(np.inf), "ok": torch.tensor(2.0)}], "x": (1, 2)}
     text = dumps_json(obj)
@@ -330,7 +330,7 @@ def test_strict_json_round_trips_non_finite_numbers_as_null_with_their_place():
 
 
 def test_read_json_restores_nan_where_it_was_written_as_null(tmp_path):
-    from bench.io import dumps_json, read_json
+    from t2i_rl_bench.io import dumps_json, read_json
 
     path = tmp_path / "x.json"
     path.write_text(dumps_json({"rows": [{"snr": float("inf"), "a/b": 1.0}]}))
@@ -347,7 +347,7 @@ def test_read_json_restores_nan_where_it_was_written_as_null(tmp_path):
     ],
 )
 def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, retries, rc, recorded):
-    from bench import failures
+    from t2i_rl_bench import failures
 
     out = tmp_path / "run" / "summary.json"
     out.parent.mkdir()
@@ -375,7 +375,7 @@ def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, re
 def test_a_file_plugin_is_pinned_by_its_hash_in_the_table_headers(tiny_model, tmp_path):
     import hashlib
 
-    from bench.provenance import plugin_provenance
+    from t2i_rl_bench.provenance import plugin_provenance
 
     plugin = tmp_path / "nan_loss.py"
     plugin.write_text(NAN_LOSS)
@@ -383,7 +383,7 @@ def test_a_file_plugin_is_pinned_by_its_hash_in_the_table_headers(tiny_model, tm
     pins = plugin_provenance(cfg)
     digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
     assert pins == {"algorithms.mine": f"file {plugin} sha256:{digest}"}
-    from bench import tables
+    from t2i_rl_bench import tables
 
     assert tables.provenance(cfg)["plugins"] == pins
     header = tables._header(tables.provenance(cfg), "#")

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from bench.models.policy import Policy
-from bench.registry import ALGORITHMS
-from bench.sampling import FlowSDESampler
-from bench.spec import RunSpec
-from bench.train import Trainer
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.sampling import FlowSDESampler
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import Trainer
 
 PROMPTS = ["a red circle on the left", "two small blue squares"]
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from algorithms.flowgrpo import FlowGRPO, flowgrpo_kl
-from bench import factory
-from bench import train as train_mod
-from bench.algorithm import StepBatch
-from bench.registry import ALGORITHMS
-from bench.sampling import FlowSDESampler
-from bench.spec import RunSpec
-from bench.train.steps import trained_steps
+from t2i_rl_bench import factory
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithm import StepBatch
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO, flowgrpo_kl
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.sampling import FlowSDESampler
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train.steps import trained_steps
 from tests import test_learning as toy
 
 torch.set_num_threads(1)
@@ -191,10 +191,10 @@ def test_pyproject_registers_flowgrpo():
 
     import tomllib
 
-    from bench.registry import _load_reference
+    from t2i_rl_bench.registry import _load_reference
 
     eps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["entry-points"]
-    assert _load_reference(eps["bench.algorithms"]["flowgrpo"], "algorithm") is FlowGRPO
+    assert _load_reference(eps["t2i_rl_bench.algorithms"]["flowgrpo"], "algorithm") is FlowGRPO
 
 
 # ---- learning on the analytic toy -------------------------------------------------------------
@@ -271,7 +271,7 @@ if __name__ == "__main__":
 def test_evaluation_sampler_is_the_flow_ode_at_eta_zero():
     """evaluation.eta = 0 / evaluation.num_steps (Flow-GRPO: ODE, 40 steps): the evaluator's
     sampler is the Euler ODE step x + dt v (no noise, any generator), the training spec unchanged."""
-    from bench.evaluate import evaluation_spec
+    from t2i_rl_bench.evaluate import evaluation_spec
 
     spec = RunSpec(model_path="unused", algorithm="flowgrpo", reward="r", num_steps=10, eta=0.7)
     assert evaluation_spec(spec, {"seed": 1}) is spec
@@ -293,7 +293,7 @@ def test_a_study_may_evaluate_with_its_own_sampler():
 
     import yaml
 
-    from bench import study
+    from t2i_rl_bench import study
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "quick.yaml").read_text())
     cfg["evaluation"].update(eta=0.0, num_steps=12)

@@ -10,14 +10,14 @@ import pytest
 import tomllib
 import torch
 
-from algorithms.flowgrpo import FlowGRPO
-from algorithms.grpo_guard import GRPOGuard, ratio_norm_log_ratio, reweight_factors
-from bench import factory
-from bench import train as train_mod
-from bench.algorithm import StepBatch
-from bench.registry import ALGORITHMS, _load_reference
-from bench.sampling import FlowSDESampler
-from bench.spec import RunSpec
+from t2i_rl_bench import factory
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithm import StepBatch
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
+from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard, ratio_norm_log_ratio, reweight_factors
+from t2i_rl_bench.registry import ALGORITHMS, _load_reference
+from t2i_rl_bench.sampling import FlowSDESampler
+from t2i_rl_bench.spec import RunSpec
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy, official_sde_step, sd3_sigmas
 
@@ -152,7 +152,7 @@ def test_guard_off_is_flowgrpo():
 
 def test_pyproject_registers_grpo_guard():
     eps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["entry-points"]
-    assert _load_reference(eps["bench.algorithms"]["grpo_guard"], "algorithm") is GRPOGuard
+    assert _load_reference(eps["t2i_rl_bench.algorithms"]["grpo_guard"], "algorithm") is GRPOGuard
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_grpo_guard_raises_the_reward(toy_world, monkeypatch, settings):
 def test_a_study_refuses_grpo_guard_on_a_ddim_model(toy_world):
     import yaml
 
-    from bench import study
+    from t2i_rl_bench import study
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "config" / "quick.yaml").read_text())
     cfg["algorithms"] = {"guard": {"plugin": "grpo_guard"}, "ddpo_is": {}}
@@ -209,9 +209,9 @@ def test_a_study_refuses_grpo_guard_on_a_ddim_model(toy_world):
 def test_the_extended_preset_adds_the_new_methods_to_the_quick_grid(toy_world):
     import yaml
 
-    from algorithms.diffusionnft import DiffusionNFT
-    from algorithms.draft import DRaFT, ReFL
-    from bench import study
+    from t2i_rl_bench import study
+    from t2i_rl_bench.algorithms.diffusionnft import DiffusionNFT
+    from t2i_rl_bench.algorithms.draft import DRaFT, ReFL
 
     ALGORITHMS.register("flowgrpo")(FlowGRPO)
     for name, cls in (("diffusionnft", DiffusionNFT), ("draft", DRaFT), ("refl", ReFL)):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.judges.clip import ClipSpec, image_features, load_clip, pretrain_clip
-from bench.models.checkpoint import read_manifest, verify
-from bench.world.captions import prompt_sets
-from bench.world.dataset import reference_images
+from t2i_rl_bench.judges.clip import ClipSpec, image_features, load_clip, pretrain_clip
+from t2i_rl_bench.models.checkpoint import read_manifest, verify
+from t2i_rl_bench.world.captions import prompt_sets
+from t2i_rl_bench.world.dataset import reference_images
 
 CLIP16 = Path(__file__).resolve().parent.parent / "results" / "models" / "clip16"
 TINY = ClipSpec(vision_width=16, vision_layers=1, text_width=16, text_layers=1, head_width=8, embed_dim=8)
@@ -50,7 +50,7 @@ def test_pretraining_runs_is_seeded_and_records_its_provenance(tiny_clip, tmp_pa
 
 
 def test_image_features_are_a_feature_network_for_fid(tiny_clip):
-    from bench.metrics.quality import fid
+    from t2i_rl_bench.metrics.quality import fid
 
     features = image_features(tiny_clip)
     real = torch.from_numpy(reference_images(prompt_sets()["train"][:24], per_prompt=1, seed=0))
@@ -70,7 +70,7 @@ def test_load_clip_refuses_a_folder_of_another_model(tmp_path):
 def test_clip_alignment_refuses_changed_weights(tiny_clip, tmp_path):
     import shutil
 
-    from bench.reward import check_weights
+    from t2i_rl_bench.reward import check_weights
 
     copy = tmp_path / "clip"
     shutil.copytree(tiny_clip, copy)

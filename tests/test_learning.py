@@ -13,13 +13,13 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from bench import factory
-from bench import train as train_mod
-from bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
-from bench.models.policy import Cond
-from bench.registry import ALGORITHMS, REWARDS
-from bench.rollout import rollout
-from bench.spec import RunSpec
+from t2i_rl_bench import factory
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, StepBatch
+from t2i_rl_bench.models.policy import Cond
+from t2i_rl_bench.registry import ALGORITHMS, REWARDS
+from t2i_rl_bench.rollout import rollout
+from t2i_rl_bench.spec import RunSpec
 
 TARGET = 1.0
 SHAPE = (1, 2, 2)

@@ -5,10 +5,10 @@ import json
 
 import torch
 
-from bench.models.policy import Policy
-from bench.rollout import make_sampler, recompute, rollout
-from bench.spec import RunSpec
-from bench.train import train
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import make_sampler, recompute, rollout
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import train
 
 
 def _logp(policy, traj, sampler, reference=False):

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from bench.metrics import collapse as cl
+from t2i_rl_bench.metrics import collapse as cl
 
 
 def test_collapse_onset():

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.metrics import convergence as cv
+from t2i_rl_bench.metrics import convergence as cv
 
 X = [0, 100, 200, 300, 400]
 Y = [0.2, 0.4, 0.6, 0.8, 0.8]  # linear from 0.2 to 0.8 over 300 samples, then flat

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import diversity as dv
+from t2i_rl_bench.metrics import diversity as dv
 
 
 def test_vendi_score_known_cases():

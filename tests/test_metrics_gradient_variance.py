@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bench.metrics import gradient_variance as gv
+from t2i_rl_bench.metrics import gradient_variance as gv
 
 torch.set_num_threads(1)
 

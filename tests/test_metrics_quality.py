@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bench.metrics import quality as q
+from t2i_rl_bench.metrics import quality as q
 
 torch.set_num_threads(1)
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import bench.metrics as bm
-from bench.registry import METRICS
+import t2i_rl_bench.metrics as bm
+from t2i_rl_bench.registry import METRICS
 
 
 def test_metrics_are_registered_callable_and_directed():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bench.metrics import statistics as st
+from t2i_rl_bench.metrics import statistics as st
 
 
 def _coverage(n_seeds: int, studies: int = 300, **kwargs) -> float:

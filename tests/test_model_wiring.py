@@ -1,5 +1,5 @@
 """Per-model options and the flow SDE variant reach the policy and the sampler from the study
-config (bench.study.run_spec -> RunSpec -> Trainer); Flow-GRPO's KL to the reference."""
+config (t2i_rl_bench.study.run_spec -> RunSpec -> Trainer); Flow-GRPO's KL to the reference."""
 
 import json
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from tiny_pipelines import build_sd, build_sd3
 
-from bench import study
-from bench.algorithm import StepBatch
-from bench.losses import gaussian_kl_to_reference
-from bench.registry import ALGORITHMS
-from bench.spec import RunSpec
-from bench.train import Trainer
+from t2i_rl_bench import study
+from t2i_rl_bench.algorithm import StepBatch
+from t2i_rl_bench.losses import gaussian_kl_to_reference
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import Trainer
 
 PROMPTS = ["a red circle", "two small blue squares on the left"]
 

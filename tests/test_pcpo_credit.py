@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from algorithms.pcpo import PCPO
-from bench.models.policy import Policy
-from bench.rollout import make_sampler, rollout
+from t2i_rl_bench.algorithms.pcpo import PCPO
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import make_sampler, rollout
 
 FLOW_MODEL = Path(__file__).resolve().parent.parent / "results" / "models" / "dit16-flow"
 
@@ -59,7 +59,7 @@ def test_pcpo_ddim_multipliers_flatten_the_effective_credit_without_x0_clipping(
     preset's PCPO rows are proportionate only up to the clipped share (stated in the README)."""
     from diffusers import DDIMScheduler
 
-    from bench.sampling import DDIMSampler
+    from t2i_rl_bench.sampling import DDIMSampler
 
     scheduler = DDIMScheduler(
         beta_schedule="scaled_linear",

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import study
-from bench.evaluate import evaluate_run
-from bench.probe import probe_run
-from bench.spec import RunSpec
-from bench.tables import aggregate
-from bench.train import train
+from t2i_rl_bench import study
+from t2i_rl_bench.evaluate import evaluate_run
+from t2i_rl_bench.probe import probe_run
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.tables import aggregate
+from t2i_rl_bench.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, t
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[bench.algorithms]\nclipped_reinforce = my_package.my_algo:ClippedReinforce\n"
+        "[t2i_rl_bench.algorithms]\nclipped_reinforce = my_package.my_algo:ClippedReinforce\n"
     )
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(ROOT / "tests")!r})
@@ -93,7 +93,7 @@ def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, t
         print(sorted(set(table["algorithm"]) - {{"(all)"}}))
     """)
     env = {"PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    listed = subprocess.run([sys.executable, "-m", "bench", "list"], env=env, capture_output=True, text=True)
+    listed = subprocess.run([sys.executable, "-m", "t2i_rl_bench", "list"], env=env, capture_output=True, text=True)
     assert "clipped_reinforce" in listed.stdout.splitlines()[0], listed.stderr
     ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
@@ -104,7 +104,7 @@ def test_readme_plugin_as_an_installed_package_with_an_entry_point(tiny_model, t
     "source, message",
     [
         ("import no_such_module\n", "failed to import"),
-        ("from bench.algorithm import Algorithm\nclass Broken(Algorithm):\n    pass\n", "does not define loss"),
+        ("from t2i_rl_bench.algorithm import Algorithm\nclass Broken(Algorithm):\n    pass\n", "does not define loss"),
         ("Broken = 42\n", "not a subclass"),
     ],
 )
@@ -118,11 +118,11 @@ def test_a_broken_plugin_is_refused_at_validation_naming_it(tiny_model, tmp_path
 def test_a_loss_of_the_wrong_type_fails_naming_the_plugin(tiny_model, tmp_path):
     plugin = tmp_path / "wrong.py"
     plugin.write_text(
-        "from bench.algorithm import Algorithm\n"
+        "from t2i_rl_bench.algorithm import Algorithm\n"
         "class Wrong(Algorithm):\n    def loss(self, batch):\n        return 0.0\n"
     )
     cfg = small_study(tiny_model, {"wrong": {"plugin": f"{plugin}:Wrong"}})
-    from bench.registry import PluginError
+    from t2i_rl_bench.registry import PluginError
 
     with pytest.raises(PluginError, match=r"wrong\.py:Wrong.*returned float"):
         run_study(cfg, tmp_path / "runs")

@@ -15,8 +15,8 @@ import yaml
 from test_rewards import TINY_OPEN_CLIP, tiny_hf_clip, tiny_open_clip
 from tiny_pipelines import build_sd, build_sd3
 
-from bench import integrity
-from bench.layout import study_paths
+from t2i_rl_bench import integrity
+from t2i_rl_bench.layout import study_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -28,7 +28,7 @@ def tiny_reward_settings(name: str, folder: Path) -> dict:
     if name == "laion_aesthetic":
         import torch
 
-        from rewards.aesthetic import AestheticHead
+        from t2i_rl_bench.rewards.aesthetic import AestheticHead
 
         _, config, weights = tiny_open_clip(folder, wrapped=False, suffix=".safetensors")
         torch.save(AestheticHead(TINY_OPEN_CLIP["embed_dim"]).state_dict(), folder / "head.pth")

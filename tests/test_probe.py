@@ -1,4 +1,4 @@
-"""The probe builds its step batch as training does (bench.train.steps.step_batch), so it measures
+"""The probe builds its step batch as training does (t2i_rl_bench.train.steps.step_batch), so it measures
 every registered loss, a KL term to the reference included. Its per-step credit rests on one
 identity: the per-denoising-step gradients sum to the gradient of the algorithm's whole loss.
 Checked on real rollouts of tiny models, per step (the vector) and through the gradient statistics
@@ -7,15 +7,15 @@ Checked on real rollouts of tiny models, per step (the vector) and through the g
 import pytest
 import torch
 
-from bench.factory import open_algorithm, open_run
-from bench.metrics.gradient_variance import gradient_statistics
-from bench.models.policy import Policy
-from bench.probe import Prober, probe_gradients, probe_prompts, step_gradients
-from bench.registry import ALGORITHMS
-from bench.reward import build_reward
-from bench.rollout import make_sampler, recompute, rollout
-from bench.spec import RunSpec
-from bench.train.steps import reference_terms, step_batch
+from t2i_rl_bench.factory import open_algorithm, open_run
+from t2i_rl_bench.metrics.gradient_variance import gradient_statistics
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.probe import Prober, probe_gradients, probe_prompts, step_gradients
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.reward import build_reward
+from t2i_rl_bench.rollout import make_sampler, recompute, rollout
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train.steps import reference_terms, step_batch
 
 PROMPTS = ["a red circle", "two small blue squares on the left"]
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from tiny_pipelines import build_sd, build_sd3
 
-from bench.models.flow_matching import FlowMatchingPolicy
-from bench.models.policy import Policy
-from bench.models.stable_diffusion import StableDiffusionPolicy
-from bench.registry import ALGORITHMS
-from bench.rollout import make_sampler, recompute, rollout
-from bench.sampling import DDIMSampler, FlowSDESampler, diffusers_flow_sigmas
-from bench.spec import RunSpec
-from bench.train import Trainer
+from t2i_rl_bench.models.flow_matching import FlowMatchingPolicy
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.models.stable_diffusion import StableDiffusionPolicy
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.rollout import make_sampler, recompute, rollout
+from t2i_rl_bench.sampling import DDIMSampler, FlowSDESampler, diffusers_flow_sigmas
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import Trainer
 
 PROMPTS = ["a red circle", "two small blue squares on the left"]
 ETA = {"sd": 1.0, "flow": 0.7}  # DDIM eta (DDPO), Flow-GRPO noise level a

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tiny_pipelines import build_sd, build_sd3
 
-from bench import study
+from t2i_rl_bench import study
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["ddpo_sd15_aesthetic.yaml", "dancegrpo_sd14_hps.yaml", "flowgrpo_sd35m_pickscore.yaml"]
@@ -67,9 +67,9 @@ def test_families_are_registered_once():
     """The built-in families live in the MODELS registry only (no second list in pyproject.toml)."""
     import tomllib
 
-    from bench.models.policy import Policy
-    from bench.registry import MODELS
+    from t2i_rl_bench.models.policy import Policy
+    from t2i_rl_bench.registry import MODELS
 
     entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
-    assert "bench.models" not in entry_points
+    assert "t2i_rl_bench.models" not in entry_points
     assert {"embedded", "sd", "flow"} <= set(MODELS.names()) and MODELS.get("embedded") is Policy

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import report, study, tables
-from bench.metrics.collapse import decay_rate
-from bench.metrics.statistics import interval
-from bench.models.policy import Policy
-from bench.recursive import (
+from t2i_rl_bench import report, study, tables
+from t2i_rl_bench.metrics.collapse import decay_rate
+from t2i_rl_bench.metrics.statistics import interval
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.recursive import (
     DECAY_METRICS,
     RecursiveSettings,
     finetune,
@@ -19,8 +19,8 @@ from bench.recursive import (
     recursive_run,
     training_set,
 )
-from bench.spec import RunSpec
-from bench.train import train
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 JUDGE = ROOT / "results" / "models" / "clip16"

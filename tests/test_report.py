@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report, study, tables
+from t2i_rl_bench import report, study, tables
 
 METHODS = {"pcpo": 0.10, "ddpo_is": 0.05, "prdp": 0.30}  # final gain of the proxy reward
 BUDGETS = (0, 64, 128)

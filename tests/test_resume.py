@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 SLOW_REWARD = """
 import time
-from rewards.jpeg import JpegCompressibility
+from t2i_rl_bench.rewards.jpeg import JpegCompressibility
 _jpeg = JpegCompressibility()
 def slow(images, prompts, metadata):
     time.sleep(0.4)  # long enough to be killed mid-run
@@ -32,7 +32,7 @@ def _command(model, reward, out):
         budgets=[8, 16, 24, 32],
         prompts=["a red circle", "a blue square"],
     )
-    return [sys.executable, "-m", "bench", "train", "--run-config", json.dumps(cfg), "--out", str(out)]
+    return [sys.executable, "-m", "t2i_rl_bench", "train", "--run-config", json.dumps(cfg), "--out", str(out)]
 
 
 def _final(out):

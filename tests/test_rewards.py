@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.judges.reward_model_weights import WeightsError, clip_preprocess
-from bench.registry import REWARDS
-from bench.reward import ComposedReward, RewardError, check_weights, zero_spread_fraction
-from bench.world.captions import caption
-from bench.world.scenes import all_scenes, render, sample_jitter
+from t2i_rl_bench.judges.reward_model_weights import WeightsError, clip_preprocess
+from t2i_rl_bench.registry import REWARDS
+from t2i_rl_bench.reward import ComposedReward, RewardError, check_weights, zero_spread_fraction
+from t2i_rl_bench.world.captions import caption
+from t2i_rl_bench.world.scenes import all_scenes, render, sample_jitter
 
 PROMPTS = ["a large red square on the left , black background", "two small blue circles on the top"]
 
@@ -126,7 +126,7 @@ def test_hps_v21_loads_tiny_weights_through_the_real_code_path(tmp_path):
 
 
 def test_laion_aesthetic_loads_tiny_weights_through_the_real_code_path(tmp_path):
-    from rewards.aesthetic import AestheticHead
+    from t2i_rl_bench.rewards.aesthetic import AestheticHead
 
     model, config, weights = tiny_open_clip(tmp_path, wrapped=False, suffix=".safetensors")
     head = AestheticHead(TINY_OPEN_CLIP["embed_dim"]).eval()
@@ -314,7 +314,7 @@ def jpeg_server():
         [
             sys.executable,
             "-m",
-            "bench.reward_server",
+            "t2i_rl_bench.reward_server",
             "serve",
             "--reward",
             "jpeg_compressibility",
@@ -339,7 +339,7 @@ def jpeg_server():
 
 
 def test_remote_reward_scores_like_the_local_reward(jpeg_server):
-    from bench.reward_server import quantize
+    from t2i_rl_bench.reward_server import quantize
 
     reward = REWARDS.get("remote")(url=jpeg_server, timeout=30)
     assert reward.reward == "jpeg_compressibility"
@@ -352,7 +352,7 @@ def test_remote_reward_scores_like_the_local_reward(jpeg_server):
 
 
 def test_remote_reward_names_the_url_when_the_server_is_down():
-    from rewards.remote import RemoteRewardError
+    from t2i_rl_bench.rewards.remote import RemoteRewardError
 
     url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(RemoteRewardError, match=rf"remote reward at {url}/health is unreachable"):
@@ -363,7 +363,7 @@ def test_remote_reward_names_the_url_when_the_server_is_down():
 
 
 def test_remote_reward_times_out_naming_the_url():
-    from rewards.remote import RemoteRewardError
+    from t2i_rl_bench.rewards.remote import RemoteRewardError
 
     with socket.socket() as silent:  # accepts connections (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
@@ -376,8 +376,8 @@ def test_remote_reward_times_out_naming_the_url():
 def test_remote_server_reports_a_failing_reward(monkeypatch):
     import threading
 
-    from bench.reward_server import make_server
-    from rewards.remote import RemoteReward, RemoteRewardError
+    from t2i_rl_bench.reward_server import make_server
+    from t2i_rl_bench.rewards.remote import RemoteReward, RemoteRewardError
 
     server = make_server("broken", lambda images, prompts, metadata: ([float("nan")] * len(prompts), {}))
     thread = threading.Thread(target=server.handle_request, daemon=True)  # exactly one request, no torch inside

@@ -2,10 +2,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from bench.models.embedded import EmbeddedSpec, build_scheduler
-from bench.models.policy import Policy
-from bench.rollout import make_sampler, recompute, rollout
-from bench.sampling import DDIMSampler, FlowSDESampler, flow_sigmas, gaussian_logp
+from t2i_rl_bench.models.embedded import EmbeddedSpec, build_scheduler
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import make_sampler, recompute, rollout
+from t2i_rl_bench.sampling import DDIMSampler, FlowSDESampler, flow_sigmas, gaussian_logp
 
 
 def test_gaussian_logp_equals_torch_normal():

@@ -10,15 +10,15 @@ import pytest
 import torch
 import yaml
 
-from algorithms.flowgrpo import FlowGRPO
-from bench import factory, study
-from bench import train as train_mod
-from bench.probe import probe_gradients
-from bench.registry import ALGORITHMS
-from bench.rollout import make_sampler, recompute
-from bench.sampling import FlowSDESampler
-from bench.spec import RunSpec
-from bench.train.steps import trainable_steps, trained_steps
+from t2i_rl_bench import factory, study
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
+from t2i_rl_bench.probe import probe_gradients
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.rollout import make_sampler, recompute
+from t2i_rl_bench.sampling import FlowSDESampler
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train.steps import trainable_steps, trained_steps
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy, sd3_sigmas
 
@@ -118,7 +118,7 @@ def test_the_probe_credits_only_the_windows_steps(flow_toy):
     sampler = make_sampler(policy, 8, 0.7, sde_window=(2, 3))
     algorithm = FlowGRPO()
     algorithm.setup(sampler)
-    from bench.reward import build_reward
+    from t2i_rl_bench.reward import build_reward
 
     out = probe_gradients(policy, sampler, algorithm, build_reward("test_point_target"), ["a", "b"], 4, 1.0, 5)
     share = torch.tensor(out["credit_share"])
@@ -167,7 +167,7 @@ def test_an_algorithm_may_have_its_own_window():
 
 
 def test_the_evaluation_samples_without_the_window():
-    from bench.evaluate import BASE_FIELDS, evaluation_spec
+    from t2i_rl_bench.evaluate import BASE_FIELDS, evaluation_spec
 
     spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2))
     assert evaluation_spec(spec, {}).sde_window is None and "sde_window" not in BASE_FIELDS
@@ -251,7 +251,7 @@ def test_training_follows_the_sliding_window_and_trains_only_inside_it(flow_toy)
     resumed.follow_window()
     assert resumed.sampler.sde_window == (2, 3) and resumed.algorithm.step_dt is not None
 
-    from bench.probe import Prober
+    from t2i_rl_bench.probe import Prober
 
     prober = Prober(cfg, {"minibatches": 2, "seed": 5})
     share = torch.tensor(prober(16 * 2)["credit_share"])  # after round 1: round 2's window, steps 4-6
@@ -289,7 +289,7 @@ def test_the_config_checks_the_sliding_window():
 
 
 def test_the_evaluation_samples_without_the_sliding_window():
-    from bench.evaluate import evaluation_spec
+    from t2i_rl_bench.evaluate import evaluation_spec
 
     spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2), sde_window_shift=(3, 1))
     plain = evaluation_spec(spec, {})

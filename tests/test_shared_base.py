@@ -3,10 +3,10 @@ matches; a shared row must be exactly the row the run would have computed itself
 
 import pytest
 
-from bench.evaluate import evaluate_base, evaluate_run
-from bench.probe import probe_base, probe_run
-from bench.spec import RunSpec
-from bench.train import train
+from t2i_rl_bench.evaluate import evaluate_base, evaluate_run
+from t2i_rl_bench.probe import probe_base, probe_run
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import train
 
 EVALUATION = {
     "prompts": "heldout",

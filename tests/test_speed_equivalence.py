@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.spec import RunSpec
-from bench.train import Trainer
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import Trainer
 from tests.benchmarks.plain_ddpo import PlainDDPO, PlainSettings
 from tests.benchmarks.tiny_sd import TinySDSpec, build_tiny_sd
 

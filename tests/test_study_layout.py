@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.advantages import MODES
-from bench.layout import study_paths
+from t2i_rl_bench.advantages import MODES
+from t2i_rl_bench.layout import study_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -41,9 +41,9 @@ def test_the_quick_preset_never_names_the_default_study_outputs():
     assert "results/studies/quick/tables" in plan and "report/studies/quick/index.html" in plan
     for path in DEFAULT_OUTPUTS:
         assert not re.search(rf"(?<![\w/]){re.escape(path)}", plan), path
-    # a train job killed after its last retry still writes its summary (bench.failures)
+    # a train job killed after its last retry still writes its summary (t2i_rl_bench.failures)
     assert re.search(
-        r"\|\| \S+ -m bench\.failures killed --out results/studies/quick/runs/\S+/summary\.json "
+        r"\|\| \S+ -m t2i_rl_bench\.failures killed --out results/studies/quick/runs/\S+/summary\.json "
         r"--stage train --exit-code \$\? --attempt 1 --retries 0",
         plan,
     )
@@ -82,7 +82,7 @@ def test_the_readme_plugin_section_covers_what_authors_need():
     section = text.split("## Add an algorithm", 1)[1].split("\n## ", 1)[0]
     from dataclasses import fields
 
-    from bench.algorithm import Loss
+    from t2i_rl_bench.algorithm import Loss
 
     for field in fields(Loss):
         assert f"`{field.name}`" in section, field.name

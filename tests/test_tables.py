@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import tables
+from t2i_rl_bench import tables
 
 STATS = {"confidence": 0.95, "bootstrap_resamples": 500, "seed": 0}
 

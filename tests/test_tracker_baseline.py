@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from bench import study
-from bench.registry import ALGORITHMS
+from t2i_rl_bench import study
+from t2i_rl_bench.registry import ALGORITHMS
 
 DEFAULT = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
 

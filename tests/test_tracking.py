@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bench import study
-from bench.evaluate import evaluate_run
-from bench.probe import probe_run
-from bench.spec import RunSpec
-from bench.tracking import EVENT_PREFIX, NullTracker, Tracker, flatten, open_tracker
-from bench.train import train
-from bench.train.loop import Trainer
+from t2i_rl_bench import study
+from t2i_rl_bench.evaluate import evaluate_run
+from t2i_rl_bench.probe import probe_run
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.tracking import EVENT_PREFIX, NullTracker, Tracker, flatten, open_tracker
+from t2i_rl_bench.train import train
+from t2i_rl_bench.train.loop import Trainer
 
 FLOW = Path(__file__).resolve().parent.parent / "results" / "models" / "dit16-flow"
 EVALUATION = {

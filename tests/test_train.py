@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.reward import RewardError
-from bench.spec import RunSpec
-from bench.train import train, trained_steps
+from t2i_rl_bench.reward import RewardError
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import train, trained_steps
 
 
 def _cfg(model, **kw):

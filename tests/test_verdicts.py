@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import verdicts
+from t2i_rl_bench import verdicts
 
 STATS = {"confidence": 0.95, "interval": "t", "bootstrap_resamples": 500, "seed": 0}
 SEEDS = range(5)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.layout import study_paths
+from t2i_rl_bench.layout import study_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -158,7 +158,9 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
 
 
 def test_cli_lists_what_is_registered():
-    out = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "t2i_rl_bench", "list"], capture_output=True, text=True, check=True
+    ).stdout
     assert "reinforce" in out and "jpeg_compressibility" in out and "attribute_match" in out
     assert out.splitlines()[0].startswith("algorithms:")
 
@@ -189,4 +191,4 @@ def test_a_multi_gpu_train_job_is_one_torchrun_launch(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "torchrun --standalone --nproc-per-node 2 -m bench train" in done.stdout
+    assert "torchrun --standalone --nproc-per-node 2 -m t2i_rl_bench train" in done.stdout

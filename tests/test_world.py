@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from bench.world.captions import HELDOUT_PAIRS, caption, parse, prompt_sets
-from bench.world.checker import accuracy, read
-from bench.world.scenes import ATTRIBUTES, all_scenes, render, sample_jitter
+from t2i_rl_bench.world.captions import HELDOUT_PAIRS, caption, parse, prompt_sets
+from t2i_rl_bench.world.checker import accuracy, read
+from t2i_rl_bench.world.scenes import ATTRIBUTES, all_scenes, render, sample_jitter
 
 
 def test_checker_reads_clean_scenes_at_least_99_percent():

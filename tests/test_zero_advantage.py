@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.flowgrpo import FlowGRPO
-from algorithms.grpo_guard import GRPOGuard
-from bench import advantages as adv
-from bench import factory
-from bench import train as train_mod
-from bench.registry import ALGORITHMS
-from bench.spec import RunSpec
+from t2i_rl_bench import advantages as adv
+from t2i_rl_bench import factory
+from t2i_rl_bench import train as train_mod
+from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
+from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard
+from t2i_rl_bench.registry import ALGORITHMS
+from t2i_rl_bench.spec import RunSpec
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy
 

@@ -2,14 +2,14 @@
 and captions. It is the embedded study's alignment judge (the `clip_alignment` reward, CLIP score)
 and its feature network for FID/KID and diversity.
 
-    python -m bench.judges.clip --out results/models/clip16 --steps 1500 --seed 0   # ~2 min, one thread
+    python -m t2i_rl_bench.judges.clip --out results/models/clip16 --steps 1500 --seed 0   # ~2 min, one thread
 
 It is trained on every scene of the world, the held-out prompts' too: it is the measuring
 instrument (as OpenAI's CLIP has seen everything a policy is evaluated on), and the held-out split
 tests the policy's generalisation, not the judge's. Its retrieval is measured on fresh renders
 (jitter from a seed the training never drew) and recorded in the manifest.
 
-Tokenizer: the world's word-level tokenizer (`bench.world.tokenizer`), not open_clip's BPE. The
+Tokenizer: the world's word-level tokenizer (`t2i_rl_bench.world.tokenizer`), not open_clip's BPE. The
 captions come from a closed grammar of 22 words, so BPE adds nothing, and its 49,408-row token
 embedding would hold ~12 MB of the few-MB checkpoint; the word-level ids are also the ones the base
 model's text encoder reads. The text tower pools at [EOS] (`pool_type="eos"`), since [EOS] is not the
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bench.world.captions import caption, parse, prompt_sets, random_omissions
-from bench.world.scenes import Scene, all_scenes, render, sample_jitter
-from bench.world.tokenizer import MAX_LENGTH, build_tokenizer
+from t2i_rl_bench.world.captions import caption, parse, prompt_sets, random_omissions
+from t2i_rl_bench.world.scenes import Scene, all_scenes, render, sample_jitter
+from t2i_rl_bench.world.tokenizer import MAX_LENGTH, build_tokenizer
 
 WEIGHTS = "model.safetensors"
 FAMILY = "judge_clip"
@@ -196,9 +196,9 @@ def pretrain_clip(
     curve = [round(float(np.mean(losses[i : i + 100])), 5) for i in range(0, len(losses), 100)]
     info = {
         "family": FAMILY,
-        "command": f"python -m bench.judges.clip --out {out} --steps {steps} --seed {seed}",
+        "command": f"python -m t2i_rl_bench.judges.clip --out {out} --steps {steps} --seed {seed}",
         "spec": asdict(spec),
-        "tokenizer": "word-level (bench.world.tokenizer), pool at [EOS]",
+        "tokenizer": "word-level (t2i_rl_bench.world.tokenizer), pool at [EOS]",
         "image_normalisation": {"mean": IMAGE_MEAN, "std": IMAGE_STD},
         "pretraining": {
             "seed": seed,
@@ -219,7 +219,7 @@ def pretrain_clip(
 def save_clip(judge: ClipJudge, out: str | Path, info: dict) -> None:
     from safetensors.torch import save_file
 
-    from bench.models.checkpoint import write_manifest
+    from t2i_rl_bench.models.checkpoint import write_manifest
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> ClipJud
     from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
 
-    from bench.models.checkpoint import read_manifest
+    from t2i_rl_bench.models.checkpoint import read_manifest
 
     folder = Path(folder)
     info = read_manifest(folder)

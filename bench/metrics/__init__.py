@@ -1,6 +1,6 @@
 """The measurements of the study (DESIGN.md, "Measurements"), as pure functions in one module per
 kind: statistics (over seeds), gradient_variance, convergence, quality (FID/KID/CLIP score),
-diversity, collapse. The scalar ones are registered in `bench.registry.METRICS` under their
+diversity, collapse. The scalar ones are registered in `t2i_rl_bench.registry.METRICS` under their
 function's name, each with the direction in which it is better, the table keys it appears under
 (`keys`, glob patterns over the columns of eval.json / probe.json), whether it is a gold check of
 the held-out evaluation (`gold`: the metrics a proxy reward can hack), and whether it is
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.metrics import collapse, convergence, diversity, gradient_variance, quality, statistics
-from bench.registry import METRICS
+from t2i_rl_bench.metrics import collapse, convergence, diversity, gradient_variance, quality, statistics
+from t2i_rl_bench.registry import METRICS
 
 DIRECTIONS = ("higher", "lower")
 

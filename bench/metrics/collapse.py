@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from bench.metrics.convergence import first_crossing
+from t2i_rl_bench.metrics.convergence import first_crossing
 
 
 def collapse_onset(checkpoints, diversity, base_diversity: float, fraction: float = 0.5) -> float | None:

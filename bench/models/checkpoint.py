@@ -23,7 +23,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 def write_manifest(folder: Path, info: dict) -> None:
     folder = Path(folder)
     info = dict(info, sha256=file_hashes(folder))
-    from bench.io import dumps_json
+    from t2i_rl_bench.io import dumps_json
 
     (folder / MANIFEST).write_text(dumps_json(info) + "\n")
 
@@ -63,6 +63,6 @@ def model_family(folder: str | Path, config_key: str = "model.path") -> str:
             )
         return PIPELINE_FAMILIES[pipeline]
     raise FileNotFoundError(
-        f"{where} has neither {MANIFEST} (embedded model; regenerate it with `python -m bench pretrain`) "
+        f"{where} has neither {MANIFEST} (embedded model; regenerate it with `python -m t2i_rl_bench pretrain`) "
         f"nor {MODEL_INDEX} (diffusers pipeline folder)"
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bench.world.tokenizer import MAX_LENGTH, build_tokenizer
+from t2i_rl_bench.world.tokenizer import MAX_LENGTH, build_tokenizer
 
 
 @dataclass(frozen=True)

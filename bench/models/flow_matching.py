@@ -1,6 +1,6 @@
 """Rectified-flow models from a local diffusers folder (`StableDiffusion3Pipeline` layout: SD3 /
 SD3.5 transformer, VAE with shift_factor, two CLIP text encoders with projection, optional T5),
-sampled by the flow SDEs of ALGORITHMS.md 5.3-5.4 (`bench.rollout.make_sampler`, objective 'flow').
+sampled by the flow SDEs of ALGORITHMS.md 5.3-5.4 (`t2i_rl_bench.rollout.make_sampler`, objective 'flow').
 
 - Velocity objective: the transformer predicts v ~ eps - x0 with x_t = (1 - t) x0 + t eps.
 - Time: the model gets t * 1000 (`FlowMatchEulerDiscreteScheduler.timesteps` = sigmas x
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.latent import LatentPolicy, cond_to, read_model_index
-from bench.models.policy import Cond
+from t2i_rl_bench.models.latent import LatentPolicy, cond_to, read_model_index
+from t2i_rl_bench.models.policy import Cond
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.models.policy import Cond, Policy
+from t2i_rl_bench.models.policy import Cond, Policy
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.models.checkpoint import model_family, read_manifest
+from t2i_rl_bench.models.checkpoint import model_family, read_manifest
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Policy(nn.Module):
         """The policy of a model folder, whatever its family: a `bench_model.json` names it (the
         embedded models), else a diffusers `model_index.json` does through its pipeline class.
         options go to the family's `from_folder` (e.g. resolution, mixed_precision)."""
-        from bench.registry import MODELS
+        from t2i_rl_bench.registry import MODELS
 
         family = model_family(folder, config_key)
         try:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from bench.models.latent import LatentPolicy, cond_to, read_model_index
-from bench.models.policy import Cond
+from t2i_rl_bench.models.latent import LatentPolicy, cond_to, read_model_index
+from t2i_rl_bench.models.policy import Cond
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 

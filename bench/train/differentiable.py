@@ -1,5 +1,5 @@
 """Sampling with a gradient for the differentiable-reward family (DRaFT-K, ReFL;
-bench.algorithm.DifferentiableRewardAlgorithm): the sampler's own steps, without gradient up to a
+t2i_rl_bench.algorithm.DifferentiableRewardAlgorithm): the sampler's own steps, without gradient up to a
 window and with it (the chain of inputs kept) inside, the image being the final latent or the
 model's x0 prediction where the window stops early."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.interfaces import Sampler
-from bench.models.policy import Policy
+from t2i_rl_bench.interfaces import Sampler
+from t2i_rl_bench.models.policy import Policy
 
 
 def predicted_x0(sampler: Sampler, model_out: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:

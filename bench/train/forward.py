@@ -1,4 +1,4 @@
-"""What a forward-process loss sees (bench.algorithm.ForwardAlgorithm): the old policy that samples
+"""What a forward-process loss sees (t2i_rl_bench.algorithm.ForwardAlgorithm): the old policy that samples
 and anchors the loss, and the ForwardBatch of a round's clean samples re-noised at sampler times."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import torch
 
-from bench.algorithm import ForwardBatch
-from bench.interfaces import Sampler
-from bench.models.policy import Policy
-from bench.rollout import Trajectory
+from t2i_rl_bench.algorithm import ForwardBatch
+from t2i_rl_bench.interfaces import Sampler
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import Trajectory
 
 
 class OldPolicy:

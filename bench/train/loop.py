@@ -24,22 +24,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.algorithm import Loss, RewardBatch
-from bench.distributed import World
-from bench.factory import open_run
-from bench.io import atomic_write_json, atomic_write_text, dumps_json
-from bench.models.latent import LatentPolicy
-from bench.registry import PluginError
-from bench.reward import zero_spread_fraction
-from bench.rollout import StepGraph, Trajectory, recompute, rollout
-from bench.sampling import sampler_at_round
-from bench.spec import RUN_SPEC_FILE, RunSpec
-from bench.tracking import flatten, open_tracker
-from bench.train.differentiable import backprop_sample
-from bench.train.forward import OldPolicy, forward_batch
-from bench.train.state import RunState, peak_memory_mb
-from bench.train.stats import RoundStats
-from bench.train.steps import Reference, reference_terms, step_batch, trainable_steps, trained_steps
+from t2i_rl_bench.algorithm import Loss, RewardBatch
+from t2i_rl_bench.distributed import World
+from t2i_rl_bench.factory import open_run
+from t2i_rl_bench.io import atomic_write_json, atomic_write_text, dumps_json
+from t2i_rl_bench.models.latent import LatentPolicy
+from t2i_rl_bench.registry import PluginError
+from t2i_rl_bench.reward import zero_spread_fraction
+from t2i_rl_bench.rollout import StepGraph, Trajectory, recompute, rollout
+from t2i_rl_bench.sampling import sampler_at_round
+from t2i_rl_bench.spec import RUN_SPEC_FILE, RunSpec
+from t2i_rl_bench.tracking import flatten, open_tracker
+from t2i_rl_bench.train.differentiable import backprop_sample
+from t2i_rl_bench.train.forward import OldPolicy, forward_batch
+from t2i_rl_bench.train.state import RunState, peak_memory_mb
+from t2i_rl_bench.train.stats import RoundStats
+from t2i_rl_bench.train.steps import Reference, reference_terms, step_batch, trainable_steps, trained_steps
 
 
 class DivergedError(RuntimeError):
@@ -48,7 +48,9 @@ class DivergedError(RuntimeError):
 
 def _check_loss(name: str, loss: Any) -> Loss:
     if not isinstance(loss, Loss):
-        raise PluginError(f"algorithm {name!r}: loss() returned {type(loss).__name__}, expected bench.algorithm.Loss")
+        raise PluginError(
+            f"algorithm {name!r}: loss() returned {type(loss).__name__}, expected t2i_rl_bench.algorithm.Loss"
+        )
     if not torch.is_tensor(loss.value) or loss.value.ndim != 0:
         raise PluginError(f"algorithm {name!r}: Loss.value must be a scalar tensor, got {loss.value!r}")
     if not torch.isfinite(loss.value):
@@ -150,7 +152,7 @@ class Trainer:
                 f"{self.group_size} ({spec.algorithm})"
             )
         if not spec.prompts:
-            from bench.world.captions import prompt_sets
+            from t2i_rl_bench.world.captions import prompt_sets
 
             spec = spec.replace(prompts=tuple(prompt_sets()["train"]))
         self.spec = spec
@@ -160,7 +162,7 @@ class Trainer:
         self.reuse_graph = self.family == "step" and can_reuse_graph(spec, self.recipe, self.policy)
         # the forward family's old policy samples and anchors the loss (bench/train/forward.py)
         self.old = OldPolicy(self.params) if self.family == "forward" else None
-        self.world = World.current()  # several processes under torchrun (bench.distributed), else one
+        self.world = World.current()  # several processes under torchrun (t2i_rl_bench.distributed), else one
         self.state = RunState(self.out, self.world)
 
     # ---- one round -----------------------------------------------------------------------

@@ -12,15 +12,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from bench.algorithm import Algorithm
-from bench.distributed import World
-from bench.io import atomic_write_json, replace_dir
-from bench.models.policy import Policy
-from bench.spec import RunSpec
+from t2i_rl_bench.algorithm import Algorithm
+from t2i_rl_bench.distributed import World
+from t2i_rl_bench.io import atomic_write_json, replace_dir
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.spec import RunSpec
 
 
 class Trainer(Protocol):
-    """What a checkpoint and the resumable state hold of a trainer (bench.train.loop.Trainer)."""
+    """What a checkpoint and the resumable state hold of a trainer (t2i_rl_bench.train.loop.Trainer)."""
 
     images_seen: int
     seconds: float

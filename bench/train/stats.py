@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.algorithm import Loss, StepBatch
+from t2i_rl_bench.algorithm import Loss, StepBatch
 
 
 def _mean(values: list[float]) -> float | None:

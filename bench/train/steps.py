@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.algorithm import Algorithm, StepBatch
-from bench.interfaces import Sampler
-from bench.models.policy import Policy
-from bench.rollout import Trajectory, recompute
+from t2i_rl_bench.algorithm import Algorithm, StepBatch
+from t2i_rl_bench.interfaces import Sampler
+from t2i_rl_bench.models.policy import Policy
+from t2i_rl_bench.rollout import Trajectory, recompute
 
 # (logp (B, S), mean (B, S, C, H, W), std (B, S)) of the current policy at the trained steps
 Current = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

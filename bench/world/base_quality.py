@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.models.checkpoint import read_manifest, write_manifest
+from t2i_rl_bench.models.checkpoint import read_manifest, write_manifest
 
 
 def measure(
@@ -18,10 +18,10 @@ def measure(
     images_per_set: int = 256,
     seed: int = 0,
 ) -> dict:
-    from bench.models.policy import Policy
-    from bench.rollout import make_sampler, sample_images
-    from bench.world.captions import eval_prompts
-    from bench.world.checker import accuracy
+    from t2i_rl_bench.models.policy import Policy
+    from t2i_rl_bench.rollout import make_sampler, sample_images
+    from t2i_rl_bench.world.captions import eval_prompts
+    from t2i_rl_bench.world.checker import accuracy
 
     policy = Policy.load(folder)
     sampler = make_sampler(policy, num_steps, eta)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.world.scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, all_scenes
+from t2i_rl_bench.world.scenes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, all_scenes
 
 OPTIONAL = ("size", "colour", "position", "background")
 # (colour, shape) pairs never used in training prompts: the held-out set is made of them.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bench.world.captions import parse
-from bench.world.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES, shape_mask
+from t2i_rl_bench.world.captions import parse
+from t2i_rl_bench.world.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES, shape_mask
 
 _FOREGROUND_DISTANCE = 0.3  # RGB distance from the background that counts as an object pixel
 _MIN_OBJECT_PIXELS = 3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.world.captions import caption, random_omissions
-from bench.world.scenes import all_scenes, render, sample_jitter
+from t2i_rl_bench.world.captions import caption, random_omissions
+from t2i_rl_bench.world.scenes import all_scenes, render, sample_jitter
 
 
 def scene_batch(rng: np.random.Generator, n: int, resolution: int = 16, p_uncond: float = 0.0):
@@ -24,8 +24,8 @@ def scene_batch(rng: np.random.Generator, n: int, resolution: int = 16, p_uncond
 
 def reference_images(prompts: list[str], per_prompt: int, seed: int, resolution: int = 16):
     """Real images for given full captions (the 'reference set' FID compares against)."""
-    from bench.world.captions import parse
-    from bench.world.scenes import Scene
+    from t2i_rl_bench.world.captions import parse
+    from t2i_rl_bench.world.scenes import Scene
 
     rng = np.random.default_rng(seed)
     images = []

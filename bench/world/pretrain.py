@@ -1,6 +1,6 @@
 """Pretrain the embedded base model on rendered scenes (seeded; one thread is the fast setting).
 
-    python -m bench pretrain --out results/models/dit16-ddim --steps 8000 --seed 0
+    python -m t2i_rl_bench pretrain --out results/models/dit16-ddim --steps 8000 --seed 0
 
 Epsilon objective (DDPM loss, sampled with DDIM) or rectified flow (velocity objective), with
 caption dropout for classifier-free guidance and an EMA of the weights, which is what is saved.
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.models.embedded import EmbeddedSpec, build_components
-from bench.world.dataset import scene_batch
+from t2i_rl_bench.models.embedded import EmbeddedSpec, build_components
+from t2i_rl_bench.world.dataset import scene_batch
 
 
 def pretrain(
@@ -104,7 +104,7 @@ def denoising_loss(denoiser, x0, embeds, mask, objective: str, alphas_cumprod, g
 
 
 def _save(out, ema, tokenizer, scheduler, spec, losses, run: dict) -> Path:
-    from bench.models.checkpoint import write_manifest
+    from t2i_rl_bench.models.checkpoint import write_manifest
 
     out.mkdir(parents=True, exist_ok=True)
     ema[0].save_pretrained(out / "transformer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from bench.world.captions import vocabulary
+from t2i_rl_bench.world.captions import vocabulary
 
 SPECIAL = {"pad": "[PAD]", "unk": "[UNK]", "bos": "[BOS]", "eos": "[EOS]"}
 MAX_LENGTH = 16  # the longest caption is 12 tokens with [BOS] and [EOS]

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import study
-from bench.spec import RunSpec
-from bench.train import Trainer
+from t2i_rl_bench import study
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import Trainer
 
 
 def gemm_rate(n: int = 512, repeats: int = 20) -> float:

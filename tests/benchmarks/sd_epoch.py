@@ -1,5 +1,5 @@
 """Seconds per RL epoch on a tiny random Stable Diffusion pipeline, through the harness's own path
-(`Policy.load` -> StableDiffusionPolicy, `bench.train.Trainer`), against a plain DDPO-IS loop.
+(`Policy.load` -> StableDiffusionPolicy, `t2i_rl_bench.train.Trainer`), against a plain DDPO-IS loop.
 
 One epoch: 32 images x 20 DDIM steps (eta 1, guidance 5), JPEG-compressibility reward, the
 algorithm's advantages, then one pass over all 640 transitions with one optimiser step.
@@ -68,8 +68,8 @@ def _summary(name: str, lines: list[dict], images: int, steps: int) -> dict:
 def measure_harness(args, algorithm: str) -> dict:
     import torch
 
-    from bench.spec import RunSpec
-    from bench.train import Trainer
+    from t2i_rl_bench.spec import RunSpec
+    from t2i_rl_bench.train import Trainer
 
     torch.set_num_threads(args.threads)
     reuse = {"auto": None, "on": True, "off": False}[args.reuse_graph]

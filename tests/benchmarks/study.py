@@ -46,7 +46,7 @@ def main() -> None:
         wall = time.perf_counter() - start
     import yaml
 
-    from bench.layout import study_paths
+    from t2i_rl_bench.layout import study_paths
 
     study = yaml.safe_load(Path(args.configfile).read_text()).get("study", "default")
     stages = stage_seconds(Path(study_paths(study).benchmarks))
