@@ -29,8 +29,8 @@ lint: setup
 	$(VENV)/bin/ruff check bench algorithms rewards tests
 	$(VENV)/bin/ruff format --check bench algorithms rewards tests
 
-typecheck: setup        ## mypy on the core (the files are listed in pyproject.toml, [tool.mypy])
-	$(VENV)/bin/mypy
+typecheck: setup        ## mypy on the core (the modules are listed in pyproject.toml, [tool.mypy]; .ci/typecheck says why it is a script)
+	MYPY=$(VENV)/bin/mypy .ci/typecheck
 
 report: setup           ## re-render the default study's report from its tables and run files (seconds; nothing reruns)
 	$(PY) -m t2i_rl_bench report --tables results/tables --runs-root results/runs --out report/index.html --quote-in README.md
