@@ -2,7 +2,8 @@
 reward over HTTP on localhost, for reward models whose dependencies clash with the harness. Run
 it in the reward model's own environment,
 
-    python -m t2i_rl_bench.reward_server serve --reward pickscore --settings '{"model_path": "/w/pickscore"}' --port 8765
+    python -m t2i_rl_bench.reward_server serve --reward pickscore \\
+        --settings '{"model_path": "/w/pickscore"}' --port 8765
 
 and name the client in the config: `{name: remote, settings: {url: "http://127.0.0.1:8765"}}`.
 

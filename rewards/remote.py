@@ -2,7 +2,8 @@
 protocol are bench/reward_server.py), for reward models whose dependencies clash with the
 harness: run the server in the reward model's own environment,
 
-    python -m t2i_rl_bench.reward_server serve --reward pickscore --settings '{"model_path": "/w/pickscore"}' --port 8765
+    python -m t2i_rl_bench.reward_server serve --reward pickscore \\
+        --settings '{"model_path": "/w/pickscore"}' --port 8765
 
 and name the client in the config: `{name: remote, settings: {url: "http://127.0.0.1:8765"}}`.
 """
