@@ -183,6 +183,11 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
         lora_rank=lora,
         lr=1e-3,
     )
+    family_of = ALGORITHMS.get(algorithm).family
+    if family_of == "differentiable":  # no real reward model is declared differentiable yet
+        with pytest.raises(ValueError, match="no gradient in the images"):
+            Trainer(cfg, out)
+        return
     trainer = Trainer(cfg, out)
     start = time.perf_counter()
     summary = trainer.run()
@@ -191,7 +196,8 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     for line in lines:
-        for key in ("loss", "grad_norm", "reward_mean", "approx_kl"):
+        # approx_kl: the log-prob ratio of the per-step family (the forward family has none)
+        for key in ("loss", "grad_norm", "reward_mean") + (("approx_kl",) if family_of == "step" else ()):
             assert line[key] is not None and torch.isfinite(torch.tensor(line[key])), (key, line)
     print(f"{family} {'lora' if lora else 'full'} {algorithm}: {seconds / 2:.2f} s per RL round")
 

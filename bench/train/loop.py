@@ -159,6 +159,11 @@ class Trainer:
         self.images_seen = 0
         self.seconds = 0.0
         self.family = self.algorithm.family
+        if self.family == "differentiable" and not self.reward.differentiable:  # before any sampling
+            raise ValueError(
+                f"algorithm {spec.algorithm!r} backpropagates the reward, and reward {self.reward.name!r} has "
+                "no gradient in the images: train it on a differentiable reward (e.g. clip_alignment)"
+            )
         self.reuse_graph = self.family == "step" and can_reuse_graph(spec, self.recipe, self.policy)
         # the forward family's old policy samples and anchors the loss (bench/train/forward.py)
         self.old = OldPolicy(self.params) if self.family == "forward" else None
