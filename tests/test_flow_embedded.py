@@ -19,10 +19,12 @@ PROMPTS = ["a red circle on the left", "two small blue squares"]
 @pytest.mark.parametrize("algorithm", ALGORITHMS.names())
 def test_two_rl_rounds_of_every_algorithm(tiny_flow_model, tmp_path, algorithm):
     variant = "dancegrpo" if algorithm == "dancegrpo" else "flowgrpo"
+    # DRaFT and ReFL backpropagate the reward: the in-house CLIP alignment has a gradient, JPEG has none
+    differentiable = ALGORITHMS.get(algorithm).family == "differentiable"
     cfg = RunSpec(
         model_path=str(tiny_flow_model),
         algorithm=algorithm,
-        reward="jpeg_compressibility",
+        reward="clip_alignment" if differentiable else "jpeg_compressibility",
         prompts=PROMPTS,
         num_steps=4,
         eta=0.7,
