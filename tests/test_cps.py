@@ -17,7 +17,6 @@ from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithm import StepBatch
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard
-from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.sampling import FlowSDESampler
 from t2i_rl_bench.spec import RunSpec
 from t2i_rl_bench.train.steps import trainable_steps
@@ -189,7 +188,6 @@ def test_grpo_guard_refuses_the_cps_sampler():
 
 
 def test_the_config_takes_cps_and_checks_its_noise_level():
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)  # config/flow.yaml runs it; the worktree is not installed
     cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
     cfg["algorithms"]["flowgrpo_cps"] = {"plugin": "flowgrpo", "flow_variant": "cps"}
     valid = study.validate(cfg, check_paths=False)
@@ -208,7 +206,6 @@ def test_the_config_takes_cps_and_checks_its_noise_level():
 def flow_toy(monkeypatch):
     monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
     toy.REWARDS.register("test_point_target")(toy.point_reward)
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)
 
 
 @pytest.mark.parametrize("algorithm", ["flowgrpo", "ddpo_is"])

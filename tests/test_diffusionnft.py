@@ -11,7 +11,6 @@ from t2i_rl_bench import factory
 from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithm import ForwardBatch
 from t2i_rl_bench.algorithms.diffusionnft import DiffusionNFT
-from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.spec import RunSpec
 from t2i_rl_bench.train.forward import OldPolicy, forward_batch
 from tests import test_flowgrpo as flow_toy
@@ -143,7 +142,6 @@ def flow_world(monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setattr(factory, "Policy", flow_toy.FlowPointPolicy)
     toy.REWARDS.register("test_point_target")(toy.point_reward)
-    ALGORITHMS.register("diffusionnft")(DiffusionNFT)  # the worktree is not installed; the pyproject test covers it
 
 
 def flow_spec(algorithm: str, rounds: int, **settings) -> RunSpec:

@@ -15,7 +15,7 @@ from t2i_rl_bench import factory, study
 from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithm import RewardBatch
 from t2i_rl_bench.algorithms.draft import DRaFT, ReFL
-from t2i_rl_bench.registry import ALGORITHMS, REWARDS
+from t2i_rl_bench.registry import REWARDS
 from t2i_rl_bench.reward import build_reward, not_differentiable
 from t2i_rl_bench.rollout import make_sampler
 from t2i_rl_bench.sampling import DDIMSampler
@@ -44,8 +44,6 @@ def toy_world(monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setattr(factory, "Policy", toy.PointPolicy)
     REWARDS.register("test_point_target_grad")(PointTarget())
-    ALGORITHMS.register("draft")(DRaFT)  # the worktree is not installed; test_diffusionnft checks pyproject
-    ALGORITHMS.register("refl")(ReFL)
 
 
 def truncated_chain(policy, sampler, prompts, generator, k):

@@ -15,7 +15,6 @@ from t2i_rl_bench import factory
 from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithm import StepBatch
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO, flowgrpo_kl
-from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.sampling import FlowSDESampler
 from t2i_rl_bench.spec import RunSpec
 from t2i_rl_bench.train.steps import trained_steps
@@ -226,7 +225,6 @@ def toy_world(monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setattr(factory, "Policy", toy.PointPolicy)
     toy.REWARDS.register("test_point_target")(toy.point_reward)
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)  # the worktree is not installed; the pyproject test covers it
 
 
 # flow: the official settings (beta 0.04, its dt-scaled KL). DDIM has the exact per-step KL, about

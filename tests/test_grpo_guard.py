@@ -15,7 +15,7 @@ from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithm import StepBatch
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard, ratio_norm_log_ratio, reweight_factors
-from t2i_rl_bench.registry import ALGORITHMS, _load_reference
+from t2i_rl_bench.registry import _load_reference
 from t2i_rl_bench.sampling import FlowSDESampler
 from t2i_rl_bench.spec import RunSpec
 from tests import test_learning as toy
@@ -160,7 +160,6 @@ def toy_world(monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setattr(factory, "Policy", toy.PointPolicy)
     toy.REWARDS.register("test_point_target")(toy.point_reward)
-    ALGORITHMS.register("grpo_guard")(GRPOGuard)  # the worktree is not installed; the pyproject test covers it
 
 
 @pytest.mark.parametrize("settings", [{}, {"ratio_norm": False}])
@@ -210,12 +209,7 @@ def test_the_extended_preset_adds_the_new_methods_to_the_quick_grid(toy_world):
     import yaml
 
     from t2i_rl_bench import study
-    from t2i_rl_bench.algorithms.diffusionnft import DiffusionNFT
-    from t2i_rl_bench.algorithms.draft import DRaFT, ReFL
 
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)
-    for name, cls in (("diffusionnft", DiffusionNFT), ("draft", DRaFT), ("refl", ReFL)):
-        ALGORITHMS.register(name)(cls)  # the worktree is not installed
     root = Path(__file__).parents[1] / "config"
     quick = yaml.safe_load((root / "quick.yaml").read_text())
     cfg = study.load(root / "extended.yaml")

@@ -14,7 +14,6 @@ from t2i_rl_bench import factory, study
 from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.probe import probe_gradients
-from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.rollout import make_sampler, recompute
 from t2i_rl_bench.sampling import FlowSDESampler
 from t2i_rl_bench.spec import RunSpec
@@ -72,7 +71,6 @@ def test_only_the_windows_steps_are_trained():
 def flow_toy(monkeypatch):
     monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
     toy.REWARDS.register("test_point_target")(toy.point_reward)
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)  # the worktree is not installed
 
 
 @pytest.mark.parametrize("algorithm", ["ddpo_is", "flowgrpo"])
@@ -127,7 +125,6 @@ def test_the_probe_credits_only_the_windows_steps(flow_toy):
 
 
 def test_the_config_checks_the_window():
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)  # config/flow.yaml runs it; the worktree is not installed
     cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
     cfg["sampling"]["sde_window"] = [2, 4]
     valid = study.validate(cfg, check_paths=False)
@@ -151,7 +148,6 @@ def test_an_unset_window_leaves_existing_run_specs_unchanged():
 
 def test_an_algorithm_may_have_its_own_window():
     """Flow-GRPO-Fast as a label: algorithms.<label>.sde_window over the study's sampler."""
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)
     cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
     cfg["algorithms"]["flowgrpo_fast"] = {"plugin": "flowgrpo", "sde_window": [1, 2]}
     valid = study.validate(cfg, check_paths=False)
@@ -259,7 +255,6 @@ def test_training_follows_the_sliding_window_and_trains_only_inside_it(flow_toy)
 
 
 def test_the_config_checks_the_sliding_window():
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)
     cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
     cfg["algorithms"]["mixgrpo"] = {"plugin": "flowgrpo", "sde_window": [0, 2], "sde_window_shift": [25, 1]}
     valid = study.validate(cfg, check_paths=False)

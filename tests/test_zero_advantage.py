@@ -31,7 +31,6 @@ def tied_reward(images, prompts, metadata):
 def flow_toy(monkeypatch):
     monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
     toy.REWARDS.register("test_tied_target")(tied_reward)
-    ALGORITHMS.register("flowgrpo")(FlowGRPO)
 
 
 def _trainer(prompts, **settings):
