@@ -73,6 +73,9 @@ class GRPOGuard(FlowGRPO):
     Settings = GRPOGuardSettings
     settings: GRPOGuardSettings
     sampler_families = ("flow",)
+    # RatioNorm and the reweighting assume the Gaussian log-density of the Euler-Maruyama SDEs (the
+    # study refuses cps before any job; setup refuses it for a run started by hand)
+    flow_variants = ("flowgrpo", "dancegrpo")
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
@@ -84,7 +87,7 @@ class GRPOGuard(FlowGRPO):
                 "GRPO-Guard is defined for the flow SDEs (Flow-GRPO's or DanceGRPO's), not for "
                 f"a {sampler.family} sampler: train it on a flow-matching model"
             )
-        if getattr(sampler, "variant", None) == "cps":
+        if getattr(sampler, "variant", None) not in (None, *self.flow_variants):
             raise ValueError(
                 "GRPO-Guard's RatioNorm and reweighting are derived for the Gaussian log-density of the "
                 "Euler-Maruyama SDEs; the cps sampler scores with FlowCPS's unnormalised log-prob: use "

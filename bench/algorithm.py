@@ -200,6 +200,8 @@ class Algorithm:
     flow_variant: ClassVar[str] = FLOW_VARIANTS[0]  # the flow SDE of its runs unless the config names one
     # the sampler families ('ddim', 'flow') its loss is defined for; the study refuses other models
     sampler_families: ClassVar[tuple[str, ...]] = ("ddim", "flow")
+    # the flow SDEs (flow_variant values) its loss is defined for; None: every one
+    flow_variants: ClassVar[tuple[str, ...] | None] = None
     # the batch its loss reads: 'step' (StepBatch), 'forward' (ForwardBatch), 'differentiable' (RewardBatch)
     family: ClassVar[str] = "step"
 

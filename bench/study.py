@@ -278,6 +278,15 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
                     f"{' and '.join(algorithm.sampler_families)} samplers, and model {name!r} samples "
                     f"with {family}"
                 )
+            if family == "flow" and algorithm.flow_variants is not None:
+                own = (config["algorithms"][label] or {}).get("flow_variant")
+                variant = own or config["sampling"].get("flow_variant") or algorithm.flow_variant
+                if variant not in algorithm.flow_variants:
+                    key = f"algorithms.{label}.flow_variant" if own else "sampling.flow_variant"
+                    raise ConfigError(
+                        f"config key '{key}': {type(algorithm).__name__} is defined for the flow SDEs "
+                        f"{list(algorithm.flow_variants)}, not {variant!r}"
+                    )
     return config
 
 

@@ -187,6 +187,19 @@ def test_grpo_guard_refuses_the_cps_sampler():
         GRPOGuard().setup(FlowSDESampler(sd3_sigmas(6), variant="cps"))
 
 
+def test_the_study_refuses_grpo_guard_on_cps_before_any_job_naming_the_key():
+    cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
+    cfg["algorithms"]["guard_cps"] = {"plugin": "grpo_guard", "flow_variant": "cps"}
+    with pytest.raises(study.ConfigError, match=r"algorithms\.guard_cps\.flow_variant.*'cps'"):
+        study.validate(cfg, check_paths=False)
+    cfg["algorithms"] = {"grpo_guard": {}}
+    cfg["sampling"]["flow_variant"] = "cps"
+    with pytest.raises(study.ConfigError, match=r"sampling\.flow_variant.*GRPOGuard"):
+        study.validate(cfg, check_paths=False)
+    cfg["sampling"]["flow_variant"] = "flowgrpo"  # its own SDEs pass
+    study.validate(cfg, check_paths=False)
+
+
 def test_the_config_takes_cps_and_checks_its_noise_level():
     cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
     cfg["algorithms"]["flowgrpo_cps"] = {"plugin": "flowgrpo", "flow_variant": "cps"}
