@@ -135,8 +135,8 @@ def cmd_report(args) -> None:
     from t2i_rl_bench import report
 
     report.render(Path(args.tables), Path(args.runs_root), Path(args.out))
-    if args.quote_in and report.quote_verdicts(Path(args.quote_in), Path(args.tables)):
-        print(f"quoted the verdict table in {args.quote_in}")
+    if args.quote_in and report.quote_tables(Path(args.quote_in), Path(args.tables)):
+        print(f"quoted the headline and verdict tables in {args.quote_in}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", required=True)
     p.add_argument("--runs-root", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--quote-in", help="a README whose verdict markers get the study's verdict table (default study)")
+    p.add_argument("--quote-in", help="a README whose headline and verdict markers get the study's tables (default study)")
     p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
     from t2i_rl_bench.failures import recorded_failure

@@ -760,17 +760,26 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     return out
 
 
-BEGIN, END = "<!-- verdicts:begin (generated from results/tables/verdicts.md) -->", "<!-- verdicts:end -->"
+QUOTED = ("headline", "verdicts")  # the tables a README quotes between markers, in this order
 
 
-def quote_verdicts(readme: Path, tables: Path) -> bool:
-    """Replace the text between the verdict markers of a README with the study's verdict table
-    (results/tables/verdicts.md, its provenance comment kept), so the README quotes the numbers
-    the study made rather than typed ones. False (nothing written) when a marker is missing."""
-    text, source = readme.read_text(), tables / "verdicts.md"
-    if BEGIN not in text or END not in text or not source.is_file():
-        return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(readme, f"{head}{BEGIN}\n{source.read_text().strip()}\n{END}{tail}")
-    return True
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin (generated from results/tables/{name}.md) -->", f"<!-- {name}:end -->"
+
+
+def quote_tables(readme: Path, tables: Path) -> bool:
+    """Replace the text between each pair of markers in a README (`markers(name)` for the tables in
+    QUOTED) with the study's table (tables/<name>.md, its provenance comment kept), so the README
+    quotes the numbers the study made rather than typed ones. False when nothing was written."""
+    text, quoted = readme.read_text(), False
+    for name in QUOTED:
+        begin, end = markers(name)
+        source = tables / f"{name}.md"
+        if begin not in text or end not in text or not source.is_file():
+            continue
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text, quoted = f"{head}{begin}\n{source.read_text().strip()}\n{end}{tail}", True
+    if quoted:
+        atomic_write_text(readme, text)
+    return quoted

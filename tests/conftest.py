@@ -29,3 +29,16 @@ def tiny_flow_model(tmp_path_factory):
 
     spec = EmbeddedSpec(layers=1, heads=2, head_dim=8, text_width=16, text_layers=1, objective="flow")
     return pretrain(tmp_path_factory.mktemp("models") / "tiny-flow", steps=2, batch_size=4, spec=spec, progress=False)
+
+
+@pytest.fixture
+def flow_toy(monkeypatch):
+    """The analytic toy of tests/test_learning.py on the flow side: the point policy that samples
+    with the flow SDEs in place of the model, and the point reward (tests build runs with
+    test_learning.toy_spec)."""
+    from t2i_rl_bench import factory
+    from tests import test_learning as toy
+    from tests.test_flowgrpo import FlowPointPolicy
+
+    monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
+    toy.REWARDS.register("test_point_target")(toy.point_reward)

@@ -12,13 +12,12 @@ import pytest
 import torch
 import yaml
 
-from t2i_rl_bench import factory, study
+from t2i_rl_bench import study
 from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithm import StepBatch
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard
 from t2i_rl_bench.sampling import FlowSDESampler
-from t2i_rl_bench.spec import RunSpec
 from t2i_rl_bench.train.steps import trainable_steps
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy, sd3_sigmas
@@ -215,29 +214,9 @@ def test_the_config_takes_cps_and_checks_its_noise_level():
     assert {study.run_spec(valid, k).flow_variant for k in study.runs(valid)} == {"cps"}
 
 
-@pytest.fixture
-def flow_toy(monkeypatch):
-    monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
-    toy.REWARDS.register("test_point_target")(toy.point_reward)
-
-
 @pytest.mark.parametrize("algorithm", ["flowgrpo", "ddpo_is"])
 def test_training_with_cps_raises_the_reward(flow_toy, algorithm):
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm=algorithm,
-        reward="test_point_target",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        eta=0.7,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * 30],
-        flow_variant="cps",
-    )
+    cfg = toy.toy_spec(algorithm, eta=0.7, flow_variant="cps")
     trainer = train_mod.Trainer(cfg, out="unused")
     assert trainer.sampler.variant == "cps" and trainer.algorithm.recipe.drop_last_step == (algorithm == "flowgrpo")
     before = toy.expected_reward(trainer)

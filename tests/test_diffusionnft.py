@@ -145,21 +145,7 @@ def flow_world(monkeypatch):
 
 
 def flow_spec(algorithm: str, rounds: int, **settings) -> RunSpec:
-    return RunSpec(
-        model_path="unused",
-        algorithm=algorithm,
-        reward="test_point_target",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        eta=0.7,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * rounds],
-        algorithm_settings=settings,
-    )
+    return toy.toy_spec(algorithm, rounds, eta=0.7, algorithm_settings=settings)
 
 
 def test_forward_batch_renoises_the_clean_samples_at_sampler_times(flow_world):

@@ -138,20 +138,7 @@ def test_composed_reward_refuses_a_gradient_it_has_not():
 
 
 def run(algorithm: str, rounds: int = 30, **settings) -> tuple[float, float, dict]:
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm=algorithm,
-        reward="test_point_target_grad",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * rounds],
-        algorithm_settings=settings,
-    )
+    cfg = toy.toy_spec(algorithm, rounds, reward="test_point_target_grad", algorithm_settings=settings)
     trainer = train_mod.Trainer(cfg, out="unused")
     before = toy.expected_reward(trainer)
     for _ in range(rounds):

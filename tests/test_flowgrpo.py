@@ -234,21 +234,7 @@ def toy_world(monkeypatch):
 def test_flowgrpo_raises_the_reward(toy_world, monkeypatch, family, beta):
     if family == "flow":
         monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm="flowgrpo",
-        reward="test_point_target",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        eta=0.7 if family == "flow" else 1.0,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * 30],
-        algorithm_settings={"beta": beta},
-    )
+    cfg = toy.toy_spec("flowgrpo", eta=0.7 if family == "flow" else 1.0, algorithm_settings={"beta": beta})
     trainer = train_mod.Trainer(cfg, out="unused")
     if family == "flow":
         assert isinstance(trainer.sampler, FlowSDESampler) and trainer.sampler.variant == "flowgrpo"

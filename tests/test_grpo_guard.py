@@ -17,7 +17,6 @@ from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard, ratio_norm_log_ratio, reweight_factors
 from t2i_rl_bench.registry import _load_reference
 from t2i_rl_bench.sampling import FlowSDESampler
-from t2i_rl_bench.spec import RunSpec
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy, official_sde_step, sd3_sigmas
 
@@ -166,21 +165,7 @@ def toy_world(monkeypatch):
 def test_grpo_guard_raises_the_reward(toy_world, monkeypatch, settings):
     """On the flow toy (GRPO-Guard is defined for the flow SDEs), with and without RatioNorm."""
     monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm="grpo_guard",
-        reward="test_point_target",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        eta=0.7,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * 30],
-        algorithm_settings=settings,
-    )
+    cfg = toy.toy_spec("grpo_guard", eta=0.7, algorithm_settings=settings)
     trainer = train_mod.Trainer(cfg, out="unused")
     before = toy.expected_reward(trainer)
     for _ in range(30):

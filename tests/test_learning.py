@@ -103,12 +103,14 @@ def expected_reward(trainer) -> float:
     return float(point_reward(trainer.policy.decode(traj.x0), traj.prompts, {})[0].mean())
 
 
-def run(algorithm: str, rounds: int = 30, seed: int = 0, **settings) -> tuple[float, float]:
-    cfg = RunSpec(
+def toy_spec(algorithm: str, rounds: int = 30, **changes) -> RunSpec:
+    """The analytic toy's run: 16 images a round (4 per prompt) for `rounds` rounds, 8 steps,
+    no guidance; `changes` override any field (eta, sde_window, algorithm_settings, ...)."""
+    fields = dict(
         model_path="unused",
         algorithm=algorithm,
         reward="test_point_target",
-        seed=seed,
+        seed=0,
         prompts=["a", "b"],
         num_steps=8,
         guidance=1.0,
@@ -116,8 +118,12 @@ def run(algorithm: str, rounds: int = 30, seed: int = 0, **settings) -> tuple[fl
         group_size=4,
         lr=0.02,
         budgets=[16 * rounds],
-        algorithm_settings=settings,
     )
+    return RunSpec(**{**fields, **changes})
+
+
+def run(algorithm: str, rounds: int = 30, seed: int = 0, **settings) -> tuple[float, float]:
+    cfg = toy_spec(algorithm, rounds, seed=seed, algorithm_settings=settings)
     trainer = train_mod.Trainer(cfg, out="unused")
     before = expected_reward(trainer)
     for _ in range(rounds):

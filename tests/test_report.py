@@ -132,13 +132,16 @@ def test_report_renders_every_section(built):
     assert html.index("Headline") < html.index("What the study says")
 
 
-def test_the_readme_quotes_the_generated_verdict_table(built, tmp_path):
+def test_the_readme_quotes_the_generated_headline_and_verdict_tables(built, tmp_path):
     _, tmp = built
+    (hb, he), (vb, ve) = report.markers("headline"), report.markers("verdicts")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{report.BEGIN}\ntyped by hand\n{report.END}\nafter\n")
-    assert report.quote_verdicts(readme, tmp / "results" / "tables")
+    readme.write_text(f"# x\n{hb}\ngain 0.9 typed\n{he}\nbetween\n{vb}\ntyped by hand\n{ve}\nafter\n")
+    assert report.quote_tables(readme, tmp / "results" / "tables")
     text = readme.read_text()
-    assert "typed by hand" not in text and "| claim |" in text and text.endswith(f"{report.END}\nafter\n")
+    assert "typed" not in text and "| claim |" in text and "| method |" in text
+    assert text.index(hb) < text.index("| method |") < text.index(he) < text.index("between") < text.index(vb)
+    assert text.endswith(f"{ve}\nafter\n")
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
-    assert not report.quote_verdicts(plain, tmp / "results" / "tables") and plain.read_text() == "no markers\n"
+    assert not report.quote_tables(plain, tmp / "results" / "tables") and plain.read_text() == "no markers\n"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from t2i_rl_bench import factory, study
+from t2i_rl_bench import study
 from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.probe import probe_gradients
@@ -67,29 +67,9 @@ def test_only_the_windows_steps_are_trained():
     assert trainable_steps(plain, drop_last=True).tolist() == list(range(5))
 
 
-@pytest.fixture
-def flow_toy(monkeypatch):
-    monkeypatch.setattr(factory, "Policy", FlowPointPolicy)
-    toy.REWARDS.register("test_point_target")(toy.point_reward)
-
-
 @pytest.mark.parametrize("algorithm", ["ddpo_is", "flowgrpo"])
 def test_training_with_a_window_records_ode_steps_and_raises_the_reward(flow_toy, algorithm):
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm=algorithm,
-        reward="test_point_target",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        eta=0.7,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * 30],
-        sde_window=[1, 5],
-    )
+    cfg = toy.toy_spec(algorithm, eta=0.7, sde_window=[1, 5])
     trainer = train_mod.Trainer(cfg, out="unused")
     assert trainer.spec.sde_window == (1, 5) and trainer.sampler.sde_steps.tolist() == [1, 2, 3, 4, 5]
     traj = trainer.sample_round()
@@ -193,22 +173,7 @@ def test_training_follows_the_sliding_window_and_trains_only_inside_it(flow_toy)
     """Each round samples with the window the setting gives for that round: SDE inside (std > 0),
     the deterministic ODE outside (std 0, log-prob 0), and trains only steps inside; a trainer
     resumed at round r starts at round r's window; the probe at a budget uses the next round's."""
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm="flowgrpo",
-        reward="test_point_target",
-        seed=0,
-        prompts=["a", "b"],
-        num_steps=8,
-        eta=0.7,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16 * 6],
-        sde_window=[0, 3],
-        sde_window_shift=[1, 2],
-    )
+    cfg = toy.toy_spec("flowgrpo", 6, eta=0.7, sde_window=[0, 3], sde_window_shift=[1, 2])
     trainer = train_mod.Trainer(cfg, out="unused")
     seen: dict[str, list] = {"traj": [], "steps": []}
     sample, update = trainer.sample_round, trainer.update

@@ -14,7 +14,6 @@ from t2i_rl_bench import train as train_mod
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO
 from t2i_rl_bench.algorithms.grpo_guard import GRPOGuard
 from t2i_rl_bench.registry import ALGORITHMS
-from t2i_rl_bench.spec import RunSpec
 from tests import test_learning as toy
 from tests.test_flowgrpo import FlowPointPolicy
 
@@ -34,20 +33,8 @@ def flow_toy(monkeypatch):
 
 
 def _trainer(prompts, **settings):
-    cfg = RunSpec(
-        model_path="unused",
-        algorithm="flowgrpo",
-        reward="test_tied_target",
-        seed=0,
-        prompts=prompts,
-        num_steps=6,
-        eta=0.7,
-        guidance=1.0,
-        images_per_round=16,
-        group_size=4,
-        lr=0.02,
-        budgets=[16],
-        algorithm_settings=settings,
+    cfg = toy.toy_spec(
+        "flowgrpo", 1, reward="test_tied_target", prompts=prompts, num_steps=6, eta=0.7, algorithm_settings=settings
     )
     return train_mod.Trainer(cfg, out="unused")
 
