@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", required=True)
     p.add_argument("--runs-root", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--quote-in", help="a README whose headline and verdict markers get the study's tables (default study)")
+    p.add_argument("--quote-in", help="a README whose table markers get the study's headline and verdict tables")
     p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
     from t2i_rl_bench.failures import recorded_failure
