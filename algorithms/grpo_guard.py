@@ -16,29 +16,46 @@ corrections of the importance ratio of the flow SDE's Gaussian transitions.
    beta_t = 1 + eta^2 (1 - t) / (2 t).
 Then loss = mean_{i,t} delta_t max(-A r^, -A clip(r^, 1 - eps, 1 + eps)) + Flow-GRPO's KL.
 
-Sources: the paper's equations as transcribed by two independent ports (X-GenGroup/Flow-Factory
-trainers/rl/grpo.py GRPOGuardTrainer: RatioNorm only; TeleBoost recipe/teleboost/algorithms/
-grpo_guard.py: both, as separate switches). The official code (said to be in yifan123/flow_grpo
-since late 2025) was not in the snapshot that could be read (July 2025), so: [unverified against
-the official code], in particular whether delta is normalised over the steps and the defaults,
-which here are Flow-GRPO's (clip 1e-4, beta 0.04, its recipe). Both corrections are derived for
-the flow SDEs (the paper's scope; Flow-Factory also refuses other dynamics), so a DDIM sampler is
-refused: there RatioNorm alone scales the policy term by sigma_t against an unscaled KL, and
-on the analytic toy it learns only with the KL off and a 100x wider clip."""
+Checked against the official code: yifan123/flow_grpo's scripts/train_sd3_GRPO_Guard.py (added by
+the paper's first author in commit 2e2f712e, 2025-10-31, merged as PR #175; read in a fork that
+holds the merged tree, zhtmike/flow_grpo at 9745241c), lines 915-933, with
+flow_grpo/diffusers_patch/sd3_sde_with_logprob.py lines 47-93 of that tree:
+    scale = mean_batch(sqrt(-dt)) * mean_batch(std_dev_t)    (= the transition's std s of step j)
+    bias  = mean((mu - mu_old)^2) / (2 scale^2);  ratio = exp((log p - log p_old + bias) * scale)
+    policy_loss = mean_batch(max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))) / mean_batch(sqrt(-dt))^2
+    + beta x train_sd3.py's KL (unchanged)
+One switch (`config.rationorm`) turns both corrections on; they are the two settings here, both on
+by default. The official Eq. 12 weight is 1 / dt (Flow-GRPO's SDE, beta_t constant), not
+normalised over the steps: what `reweight_factors` gives for flow_variant flowgrpo; DanceGRPO's
+beta_t is the paper's, the official script has only Flow-GRPO's SDE. One deliberate difference:
+the script reduces the bias with `.mean(dim=tuple(range(1, log_prob.ndim)))` on a log_prob already
+averaged to (B,), an empty dim tuple that torch reads as "every dimension", so its bias is one
+number per batch; the author confirmed that this is a bug and that the bias is per sample
+(yifan123/flow_grpo issue #244, 2026-06-01), as the paper writes it and as it is here.
+Defaults are those of the official config/grpo_guard.py (`pickscore_hps_sd3_ratio_norm`): clip
+4e-6 (the OCR config: 2e-6), beta 0, and per-group std advantages (`sample.global_std = False`:
+recipe `group_pop`); its learning rate 1e-4 is a study setting. Otherwise Flow-GRPO's recipe. Both
+corrections are derived for the flow SDEs (the paper's scope; Flow-Factory also refuses other
+dynamics), so a DDIM sampler is refused: there RatioNorm alone scales the policy term by sigma_t
+against an unscaled KL, and on the analytic toy it learns only with the KL off and a 100x wider clip."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from t2i_rl_bench.algorithm import Loss, StepBatch
+from t2i_rl_bench.algorithm import Loss, StepBatch, setting
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO, FlowGRPOSettings, flowgrpo_kl
 from t2i_rl_bench.losses import ppo_clip_loss
 
 
 @dataclass(frozen=True)
 class GRPOGuardSettings(FlowGRPOSettings):
+    # config/grpo_guard.py: train.clip_range 4e-6 (PickScore; 2e-6 for OCR) on the normalised ratio,
+    # whose log is O(|mu - mu_old|) rather than O(|mu - mu_old| / s); train.beta 0
+    clip_range: float = setting(4e-6, gt=0)
+    beta: float = setting(0.0, ge=0)
     ratio_norm: bool = True  # Eq. 8
     grad_reweight: bool = True  # Eq. 12
 
@@ -73,6 +90,8 @@ class GRPOGuard(FlowGRPO):
     Settings = GRPOGuardSettings
     settings: GRPOGuardSettings
     sampler_families = ("flow",)
+    # config/grpo_guard.py: sample.global_std = False, the group's own population std
+    recipe = replace(FlowGRPO.recipe, advantages="group_pop")
     # RatioNorm and the reweighting assume the Gaussian log-density of the Euler-Maruyama SDEs (the
     # study refuses cps before any job; setup refuses it for a run started by hand)
     flow_variants = ("flowgrpo", "dancegrpo")

@@ -4,6 +4,7 @@ invariants, and learning on the analytic toys."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -85,28 +86,80 @@ def batch_of(ours, adv) -> StepBatch:
     )
 
 
-def transcribed_guard_loss(step, adv, clip_range, beta):
-    """Eq. 8 and Eq. 12 as the ports write them, for one timestep: bias = mean((mu - mu_old)^2) /
-    (2 scale^2) with scale = std_dev_t sqrt(dt); log r^ = scale (log r + bias); delta = 1 / dt;
-    policy loss = mean(delta max(-A r^, -A clip(r^))); + beta x Flow-GRPO's KL."""
-    scale = step["std_dev_t"].flatten() * step["sqrt_dt"]
-    bias = ((step["mean"] - step["mean_old"]) ** 2).flatten(1).mean(1) / (2 * scale**2)
-    ratio = torch.exp(scale * (step["logp"] - step["logp_old"] + bias))
-    delta = 1.0 / step["sqrt_dt"] ** 2
-    policy = torch.mean(delta * torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)))
+def official_guard_loss(step, adv, clip_range, beta, adv_clip=5.0, batch_bias=False):
+    """Transcription of the official GRPO-Guard loss for one timestep j: yifan123/flow_grpo
+    scripts/train_sd3_GRPO_Guard.py lines 909-938 (commit 2e2f712e; read in zhtmike/flow_grpo at
+    9745241c), with sde_step_with_logprob's std_dev_t (no sqrt(-dt)) and sqrt(-dt) (return_sqrt_dt):
+        sigma_t = mean_batch(std_dev_t); scale = mean_batch(sqrt_dt) sigma_t
+        bias = mean_dims((mu - mu_old)^2) / (2 scale^2); ratio = exp((log p - log p_old + bias) scale)
+        policy = mean_batch(max(-A ratio, -A clip(ratio))) / mean_batch(sqrt_dt)^2
+        loss = policy + beta mean_batch(mean_dims((mu - mu_ref)^2) / (2 std_dev_t^2))
+    The bias is per sample, as the author corrected it (flow_grpo issue #244); batch_bias=True is the
+    script as released, whose mean over an empty dim tuple reduces the whole batch to one number."""
+    a = torch.clamp(adv, -adv_clip, adv_clip)
+    sigma_t = step["std_dev_t"].mean()
+    sqrt_dt = step["sqrt_dt"].mean()
+    diff2 = (step["mean"] - step["mean_old"]) ** 2
+    bias = diff2.mean() if batch_bias else diff2.mean(dim=(1, 2, 3))
+    bias = bias / (2 * (sqrt_dt * sigma_t) ** 2)
+    ratio = torch.exp((step["logp"] - step["logp_old"] + bias) * (sqrt_dt * sigma_t))
+    policy = torch.mean(torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)))
+    policy = policy / sqrt_dt**2
     kl = ((step["mean"] - step["mean_ref"]) ** 2).mean(dim=(1, 2, 3), keepdim=True) / (2 * step["std_dev_t"] ** 2)
-    return policy + beta * kl.mean()
+    return policy + beta * torch.mean(kl)
 
 
-@pytest.mark.parametrize("seed, clip_range", [(0, 1e-4), (1, 1e-2), (2, 1.0)])
-def test_guard_loss_matches_the_transcribed_equations(seed, clip_range):
+@pytest.mark.parametrize("seed, clip_range, beta", [(0, 4e-6, 0.0), (1, 1e-4, 0.04), (2, 1e-2, 0.01), (3, 1.0, 0.04)])
+def test_guard_loss_matches_the_official_loss(seed, clip_range, beta):
+    """The mean over the trained steps of the official per-step loss (the official code backpropagates
+    each step's loss through gradient accumulation over the steps: a mean), to 1e-5."""
     sampler, ours, theirs = guard_transitions(seed)
     adv = 2 * torch.randn(ours["logp"].shape[0], generator=torch.Generator().manual_seed(50 + seed))
-    algo = GRPOGuard(clip_range=clip_range)
+    algo = GRPOGuard(clip_range=clip_range, beta=beta)
     algo.setup(sampler)
     got = algo.loss(batch_of(ours, adv)).value
-    want = torch.stack([transcribed_guard_loss(st, adv, clip_range, 0.04) for st in theirs]).mean()
+    want = torch.stack([official_guard_loss(st, adv, clip_range, beta) for st in theirs]).mean()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # and the gradient in the current means through the bias (float32 summation order: 1e-4 of its size)
+    mean = ours["mean"].clone().requires_grad_(True)
+    algo.loss(batch_of({**ours, "mean": mean}, adv)).value.backward()
+    steps = [dict(st, mean=st["mean"].clone().requires_grad_(True)) for st in theirs]
+    torch.stack([official_guard_loss(st, adv, clip_range, beta) for st in steps]).mean().backward()
+    want_grad = torch.stack([st["mean"].grad for st in steps], 1)
+    assert want_grad.abs().max() > 0
+    torch.testing.assert_close(mean.grad, want_grad, rtol=1e-5, atol=1e-4 * want_grad.abs().max().item())
+
+
+def test_the_released_batch_wide_bias_is_not_the_loss():
+    """The script as released reduces the bias over the whole batch (issue #244), so a sample's mean
+    moves every sample's ratio; ours is per sample. The values barely differ (ratios near 1), the
+    gradients in the means do."""
+    sampler, ours, theirs = guard_transitions(7, shift=0.3)
+    adv = torch.randn(ours["logp"].shape[0], generator=torch.Generator().manual_seed(7))
+    algo = GRPOGuard(clip_range=1.0)
+    algo.setup(sampler)
+    mean = ours["mean"].clone().requires_grad_(True)
+    algo.loss(batch_of({**ours, "mean": mean}, adv)).value.backward()
+    grads = {}
+    for batch_bias in (False, True):
+        steps = [dict(st, mean=st["mean"].clone().requires_grad_(True)) for st in theirs]
+        loss = torch.stack([official_guard_loss(st, adv, 1.0, 0.0, batch_bias=batch_bias) for st in steps]).mean()
+        loss.backward()
+        grads[batch_bias] = torch.stack([st["mean"].grad for st in steps], 1)
+    scale = grads[False].abs().max().item()
+    torch.testing.assert_close(mean.grad, grads[False], rtol=1e-5, atol=1e-4 * scale)
+    assert (mean.grad - grads[True]).abs().max() > 0.1 * scale
+
+
+def test_defaults_are_the_official_configs():
+    """config/grpo_guard.py (pickscore_hps_sd3_ratio_norm): clip 4e-6, beta 0, global_std False (the
+    group's own population std + 1e-4); otherwise train_sd3.py's recipe (FlowGRPO's)."""
+    guard = GRPOGuard()
+    assert (guard.settings.clip_range, guard.settings.beta, guard.settings.ratio_norm) == (4e-6, 0.0, True)
+    assert guard.settings.grad_reweight
+    assert guard.recipe.advantages == "group_pop"
+    rest = {k: v for k, v in asdict(guard.recipe).items() if k != "advantages"}
+    assert rest == {k: v for k, v in asdict(FlowGRPO.recipe).items() if k != "advantages"}
 
 
 def test_ratio_norm_is_the_noise_projection_and_removes_the_negative_bias():
@@ -143,7 +196,8 @@ def test_reweight_factors():
 def test_guard_off_is_flowgrpo():
     sampler, ours, _ = guard_transitions(4)
     adv = torch.randn(ours["logp"].shape[0], generator=torch.Generator().manual_seed(9))
-    guard, plain = GRPOGuard(ratio_norm=False, grad_reweight=False), FlowGRPO()
+    guard = GRPOGuard(ratio_norm=False, grad_reweight=False, clip_range=1e-4, beta=0.04)
+    plain = FlowGRPO()
     guard.setup(sampler)
     plain.setup(sampler)
     torch.testing.assert_close(guard.loss(batch_of(ours, adv)).value, plain.loss(batch_of(ours, adv)).value)

@@ -98,7 +98,7 @@ CASES = [
     ("tiny_model", "ddpo_is", {}, 1.0, {}, False),
     ("tiny_model", "pcpo", {}, 1.0, {}, False),
     ("tiny_flow_model", "flowgrpo", {"clip_range": 0.2}, 0.7, {"flow_variant": "flowgrpo"}, True),
-    ("tiny_flow_model", "grpo_guard", {"clip_range": 0.2}, 0.7, {"flow_variant": "flowgrpo"}, True),
+    ("tiny_flow_model", "grpo_guard", {"clip_range": 0.2, "beta": 0.04}, 0.7, {"flow_variant": "flowgrpo"}, True),
 ]
 
 
