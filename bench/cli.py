@@ -25,7 +25,10 @@ def cmd_list(args) -> None:
         print(f"{title}: {', '.join(reg.names()) or '(none)'}")
     # the sampler options any algorithm runs with on a flow model (sampling.* or algorithms.<label>.*)
     print(f"flow SDEs (flow_variant): {', '.join(FLOW_VARIANTS)}")
-    print("SDE windows: sde_window [start, length] (fixed), + sde_window_shift [every, stride] (sliding)")
+    print(
+        "SDE windows: sde_window [start, length] (fixed), + sde_window_shift [every, stride] (sliding) "
+        "or + sde_window_range [lo, hi] (drawn each round)"
+    )
 
 
 def cmd_validate(args) -> None:

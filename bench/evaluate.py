@@ -72,6 +72,7 @@ def evaluation_spec(spec: RunSpec, evaluation: dict[str, Any]) -> RunSpec:
     if spec.sde_window is not None:
         own["sde_window"] = None
         own["sde_window_shift"] = None
+        own["sde_window_range"] = None
     return dataclasses.replace(spec, **own) if own else spec
 
 

@@ -51,6 +51,8 @@ def open_sampler(spec: RunSpec, policy: Policy, algorithm: Algorithm | None = No
         flow_variant=variant or FLOW_VARIANTS[0],
         sde_window=spec.sde_window,
         window_shift=spec.sde_window_shift,
+        window_range=spec.sde_window_range,
+        window_seed=spec.seed,
     )
     noise = None if algorithm is None else algorithm.sampler_noise(sampler)
     return sampler if noise is None else sampler.with_std(noise)

@@ -57,11 +57,14 @@ def make_sampler(
     flow_variant: str = FLOW_VARIANTS[0],
     sde_window: tuple[int, int] | None = None,
     window_shift: tuple[int, int] | None = None,
+    window_range: tuple[int, int] | None = None,
+    window_seed: int = 0,
 ) -> DDIMSampler | FlowSDESampler:
     """The sampler that matches the policy's objective: DDIM (epsilon/v) over the policy's
     scheduler, or a flow SDE over the sigmas the policy's flow scheduler uses (shift included),
     stochastic only inside `sde_window` (start, length) when given, sliding by `window_shift`
-    (every, stride) over the rounds (flow models only)."""
+    (every, stride) over the rounds or drawn each round inside `window_range` (lo, hi) from
+    `window_seed` (flow models only)."""
     if policy.objective == "flow":
         policy.scheduler.set_timesteps(num_steps)
         return FlowSDESampler(
@@ -71,8 +74,10 @@ def make_sampler(
             logp_reduce=logp_reduce,
             sde_window=sde_window,
             window_shift=window_shift,
+            window_range=window_range,
+            window_seed=window_seed,
         )
-    if sde_window is not None or window_shift is not None:
+    if sde_window is not None or window_shift is not None or window_range is not None:
         raise ValueError(
             "sampling.sde_window (SDE inside a window, ODE elsewhere) is a flow-SDE option; "
             "this model samples with DDIM"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -182,8 +183,9 @@ class FlowSDESampler:
 
     Window (Flow-GRPO-Fast, MixGRPO): noise only at the steps start .. start + length - 1 of
     `sde_window`, the ODE (x + dt v, a point mass: log-prob 0, std 0) elsewhere; only the window's
-    steps are trained. `window_shift` = (every, stride) slides it (MixGRPO): `at_round(r)` is the
-    sampler of training round r, see `window_start`."""
+    steps are trained. `window_shift` = (every, stride) slides it (MixGRPO), `window_range` = (lo, hi)
+    draws its start at random each round (Flow-GRPO-Fast): `at_round(r)` is the sampler of training
+    round r, see `window_start`."""
 
     family = "flow"
 
@@ -196,6 +198,8 @@ class FlowSDESampler:
         timestep_scale: float = 1000.0,
         sde_window: tuple[int, int] | None = None,
         window_shift: tuple[int, int] | None = None,
+        window_range: tuple[int, int] | None = None,
+        window_seed: int = 0,
     ):
         if variant not in FLOW_VARIANTS:
             raise ValueError(f"flow SDE variant must be one of {list(FLOW_VARIANTS)}, got {variant!r}")
@@ -228,6 +232,18 @@ class FlowSDESampler:
                     f"sliding SDE window: every and stride >= 1 (got {self.window_shift}) and the window "
                     f"{self.window_origin} must end before the final step of the {self.num_steps} steps"
                 )
+        self.window_range = None if window_range is None else (int(window_range[0]), int(window_range[1]))
+        self.window_seed = int(window_seed)
+        if self.window_range is not None:
+            if self.window_origin is None or self.window_shift is not None:
+                raise ValueError("a window range (lo, hi) draws the start of an SDE window: give sde_window, no shift")
+            lo, hi = self.window_range
+            start, length = self.window_origin
+            if not (lo <= start and start + length <= hi <= self.num_steps - 1):
+                raise ValueError(
+                    f"random SDE window: the range {self.window_range} must hold the window {self.window_origin} "
+                    f"and end before the final step of the {self.num_steps} steps"
+                )
         self._set_window(self.window_origin)
 
     def _set_window(self, window: tuple[int, int] | None) -> None:
@@ -245,10 +261,17 @@ class FlowSDESampler:
         """The sliding window's first step at training round r (0-based): it moves `stride` steps
         every `every` rounds, from the configured start, while it ends before the final step (the
         step no flow recipe trains; MixGRPO's range stops short of it too), then starts over
-        (MixGRPO's roll_back). A fixed window stays where it is."""
+        (MixGRPO's roll_back). A drawn window (window_range) starts at a uniform draw of the round.
+        A fixed window stays where it is."""
         if self.window_origin is None:
             raise ValueError("no SDE window")
         start, length = self.window_origin
+        if self.window_range is not None:
+            # Flow-GRPO-Fast (sd3_pipeline_with_logprob_fast.py): start = random.randint(lo, hi - length),
+            # both ends included; here from a generator of (the run's seed, the round) alone, so that a
+            # resumed run, every process and the gradient probe all see the round's same window
+            lo, hi = self.window_range
+            return random.Random(f"sde-window/{self.window_seed}/{round_index}").randint(lo, hi - length)
         if self.window_shift is None:
             return start
         every, stride = self.window_shift
@@ -256,8 +279,8 @@ class FlowSDESampler:
         return start + stride * ((round_index // every) % positions)
 
     def at_round(self, round_index: int) -> FlowSDESampler:
-        """The sampler of training round r: itself unless its window slides and has moved."""
-        if self.window_shift is None or self.window_origin is None:
+        """The sampler of training round r: itself unless its window slides or is drawn, and has moved."""
+        if (self.window_shift is None and self.window_range is None) or self.window_origin is None:
             return self
         start = self.window_start(round_index)
         if self.sde_window is not None and start == self.sde_window[0]:

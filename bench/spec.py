@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_SPEC_FILE = "run_config.json"
-_OMITTED_WHEN_UNSET = ("sde_window", "sde_window_shift")
+_OMITTED_WHEN_UNSET = ("sde_window", "sde_window_shift", "sde_window_range")
 
 # a reward spec (t2i_rl_bench.reward): a registered name, or {name: weight} for a weighted sum
 RewardSpec = str | dict[str, float]
@@ -47,6 +47,9 @@ class RunSpec:
     # (every, stride): the window moves `stride` steps every `every` rounds and starts over after its
     # last position (MixGRPO's sliding window; FlowSDESampler.window_start); None: a fixed window
     sde_window_shift: tuple[int, int] | None = None
+    # (lo, hi): the window's start is drawn each round from lo .. hi - length, both included, from
+    # the run's seed and the round (Flow-GRPO-Fast's sde_window_range; FlowSDESampler.window_start)
+    sde_window_range: tuple[int, int] | None = None
     # the round
     images_per_round: int = 32
     group_size: int = 4  # images per prompt, unless the algorithm's recipe fixes it
@@ -78,7 +81,7 @@ class RunSpec:
         # lists from JSON or a caller become tuples, so a spec read back equals the one written
         for name in ("prompts", "betas", "budgets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("sde_window", "sde_window_shift"):
+        for name in ("sde_window", "sde_window_shift", "sde_window_range"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 

@@ -190,6 +190,13 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
         raise ConfigError(
             f"config key 'algorithms.{label}.sde_window_shift': [every, stride] of integers >= 1, got {shift!r}"
         )
+    drawn = settings.pop("sde_window_range", None)
+    if drawn is not None and not (
+        isinstance(drawn, list | tuple)
+        and len(drawn) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in drawn)
+    ):
+        raise ConfigError(f"config key 'algorithms.{label}.sde_window_range': [lo, hi] of integers >= 0, got {drawn!r}")
     lr = settings.pop("lr", None)
     if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
         raise ConfigError(f"config key 'algorithms.{label}.lr': a learning rate > 0, got {lr!r}")
@@ -336,6 +343,27 @@ def check_sliding_windows(config: dict, num_steps: int) -> None:
                 f"config key '{key}': the window {list(window)} of {label!r} must end before the final "
                 f"of the {num_steps} sampler steps to slide (it moves while it does, then starts over)"
             )
+        own_range = settings.get("sde_window_range") is not None
+        drawn = settings["sde_window_range"] if own_range else sampling.get("sde_window_range")
+        range_key = f"algorithms.{label}.sde_window_range" if own_range else "sampling.sde_window_range"
+        if drawn is not None:
+            if window is None:
+                raise ConfigError(
+                    f"config key '{range_key}': draws the start of an SDE window, and {label!r} has none "
+                    "(set sde_window: [start, length]; the length is kept)"
+                )
+            if shift is not None:
+                raise ConfigError(
+                    f"config key '{range_key}': {label!r} also slides its window ({key}); a window is "
+                    "either drawn each round or sliding"
+                )
+            lo, hi = drawn
+            if not (lo <= window[0] and window[0] + window[1] <= hi <= num_steps - 1):
+                raise ConfigError(
+                    f"config key '{range_key}': [lo, hi] = {list(drawn)} must hold the window {list(window)} "
+                    f"of {label!r} (lo <= start, start + length <= hi) and end before the final of the "
+                    f"{num_steps} sampler steps (the step no flow recipe trains)"
+                )
         variant = settings.get("flow_variant") or sampling.get("flow_variant")
         flow = any(model_objective(m) == "flow" for m in config["models"].values())
         if flow and variant == "cps" and not sampling.get("eta", RunSpec.eta) <= 1:
@@ -488,6 +516,7 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     own_variant = settings.pop("flow_variant", None)
     own_window = settings.pop("sde_window", None)
     own_shift = settings.pop("sde_window_shift", None)
+    own_range = settings.pop("sde_window_range", None)
     # a learning rate of the method's own (a calibration grid, or the rate a calibration chose by
     # one protocol for every method) over the study's train.lr
     own_lr = settings.pop("lr", None)
@@ -497,6 +526,8 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
         sampling["sde_window"] = own_window
     if own_shift is not None:  # its own sliding of the window (MixGRPO) over the study's
         sampling["sde_window_shift"] = own_shift
+    if own_range is not None:  # its own drawn window (Flow-GRPO-Fast) over the study's
+        sampling["sde_window_range"] = own_range
     study_variant = sampling.pop("flow_variant", None)
     # flow models: the algorithm's own flow_variant, else the study's, else the SDE its paper
     # samples with (Algorithm.flow_variant); DDIM models carry none

@@ -259,7 +259,7 @@ def test_the_extended_preset_adds_the_new_methods_to_the_quick_grid(toy_world):
     assert cfg["train"]["budgets"] == quick["train"]["budgets"]
     assert len(study.runs(cfg)) == 14 * 2
     fast = study.run_spec(cfg, study.RunKey("dit16-flow", "clip_alignment", "flowgrpo_fast", 0))
-    assert (fast.algorithm, fast.sde_window) == ("flowgrpo", (1, 2))
+    assert (fast.algorithm, fast.sde_window, fast.sde_window_range) == ("flowgrpo", (0, 2), (0, 3))
     cps = study.run_spec(cfg, study.RunKey("dit16-flow", "clip_alignment", "flowgrpo_cps", 0))
     assert (cps.algorithm, cps.flow_variant, cps.sde_window) == ("flowgrpo", "cps", None)
     mix = study.run_spec(cfg, study.RunKey("dit16-flow", "clip_alignment", "mixgrpo", 0))

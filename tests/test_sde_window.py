@@ -255,3 +255,122 @@ def test_the_evaluation_samples_without_the_sliding_window():
     plain = evaluation_spec(spec, {})
     assert plain.sde_window is None and plain.sde_window_shift is None
     assert RunSpec.from_json(spec.to_json()) == spec
+
+
+# ---- the drawn window (Flow-GRPO-Fast) ----------------------------------------------------------
+def test_the_drawn_window_lies_in_its_range_and_repeats_for_a_seed():
+    """K = 10, window [0, 3], range [0, 7]: each round's start is one of 0..4 (all of them turn up),
+    a function of (seed, round) only (in any order of asking, from any copy), another seed draws
+    other starts; the round's sampler is stochastic exactly on its window."""
+    drawn = FlowSDESampler(sd3_sigmas(10), sde_window=(0, 3), window_range=(0, 7), window_seed=3)
+    starts = [drawn.window_start(r) for r in range(200)]
+    assert set(starts) == {0, 1, 2, 3, 4}
+    again = FlowSDESampler(sd3_sigmas(10), sde_window=(0, 3), window_range=(0, 7), window_seed=3)
+    assert [again.window_start(r) for r in reversed(range(200))] == starts[::-1]
+    other = FlowSDESampler(sd3_sigmas(10), sde_window=(0, 3), window_range=(0, 7), window_seed=4)
+    assert [other.window_start(r) for r in range(200)] != starts
+    for r in range(20):
+        at = drawn.at_round(r)
+        assert at.sde_window == (starts[r], 3) and at.sde_steps.tolist() == list(range(starts[r], starts[r] + 3))
+        assert at.at_round(r + 1).sde_window == (starts[r + 1], 3)  # from any round's sampler
+    assert drawn.sde_window == (0, 3)  # the configured window is left as it was
+    for bad in (
+        dict(sde_window=(0, 3), window_range=(1, 7)),  # the range does not hold the window
+        dict(sde_window=(0, 3), window_range=(0, 10)),  # it reaches the final step
+        dict(sde_window=(0, 3), window_range=(0, 7), window_shift=(1, 1)),  # both drawn and sliding
+        dict(window_range=(0, 7)),  # no window
+    ):
+        with pytest.raises(ValueError, match="window"):
+            FlowSDESampler(sd3_sigmas(10), **bad)
+
+
+def test_training_and_the_probe_use_the_drawn_window_of_each_round(flow_toy):
+    """Each round samples with its drawn window (SDE inside, the ODE outside: std 0, log-prob 0, no
+    noise) and trains only inside it; a second run with the seed draws the same windows, a resumed
+    run continues with them, and the probe at a budget uses the next round's."""
+    cfg = toy.toy_spec("flowgrpo", 8, eta=0.7, seed=2, sde_window=[0, 2], sde_window_range=[0, 7])
+    reference = FlowSDESampler(sd3_sigmas(8), sde_window=(0, 2), window_range=(0, 7), window_seed=2)
+    expected = [reference.window_start(r) for r in range(8)]
+    assert len(set(expected)) > 2 and all(0 <= s <= 5 for s in expected)
+    trainer = train_mod.Trainer(cfg, out="unused")
+    seen: dict[str, list] = {"traj": [], "steps": []}
+    sample, update = trainer.sample_round, trainer.update
+
+    def record_sample():
+        traj = sample()
+        seen["traj"].append(traj)
+        return traj
+
+    def record_update(traj, scored, reference, part, steps, stats):
+        seen["steps"].append(steps[part])
+        return update(traj, scored, reference, part, steps, stats)
+
+    trainer.sample_round, trainer.update = record_sample, record_update
+    for r, start in enumerate(expected):
+        seen["steps"].clear()
+        line = trainer.round()
+        inside = [start, start + 1]
+        outside = [k for k in range(8) if k not in inside]
+        traj = seen["traj"][-1]
+        assert line["sde_window"] == [start, 2] and trainer.sampler.sde_window == (start, 2), r
+        assert (traj.stds[:, inside] > 0).all() and (traj.stds[:, outside] == 0).all()
+        assert (traj.logp[:, outside] == 0).all()
+        for k in outside:
+            torch.testing.assert_close(traj.latents[:, k + 1], traj.means[:, k], rtol=0, atol=0)
+        trained = set(torch.cat(seen["steps"]).flatten().tolist())
+        assert trained and trained <= set(inside), (r, trained)
+    twin = train_mod.Trainer(cfg, out="unused")
+    assert [twin.round()["sde_window"][0] for _ in range(3)] == expected[:3]
+    resumed = train_mod.Trainer(cfg, out="unused")
+    resumed.images_seen = 16 * 5
+    resumed.follow_window()
+    assert resumed.sampler.sde_window == (expected[5], 2)
+
+    from t2i_rl_bench.probe import Prober
+
+    prober = Prober(cfg, {"minibatches": 2, "seed": 5})
+    share = torch.tensor(prober(16 * 3)["credit_share"])  # after round 2: round 3's window
+    inside = [expected[3], expected[3] + 1]
+    assert (share[inside] > 0).all() and (share[[k for k in range(8) if k not in inside]] == 0).all()
+
+
+def test_the_config_checks_the_drawn_window():
+    cfg = yaml.safe_load((ROOT / "config" / "flow.yaml").read_text())
+    steps = cfg["sampling"]["num_steps"]
+    cfg["algorithms"]["fast"] = {"plugin": "flowgrpo", "sde_window": [0, 2], "sde_window_range": [0, steps // 2]}
+    valid = study.validate(cfg, check_paths=False)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid)}
+    assert (specs["fast"].sde_window, specs["fast"].sde_window_range) == ((0, 2), (0, steps // 2))
+    assert "sde_window_range" not in specs["fast"].algorithm_settings
+    assert "sde_window_range" not in specs["flowgrpo"].to_dict()
+    assert RunSpec.from_json(specs["fast"].to_json()) == specs["fast"]
+    for bad in ([0], "wide", [0, -1], [True, 3]):
+        cfg["algorithms"]["fast"]["sde_window_range"] = bad
+        with pytest.raises(study.ConfigError, match=r"algorithms\.fast\.sde_window_range"):
+            study.validate(cfg, check_paths=False)
+    for bad in ([1, 4], [0, steps]):  # does not hold [0, 2]; reaches the final step
+        cfg["algorithms"]["fast"]["sde_window_range"] = bad
+        with pytest.raises(study.ConfigError, match=r"algorithms\.fast\.sde_window_range.*hold"):
+            study.validate(cfg, check_paths=False)
+    cfg["algorithms"]["fast"].update(sde_window_range=[0, 4], sde_window_shift=[1, 1])
+    with pytest.raises(study.ConfigError, match=r"algorithms\.fast\.sde_window_range.*sliding"):
+        study.validate(cfg, check_paths=False)
+    del cfg["algorithms"]["fast"]
+    cfg["sampling"]["sde_window_range"] = [0, 4]  # the study's, and no window anywhere
+    with pytest.raises(study.ConfigError, match=r"sampling\.sde_window_range.*sde_window"):
+        study.validate(cfg, check_paths=False)
+    cfg["sampling"]["sde_window"] = [1, 2]
+    valid = study.validate(cfg, check_paths=False)
+    assert {study.run_spec(valid, k).sde_window_range for k in study.runs(valid)} == {(0, 4)}
+    quick = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    quick["sampling"].update(sde_window=[0, 2], sde_window_range=[0, 3])
+    with pytest.raises(study.ConfigError, match="DDIM"):
+        study.validate(quick, check_paths=False)
+
+
+def test_the_evaluation_samples_without_the_drawn_window():
+    from t2i_rl_bench.evaluate import evaluation_spec
+
+    spec = RunSpec(model_path="m", algorithm="flowgrpo", reward="r", sde_window=(1, 2), sde_window_range=(0, 5))
+    plain = evaluation_spec(spec, {})
+    assert plain.sde_window is None and plain.sde_window_range is None
