@@ -8,6 +8,9 @@ Weights, both local files:
 - `head_weights`: the MLP head, `sac+logos+ava1-l14-linearMSE.pth`.
 `model` names the open_clip config ("ViT-L-14", or a JSON config file); OpenAI's weights were
 trained with QuickGELU, hence `quick_gelu=True`.
+
+Differentiable (DRaFT, ReFL): `differentiable_score`, the same score with CLIP's preprocessing in
+torch on the images as a tensor (tests/test_rewards.py measures the agreement with the PIL path).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from t2i_rl_bench.judges.reward_model_weights import (
     clip_preprocess,
+    clip_preprocess_differentiable,
     file_problems,
     load_open_clip,
     load_state_dict,
@@ -90,6 +94,16 @@ class LaionAesthetic:
             except Exception as exc:  # noqa: BLE001
                 head_problems = [f"{where(NAME, 'head_weights', path)}: cannot read the weights: {exc}"]
         return problems + head_problems
+
+    differentiable = True  # CLIP image tower + linear head on the pixels: a gradient in the images
+
+    def differentiable_score(self, images, prompts, metadata=None) -> torch.Tensor:
+        """(B,) the score with autograd through the images, CLIP's preprocessing in torch
+        (clip_preprocess_differentiable; the weights stay frozen)."""
+        device = self.clip.logit_scale.device
+        x = clip_preprocess_differentiable(images.to(device), **self.preprocess)
+        embeds = F.normalize(self.clip.encode_image(x), dim=-1)
+        return self.head(embeds).squeeze(-1).float().to(images.device)
 
     @torch.no_grad()
     def __call__(self, images, prompts, metadata=None):

@@ -2,13 +2,27 @@
 100 * max(cos(image, prompt), 0), the torchmetrics convention (`t2i_rl_bench.metrics.quality.clip_score`),
 about 20-35 on real generations. The info holds the cosine.
 
+Differentiable (DRaFT, ReFL): `differentiable_score` is the same score on the images as a tensor,
+CLIP's preprocessing done in torch (bicubic antialiased resize, centre crop, normalise) instead of
+on 8-bit PIL images; the two agree to the 8-bit rounding and the resizes' difference
+(tests/test_rewards.py). The clamp at cosine 0 passes no gradient below it (real generations score
+about 0.2-0.35).
+
 Weights: `model_path` = a local copy of the `openai/clip-vit-large-patch14` folder (config.json,
 model.safetensors, tokenizer files, preprocessor_config.json).
 """
 
 from __future__ import annotations
 
-from t2i_rl_bench.judges.reward_model_weights import hf_clip_cosine, hf_clip_problems, load_hf_clip, raise_problems
+import torch
+
+from t2i_rl_bench.judges.reward_model_weights import (
+    hf_clip_cosine,
+    hf_clip_cosine_differentiable,
+    hf_clip_problems,
+    load_hf_clip,
+    raise_problems,
+)
 
 NAME = "clip_score"
 
@@ -22,6 +36,13 @@ class ClipScore:
     @staticmethod
     def check_weights(settings: dict) -> list[str]:
         return hf_clip_problems(NAME, "model_path", settings.get("model_path"))
+
+    differentiable = True  # a network on the pixels: its score has a gradient in the images
+
+    def differentiable_score(self, images, prompts, metadata=None) -> torch.Tensor:
+        """(B,) 100 max(cos, 0) with autograd through the images (the CLIP's weights stay frozen)."""
+        cos = hf_clip_cosine_differentiable(self.model, self.tokenizer, self.preprocess, images, prompts)
+        return 100 * cos.clamp_min(0)
 
     def __call__(self, images, prompts, metadata=None):
         cos = hf_clip_cosine(self.model, self.tokenizer, self.preprocess, images, prompts, self.batch_size)

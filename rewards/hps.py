@@ -5,6 +5,9 @@ preferences; the score is the cosine of the normalised image and prompt embeddin
 Weights: `weights` = `HPS_v2.1_compressed.pt` (a {'state_dict': ...} of the whole CLIP), `model` =
 the open_clip config ("ViT-H-14", or a JSON config file). Tokenizer: open_clip's BPE, shipped in
 its wheel.
+
+Differentiable (DRaFT, ReFL): `differentiable_score`, the same score with CLIP's preprocessing in
+torch on the images as a tensor (tests/test_rewards.py measures the agreement with the PIL path).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from t2i_rl_bench.judges.reward_model_weights import (
     clip_preprocess,
+    clip_preprocess_differentiable,
     load_open_clip,
     open_clip_problems,
     open_clip_tokenizer,
@@ -45,6 +49,19 @@ class HPSv21:
             settings.get("model", "ViT-H-14"),
             settings.get("quick_gelu", False),
         )
+
+    differentiable = True  # CLIP on the pixels: its cosine has a gradient in the images
+
+    def differentiable_score(self, images, prompts, metadata=None) -> torch.Tensor:
+        """(B,) the cosine with autograd through the images, CLIP's preprocessing in torch
+        (clip_preprocess_differentiable; the weights stay frozen)."""
+        device = self.clip.logit_scale.device
+        img = self.clip.encode_image(
+            clip_preprocess_differentiable(images.to(device), **self.preprocess), normalize=True
+        )
+        with torch.no_grad():
+            txt = self.clip.encode_text(self.tokenizer(list(prompts)).to(device), normalize=True)
+        return (img * txt).sum(-1).float().to(images.device)
 
     @torch.no_grad()
     def __call__(self, images, prompts, metadata=None):

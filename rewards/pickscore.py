@@ -7,12 +7,19 @@ model.safetensors); `processor_path` = the folder of its processor (PickScore us
 `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`: tokenizer files + preprocessor_config.json); by default
 `model_path`. The image transform is CLIP's (bicubic resize, centre crop, normalise) on tensors,
 with the sizes and statistics read from preprocessor_config.json.
+
+Differentiable (DRaFT, ReFL): `differentiable_score`, the same score with CLIP's preprocessing in
+torch on the images as a tensor (see rewards/clip_score.py; tests/test_rewards.py measures the
+agreement with the PIL path).
 """
 
 from __future__ import annotations
 
+import torch
+
 from t2i_rl_bench.judges.reward_model_weights import (
     hf_clip_cosine,
+    hf_clip_cosine_differentiable,
     hf_clip_problems,
     load_hf_clip,
     processor_problems,
@@ -44,6 +51,13 @@ class PickScore:
         return hf_clip_problems(NAME, "model_path", model_path, need_processor=False) + processor_problems(
             NAME, "processor_path", processor_path
         )
+
+    differentiable = True  # a network on the pixels: its score has a gradient in the images
+
+    def differentiable_score(self, images, prompts, metadata=None) -> torch.Tensor:
+        """(B,) logit_scale.exp() cos with autograd through the images (the weights stay frozen)."""
+        cos = hf_clip_cosine_differentiable(self.model, self.tokenizer, self.preprocess, images, prompts)
+        return self.model.logit_scale.exp().item() * cos
 
     def __call__(self, images, prompts, metadata=None):
         cos = hf_clip_cosine(self.model, self.tokenizer, self.preprocess, images, prompts, self.batch_size)

@@ -184,7 +184,7 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
         lr=1e-3,
     )
     family_of = ALGORITHMS.get(algorithm).family
-    if family_of == "differentiable":  # no real reward model is declared differentiable yet
+    if family_of == "differentiable":  # JPEG size has no gradient (the real CLIP score has: below)
         with pytest.raises(ValueError, match="no gradient in the images"):
             Trainer(cfg, out)
         return
@@ -213,6 +213,38 @@ def test_two_rl_rounds_and_checkpoints_load_back(pipelines, tmp_path, algorithm,
     else:
         base = dict(Policy.load(pipelines[family]).denoiser.named_parameters())
         assert any(not torch.equal(p, base[name]) for name, p in trained.items())
+
+
+@pytest.mark.parametrize("family", ["sd", "flow"])
+def test_draft_k_steps_on_a_real_pipeline_with_the_real_clip_score(pipelines, tmp_path, family):
+    """DRaFT-K (K = 1) on the tiny SD and SD3 pipelines with the transformers CLIP score on tiny
+    random weights: the reward's gradient reaches the denoiser (finite, nonzero) and one optimiser
+    step moves it."""
+    from tests.test_rewards import tiny_hf_clip
+
+    tiny_hf_clip(tmp_path / "clip")
+    out = tmp_path / "run"
+    cfg = RunSpec(
+        model_path=str(pipelines[family]),
+        algorithm="draft",
+        reward="clip_score",
+        reward_settings={"clip_score": {"model_path": str(tmp_path / "clip"), "device": "cpu"}},
+        prompts=PROMPTS,
+        num_steps=3,
+        eta=ETA[family],
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+        lr=1e-3,
+        weight_decay=0.0,  # only the reward's gradient moves the weights
+    )
+    trainer = Trainer(cfg, out)
+    base = {name: p.detach().clone() for name, p in trainer.policy.denoiser.named_parameters()}
+    line = trainer.round()
+    assert line["loss"] is not None and torch.isfinite(torch.tensor(line["loss"])), line
+    assert line["grad_norm"] > 0 and torch.isfinite(torch.tensor(line["grad_norm"])), line
+    moved = [name for name, p in trainer.policy.denoiser.named_parameters() if not torch.equal(p, base[name])]
+    assert moved, "no parameter moved"
 
 
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])

@@ -203,6 +203,60 @@ def test_transformers_clip_rewards_load_tiny_weights_through_the_real_code_path(
     assert torch.allclose(scores, expected, atol=1e-4)
 
 
+def tiny_real_reward(name: str, folder: Path):
+    """One of the real CLIP-based rewards on tiny random weights written to `folder`, and the size of
+    one unit of cosine in its score (for tolerances)."""
+    if name in ("clip_score", "pickscore"):
+        tiny_hf_clip(folder / "model")
+        reward = REWARDS.get(name)(model_path=str(folder / "model"), device="cpu")
+        return reward, 100.0 if name == "clip_score" else reward.model.logit_scale.exp().item()
+    if name == "hps_v21":
+        _, config, weights = tiny_open_clip(folder, wrapped=True, suffix=".pt")
+        return REWARDS.get(name)(weights=str(weights), model=str(config), device="cpu"), 1.0
+    from t2i_rl_bench.rewards.aesthetic import AestheticHead
+
+    _, config, weights = tiny_open_clip(folder, wrapped=False, suffix=".safetensors")
+    torch.manual_seed(5)
+    torch.save(AestheticHead(TINY_OPEN_CLIP["embed_dim"]).eval().state_dict(), folder / "head.pth")
+    reward = REWARDS.get(name)(
+        clip_weights=str(weights), head_weights=str(folder / "head.pth"), model=str(config), quick_gelu=False
+    )
+    return reward, 1.0
+
+
+@pytest.mark.parametrize("name", ["clip_score", "pickscore", "hps_v21", "laion_aesthetic"])
+def test_real_clip_rewards_have_a_tensor_path_equal_to_the_pil_path_and_a_gradient(tmp_path, name):
+    """The differentiable path of the real CLIP-based rewards (CLIP's preprocessing in torch):
+    (a) on 8-bit images at the CLIP's own size, the PIL path's score to 1e-5 (measured <= 1.2e-7: the
+    same preprocessing there); through a resize, within 5e-3 of a cosine (measured up to 1.9e-3 on
+    noise images: PIL's bicubic on 8-bit images against torch's antialiased bicubic on floats);
+    (b) a finite gradient in the images, nonzero per image (the CLIP score: where its cosine is above
+    the clamp at 0, and zero below it)."""
+    reward, unit = tiny_real_reward(name, tmp_path)
+    assert reward.differentiable
+    prompts = PROMPTS + ["a cat", "a green triangle"]
+    g = torch.Generator().manual_seed(1)
+    same = (torch.rand(4, 3, 32, 32, generator=g) * 255).round() / 255
+    scores, _ = reward(same, prompts, {})
+    x = same.clone().requires_grad_(True)
+    got = reward.differentiable_score(x, prompts)
+    torch.testing.assert_close(got.double(), scores, rtol=0, atol=1e-5 * max(1.0, float(scores.abs().max())))
+    got.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    per_image = x.grad.flatten(1).abs().sum(1)
+    if name == "clip_score":
+        positive = scores > 0
+        assert positive.any() and (~positive).any()  # the tiny CLIP's seed gives both signs
+        assert (per_image[positive] > 0).all() and (per_image[~positive] == 0).all()
+    else:
+        assert (per_image > 0).all()
+    for shape in [(64, 64), (48, 80), (16, 16)]:  # down, down with a crop, up
+        images = torch.rand(4, 3, *shape, generator=g)
+        with torch.no_grad():
+            tensor_path = reward.differentiable_score(images, prompts).double()
+        torch.testing.assert_close(tensor_path, reward(images, prompts, {})[0], rtol=0, atol=5e-3 * unit)
+
+
 def test_pickscore_reads_its_processor_from_its_own_folder(tmp_path):
     tiny_hf_clip(tmp_path / "model", with_processor=False)
     tiny_hf_clip(tmp_path / "processor")

@@ -320,6 +320,41 @@ def clip_preprocess(images: torch.Tensor, size, mean, std, resize=None) -> torch
     return (x - mean) / std
 
 
+def clip_preprocess_differentiable(images: torch.Tensor, size, mean, std, resize=None) -> torch.Tensor:
+    """`clip_preprocess` in torch, with autograd through the images (DRaFT, ReFL): bicubic resize of
+    the shorter side with antialiasing (torchvision's tensor resize, made to follow PIL's), centre
+    crop, normalise. It skips the 8-bit rounding, which has no gradient: the two agree to the rounding
+    and to the two resizes' difference (tests/test_rewards.py measures it)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    crop = [size, size] if isinstance(size, int) else list(size)
+    short = resize or min(crop)
+    x = images.float().clamp(0, 1)
+    x = TF.resize(
+        x, short if isinstance(short, int) else list(short), interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
+    x = TF.center_crop(x, crop)
+    mean_t = torch.tensor(mean, device=x.device)[:, None, None]
+    std_t = torch.tensor(std, device=x.device)[:, None, None]
+    return (x - mean_t) / std_t
+
+
+def hf_clip_cosine_differentiable(model, tokenizer, preprocess: dict, images: torch.Tensor, prompts: list[str]):
+    """(N,) `hf_clip_cosine` with autograd through the images (the model's weights stay frozen), in
+    float32 on the images' device."""
+    device = model.logit_scale.device
+    max_length = min(77, model.config.text_config.max_position_embeddings)
+    x = clip_preprocess_differentiable(
+        images.to(device), preprocess["size"], preprocess["mean"], preprocess["std"], preprocess.get("resize")
+    )
+    with torch.no_grad():
+        tokens = tokenizer(list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        txt = F.normalize(pooled(model.get_text_features(**tokens.to(device))), dim=-1)
+    img = F.normalize(pooled(model.get_image_features(pixel_values=x)), dim=-1)
+    return (img * txt).sum(-1).float().to(images.device)
+
+
 @torch.no_grad()
 def hf_clip_cosine(
     model, tokenizer, preprocess: dict, images: torch.Tensor, prompts: list[str], batch_size: int = 32
