@@ -409,6 +409,14 @@ def gpu_hours(config: dict) -> float:
     return sum(n_runs * config["resources"][r]["gpu"] * config["resources"][r]["runtime"] / 60 for r in rules)
 
 
+def assess_resources(config: dict) -> dict:
+    """The resources of the workflow's job that evaluates and then probes a run: the larger of
+    the two rules' GPUs, memory and CPUs, and their runtimes added (they run one after the other)."""
+    parts = [config["resources"]["evaluate"]] + ([config["resources"]["probe"]] if config["probe"]["enabled"] else [])
+    combined = {k: max(part[k] for part in parts) for k in ("gpu", "mem_mb", "cpus_per_task")}
+    return {**combined, "runtime": sum(part["runtime"] for part in parts)}
+
+
 def check_gpu_budget(config: dict) -> None:
     budget = config["resources"]["gpu_hours_budget"]
     needed = gpu_hours(config)

@@ -371,6 +371,25 @@ def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, re
         assert summary["status"] == "failed" and "signal 9" in summary["reason"]
 
 
+def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
+    # the per-run job evaluates, then probes: killed during the probe, its evaluation is kept and
+    # only the probe is recorded as failed
+    from t2i_rl_bench import failures
+
+    run = tmp_path / "run"
+    run.mkdir()
+    evaluation = run / "eval.json"
+    evaluation.write_text('{"status": "finished", "rows": [{"budget": 0}]}')
+    argv = ["killed", "--out", str(evaluation), "--stage", "evaluate", "--out", str(run / "probe.json")]
+    argv += ["--stage", "probe", "--exit-code", "137"]
+    assert failures.main(argv) == 0
+    assert evaluation.read_text() == '{"status": "finished", "rows": [{"budget": 0}]}'
+    probe = strict_load((run / "probe.json").read_text())
+    assert probe["status"] == "failed" and probe["stage"] == "probe" and "signal 9" in probe["reason"]
+    with pytest.raises(SystemExit):  # an output without its stage is refused, not guessed
+        failures.main(["killed", "--out", str(evaluation), "--out", "x", "--stage", "probe", "--exit-code", "137"])
+
+
 # ---------------------------------------------------------------- plugin provenance
 def test_a_file_plugin_is_pinned_by_its_hash_in_the_table_headers(tiny_model, tmp_path):
     import hashlib
