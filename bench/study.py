@@ -388,7 +388,15 @@ def check_model(name: str, model: dict, check_paths: bool) -> None:
     if not check_paths:
         return
     folder, marker = Path(model["path"]), Path(model_file(model))
-    if family == "embedded":  # the pretrain rule builds a missing embedded model
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"config key 'models.{name}.path': {folder} is a file; give a model folder")
+    if family == "embedded":  # the pretrain rule builds a missing embedded model, where it writes
+        if not marker.is_file() and folder != Path("results/models") / name:
+            raise ConfigError(
+                f"config key 'models.{name}.path': no embedded model at {folder} (missing {marker.name}); "
+                f"the pretrain rule builds one only at results/models/{name}: give that path, or a folder "
+                "made by `python -m t2i_rl_bench pretrain`"
+            )
         return
     if not marker.is_file():
         raise ConfigError(

@@ -244,6 +244,84 @@ def test_a_real_model_folder_is_verified_against_its_recorded_hashes(tmp_path):
     assert "config key 'models.sd.path'" in problem and "cannot be read" in problem
 
 
+@pytest.mark.parametrize(
+    "damaged", ["tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "transformer/config.json"]
+)
+def test_a_damaged_config_or_tokenizer_file_is_refused_like_a_weight_file(tmp_path, damaged):
+    # a model is loaded from its configs and tokenizer too: a damaged one would fail in every job
+    import shutil
+
+    from t2i_rl_bench import integrity
+
+    folder = tmp_path / "flow"
+    shutil.copytree(ROOT / "results" / "models" / "dit16-flow", folder)
+    cfg = {"models": {"flow": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    assert integrity.verify_study(cfg) == []
+    _damage(folder / damaged, "flip")
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.flow.path'" in problem and damaged in problem and "SHA-256" in problem
+
+
+def test_a_manifest_that_records_no_hashes_is_refused(tmp_path):
+    import shutil
+
+    from t2i_rl_bench import integrity
+
+    folder = tmp_path / "flow"
+    shutil.copytree(ROOT / "results" / "models" / "dit16-flow", folder)
+    manifest = json.loads((folder / "bench_model.json").read_text())
+    del manifest["sha256"]
+    (folder / "bench_model.json").write_text(json.dumps(manifest))
+    cfg = {"models": {"flow": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.flow.path'" in problem and "records no SHA-256" in problem
+
+
+def test_a_record_of_weights_only_still_verifies_and_a_new_record_covers_every_file(tmp_path):
+    # sha256.json files recorded before configs were hashed list weights only: still valid
+    from t2i_rl_bench import integrity
+
+    folder = tmp_path / "pipe"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "w.safetensors").write_bytes(b"0123456789" * 100)
+    (folder / "unet" / "config.json").write_text('{"layers": 2}')
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "lock").write_text("")
+    cfg = {"models": {"sd": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    weights_only = {"unet/w.safetensors": integrity.sha256_file(folder / "unet" / "w.safetensors")}
+    (folder / "sha256.json").write_text(json.dumps({"sha256": weights_only}))
+    assert integrity.verify_study(cfg) == []
+    integrity.record(folder)
+    assert set(json.loads((folder / "sha256.json").read_text())["sha256"]) == {"unet/w.safetensors", "unet/config.json"}
+    (folder / "unet" / "config.json").write_text('{"layers": 3}')
+    (problem,) = integrity.verify_study(cfg)
+    assert "unet/config.json" in problem
+
+
+@pytest.mark.parametrize("where", ["a file", "an empty folder", "nowhere"])
+def test_an_embedded_model_path_without_a_model_is_refused_naming_the_key(tmp_path, where):
+    cfg = quick()
+    path = {"a file": tmp_path / "x.yaml", "an empty folder": tmp_path / "empty", "nowhere": tmp_path / "none"}[where]
+    if where == "a file":
+        path.write_text("models: {}")
+    if where == "an empty folder":
+        path.mkdir()
+    cfg["models"] = {"mine": {"path": str(path), "pretrain": {"steps": 10, "seed": 0, "objective": "flow"}}}
+    with pytest.raises(study.ConfigError, match=r"config key 'models\.mine\.path'"):
+        study.validate(cfg, verify=False)
+
+
+def test_a_missing_embedded_model_where_the_pretrain_rule_writes_is_left_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # results/models/mine does not exist here
+    cfg = quick()
+    cfg["models"] = {"mine": {"path": "results/models/mine"}}
+    cfg["evaluation"]["clip_model"] = None
+    study.validate(cfg, verify=False)  # the pretrain rule will build it
+    cfg["models"] = {"mine": {"path": "results/models/other"}}  # the rule would write results/models/mine
+    with pytest.raises(study.ConfigError, match=r"only at results/models/mine"):
+        study.validate(cfg, verify=False)
+
+
 # ---------------------------------------------------------------- stale tables of another study
 def test_a_study_with_one_method_leaves_no_improvement_table_of_an_earlier_run(tiny_model, tmp_path):
     two = small_study(tiny_model, {"reinforce": {}, "ddpo_is": {}}, seeds=(0, 1))
