@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,23 @@ def reward_label(spec) -> str:
     return safe_label(spec if isinstance(spec, str) else "+".join(f"{k}x{v:g}" for k, v in spec.items()))
 
 
+def check_finite(value: Any, key: str = "") -> None:
+    """NaN and infinity are refused wherever a number is set (YAML reads `.nan` and `.inf`), and
+    every mapping key is a string (YAML reads `1:` as an integer): each error names the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value} is not a finite number (use null where a setting is optional)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(
+                    f"config key '{key + '.' if key else ''}{k}': the key {k!r} must be a string (quote it)"
+                )
+            check_finite(v, f"{key}.{k}" if key else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]")
+
+
 def check_labels(config: dict) -> None:
     """Labels that name folders are refused when they cannot be one folder name (the study, the
     model and algorithm keys); reward labels are mapped by `reward_label`, and two specs that map to
@@ -123,15 +141,24 @@ def check_labels(config: dict) -> None:
                     f"config key '{section}.{label}': the label {label!r} names run folders and "
                     f"table rows; {rule}.{hint}"
                 )
-    seen: dict[str, str] = {}
+    for section in ("models", "algorithms"):  # one folder on a case-insensitive file system (macOS, Windows)
+        folded: dict[str, str] = {}
+        for label in config[section]:
+            if label.casefold() in folded:
+                raise ConfigError(
+                    f"config key '{section}.{label}': differs from '{section}.{folded[label.casefold()]}' only "
+                    "in case, and both name one run folder where file names ignore case; rename one"
+                )
+            folded[label.casefold()] = label
+    seen: dict[str, str] = {}  # case-folded label -> its key
     for i, spec in enumerate(config["rewards"]):
         label = reward_label(spec)
-        if label in seen:
+        if label.casefold() in seen:
             raise ConfigError(
-                f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} as "
-                f"{seen[label]}; give each training reward once"
+                f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} (case aside) as "
+                f"{seen[label.casefold()]}; give each training reward once"
             )
-        seen[label] = f"rewards[{i}]"
+        seen[label.casefold()] = f"rewards[{i}]"
 
 
 @dataclass(frozen=True)
@@ -208,6 +235,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     from t2i_rl_bench.registry import REWARDS, PluginError
 
     config = copy.deepcopy(config)
+    check_finite(config)
     schema = load_schema()
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))

@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,35 @@ def test_a_labels_learning_rate_is_checked_naming_the_key(value):
     cfg["algorithms"]["reinforce"] = {"lr": value}
     with pytest.raises(study.ConfigError, match=r"algorithms\.reinforce\.lr"):
         study.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["sampling"].update(guidance=float("nan")), "sampling.guidance"),
+        (lambda c: c["algorithms"]["reinforce"].update(lr=float("inf")), "algorithms.reinforce.lr"),
+        (lambda c: c.update(rewards=[{"jpeg_compressibility": float("-inf")}]), "rewards[0].jpeg_compressibility"),
+    ],
+)
+def test_a_non_finite_number_anywhere_is_refused_naming_its_key(edit, key):
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    edit(cfg)
+    with pytest.raises(study.ConfigError, match=re.escape(f"config key '{key}'") + ".*not a finite number"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_labels_that_differ_only_in_case_or_are_not_strings_are_refused():
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    cfg["algorithms"] = {"Loop": {"plugin": "loop"}, "loop": {}}
+    with pytest.raises(study.ConfigError, match=r"config key 'algorithms\.loop': differs from 'algorithms\.Loop'"):
+        study.validate(cfg, check_paths=False)
+    cfg["algorithms"] = {1: {"plugin": "loop"}}  # YAML reads `1:` as an integer
+    with pytest.raises(study.ConfigError, match=r"config key 'algorithms\.1': the key 1 must be a string"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_a_seed_beyond_what_the_generators_take_is_refused():
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    cfg["seeds"] = [0, 2**63]
+    with pytest.raises(study.ConfigError, match=r"config key 'seeds\.1'"):
+        study.validate(cfg, check_paths=False)
