@@ -86,12 +86,12 @@ def small_study(model: Path, algorithms: dict, rewards=("jpeg_compressibility",)
 
 
 def run_jobs(cfg: dict, runs_root: Path) -> None:
-    """Each run's train, evaluate and probe jobs, as the Snakefile starts them."""
+    """Each run's train and assess (evaluate, then probe) jobs, as the Snakefile starts them."""
     for key in study.runs(cfg):
         out = runs_root / key.path
         assert bench_main(["train", "--run-config", study.run_spec(cfg, key).to_json(), "--out", str(out)]) == 0
-        assert bench_main(["evaluate", "--run-dir", str(out), "--evaluation", json.dumps(cfg["evaluation"])]) == 0
-        assert bench_main(["probe", "--run-dir", str(out), "--probe", json.dumps(cfg["probe"])]) == 0
+        assess = ["assess", "--run-dir", str(out), "--evaluation", json.dumps(cfg["evaluation"])]
+        assert bench_main([*assess, "--probe", json.dumps(cfg["probe"])]) == 0
 
 
 def aggregate_and_report(cfg: dict, root: Path) -> str:
@@ -335,6 +335,25 @@ def test_a_study_with_one_method_leaves_no_improvement_table_of_an_earlier_run(t
     for name in ("eval", "derived", "probe"):
         table = pd.read_csv(tmp_path / "tables" / f"{name}.csv", comment="#")
         assert set(table["algorithm"]) <= {"reinforce", "(all)"}
+
+
+def test_a_damaged_run_file_loses_that_run_not_the_study(tiny_model, tmp_path):
+    # a run file cut short (a full disk, an editor) is listed as unreadable; the tables and the
+    # report of every other run are still written
+    cfg = small_study(tiny_model, {"reinforce": {}}, seeds=(0, 1))
+    run_jobs(cfg, tmp_path / "runs")
+    first, second = study.runs(cfg)
+    (tmp_path / "runs" / first.path / "eval.json").write_text('{"status": "finished", "rows": [{"budget": 0')
+    (tmp_path / "runs" / second.path / "probe.json").write_text("garbage")
+    html = aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert list(zip(failed["seed"], failed["stage"], failed["reason"])) == [
+        (0, "evaluate", "no readable eval.json"),
+        (1, "probe", "no readable probe.json"),
+    ]
+    evals = pd.read_csv(tmp_path / "tables" / "eval_per_seed.csv", comment="#")
+    assert set(evals["seed"]) == {1}
+    assert "no readable eval.json" in html
 
 
 # ---------------------------------------------------------------- a failed run is a result
