@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
