@@ -487,6 +487,46 @@ def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
         failures.main(["killed", "--out", str(evaluation), "--out", "x", "--stage", "probe", "--exit-code", "137"])
 
 
+BROKEN_LOSSES = """
+import torch
+from t2i_rl_bench.algorithm import Algorithm, Loss
+class Detached(Algorithm):
+    def loss(self, batch):
+        return Loss((batch.advantages[:, None] * batch.logp).mean().detach())
+class Raising(Algorithm):
+    def loss(self, batch):
+        return Loss(batch.extra["missing"])
+"""
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("Detached", "Loss.value .* has no gradient"),
+        ("Raising", r"loss\(\) raised (KeyError|AttributeError|TypeError)"),
+    ],
+)
+def test_a_plugin_loss_that_raises_or_has_no_gradient_is_a_recorded_failure(tiny_model, tmp_path, name, reason):
+    # in training and in the base probe: the run is a failed result naming the algorithm, no crash
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(BROKEN_LOSSES)
+    label = name.lower()
+    cfg = small_study(tiny_model, {label: {"plugin": f"{plugin}:{name}"}})
+    run_jobs(cfg, tmp_path / "runs")
+    (key,) = study.runs(cfg)
+    summary = strict_load((tmp_path / "runs" / key.path / "summary.json").read_text())
+    assert summary["status"] == "failed" and re.search(
+        f"algorithm '{re.escape(str(plugin))}:{name}': " + reason, summary["reason"]
+    )
+    base = tmp_path / "base_probe.json"
+    spec = study.run_spec(cfg, study.base_run_key(cfg, "tiny", None, label)).to_json()
+    assert (
+        bench_main(["probe-base", "--run-config", spec, "--probe", json.dumps(cfg["probe"]), "--out", str(base)]) == 0
+    )
+    record = strict_load(base.read_text())
+    assert record["status"] == "failed" and re.search(reason, record["reason"])
+
+
 # ---------------------------------------------------------------- plugin provenance
 def test_a_file_plugin_is_pinned_by_its_hash_in_the_table_headers(tiny_model, tmp_path):
     import hashlib

@@ -46,15 +46,33 @@ class DivergedError(RuntimeError):
     """Training produced a non-finite loss or gradient."""
 
 
-def _check_loss(name: str, loss: Any) -> Loss:
+def call_loss(name: str, algorithm: Any, batch: Any, finite: bool = True) -> Loss:
+    """The algorithm's loss of a batch, checked. An exception inside a plugin's loss() ends the
+    run as a recorded failure naming the algorithm (PluginError), as a reward's does. `finite`:
+    a non-finite value is a DivergedError (training); the probe records it as a measurement."""
+    try:
+        loss = algorithm.loss(batch)
+    except (PluginError, DivergedError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure ends its run, not the study
+        raise PluginError(f"algorithm {name!r}: loss() raised {exc!r}") from exc
+    return _check_loss(name, loss, finite)
+
+
+def _check_loss(name: str, loss: Any, finite: bool = True) -> Loss:
     if not isinstance(loss, Loss):
         raise PluginError(
             f"algorithm {name!r}: loss() returned {type(loss).__name__}, expected t2i_rl_bench.algorithm.Loss"
         )
     if not torch.is_tensor(loss.value) or loss.value.ndim != 0:
         raise PluginError(f"algorithm {name!r}: Loss.value must be a scalar tensor, got {loss.value!r}")
-    if not torch.isfinite(loss.value):
+    if finite and not torch.isfinite(loss.value):
         raise DivergedError(f"algorithm {name!r}: non-finite loss {loss.value.item()}")
+    if not loss.value.requires_grad:  # a loss cut from the policy's graph would train nothing, silently
+        raise PluginError(
+            f"algorithm {name!r}: Loss.value {loss.value.item():.6g} has no gradient; compute it from the "
+            "batch's tensors (batch.logp, ...) without .item(), .detach() or torch.no_grad()"
+        )
     return loss
 
 
@@ -390,7 +408,7 @@ class Trainer:
         batch's elements, summed over processes; clip and step. Returns the norm before clipping."""
         self.optimiser.zero_grad(set_to_none=True)
         for batch, weight in batches:
-            loss = _check_loss(self.spec.algorithm, self.algorithm.loss(batch))
+            loss = call_loss(self.spec.algorithm, self.algorithm, batch)
             (loss.value * weight).backward()
             stats.add(batch, loss)
         self.world.sum_gradients(self.params)
