@@ -220,6 +220,11 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
     lr = settings.pop("lr", None)
     if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
         raise ConfigError(f"config key 'algorithms.{label}.lr': a learning rate > 0, got {lr!r}")
+    micro_batch = settings.pop("micro_batch", None)
+    if micro_batch is not None and not (
+        isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1
+    ):
+        raise ConfigError(f"config key 'algorithms.{label}.micro_batch': an integer >= 1, got {micro_batch!r}")
     try:
         return ALGORITHMS.get(ref)(**settings)
     except SettingError as exc:
@@ -535,6 +540,8 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     # a learning rate of the method's own (a calibration grid, or the rate a calibration chose by
     # one protocol for every method) over the study's train.lr
     own_lr = settings.pop("lr", None)
+    # its own micro-batch (memory only) over the study's train.micro_batch
+    own_micro_batch = settings.pop("micro_batch", None)
     model = config["models"][key.model]
     sampling = dict(config["sampling"])
     if own_window is not None:  # an algorithm's own SDE window (e.g. Flow-GRPO-Fast) over the study's
@@ -552,6 +559,8 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     train = dict(config["train"])
     if own_lr is not None:
         train["lr"] = float(own_lr)
+    if own_micro_batch is not None:
+        train["micro_batch"] = int(own_micro_batch)
     return RunSpec(
         tracking=tracking if tracking.get("wandb") else {},
         model_path=model["path"],

@@ -164,3 +164,28 @@ def test_a_seed_beyond_what_the_generators_take_is_refused():
     cfg["seeds"] = [0, 2**63]
     with pytest.raises(study.ConfigError, match=r"config key 'seeds\.1'"):
         study.validate(cfg, check_paths=False)
+
+
+def test_a_label_may_train_in_micro_batches_of_its_own():
+    cfg = copy.deepcopy(_base())
+    cfg["algorithms"] = {"reinforce": {}, "prdp": {"micro_batch": 8}}
+    cfg["train"]["micro_batch"] = 16
+    valid = study.validate(cfg)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid) if k.seed == 0}
+    assert (specs["reinforce"].micro_batch, specs["prdp"].micro_batch) == (16, 8)
+    assert "micro_batch" not in specs["prdp"].algorithm_settings  # memory, not a loss setting
+    for bad in (0, 2.5, "8", True):
+        cfg["algorithms"]["prdp"] = {"micro_batch": bad}
+        with pytest.raises(study.ConfigError, match=r"algorithms\.prdp\.micro_batch"):
+            study.validate(cfg)
+
+
+def test_the_default_study_trains_prdp_alone_in_smaller_micro_batches():
+    """PRDP's micro-batches of whole groups keep its job under 2 GiB (README, Speed); every other
+    method keeps the study's micro-batch, so its runs are the ones they were."""
+    cfg = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    specs = {k.algorithm: study.run_spec(cfg, k) for k in study.runs(cfg) if k.seed == cfg["seeds"][0]}
+    assert specs["prdp"].micro_batch < cfg["train"]["images_per_round"]
+    assert specs["prdp"].micro_batch % cfg["train"]["group_size"] == 0  # whole groups fill it
+    others = {s.micro_batch for k, s in specs.items() if k != "prdp"}
+    assert others == {cfg["train"]["micro_batch"]} == {RunSpec.micro_batch}
