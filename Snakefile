@@ -2,6 +2,7 @@
 # The grid (model x reward x algorithm x seed) comes from the validated config; every rule body
 # is one `python -m t2i_rl_bench <command>`, so each stage also runs by hand.
 import json
+import shlex
 import sys
 
 from t2i_rl_bench import study
@@ -35,8 +36,10 @@ JUDGE = [config["evaluation"]["clip_model"] + "/bench_model.json"] if config["ev
 RETRIES = getattr(workflow.execution_settings, "retries", 0)  # None in a dry run
 
 
-def killed(stage):
-    return ("|| {PY} -m t2i_rl_bench.failures killed --out {output} --stage " + stage
+def killed(*stages):
+    """The fallback after a job's command: one stage per output, in the rule's output order."""
+    outs = " ".join(f"--out {{output[{i}]}} --stage {stage}" for i, stage in enumerate(stages))
+    return ("|| {PY} -m t2i_rl_bench.failures killed " + outs
             + " --exit-code $? --attempt {resources.attempt} --retries {RETRIES} >> {log} 2>&1")
 
 
@@ -147,67 +150,63 @@ rule evaluate_base:
         + killed("evaluate")
 
 
-rule evaluate:
-    input:
-        RUN_DIR + "/summary.json",
-        base=RUNS_ROOT + "/{model}/base_eval.json",
-        judge=JUDGE,
-    output:
-        RUN_DIR + "/eval.json",
-    threads: 1
-    resources:
-        **config["resources"]["evaluate"],
-        attempt=lambda w, attempt: attempt,
-    log:
-        LOGS + "/evaluate/{model}/{reward}/{algorithm}/seed{seed}.log",
-    benchmark:
-        BENCH + "/evaluate/{model}/{reward}/{algorithm}/seed{seed}.tsv"
-    shell:
-        "{PY} -m t2i_rl_bench evaluate --run-dir $(dirname {output}) --evaluation {EVALUATION:q} --base {input.base} "
-        "> {log} 2>&1 " + killed("evaluate")
+PROBE = json.dumps(config["probe"]) if config["probe"]["enabled"] else None
+ALGORITHMS = list(config["algorithms"])
+
+
+def probe_base_args(w, output):
+    """--run-config/--out for each algorithm of a model x reward: its base probes in one process."""
+    return " ".join(
+        f"--run-config {shlex.quote(base_run_config(w.model, w.reward, a))} --out {shlex.quote(out)}"
+        for a, out in zip(ALGORITHMS, output)
+    )
 
 
 rule probe_base:
-    # the base model's probe depends on the algorithm and reward, not on the seed (full fine-tuning)
+    # the base model's probe depends on the algorithm and reward, not on the seed (full fine-tuning);
+    # one job per model x reward probes it for every algorithm (the imports and the model paid once)
     input:
         model=lambda w: study.model_file(config["models"][w.model]),
     output:
-        RUNS_ROOT + "/{model}/{reward}/{algorithm}/base_probe.json",
+        expand(RUNS_ROOT + "/{{model}}/{{reward}}/{algorithm}/base_probe.json", algorithm=ALGORITHMS),
     params:
-        run=lambda w: base_run_config(w.model, w.reward, w.algorithm),
-        probe=lambda w: json.dumps(config["probe"]),
+        runs=probe_base_args,
     threads: 1
     resources:
         **config["resources"]["probe"],
         attempt=lambda w, attempt: attempt,
     log:
-        LOGS + "/probe/{model}/{reward}/{algorithm}/base.log",
+        LOGS + "/probe/{model}/{reward}/base.log",
     benchmark:
-        BENCH + "/probe/{model}/{reward}/{algorithm}/base.tsv"
+        BENCH + "/probe/{model}/{reward}/base.tsv"
     shell:
-        "{PY} -m t2i_rl_bench probe-base --run-config {params.run:q} --probe {params.probe:q} --out {output} > {log} 2>&1 "
-        + killed("probe")
+        "{PY} -m t2i_rl_bench probe-base {params.runs} --probe {PROBE:q} > {log} 2>&1 "
+        + killed(*["probe"] * len(ALGORITHMS))
 
 
-rule probe:
+rule assess:
+    # a run's held-out evaluation and gradient probe at every checkpoint, in one process: each
+    # writes its own file (`evaluate` and `probe` are also commands of their own, to run by hand)
     input:
         RUN_DIR + "/summary.json",
-        base=RUNS_ROOT + "/{model}/{reward}/{algorithm}/base_probe.json",
+        base=RUNS_ROOT + "/{model}/base_eval.json",
+        base_probe=[RUNS_ROOT + "/{model}/{reward}/{algorithm}/base_probe.json"] if PROBE else [],
+        judge=JUDGE,
     output:
-        RUN_DIR + "/probe.json",
-    params:
-        probe=lambda w: json.dumps(config["probe"]),
+        RUN_DIR + "/eval.json",
+        [RUN_DIR + "/probe.json"] if PROBE else [],
     threads: 1
     resources:
-        **config["resources"]["probe"],
+        **study.assess_resources(config),
         attempt=lambda w, attempt: attempt,
     log:
-        LOGS + "/probe/{model}/{reward}/{algorithm}/seed{seed}.log",
+        LOGS + "/assess/{model}/{reward}/{algorithm}/seed{seed}.log",
     benchmark:
-        BENCH + "/probe/{model}/{reward}/{algorithm}/seed{seed}.tsv"
+        BENCH + "/assess/{model}/{reward}/{algorithm}/seed{seed}.tsv"
     shell:
-        "{PY} -m t2i_rl_bench probe --run-dir $(dirname {output}) --probe {params.probe:q} --base {input.base} > {log} 2>&1 "
-        + killed("probe")
+        "{PY} -m t2i_rl_bench assess --run-dir $(dirname {output[0]}) --evaluation {EVALUATION:q} "
+        "--base-eval {input.base} " + ("--probe {PROBE:q} --base-probe {input.base_probe} " if PROBE else "")
+        + "> {log} 2>&1 " + killed("evaluate", *(["probe"] if PROBE else []))
 
 
 rule recursive:
@@ -243,7 +242,6 @@ def recursive_files():
 rule aggregate:
     input:
         evals=run_files("eval.json"),
-        probes=run_files("probe.json") if config["probe"]["enabled"] else [],
         recursive=recursive_files() if config["recursive"]["enabled"] else [],
     output:
         table=report(TABLES + "/eval.csv", caption="report/snakemake/tables.rst", category="Tables"),

@@ -55,6 +55,9 @@ class PRDP(Algorithm):
     def needs_reference(self) -> bool:
         return True  # the implied reward is a log-ratio to the reference
 
+    def loss_terms(self, rewards: torch.Tensor, group_ids: torch.Tensor, steps: int) -> int:
+        return len(reward_pairs(rewards, group_ids))  # the loss is a mean over pairs
+
     def loss(self, batch: StepBatch) -> Loss:
         s_ = self.settings
         if batch.logp_ref is None:

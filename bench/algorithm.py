@@ -194,7 +194,8 @@ class Algorithm:
     Settings: ClassVar[type[AlgorithmSettings]] = AlgorithmSettings
     recipe: Recipe = Recipe()  # the class's defaults; an instance holds the config's overrides
     # True when the loss couples the steps of a sample (it gets all of them at once) or the
-    # samples of a group (batches then hold whole groups): PRDP's pairwise regression.
+    # samples of a group (optimiser steps and micro-batches then hold whole groups, each
+    # micro-batch weighted by its share of `loss_terms`): PRDP's pairwise regression.
     whole_trajectory: ClassVar[bool] = False
     whole_groups: ClassVar[bool] = False
     flow_variant: ClassVar[str] = FLOW_VARIANTS[0]  # the flow SDE of its runs unless the config names one
@@ -247,6 +248,15 @@ class Algorithm:
 
     def loss(self, batch: StepBatch) -> Loss:
         raise NotImplementedError
+
+    def loss_terms(self, rewards: torch.Tensor, group_ids: torch.Tensor, steps: int) -> int:
+        """How many terms `Loss.value` averages over for a batch of these samples (whole prompt
+        groups; rewards, group_ids (B,)) with `steps` trained steps each; it must add up over
+        groups. Read for `whole_groups` losses only: the loop cuts an optimiser step's samples into
+        micro-batches of whole groups and weights each by its share of the step's terms, so the
+        accumulated gradient is the whole step's. Default: the (sample, step) elements; a loss
+        that averages over something else overrides it (PRDP: its reward pairs)."""
+        return len(rewards) * steps
 
     def describe(self) -> dict[str, Any]:
         """Recipe and settings as one flat dict (the config's keys), for summary.json."""

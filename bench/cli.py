@@ -111,10 +111,35 @@ def cmd_probe(args) -> None:
 
 def cmd_probe_base(args) -> None:
     _threads(args.threads)
+    from t2i_rl_bench.failures import recorded
     from t2i_rl_bench.probe import probe_base
     from t2i_rl_bench.spec import RunSpec
 
-    probe_base(RunSpec.from_json(args.run_config), json.loads(args.probe), args.out, threads=args.threads)
+    if len(args.run_config) != len(args.out):
+        raise SystemExit(f"probe-base: {len(args.run_config)} --run-config for {len(args.out)} --out (one each)")
+    # several algorithms' base probes in one process: the imports and the model are paid once; a
+    # failure of one (a plugin's error) is recorded in its own file and the others still run
+    for run_config, out in zip(args.run_config, args.out):
+        with recorded("probe", Path(out), None):
+            probe_base(RunSpec.from_json(run_config), json.loads(args.probe), out, threads=args.threads)
+
+
+def cmd_assess(args) -> None:
+    """A run's evaluation, then its probe, in one process (the workflow's job per run): each stage
+    writes its own file, and a failure of one is recorded in that file without losing the other."""
+    _threads(args.threads)
+    from t2i_rl_bench.evaluate import evaluate_run
+    from t2i_rl_bench.failures import recorded
+    from t2i_rl_bench.probe import probe_run
+    from t2i_rl_bench.spec import RunSpec
+
+    run_dir = Path(args.run_dir)
+    spec = RunSpec.read(run_dir)
+    with recorded("evaluate", run_dir / "eval.json", run_dir):
+        evaluate_run(run_dir, spec, json.loads(args.evaluation), threads=args.threads, base=args.base_eval)
+    if args.probe is not None:
+        with recorded("probe", run_dir / "probe.json", run_dir):
+            probe_run(run_dir, spec, json.loads(args.probe), threads=args.threads, base=args.base_probe)
 
 
 def cmd_recursive(args) -> None:
@@ -191,11 +216,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("probe-base", help="probe the base model once for the runs (seeds) that share it")
-    p.add_argument("--run-config", required=True, help="JSON of t2i_rl_bench.spec.RunSpec (any seed of the run)")
+    p.add_argument(
+        "--run-config",
+        required=True,
+        action="append",
+        help="JSON of t2i_rl_bench.spec.RunSpec (any seed of the run); repeat it, with --out, for several algorithms",
+    )
     p.add_argument("--probe", required=True, help="JSON of the config's probe section")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, action="append", help="one per --run-config, in order")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(fn=cmd_probe_base)
+    p = sub.add_parser("assess", help="evaluate and probe a run's checkpoints in one process (the workflow's job)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--evaluation", required=True, help="JSON of the config's evaluation section")
+    p.add_argument("--base-eval", help="the shared base-model row (from evaluate-base)")
+    p.add_argument("--probe", help="JSON of the config's probe section (none: no probe)")
+    p.add_argument("--base-probe", help="the shared base-model probe (from probe-base)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(fn=cmd_assess)
     p = sub.add_parser("recursive", help="the self-consuming loop from a run's final checkpoint")
     p.add_argument("--run-dir", required=True)
     p.add_argument(

@@ -34,7 +34,6 @@ GUARDED = {
     "evaluate": ("evaluate", "eval.json"),
     "evaluate-base": ("evaluate", None),
     "probe": ("probe", "probe.json"),
-    "probe-base": ("probe", None),
     "recursive": ("recursive", "recursive.json"),
 }
 RUN_FILES = {"train": "summary.json", "evaluate": "eval.json", "probe": "probe.json", "recursive": "recursive.json"}
@@ -89,13 +88,8 @@ def write_failure(stage: str, path: Path, run_dir: Path | None, reason: str) -> 
 
 
 @contextlib.contextmanager
-def recorded_failure(args):
-    """Run a bench command; an expected failure is written as its output with the reason."""
-    target = _output_of(args)
-    if target is None:
-        yield
-        return
-    stage, path, run_dir = target
+def recorded(stage: str, path: Path, run_dir: Path | None):
+    """Run one stage; an expected failure is written as the stage's output with the reason."""
     try:
         yield
     except expected_failures() as exc:
@@ -103,6 +97,18 @@ def recorded_failure(args):
         traceback.print_exc()
         write_failure(stage, path, run_dir, reason)
         print(f"{stage} failed, recorded in {path}: {reason}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def recorded_failure(args):
+    """Run a bench command; an expected failure is written as its output with the reason. The
+    commands that write several outputs (assess, probe-base) record each one themselves."""
+    target = _output_of(args)
+    if target is None:
+        yield
+        return
+    with recorded(*target):
+        yield
 
 
 def killed_reason(exit_code: int, attempts: int) -> str:
@@ -245,19 +251,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m t2i_rl_bench.failures")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("killed", help="record a job whose process died, on its last attempt")
-    p.add_argument("--out", required=True, help="the job's output file")
-    p.add_argument("--stage", required=True, choices=sorted(set(RUN_FILES) | {"evaluate", "probe"}))
+    p.add_argument("--out", required=True, action="append", help="the job's output file (once per output)")
+    p.add_argument(
+        "--stage", required=True, action="append", choices=sorted(RUN_FILES), help="the stage of each --out, in order"
+    )
     p.add_argument("--exit-code", type=int, required=True)
     p.add_argument("--attempt", type=int, default=1)
     p.add_argument("--retries", type=int, default=0, help="Snakemake's --retries")
     args = parser.parse_args(argv)
+    if len(args.out) != len(args.stage):
+        parser.error(f"{len(args.out)} --out for {len(args.stage)} --stage: give one stage per output")
     if args.exit_code < 128:  # an exception the command did not expect: a bug, shown as a failed job
         return args.exit_code or 1
     if args.attempt <= args.retries:  # Snakemake starts it again; training resumes from its state
         return args.exit_code
-    out = Path(args.out)
-    write_failure(args.stage, out, out.parent, killed_reason(args.exit_code, args.attempt))
-    print(f"{args.stage} killed beyond its retries; recorded in {out}", file=sys.stderr)
+    reason = killed_reason(args.exit_code, args.attempt)
+    for stage, out in zip(args.stage, map(Path, args.out)):
+        if _read(out) is not None:  # written before the kill (an evaluation before its run's probe): kept
+            continue
+        write_failure(stage, out, out.parent, reason)
+        print(f"{stage} killed beyond its retries; recorded in {out}", file=sys.stderr)
     return 0
 
 

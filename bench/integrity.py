@@ -1,6 +1,8 @@
-"""Checkpoints verified once, before any job: the SHA-256 of every weight file of every model and
-judge a study uses, against the hashes recorded beside them. A flipped bit or a truncated file is
-refused naming the file and the config key, instead of failing (or silently training) in every job.
+"""Checkpoints verified once, before any job: the SHA-256 of every file (weights, configs,
+tokenizer) of every model and judge a study uses, against the hashes recorded beside them. A
+flipped bit or a truncated file is refused naming the file and the config key, instead of failing
+(or silently training) in every job. A weight file the record does not list is refused too; a
+record written before configs were hashed (weights only) still verifies its weights.
 
 Recorded hashes live in the harness manifest (`bench_model.json`, key `sha256`) of the embedded
 models and the in-house CLIP, or in `sha256.json` beside a real model's `model_index.json`, written
@@ -18,10 +20,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2i_rl_bench.models.checkpoint import MANIFEST, WEIGHT_SUFFIXES
+from t2i_rl_bench.models.checkpoint import HASHES, MANIFEST, WEIGHT_SUFFIXES, checkpoint_files
 from t2i_rl_bench.study import ConfigError
 
-HASHES = "sha256.json"  # recorded hashes of a folder that has no harness manifest (a diffusers pipeline)
 _CHUNK = 1 << 22
 
 
@@ -45,25 +46,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-
-
 def recorded_hashes(folder: Path) -> tuple[str, dict[str, str]] | None:
-    """(the file that records them, {relative path: sha256}) or None when nothing is recorded."""
+    """(the file that records them, {relative path: sha256}) or None when nothing is recorded
+    (a real model folder without sha256.json). A harness manifest always records them: one
+    without is refused (ValueError), since its checkpoint could not be verified."""
     for name in (MANIFEST, HASHES):
         path = folder / name
         if path.is_file():
             hashes = json.loads(path.read_text()).get("sha256")
             if hashes is not None:
                 return name, hashes
+    if (folder / MANIFEST).is_file():
+        raise ValueError(f"{MANIFEST} records no SHA-256 (key 'sha256')")
     return None
 
 
 def record(folder: str | Path) -> Path:
-    """Write `sha256.json` (every weight file's hash) into a real model's folder."""
+    """Write `sha256.json` (the hash of every file the model loads) into a real model's folder."""
     folder = Path(folder)
-    hashes = {str(p.relative_to(folder)): sha256_file(p) for p in weight_files(folder)}
+    hashes = {str(p.relative_to(folder)): sha256_file(p) for p in checkpoint_files(folder)}
     out = folder / HASHES
     out.write_text(json.dumps({"sha256": hashes}, indent=1) + "\n")
     return out
@@ -71,7 +72,8 @@ def record(folder: str | Path) -> Path:
 
 def mismatches(folder: Path, hashes: dict[str, str]) -> list[Mismatch]:
     out = []
-    actual = {str(p.relative_to(folder)): p for p in weight_files(folder)}
+    weights = (p for p in checkpoint_files(folder) if p.suffix in WEIGHT_SUFFIXES)
+    actual = {str(p.relative_to(folder)): p for p in weights}
     for rel, expected in sorted(hashes.items()):
         path = folder / rel
         if not path.is_file():
@@ -107,7 +109,7 @@ def describe(key: str, record_file: str, m: Mismatch) -> str:
 
 
 def verify_study(config: dict) -> list[str]:
-    """Every problem with the study's weight files, each naming the file and the config key.
+    """Every problem with the study's model files, each naming the file and the config key.
     A folder that does not exist yet (an embedded model its pretrain rule builds) is skipped."""
     if not config.get("verify_sha256", True):
         return []
@@ -118,7 +120,8 @@ def verify_study(config: dict) -> list[str]:
         except (OSError, ValueError, AttributeError) as exc:
             problems.append(
                 f"config key '{key}': the recorded hashes in {folder} cannot be read ({exc}); "
-                "restore the folder's manifest"
+                f"restore the folder's manifest, or record them again (`python -m t2i_rl_bench.integrity "
+                "record <folder>`) if the files are known to be good; `verify_sha256: false` skips this check"
             )
             continue
         if found is None:
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("record", help="write sha256.json (every weight file's hash) into a model folder")
+    p = sub.add_parser("record", help="write sha256.json (the hash of every file) into a model folder")
     p.add_argument("folder")
     p = sub.add_parser("check", help="verify the weight files of every model and judge of a study config")
     p.add_argument("configfile")

@@ -37,6 +37,7 @@ from t2i_rl_bench.spec import RunSpec
 from t2i_rl_bench.tracking import flatten, open_tracker
 from t2i_rl_bench.train.differentiable import backprop_sample
 from t2i_rl_bench.train.forward import forward_batch
+from t2i_rl_bench.train.loop import call_loss
 from t2i_rl_bench.train.steps import reference_terms, step_batch, trainable_steps, trained_steps
 from t2i_rl_bench.world.captions import prompt_sets
 
@@ -71,7 +72,8 @@ def step_gradients(
     mean = traj.means[rows[:, None].expand_as(steps), steps].clone().requires_grad_(True)
     std = torch.gather(traj.stds[rows], 1, steps)
     batch = step_batch(traj, sampler, rows, steps, (logp, mean, std), advantages, rewards, reference)
-    coef, coef_mean = torch.autograd.grad(algorithm.loss(batch).value, [logp, mean], allow_unused=True)
+    loss = call_loss(type(algorithm).__name__, algorithm, batch, finite=False)
+    coef, coef_mean = torch.autograd.grad(loss.value, [logp, mean], allow_unused=True)
     coef = torch.zeros_like(logp) if coef is None else coef
     params = policy.trainable_parameters()
     grads = []
@@ -126,7 +128,8 @@ def family_gradient(
         x0 = backprop_sample(policy, sampler, prompts, guidance, generator, window)
         scores = reward.differentiable_score(policy.decode(x0), prompts, {})  # type: ignore[attr-defined]
         batch = RewardBatch(scores.float(), traj.group_ids[rows], prompts)
-    return _flat(torch.autograd.grad(algorithm.loss(batch).value, params, allow_unused=True), params)
+    loss = call_loss(type(algorithm).__name__, algorithm, batch, finite=False)
+    return _flat(torch.autograd.grad(loss.value, params, allow_unused=True), params)
 
 
 def probe_gradients(

@@ -78,7 +78,18 @@ class ComposedReward:
         info: dict = {}
         for spec, fn in zip(self.specs, self.components, strict=True):
             try:
-                scores, comp_info = fn(images, prompts, metadata or {})
+                result = fn(images, prompts, metadata or {})
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RewardError(
+                        f"reward {spec.name!r} returned {type(result).__name__} {_short(result)}; a reward "
+                        "returns a pair (scores of shape (N,), a metadata dict)"
+                    )
+                scores, comp_info = result
+                if comp_info is not None and not isinstance(comp_info, dict):
+                    raise RewardError(
+                        f"reward {spec.name!r} returned metadata of type {type(comp_info).__name__}; "
+                        "the second item of its pair is a dict (or None)"
+                    )
             except RewardError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a reward plugin's failure ends the run as a result
@@ -92,8 +103,18 @@ class ComposedReward:
         return total, info
 
 
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_scores(name: str, scores, prompts: list[str]) -> torch.Tensor:
-    scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu()
+    try:
+        scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise RewardError(f"reward {name!r} returned scores that are not numbers: {_short(scores)} ({exc})") from exc
     if scores.shape != (len(prompts),):
         raise RewardError(f"reward {name!r} returned shape {tuple(scores.shape)} for {len(prompts)} prompts")
     bad = ~torch.isfinite(scores)

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,23 @@ def reward_label(spec) -> str:
     return safe_label(spec if isinstance(spec, str) else "+".join(f"{k}x{v:g}" for k, v in spec.items()))
 
 
+def check_finite(value: Any, key: str = "") -> None:
+    """NaN and infinity are refused wherever a number is set (YAML reads `.nan` and `.inf`), and
+    every mapping key is a string (YAML reads `1:` as an integer): each error names the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value} is not a finite number (use null where a setting is optional)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(
+                    f"config key '{key + '.' if key else ''}{k}': the key {k!r} must be a string (quote it)"
+                )
+            check_finite(v, f"{key}.{k}" if key else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]")
+
+
 def check_labels(config: dict) -> None:
     """Labels that name folders are refused when they cannot be one folder name (the study, the
     model and algorithm keys); reward labels are mapped by `reward_label`, and two specs that map to
@@ -123,15 +141,24 @@ def check_labels(config: dict) -> None:
                     f"config key '{section}.{label}': the label {label!r} names run folders and "
                     f"table rows; {rule}.{hint}"
                 )
-    seen: dict[str, str] = {}
+    for section in ("models", "algorithms"):  # one folder on a case-insensitive file system (macOS, Windows)
+        folded: dict[str, str] = {}
+        for label in config[section]:
+            if label.casefold() in folded:
+                raise ConfigError(
+                    f"config key '{section}.{label}': differs from '{section}.{folded[label.casefold()]}' only "
+                    "in case, and both name one run folder where file names ignore case; rename one"
+                )
+            folded[label.casefold()] = label
+    seen: dict[str, str] = {}  # case-folded label -> its key
     for i, spec in enumerate(config["rewards"]):
         label = reward_label(spec)
-        if label in seen:
+        if label.casefold() in seen:
             raise ConfigError(
-                f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} as "
-                f"{seen[label]}; give each training reward once"
+                f"config key 'rewards[{i}]': {spec!r} has the same run-folder label {label!r} (case aside) as "
+                f"{seen[label.casefold()]}; give each training reward once"
             )
-        seen[label] = f"rewards[{i}]"
+        seen[label.casefold()] = f"rewards[{i}]"
 
 
 @dataclass(frozen=True)
@@ -200,6 +227,11 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
     lr = settings.pop("lr", None)
     if lr is not None and not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
         raise ConfigError(f"config key 'algorithms.{label}.lr': a learning rate > 0, got {lr!r}")
+    micro_batch = settings.pop("micro_batch", None)
+    if micro_batch is not None and not (
+        isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1
+    ):
+        raise ConfigError(f"config key 'algorithms.{label}.micro_batch': an integer >= 1, got {micro_batch!r}")
     try:
         return ALGORITHMS.get(ref)(**settings)
     except SettingError as exc:
@@ -215,6 +247,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     from t2i_rl_bench.registry import REWARDS, PluginError
 
     config = copy.deepcopy(config)
+    check_finite(config)
     schema = load_schema()
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -416,7 +449,15 @@ def check_model(name: str, model: dict, check_paths: bool) -> None:
     if not check_paths:
         return
     folder, marker = Path(model["path"]), Path(model_file(model))
-    if family == "embedded":  # the pretrain rule builds a missing embedded model
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"config key 'models.{name}.path': {folder} is a file; give a model folder")
+    if family == "embedded":  # the pretrain rule builds a missing embedded model, where it writes
+        if not marker.is_file() and folder != Path("results/models") / name:
+            raise ConfigError(
+                f"config key 'models.{name}.path': no embedded model at {folder} (missing {marker.name}); "
+                f"the pretrain rule builds one only at results/models/{name}: give that path, or a folder "
+                "made by `python -m t2i_rl_bench pretrain`"
+            )
         return
     if not marker.is_file():
         raise ConfigError(
@@ -435,6 +476,14 @@ def gpu_hours(config: dict) -> float:
     n_runs = len(runs(config))
     rules = ["train", "evaluate"] + (["probe"] if config["probe"]["enabled"] else [])
     return sum(n_runs * config["resources"][r]["gpu"] * config["resources"][r]["runtime"] / 60 for r in rules)
+
+
+def assess_resources(config: dict) -> dict:
+    """The resources of the workflow's job that evaluates and then probes a run: the larger of
+    the two rules' GPUs, memory and CPUs, and their runtimes added (they run one after the other)."""
+    parts = [config["resources"]["evaluate"]] + ([config["resources"]["probe"]] if config["probe"]["enabled"] else [])
+    combined = {k: max(part[k] for part in parts) for k in ("gpu", "mem_mb", "cpus_per_task")}
+    return {**combined, "runtime": sum(part["runtime"] for part in parts)}
 
 
 def check_gpu_budget(config: dict) -> None:
@@ -520,6 +569,8 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     # a learning rate of the method's own (a calibration grid, or the rate a calibration chose by
     # one protocol for every method) over the study's train.lr
     own_lr = settings.pop("lr", None)
+    # its own micro-batch (memory only) over the study's train.micro_batch
+    own_micro_batch = settings.pop("micro_batch", None)
     model = config["models"][key.model]
     sampling = dict(config["sampling"])
     if own_window is not None:  # an algorithm's own SDE window (e.g. Flow-GRPO-Fast) over the study's
@@ -539,6 +590,8 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     train = dict(config["train"])
     if own_lr is not None:
         train["lr"] = float(own_lr)
+    if own_micro_batch is not None:
+        train["micro_batch"] = int(own_micro_batch)
     return RunSpec(
         tracking=tracking if tracking.get("wandb") else {},
         model_path=model["path"],

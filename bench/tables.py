@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -132,8 +133,14 @@ def collect(cfg: dict, runs_root: Path, name: str = "eval.json") -> pd.DataFrame
         path = run / name
         if not path.is_file():
             continue
-        result = read_json(path)  # NaN where a non-finite number was written as null
-        status = json.loads((run / "summary.json").read_text())["status"]
+        try:
+            result = read_json(path)  # NaN where a non-finite number was written as null
+            status = json.loads((run / "summary.json").read_text())["status"]
+            result["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # a damaged run file loses that run's rows, not the study's tables: failed_runs lists it
+            print(f"aggregate: skipped {path} ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
         rows_in = [{**r, "budget": r.get("budget", r.get("generation"))} for r in result["rows"]]
         if "decay" in result:  # the self-consuming loop: one slope per run, filed at the last generation
             rows_in.append({"budget": rows_in[-1]["budget"], **result["decay"]})
@@ -543,15 +550,23 @@ def write_tables(
     atomic_write_text(out / f"{name}.tex", "\n".join(tex))
 
 
+def evaluated_images(cfg: dict, runs_root: Path) -> int | None:
+    """Images per checkpoint of the study's evaluation, from the first readable eval.json that
+    has them (a failed or damaged run's file has none)."""
+    for key in study.runs(cfg):
+        try:
+            n = json.loads((runs_root / key.path / "eval.json").read_text()).get("n_images")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if n is not None:
+            return int(n)
+    return None
+
+
 def quality_note(cfg: dict, runs_root: Path) -> str:
     """FID/KID are only comparable at equal N and feature network: both, from the study."""
     ev = cfg.get("evaluation", {})
-    n = None
-    for key in study.runs(cfg):
-        path = runs_root / key.path / "eval.json"
-        if path.is_file():
-            n = json.loads(path.read_text()).get("n_images")
-            break
+    n = evaluated_images(cfg, runs_root)
     return (
         f"FID/KID/CLIP score/diversity: N = {n} generated images per checkpoint "
         f"({ev.get('max_prompts')} held-out prompts x {ev.get('images_per_prompt')}) against as many reference "
@@ -841,12 +856,7 @@ def write_citable(
                 str(int(sd)): num(v) for sd, v in zip(g["seed"], g["value"].astype(float))
             }
     ev, probe = cfg.get("evaluation", {}), cfg.get("probe", {})
-    n_images = None
-    for key in study.runs(cfg):
-        p = runs_root / key.path / "eval.json"
-        if p.is_file():
-            n_images = json.loads(p.read_text()).get("n_images")
-            break
+    n_images = evaluated_images(cfg, runs_root)
     citable = {
         "provenance": prov,
         "statistics": {

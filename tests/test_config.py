@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,60 @@ def test_a_labels_learning_rate_is_checked_naming_the_key(value):
     cfg["algorithms"]["reinforce"] = {"lr": value}
     with pytest.raises(study.ConfigError, match=r"algorithms\.reinforce\.lr"):
         study.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["sampling"].update(guidance=float("nan")), "sampling.guidance"),
+        (lambda c: c["algorithms"]["reinforce"].update(lr=float("inf")), "algorithms.reinforce.lr"),
+        (lambda c: c.update(rewards=[{"jpeg_compressibility": float("-inf")}]), "rewards[0].jpeg_compressibility"),
+    ],
+)
+def test_a_non_finite_number_anywhere_is_refused_naming_its_key(edit, key):
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    edit(cfg)
+    with pytest.raises(study.ConfigError, match=re.escape(f"config key '{key}'") + ".*not a finite number"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_labels_that_differ_only_in_case_or_are_not_strings_are_refused():
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    cfg["algorithms"] = {"Loop": {"plugin": "loop"}, "loop": {}}
+    with pytest.raises(study.ConfigError, match=r"config key 'algorithms\.loop': differs from 'algorithms\.Loop'"):
+        study.validate(cfg, check_paths=False)
+    cfg["algorithms"] = {1: {"plugin": "loop"}}  # YAML reads `1:` as an integer
+    with pytest.raises(study.ConfigError, match=r"config key 'algorithms\.1': the key 1 must be a string"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_a_seed_beyond_what_the_generators_take_is_refused():
+    cfg = yaml.safe_load((ROOT / "config" / "quick.yaml").read_text())
+    cfg["seeds"] = [0, 2**63]
+    with pytest.raises(study.ConfigError, match=r"config key 'seeds\.1'"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_a_label_may_train_in_micro_batches_of_its_own():
+    cfg = copy.deepcopy(_base())
+    cfg["algorithms"] = {"reinforce": {}, "prdp": {"micro_batch": 8}}
+    cfg["train"]["micro_batch"] = 16
+    valid = study.validate(cfg)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid) if k.seed == 0}
+    assert (specs["reinforce"].micro_batch, specs["prdp"].micro_batch) == (16, 8)
+    assert "micro_batch" not in specs["prdp"].algorithm_settings  # memory, not a loss setting
+    for bad in (0, 2.5, "8", True):
+        cfg["algorithms"]["prdp"] = {"micro_batch": bad}
+        with pytest.raises(study.ConfigError, match=r"algorithms\.prdp\.micro_batch"):
+            study.validate(cfg)
+
+
+def test_the_default_study_trains_prdp_alone_in_smaller_micro_batches():
+    """PRDP's micro-batches of whole groups keep its job under 2 GiB (README, Speed); every other
+    method keeps the study's micro-batch, so its runs are the ones they were."""
+    cfg = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    specs = {k.algorithm: study.run_spec(cfg, k) for k in study.runs(cfg) if k.seed == cfg["seeds"][0]}
+    assert specs["prdp"].micro_batch < cfg["train"]["images_per_round"]
+    assert specs["prdp"].micro_batch % cfg["train"]["group_size"] == 0  # whole groups fill it
+    others = {s.micro_batch for k, s in specs.items() if k != "prdp"}
+    assert others == {cfg["train"]["micro_batch"]} == {RunSpec.micro_batch}

@@ -86,12 +86,12 @@ def small_study(model: Path, algorithms: dict, rewards=("jpeg_compressibility",)
 
 
 def run_jobs(cfg: dict, runs_root: Path) -> None:
-    """Each run's train, evaluate and probe jobs, as the Snakefile starts them."""
+    """Each run's train and assess (evaluate, then probe) jobs, as the Snakefile starts them."""
     for key in study.runs(cfg):
         out = runs_root / key.path
         assert bench_main(["train", "--run-config", study.run_spec(cfg, key).to_json(), "--out", str(out)]) == 0
-        assert bench_main(["evaluate", "--run-dir", str(out), "--evaluation", json.dumps(cfg["evaluation"])]) == 0
-        assert bench_main(["probe", "--run-dir", str(out), "--probe", json.dumps(cfg["probe"])]) == 0
+        assess = ["assess", "--run-dir", str(out), "--evaluation", json.dumps(cfg["evaluation"])]
+        assert bench_main([*assess, "--probe", json.dumps(cfg["probe"])]) == 0
 
 
 def aggregate_and_report(cfg: dict, root: Path) -> str:
@@ -244,6 +244,84 @@ def test_a_real_model_folder_is_verified_against_its_recorded_hashes(tmp_path):
     assert "config key 'models.sd.path'" in problem and "cannot be read" in problem
 
 
+@pytest.mark.parametrize(
+    "damaged", ["tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "transformer/config.json"]
+)
+def test_a_damaged_config_or_tokenizer_file_is_refused_like_a_weight_file(tmp_path, damaged):
+    # a model is loaded from its configs and tokenizer too: a damaged one would fail in every job
+    import shutil
+
+    from t2i_rl_bench import integrity
+
+    folder = tmp_path / "flow"
+    shutil.copytree(ROOT / "results" / "models" / "dit16-flow", folder)
+    cfg = {"models": {"flow": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    assert integrity.verify_study(cfg) == []
+    _damage(folder / damaged, "flip")
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.flow.path'" in problem and damaged in problem and "SHA-256" in problem
+
+
+def test_a_manifest_that_records_no_hashes_is_refused(tmp_path):
+    import shutil
+
+    from t2i_rl_bench import integrity
+
+    folder = tmp_path / "flow"
+    shutil.copytree(ROOT / "results" / "models" / "dit16-flow", folder)
+    manifest = json.loads((folder / "bench_model.json").read_text())
+    del manifest["sha256"]
+    (folder / "bench_model.json").write_text(json.dumps(manifest))
+    cfg = {"models": {"flow": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    (problem,) = integrity.verify_study(cfg)
+    assert "config key 'models.flow.path'" in problem and "records no SHA-256" in problem
+
+
+def test_a_record_of_weights_only_still_verifies_and_a_new_record_covers_every_file(tmp_path):
+    # sha256.json files recorded before configs were hashed list weights only: still valid
+    from t2i_rl_bench import integrity
+
+    folder = tmp_path / "pipe"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "w.safetensors").write_bytes(b"0123456789" * 100)
+    (folder / "unet" / "config.json").write_text('{"layers": 2}')
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "lock").write_text("")
+    cfg = {"models": {"sd": {"path": str(folder)}}, "evaluation": {"clip_model": None}}
+    weights_only = {"unet/w.safetensors": integrity.sha256_file(folder / "unet" / "w.safetensors")}
+    (folder / "sha256.json").write_text(json.dumps({"sha256": weights_only}))
+    assert integrity.verify_study(cfg) == []
+    integrity.record(folder)
+    assert set(json.loads((folder / "sha256.json").read_text())["sha256"]) == {"unet/w.safetensors", "unet/config.json"}
+    (folder / "unet" / "config.json").write_text('{"layers": 3}')
+    (problem,) = integrity.verify_study(cfg)
+    assert "unet/config.json" in problem
+
+
+@pytest.mark.parametrize("where", ["a file", "an empty folder", "nowhere"])
+def test_an_embedded_model_path_without_a_model_is_refused_naming_the_key(tmp_path, where):
+    cfg = quick()
+    path = {"a file": tmp_path / "x.yaml", "an empty folder": tmp_path / "empty", "nowhere": tmp_path / "none"}[where]
+    if where == "a file":
+        path.write_text("models: {}")
+    if where == "an empty folder":
+        path.mkdir()
+    cfg["models"] = {"mine": {"path": str(path), "pretrain": {"steps": 10, "seed": 0, "objective": "flow"}}}
+    with pytest.raises(study.ConfigError, match=r"config key 'models\.mine\.path'"):
+        study.validate(cfg, verify=False)
+
+
+def test_a_missing_embedded_model_where_the_pretrain_rule_writes_is_left_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # results/models/mine does not exist here
+    cfg = quick()
+    cfg["models"] = {"mine": {"path": "results/models/mine"}}
+    cfg["evaluation"]["clip_model"] = None
+    study.validate(cfg, verify=False)  # the pretrain rule will build it
+    cfg["models"] = {"mine": {"path": "results/models/other"}}  # the rule would write results/models/mine
+    with pytest.raises(study.ConfigError, match=r"only at results/models/mine"):
+        study.validate(cfg, verify=False)
+
+
 # ---------------------------------------------------------------- stale tables of another study
 def test_a_study_with_one_method_leaves_no_improvement_table_of_an_earlier_run(tiny_model, tmp_path):
     two = small_study(tiny_model, {"reinforce": {}, "ddpo_is": {}}, seeds=(0, 1))
@@ -257,6 +335,25 @@ def test_a_study_with_one_method_leaves_no_improvement_table_of_an_earlier_run(t
     for name in ("eval", "derived", "probe"):
         table = pd.read_csv(tmp_path / "tables" / f"{name}.csv", comment="#")
         assert set(table["algorithm"]) <= {"reinforce", "(all)"}
+
+
+def test_a_damaged_run_file_loses_that_run_not_the_study(tiny_model, tmp_path):
+    # a run file cut short (a full disk, an editor) is listed as unreadable; the tables and the
+    # report of every other run are still written
+    cfg = small_study(tiny_model, {"reinforce": {}}, seeds=(0, 1))
+    run_jobs(cfg, tmp_path / "runs")
+    first, second = study.runs(cfg)
+    (tmp_path / "runs" / first.path / "eval.json").write_text('{"status": "finished", "rows": [{"budget": 0')
+    (tmp_path / "runs" / second.path / "probe.json").write_text("garbage")
+    html = aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert list(zip(failed["seed"], failed["stage"], failed["reason"])) == [
+        (0, "evaluate", "no readable eval.json"),
+        (1, "probe", "no readable probe.json"),
+    ]
+    evals = pd.read_csv(tmp_path / "tables" / "eval_per_seed.csv", comment="#")
+    assert set(evals["seed"]) == {1}
+    assert "no readable eval.json" in html
 
 
 # ---------------------------------------------------------------- a failed run is a result
@@ -369,6 +466,65 @@ def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, re
     if recorded:
         summary = strict_load(out.read_text())
         assert summary["status"] == "failed" and "signal 9" in summary["reason"]
+
+
+def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
+    # the per-run job evaluates, then probes: killed during the probe, its evaluation is kept and
+    # only the probe is recorded as failed
+    from t2i_rl_bench import failures
+
+    run = tmp_path / "run"
+    run.mkdir()
+    evaluation = run / "eval.json"
+    evaluation.write_text('{"status": "finished", "rows": [{"budget": 0}]}')
+    argv = ["killed", "--out", str(evaluation), "--stage", "evaluate", "--out", str(run / "probe.json")]
+    argv += ["--stage", "probe", "--exit-code", "137"]
+    assert failures.main(argv) == 0
+    assert evaluation.read_text() == '{"status": "finished", "rows": [{"budget": 0}]}'
+    probe = strict_load((run / "probe.json").read_text())
+    assert probe["status"] == "failed" and probe["stage"] == "probe" and "signal 9" in probe["reason"]
+    with pytest.raises(SystemExit):  # an output without its stage is refused, not guessed
+        failures.main(["killed", "--out", str(evaluation), "--out", "x", "--stage", "probe", "--exit-code", "137"])
+
+
+BROKEN_LOSSES = """
+import torch
+from t2i_rl_bench.algorithm import Algorithm, Loss
+class Detached(Algorithm):
+    def loss(self, batch):
+        return Loss((batch.advantages[:, None] * batch.logp).mean().detach())
+class Raising(Algorithm):
+    def loss(self, batch):
+        return Loss(batch.extra["missing"])
+"""
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("Detached", "Loss.value .* has no gradient"),
+        ("Raising", r"loss\(\) raised (KeyError|AttributeError|TypeError)"),
+    ],
+)
+def test_a_plugin_loss_that_raises_or_has_no_gradient_is_a_recorded_failure(tiny_model, tmp_path, name, reason):
+    # in training and in the base probe: the run is a failed result naming the algorithm, no crash
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(BROKEN_LOSSES)
+    label = name.lower()
+    cfg = small_study(tiny_model, {label: {"plugin": f"{plugin}:{name}"}})
+    run_jobs(cfg, tmp_path / "runs")
+    (key,) = study.runs(cfg)
+    summary = strict_load((tmp_path / "runs" / key.path / "summary.json").read_text())
+    assert summary["status"] == "failed" and re.search(
+        f"algorithm '{re.escape(str(plugin))}:{name}': " + reason, summary["reason"]
+    )
+    base = tmp_path / "base_probe.json"
+    spec = study.run_spec(cfg, study.base_run_key(cfg, "tiny", None, label)).to_json()
+    assert (
+        bench_main(["probe-base", "--run-config", spec, "--probe", json.dumps(cfg["probe"]), "--out", str(base)]) == 0
+    )
+    record = strict_load(base.read_text())
+    assert record["status"] == "failed" and re.search(reason, record["reason"])
 
 
 # ---------------------------------------------------------------- plugin provenance

@@ -26,7 +26,12 @@ def tiny_clip(tmp_path_factory):
 def test_shipped_clip16_matches_its_recorded_hashes_and_retrieval():
     assert verify(CLIP16) == []
     info = read_manifest(CLIP16)
-    assert info["family"] == "judge_clip" and list(info["sha256"]) == ["model.safetensors"]
+    # every file the judge loads is recorded: the weights and the tokenizer
+    assert info["family"] == "judge_clip" and sorted(info["sha256"]) == [
+        "model.safetensors",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+    ]
     assert info["retrieval"]["heldout"]["image_to_text_top1"] >= 0.9
     assert info["retrieval"]["heldout"]["text_to_image_top1"] >= 0.9
     assert sum(f.stat().st_size for f in CLIP16.rglob("*") if f.is_file()) < 3_000_000

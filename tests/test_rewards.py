@@ -348,6 +348,30 @@ def test_a_non_finite_score_is_refused_naming_the_reward_and_the_prompt(monkeypa
         ComposedReward(["jpeg_compressibility", "broken"])(torch.zeros(2, 3, 16, 16), PROMPTS, {})
 
 
+@pytest.mark.parametrize(
+    "returned, message",
+    [
+        ([0.5, 0.5], r"returned list \[0\.5, 0\.5\]; a reward returns a pair"),
+        (None, r"returned NoneType None; a reward returns a pair"),
+        ((["a", "b"], {}), r"returned scores that are not numbers: \['a', 'b'\]"),
+        ((torch.zeros(2), ["not", "a", "dict"]), r"returned metadata of type list"),
+        ((torch.zeros(3), {}), r"returned shape \(3,\) for 2 prompts"),
+    ],
+)
+def test_a_reward_plugin_returning_the_wrong_thing_is_a_reward_error_naming_it(monkeypatch, returned, message):
+    # a reward error ends the run as a recorded failure; anything else would be a crash of the harness
+    monkeypatch.setitem(REWARDS._local, "odd", lambda images, prompts, metadata: returned)
+    with pytest.raises(RewardError, match=r"reward 'odd' " + message):
+        ComposedReward("odd")(torch.zeros(2, 3, 16, 16), PROMPTS[:2], {})
+
+
+def test_scores_that_carry_a_gradient_are_read_as_numbers(monkeypatch):
+    scores = torch.tensor([0.25, 0.75], requires_grad=True) * 1
+    monkeypatch.setitem(REWARDS._local, "graded", lambda images, prompts, metadata: (scores, {}))
+    total, _ = ComposedReward("graded")(torch.zeros(2, 3, 16, 16), PROMPTS[:2], {})
+    assert total.tolist() == [0.25, 0.75] and not total.requires_grad
+
+
 def test_zero_spread_fraction_counts_groups_without_signal():
     rewards = torch.tensor([1.0, 1.0, 0.0, 2.0, 3.0, 3.0])
     assert zero_spread_fraction(rewards, torch.tensor([0, 0, 1, 1, 2, 2])) == pytest.approx(2 / 3)

@@ -84,3 +84,75 @@ def test_with_lora_the_base_probe_is_per_seed_and_over_the_adapters(tiny_model, 
         own["rows"][0]["mean_sq_norm"]
         != probe_run(out, _cfg(tiny_model, lora_rank=2, seed=4), PROBE)["rows"][0]["mean_sq_norm"]
     )
+
+
+def _files(run, names=("eval.json", "probe.json")) -> dict[str, bytes]:
+    return {name: (run / name).read_bytes() for name in names}
+
+
+def test_assess_writes_what_evaluate_and_probe_write_on_their_own(tiny_model, run, tmp_path):
+    # the workflow's one job per run (evaluation, then probe, in one process) against the two
+    # commands run one at a time: the same files byte for byte
+    import json
+    import shutil
+
+    from t2i_rl_bench.cli import main as bench_main
+
+    base_eval, base_probe = tmp_path / "base_eval.json", tmp_path / "base_probe.json"
+    evaluate_base(_cfg(tiny_model), EVALUATION, base_eval)
+    probe_base(_cfg(tiny_model), PROBE, base_probe)
+    evaluation, probe = json.dumps(EVALUATION), json.dumps(PROBE)
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone)
+    for f in ("eval.json", "probe.json"):
+        (alone / f).unlink(missing_ok=True)
+    assert bench_main(["evaluate", "--run-dir", str(alone), "--evaluation", evaluation, "--base", str(base_eval)]) == 0
+    assert bench_main(["probe", "--run-dir", str(alone), "--probe", probe, "--base", str(base_probe)]) == 0
+    together = tmp_path / "together"
+    shutil.copytree(run, together)
+    argv = ["assess", "--run-dir", str(together), "--evaluation", evaluation, "--base-eval", str(base_eval)]
+    assert bench_main([*argv, "--probe", probe, "--base-probe", str(base_probe)]) == 0
+    assert _files(together) == _files(alone)
+    # without --probe (a study with the probe off) only the evaluation is written
+    (together / "probe.json").unlink()
+    assert bench_main(argv) == 0 and not (together / "probe.json").exists()
+    assert _files(together, ("eval.json",)) == _files(alone, ("eval.json",))
+
+
+def test_a_failing_probe_of_assess_keeps_the_evaluation(tiny_model, run, tmp_path, monkeypatch):
+    # a failure in the second stage is recorded in its own file; the first stage's file stays
+    import json
+    import shutil
+
+    from t2i_rl_bench import probe as probe_module
+    from t2i_rl_bench.cli import main as bench_main
+    from t2i_rl_bench.reward import RewardError
+
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+
+    def broken(*args, **kwargs):
+        raise RewardError("jpeg_compressibility returned NaN for 'a red circle'")
+
+    monkeypatch.setattr(probe_module, "probe_run", broken)
+    argv = ["assess", "--run-dir", str(work), "--evaluation", json.dumps(EVALUATION), "--probe", json.dumps(PROBE)]
+    assert bench_main(argv) == 0
+    assert json.loads((work / "eval.json").read_text())["rows"]
+    record = json.loads((work / "probe.json").read_text())
+    assert record["status"] == "failed" and record["stage"] == "probe" and "NaN" in record["reason"]
+
+
+def test_one_probe_base_job_for_several_algorithms_equals_one_job_each(tiny_model, tmp_path):
+    import json
+
+    from t2i_rl_bench.cli import main as bench_main
+
+    specs = {a: _cfg(tiny_model, algorithm=a) for a in ("ddpo_is", "pcpo", "loop")}
+    argv = ["probe-base", "--probe", json.dumps(PROBE)]
+    for name, spec in specs.items():
+        argv += ["--run-config", spec.to_json(), "--out", str(tmp_path / f"{name}.json")]
+    assert bench_main(argv) == 0
+    for name, spec in specs.items():
+        alone = tmp_path / f"{name}_alone.json"
+        probe_base(spec, PROBE, alone)
+        assert (tmp_path / f"{name}.json").read_bytes() == alone.read_bytes(), name

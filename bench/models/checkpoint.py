@@ -1,6 +1,7 @@
 """Model folders: a manifest (`bench_model.json`) beside the diffusers/transformers subfolders,
-with the SHA-256 of every weight file so a shipped checkpoint can be verified; or a diffusers
-pipeline folder (`model_index.json`) of a real model. `model_family` tells which family a folder is."""
+with the SHA-256 of every file of the folder (weights, configs, tokenizer) so a shipped checkpoint
+can be verified; or a diffusers pipeline folder (`model_index.json`) of a real model.
+`model_family` tells which family a folder is."""
 
 from __future__ import annotations
 
@@ -9,15 +10,26 @@ import json
 from pathlib import Path
 
 MANIFEST = "bench_model.json"
+HASHES = "sha256.json"  # recorded hashes of a folder that has no harness manifest (a diffusers pipeline)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-def file_hashes(folder: Path) -> dict[str, str]:
-    out = {}
+def checkpoint_files(folder: Path) -> list[Path]:
+    """Every file a model is loaded from: the folder's files but the records of their hashes and
+    hidden or cache entries (`.cache/`, `.gitattributes`, `__pycache__/`)."""
+    files = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+        parts = path.relative_to(folder).parts
+        if not path.is_file() or any(p.startswith(".") or p == "__pycache__" for p in parts):
+            continue
+        if len(parts) == 1 and parts[0] in (MANIFEST, HASHES):
+            continue
+        files.append(path)
+    return files
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in checkpoint_files(folder)}
 
 
 def write_manifest(folder: Path, info: dict) -> None:
@@ -36,7 +48,7 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 def verify(folder: str | Path) -> list[str]:
-    """Weight files whose hash differs from the manifest (empty when the folder is intact)."""
+    """Files whose hash differs from the manifest (empty when the folder is intact)."""
     recorded = read_manifest(folder).get("sha256", {})
     actual = file_hashes(Path(folder))
     return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))

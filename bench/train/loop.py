@@ -46,15 +46,33 @@ class DivergedError(RuntimeError):
     """Training produced a non-finite loss or gradient."""
 
 
-def _check_loss(name: str, loss: Any) -> Loss:
+def call_loss(name: str, algorithm: Any, batch: Any, finite: bool = True) -> Loss:
+    """The algorithm's loss of a batch, checked. An exception inside a plugin's loss() ends the
+    run as a recorded failure naming the algorithm (PluginError), as a reward's does. `finite`:
+    a non-finite value is a DivergedError (training); the probe records it as a measurement."""
+    try:
+        loss = algorithm.loss(batch)
+    except (PluginError, DivergedError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure ends its run, not the study
+        raise PluginError(f"algorithm {name!r}: loss() raised {exc!r}") from exc
+    return _check_loss(name, loss, finite)
+
+
+def _check_loss(name: str, loss: Any, finite: bool = True) -> Loss:
     if not isinstance(loss, Loss):
         raise PluginError(
             f"algorithm {name!r}: loss() returned {type(loss).__name__}, expected t2i_rl_bench.algorithm.Loss"
         )
     if not torch.is_tensor(loss.value) or loss.value.ndim != 0:
         raise PluginError(f"algorithm {name!r}: Loss.value must be a scalar tensor, got {loss.value!r}")
-    if not torch.isfinite(loss.value):
+    if finite and not torch.isfinite(loss.value):
         raise DivergedError(f"algorithm {name!r}: non-finite loss {loss.value.item()}")
+    if not loss.value.requires_grad:  # a loss cut from the policy's graph would train nothing, silently
+        raise PluginError(
+            f"algorithm {name!r}: Loss.value {loss.value.item():.6g} has no gradient; compute it from the "
+            "batch's tensors (batch.logp, ...) without .item(), .detach() or torch.no_grad()"
+        )
     return loss
 
 
@@ -109,6 +127,26 @@ def global_mean_weight(cols: torch.Tensor, step_samples: int, steps_per_sample: 
     """A micro-batch's share of its optimiser step: the loss is a mean over the batch's (sample,
     step) elements, the step's gradient is the mean over all of them (every process's samples)."""
     return cols.numel() / (step_samples * steps_per_sample)
+
+
+def whole_group_batches(group_ids: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Positions into `group_ids` (B,) cut into micro-batches of whole groups, the groups in order
+    of first appearance: each micro-batch holds as many whole groups as fit in `size` samples, and
+    at least one. Where the groups are contiguous runs (an optimiser step's samples are) the
+    positions keep their order, so one micro-batch is the whole sequence as it was."""
+    batches: list[torch.Tensor] = []
+    current: list[torch.Tensor] = []
+    n = 0
+    for g in dict.fromkeys(group_ids.tolist()):
+        members = torch.nonzero(group_ids == g).flatten()
+        if current and n + len(members) > size:
+            batches.append(torch.cat(current))
+            current, n = [], 0
+        current.append(members)
+        n += len(members)
+    if current:
+        batches.append(torch.cat(current))
+    return batches
 
 
 def can_reuse_graph(spec: RunSpec, algorithm_recipe: Any, policy: Any) -> bool:
@@ -263,9 +301,9 @@ class Trainer:
                             self.generator,
                             self.algorithm.needs_reference,
                         ),
-                        global_mean_weight(cols, len(part), trained),
+                        self._share(mb, cols, part, trained, scored, traj.group_ids),
                     )
-                    for mb, cols in self._micro_batches(chunk, steps, None)
+                    for mb, cols in self._micro_batches(chunk, steps, None, traj.group_ids)
                 )
                 stats.grad_norm.append(self.optimiser_step(batches, stats))
                 self.old.optimiser_steps += 1
@@ -374,23 +412,43 @@ class Trainer:
         graph, traj.graph = traj.graph, None  # only the round's first update still has the sampling weights
 
         def batches() -> Iterator[tuple[Any, float]]:
-            for mb, cols in self._micro_batches(chunk, steps, graph):
+            for mb, cols in self._micro_batches(chunk, steps, graph, traj.group_ids):
                 current = (
                     graph.select(mb, cols)
                     if graph is not None
                     else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance)
                 )
                 batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
-                yield batch, global_mean_weight(cols, len(part), steps.shape[1])
+                yield batch, self._share(mb, cols, part, steps.shape[1], scored, traj.group_ids)
 
         return self.optimiser_step(batches(), stats)
+
+    def _share(
+        self,
+        mb: torch.Tensor,
+        cols: torch.Tensor,
+        part: torch.Tensor,
+        steps_per_sample: int,
+        scored: Scored,
+        group_ids: torch.Tensor,
+    ) -> float:
+        """A micro-batch's weight in its optimiser step: its samples `mb` (this process's; their
+        trained step columns `cols`) of the step's samples `part` (of the whole round). A loss
+        that couples a group's samples weights by its terms (`Algorithm.loss_terms`: PRDP's
+        pairs), else by the (sample, step) elements; the weights of all micro-batches of every
+        process sum to 1."""
+        if not self.algorithm.whole_groups:
+            return global_mean_weight(cols, len(part), steps_per_sample)
+        terms = self.algorithm.loss_terms
+        total = terms(scored.rewards_all[part], scored.group_ids_all[part], steps_per_sample)
+        return terms(scored.rewards[mb], group_ids[mb], cols.shape[1]) / total if total else 0.0
 
     def optimiser_step(self, batches: Iterator[tuple[Any, float]], stats: RoundStats) -> float:
         """Accumulate the gradient of each (batch, weight): weight x the loss's mean over the
         batch's elements, summed over processes; clip and step. Returns the norm before clipping."""
         self.optimiser.zero_grad(set_to_none=True)
         for batch, weight in batches:
-            loss = _check_loss(self.spec.algorithm, self.algorithm.loss(batch))
+            loss = call_loss(self.spec.algorithm, self.algorithm, batch)
             (loss.value * weight).backward()
             stats.add(batch, loss)
         self.world.sum_gradients(self.params)
@@ -422,14 +480,22 @@ class Trainer:
         return [c for c in torch.tensor_split(order, parts) if len(c)]
 
     def _micro_batches(
-        self, chunk: torch.Tensor, steps: torch.Tensor, graph: StepGraph | None
+        self, chunk: torch.Tensor, steps: torch.Tensor, graph: StepGraph | None, group_ids: torch.Tensor
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(samples, step columns) per forward/backward: memory only, the gradient is the same.
-        On the sampling graph every sample is backpropagated at once, whatever the micro-batch."""
+        On the sampling graph every sample is backpropagated at once, whatever the micro-batch.
+        A loss that couples a group's samples gets whole groups (`group_ids` (B,) of this
+        process's samples), at most `micro_batch` samples but at least one group per micro-batch,
+        with all their trained steps."""
         if not len(chunk):
             return
-        if graph is not None or self.algorithm.whole_groups:
+        if graph is not None:
             yield chunk, steps[chunk]
+            return
+        if self.algorithm.whole_groups:
+            for positions in whole_group_batches(group_ids[chunk], self.spec.micro_batch):
+                mb = chunk[positions]
+                yield mb, steps[mb]
             return
         for mb in torch.split(chunk, self.spec.micro_batch):
             cols = steps[mb]

@@ -1,9 +1,12 @@
 """Seconds per RL round for each algorithm at the default study's settings on its embedded model:
 sampling, reward and training split, images per second and per core-second, peak memory, and the
 fraction of the machine's one-thread matmul throughput a round achieves (its forward and backward
-FLOPs, counted by torch's FLOP counter, over its seconds, against a measured GEMM rate).
+FLOPs, counted by torch's FLOP counter, over its seconds, against a measured GEMM rate). The
+process's CPU seconds per round sit beside the wall-clock ones: on a shared machine they are the
+steadier measure of the work.
 
     python -m tests.benchmarks.rl_step [--config config/config.yaml] [--rounds 3] [--algorithms ddpo_is]
+        [--micro-batch N]
 """
 
 from __future__ import annotations
@@ -36,18 +39,25 @@ def gemm_rate(n: int = 512, repeats: int = 20) -> float:
 def measure(spec: RunSpec, rounds: int, threads: int, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(spec, out)
-        lines = [trainer.round() for _ in range(rounds)]  # timed without the counter's overhead
+        lines, cpu = [], []
+        for _ in range(rounds):  # timed without the counter's overhead
+            start = time.process_time()
+            lines.append(trainer.round())
+            cpu.append(time.process_time() - start)
         with FlopCounterMode(display=False) as counter:
             trainer.round()
         flops = counter.get_total_flops()
     keep = lines[1:] if rounds > 1 else lines  # the first round pays one-off costs
+    cpu_kept = cpu[1:] if rounds > 1 else cpu
     parts = ("seconds_sample", "seconds_reward", "seconds_train")
     mean = {k: float(np.mean([line[k] for line in keep])) for k in parts}
     total = sum(mean.values())
     images, steps = spec.images_per_round, spec.num_steps
     return {
         "algorithm": spec.algorithm,
+        "micro_batch": spec.micro_batch,
         "seconds_per_round": round(total, 2),
+        "cpu_seconds_per_round": round(float(np.mean(cpu_kept)), 2),
         **{k: round(v, 2) for k, v in mean.items()},
         "images_per_second": round(images / total, 2),
         "images_per_core_second": round(images / (total * threads), 2),
@@ -66,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reuse-sampling-graph", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--micro-batch", type=int, default=None, help="override the study's (memory only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = study.load(args.config)
@@ -77,6 +88,8 @@ def main() -> None:
         spec = study.run_spec(cfg, key)
         if args.reuse_sampling_graph != "auto":
             spec = spec.replace(reuse_sampling_graph=args.reuse_sampling_graph == "on")
+        if args.micro_batch is not None:
+            spec = spec.replace(micro_batch=args.micro_batch)
         print(json.dumps({"reward": key.reward, **measure(spec, args.rounds, args.threads, peak)}), flush=True)
 
 
