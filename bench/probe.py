@@ -132,6 +132,34 @@ def family_gradient(
     return _flat(torch.autograd.grad(loss.value, params, allow_unused=True), params)
 
 
+def probe_rollout(
+    policy: Policy,
+    sampler: Sampler,
+    algorithm: Algorithm,
+    reward: Reward,
+    prompts: list[str],
+    group_size: int,
+    guidance: float,
+    seed: int,
+) -> tuple[Trajectory, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probe's minibatches: one group of `group_size` samples per prompt from the seed, scored,
+    with the algorithm's advantages. Returns (trajectory, group ids, rewards, advantages)."""
+    all_prompts = [p for p in prompts for _ in range(group_size)]
+    group_ids = torch.arange(len(prompts)).repeat_interleave(group_size)
+    traj = rollout(
+        policy,
+        sampler,
+        all_prompts,
+        guidance,
+        torch.Generator().manual_seed(seed),
+        group_ids,
+        algorithm.recipe.same_noise_per_group,
+    )
+    rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
+    rewards = rewards.float()
+    return traj, group_ids, rewards, algorithm.advantages(rewards, group_ids, all_prompts).float()
+
+
 def probe_gradients(
     policy: Policy,
     sampler: Sampler,
@@ -144,20 +172,9 @@ def probe_gradients(
 ) -> dict[str, Any]:
     """One checkpoint: returns the gradient statistics and the per-step credit shares."""
     n_groups = len(prompts)
-    all_prompts = [p for p in prompts for _ in range(group_size)]
-    group_ids = torch.arange(n_groups).repeat_interleave(group_size)
-    traj = rollout(
-        policy,
-        sampler,
-        all_prompts,
-        guidance,
-        torch.Generator().manual_seed(seed),
-        group_ids,
-        algorithm.recipe.same_noise_per_group,
+    traj, group_ids, rewards, advantages = probe_rollout(
+        policy, sampler, algorithm, reward, prompts, group_size, guidance, seed
     )
-    rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
-    rewards = rewards.float()
-    advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()
     if algorithm.family != "step":
         generator = torch.Generator().manual_seed(seed + 1)
         grads = [

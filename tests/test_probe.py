@@ -10,7 +10,7 @@ import torch
 from t2i_rl_bench.factory import open_algorithm, open_run
 from t2i_rl_bench.metrics.gradient_variance import gradient_statistics
 from t2i_rl_bench.models.policy import Policy
-from t2i_rl_bench.probe import Prober, probe_gradients, probe_prompts, step_gradients
+from t2i_rl_bench.probe import Prober, probe_gradients, probe_prompts, probe_rollout, step_gradients
 from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.reward import build_reward
 from t2i_rl_bench.rollout import make_sampler, recompute, rollout
@@ -116,21 +116,10 @@ def test_the_probes_statistics_equal_those_of_the_full_gradients(request, model,
     prompts = probe_prompts(k, seed)
     probed = probe_gradients(policy, sampler, algorithm, reward, prompts, group, guidance, seed)
 
-    # the same rollout, then each group's loss differentiated in one backward pass
-    all_prompts = [p for p in prompts for _ in range(group)]
-    group_ids = torch.arange(k).repeat_interleave(group)
-    traj = rollout(
-        policy,
-        sampler,
-        all_prompts,
-        guidance,
-        torch.Generator().manual_seed(seed),
-        group_ids,
-        algorithm.recipe.same_noise_per_group,
+    # the same rollout, then each group's loss differentiated in one backward pass (not per step)
+    traj, group_ids, rewards, advantages = probe_rollout(
+        policy, sampler, algorithm, reward, prompts, group, guidance, seed
     )
-    rewards, _ = reward(policy.decode(traj.x0), all_prompts, {"group_ids": group_ids})
-    rewards = rewards.float()
-    advantages = algorithm.advantages(rewards, group_ids, all_prompts).float()
     k_steps = sampler.num_steps - int(algorithm.recipe.drop_last_step)
     params = policy.trainable_parameters()
     full, kls = [], []
