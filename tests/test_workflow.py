@@ -168,7 +168,7 @@ def test_cli_lists_what_is_registered():
 def test_the_slurm_profile_dry_runs_the_study():
     pytest.importorskip("snakemake_executor_plugin_slurm")
     done = subprocess.run(
-        [str(SNAKEMAKE), "-n", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml"],
+        [str(SNAKEMAKE), "-n", "--forceall", "--profile", "profiles/slurm", "--configfile", "config/quick.yaml"],
         cwd=ROOT,
         capture_output=True,
         text=True,
