@@ -26,7 +26,12 @@ import pandas as pd
 from t2i_rl_bench.metrics import direction, floors, gold_keys
 from t2i_rl_bench.metrics.collapse import metric_at_reward
 from t2i_rl_bench.metrics.convergence import first_crossing, normalized_auc
-from t2i_rl_bench.metrics.statistics import interval
+from t2i_rl_bench.metrics.statistics import (
+    Difference,
+    interval,
+    minimum_detectable_difference,
+    tost,
+)
 
 RUN = ["model", "reward", "algorithm", "seed"]
 
@@ -355,3 +360,48 @@ def collapse(seed_rows: pd.DataFrame, rules: Rules) -> pd.DataFrame:
             out.append(_row(key, h, f"collapse/onset/{key_name}", float("nan") if onset is None else onset))
             out.append(_row(key, h, f"collapse/collapsed/{key_name}", float(onset is not None)))
     return pd.DataFrame(out)
+
+
+# ---- power and equivalence of a family of pairwise comparisons (docs/study.md#statistics) ------
+
+ANALYSIS_DEFAULTS = {"pairing": "auto", "power": 0.8, "equivalence_margin": {}}
+
+
+def analysis_settings(cfg: dict) -> dict:
+    """The config's `analysis:` section with its defaults (config/schema.yaml)."""
+    return {**ANALYSIS_DEFAULTS, **(cfg.get("analysis") or {})}
+
+
+def margin_of(analysis_cfg: dict, metric: str) -> float:
+    """The equivalence margin declared for `metric` (NaN: none declared, no TOST)."""
+    return float((analysis_cfg.get("equivalence_margin") or {}).get(metric, float("nan")))
+
+
+def pair_columns(d: Difference, margin: float, alpha: float) -> dict:
+    """The columns of one pairwise comparison beyond its difference: which test, the sd it is
+    made of, and TOST against the declared margin (p_tost NaN where no margin is declared).
+    `equivalent`: this pair alone is within the margin at level alpha (TOST; for the claim that
+    *every* pair of a family is, the intersection-union test needs no correction: Berger 1982)."""
+    row = {"test": d.test, "sd": d.sd, "margin": margin, "p_tost": float("nan"), "equivalent": False}
+    if np.isfinite(margin) and margin > 0:
+        e = tost(d, margin, alpha)
+        row.update(p_tost=e.p_value, equivalent=bool(np.isfinite(e.p_value) and e.p_value < alpha))
+    return row
+
+
+def family_power(family: list[dict], alpha: float, power: float) -> dict:
+    """The minimum detectable difference of one family of pairwise comparisons (the unordered
+    pairs of one model x reward x metric) after Holm: at the first Holm step (alpha / m, m the
+    number of pairs tested), with `power`, from the median sd of the pairs and their smallest n.
+    Returns {mdd, mdd_sd, mdd_n, mdd_tests, spread} (spread: max - min of the methods' means)."""
+    pairs = {}
+    for r in family:
+        pairs.setdefault(tuple(sorted((r["method"], r["over"]))), r)
+    tested = [r for r in pairs.values() if np.isfinite(r.get("p_value", np.nan))]
+    if not tested:
+        return {"mdd": float("nan"), "mdd_sd": float("nan"), "mdd_n": 0, "mdd_tests": 0}
+    sd = float(np.median([r["sd"] for r in tested]))
+    n = int(min(r["n_seeds"] for r in tested))
+    paired = all(r["test"] == "paired t" for r in tested)
+    mdd = minimum_detectable_difference(sd, n, alpha, power, len(tested), paired)
+    return {"mdd": mdd, "mdd_sd": sd, "mdd_n": n, "mdd_tests": len(tested)}

@@ -28,13 +28,15 @@ from t2i_rl_bench.io import atomic_write_text, dumps_json, read_json
 from t2i_rl_bench.metrics import direction, gold_keys, lookup
 from t2i_rl_bench.metrics.statistics import (
     aggregate_iqm,
+    compare,
     describe_interval,
-    difference,
     holm,
     interval,
+    is_proportion,
     performance_profile,
     probability_of_improvement_ci,
     probability_of_improvement_tasks_ci,
+    proportion_interval,
     stratified_bootstrap,
 )
 from t2i_rl_bench.provenance import plugin_provenance
@@ -200,7 +202,10 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
         shared = _is_shared(group, values)
         if shared:
             values = values[:1]
-        ci = interval(values, s["interval"], s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"])
+        if is_proportion(keys[-1]) and np.isin(values, (0.0, 1.0)).all():  # a rate: Wilson, inside [0, 1]
+            ci = proportion_interval(values, s.get("confidence", 0.95))
+        else:
+            ci = interval(values, s["interval"], s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"])
         out.append(
             {
                 **dict(zip(KEYS, keys)),
@@ -228,23 +233,29 @@ def compared_metrics(seed_rows: pd.DataFrame, reward: str) -> list[str]:
     return [f"reward/{reward}", *gold_keys(present)]
 
 
-def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | None = None) -> pd.DataFrame:
+def improvement(
+    seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | None = None, analysis_cfg: dict | None = None
+) -> pd.DataFrame:
     """Each ordered pair of methods at the final budget, per training reward and compared metric:
     the probability that X beats Y over seeds (rliable's definition, oriented by the registry's
     direction) with a bootstrap interval, and the difference of means with the study's interval
     and Welch's p. `p_holm`: Holm-corrected over the unordered pairs of one (model, reward,
-    metric); `significant` when p_holm < 1 - confidence."""
+    metric); `significant` when p_holm < 1 - confidence. Seeds shared by both methods are paired
+    (`analysis.pairing`, bench/analysis.py); TOST against `analysis.equivalence_margin` and the
+    family's minimum detectable difference after Holm (docs/study.md#statistics)."""
     s = _stats(stats_cfg)
+    acfg = analysis.analysis_settings({"analysis": analysis_cfg or {}})
     out, alpha = [], 1 - s.get("confidence", 0.95)
     for (model, reward), part in seed_rows.groupby(["model", "reward"]):
         final = part[part["budget"] == part["budget"].max()]
         for spec in metrics or compared_metrics(part, reward):
             metric = spec.replace("{reward}", reward)
             sign = -1.0 if direction(metric) == "lower" else 1.0
-            values = {
-                a: g["value"].to_numpy(dtype=float) for a, g in final[final["metric"] == metric].groupby("algorithm")
+            by_seed = {
+                a: dict(zip(g["seed"], g["value"].to_numpy(dtype=float)))
+                for a, g in final[final["metric"] == metric].groupby("algorithm")
             }
-            values = {a: v[np.isfinite(v)] for a, v in values.items()}
+            values = {a: np.array([v for v in d.values() if np.isfinite(v)]) for a, d in by_seed.items()}
             level, reps, seed = s.get("confidence", 0.95), s["bootstrap_resamples"], s["seed"]
             family = []
             for x, vx in values.items():
@@ -252,7 +263,7 @@ def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | N
                     if x == y:
                         continue
                     poi = probability_of_improvement_ci(sign * vx, sign * vy, level, reps, seed)
-                    d = difference(vx, vy, s["interval"], level, reps, seed)
+                    d = compare(by_seed[x], by_seed[y], s["interval"], level, reps, seed, acfg["pairing"])
                     family.append(
                         {
                             "model": model,
@@ -270,6 +281,7 @@ def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | N
                             "ci_high": d.high,
                             "n_seeds": poi.n,
                             "p_value": d.p_value,
+                            **analysis.pair_columns(d, analysis.margin_of(acfg, metric), alpha),
                         }
                     )
             if family:
@@ -279,7 +291,8 @@ def improvement(seed_rows: pd.DataFrame, stats_cfg: dict, metrics: list[str] | N
                 for r in family:
                     r["p_holm"] = adjusted[tuple(sorted((r["method"], r["over"])))]
                     r["significant"] = bool(np.isfinite(r["p_holm"]) and r["p_holm"] < alpha)
-                out += family
+                power = analysis.family_power(family, alpha, acfg["power"])
+                out += [{**r, **power} for r in family]
     return pd.DataFrame(out)
 
 
@@ -601,7 +614,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
                     columns="variant"
                 )
             )
-    poi = improvement(seed_rows, s)
+    poi = improvement(seed_rows, s, analysis_cfg=cfg.get("analysis"))
     if len(poi):
         atomic_write_text(
             out / "improvement.csv",
@@ -610,8 +623,11 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
                 "#",
                 [
                     "pairs at the final budget; poi: probability of improvement (rliable) with a percentile bootstrap; "
-                    "difference: mean(method) - mean(over) with the interval above; p_holm: Welch's t-test, "
-                    "Holm-Bonferroni over the pairs of one metric"
+                    "difference: mean(method) - mean(over) with the interval above; p_holm: the paired t-test by "
+                    "seed where both methods ran the same seeds, else Welch's (column test), Holm-Bonferroni over the "
+                    "pairs of one metric; mdd: the smallest true difference detected with the declared power after "
+                    "Holm (first step, alpha / pairs), from the median sd of the pairs; p_tost: two one-sided tests "
+                    "against the declared margin (analysis.equivalence_margin), equivalent when p_tost < alpha"
                 ],
             )
             + poi.to_csv(index=False, float_format="%.6g"),
@@ -692,13 +708,16 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     verdict = verdicts.evaluate(cfg, verdicts.Tables(seed_rows, probe_rows, derived_rows, recursive_rows))
     vnote = (
         f"rules declared in the config (verdicts:); effect = mean(method) - mean(over) with the "
-        f"{prov['interval']['description']}; p_holm: Welch's t-test, Holm-Bonferroni over all lines; supported/"
+        f"{prov['interval']['description']}; p_holm: the paired t-test by seed where both ran the same seeds, else "
+        "Welch's (column test), Holm-Bonferroni over the findings' lines (implementation checks apart); supported/"
         f"contradicted when p_holm < {1 - s.get('confidence', 0.95):.2g} on the registry's better/worse side; "
         "the intervals shown are per line, not adjusted, so an interval may exclude 0 where the corrected "
         "test does not reject"
     )
+    accepted = verdicts.acceptance(cfg, poi)
     if len(verdict):
-        write_verdicts(verdict, prov, out, vnote)
+        notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]
+        write_verdicts(verdict, prov, out, vnote, notes)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
     if len(head):
         write_tables(
@@ -789,9 +808,9 @@ def recursive_tables(
     return seed_rows[seed_rows["variant"] == first].drop(columns="variant"), table
 
 
-def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> None:
+def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str, notes: list[str] = ()) -> None:
     atomic_write_text(
-        out / "verdicts.csv", _header(prov, "#", [note]) + verdict.to_csv(index=False, float_format="%.6g")
+        out / "verdicts.csv", _header(prov, "#", [note, *notes]) + verdict.to_csv(index=False, float_format="%.6g")
     )
     lines = [
         "| claim | model / reward | vs | verdict | effect [interval] | n | p (Holm) | note |",
@@ -813,7 +832,8 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> N
             f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |"
         )
     atomic_write_text(
-        out / "verdicts.md", _header(prov, "<!--", [note]).replace("\n", " -->\n") + "\n" + "\n".join(lines) + "\n"
+        out / "verdicts.md",
+        _header(prov, "<!--", [note, *notes]).replace("\n", " -->\n") + "\n" + "\n".join(lines) + "\n",
     )
     shown = pd.DataFrame(
         {
@@ -829,7 +849,7 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str) -> N
         }
     )
     tex = [
-        _header(prov, "%", [note]) + "% needs \\usepackage{booktabs,longtable}",
+        _header(prov, "%", [note, *notes]) + "% needs \\usepackage{booktabs,longtable}",
         *_longtable(shown, "What the study says about each claim"),
     ]
     atomic_write_text(out / "verdicts.tex", "\n".join(tex))

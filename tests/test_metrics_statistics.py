@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import stats
 
 from t2i_rl_bench.metrics import statistics as st
 
@@ -164,3 +165,120 @@ def test_performance_profile_and_stratified_bootstrap_known_answers():
     assert flat.point == flat.low == flat.high
     ci = st.probability_of_improvement_tasks_ci([np.array([2.0, 3, 4])], [np.array([0.0, 1, 2.5])], n_resamples=300)
     assert ci.low <= ci.point <= ci.high and ci.point == pytest.approx(8 / 9)  # 2 > 0, 1; 3 and 4 > all
+
+
+# ---- paired tests, equivalence, power and proportions (docs/study.md#statistics) ---------------
+
+
+def test_paired_t_matches_a_hand_computation():
+    # differences 0.1, 0.3, 0.2, 0.4: mean 0.25, sd sqrt(1/60) = 0.129099, se 0.0645497,
+    # t = 3.872983 on 3 df -> two-sided p = 0.030466 (t table); 95% half-width 3.182446 x se
+    x = np.array([1.1, 1.3, 1.2, 1.4])
+    y = np.ones(4)
+    d = st.paired_difference(x, y)
+    assert d.paired and d.test == "paired t" and d.n_x == d.n_y == 4
+    assert d.effect == pytest.approx(0.25)
+    assert d.sd == pytest.approx(np.sqrt(1 / 60))
+    assert d.p_value == pytest.approx(0.030466, abs=2e-6)
+    assert (d.low, d.high) == pytest.approx((0.25 - 0.205426, 0.25 + 0.205426), abs=2e-6)
+
+
+def test_compare_pairs_by_seed_only_when_the_seeds_match():
+    x = {0: 1.0, 1: 2.0, 2: 3.5}
+    y = {2: 3.0, 0: 0.5, 1: 1.0}  # other order: paired by seed, not by position
+    d = st.compare(x, y)
+    assert d.paired and d.effect == pytest.approx(np.mean([0.5, 1.0, 0.5]))
+    assert not st.compare(x, {0: 0.5, 1: 1.0, 5: 2.0}).paired  # different seeds: Welch
+    assert not st.compare(x, y, pairing="unpaired").paired
+    with pytest.raises(ValueError, match="pairing"):
+        st.compare(x, y, pairing="sometimes")
+
+
+def test_paired_test_gains_power_on_correlated_seeds():
+    # each seed shifts both methods alike (shared prompts and noise): sd 1 between seeds, 0.2
+    # within; a true difference of 0.4 is found by the paired test far more often than by Welch's
+    rng = np.random.default_rng(7)
+    hits_paired = hits_welch = 0
+    for _ in range(400):
+        seed_effect = rng.normal(0, 1, 8)
+        x = seed_effect + 0.4 + rng.normal(0, 0.2, 8)
+        y = seed_effect + rng.normal(0, 0.2, 8)
+        hits_paired += st.paired_difference(x, y).p_value < 0.05
+        hits_welch += st.difference(x, y).p_value < 0.05
+    assert hits_paired / 400 > 0.85 and hits_welch / 400 < 0.2, (hits_paired, hits_welch)
+
+
+def test_paired_t_keeps_its_level_under_the_null():
+    rng = np.random.default_rng(11)
+    rejections = sum(st.paired_difference(rng.normal(0, 1, 6), rng.normal(0, 1, 6)).p_value < 0.05 for _ in range(2000))
+    assert 0.035 <= rejections / 2000 <= 0.065
+
+
+def test_tost_matches_a_hand_computation():
+    # the differences above: mean 0.25, se 0.0645497, 3 df; margin 0.5:
+    # t_upper = (0.25 - 0.5)/se = -3.872983 -> p = 0.015233; t_lower = 11.61895 -> p ~ 7e-4
+    d = st.paired_difference([1.1, 1.3, 1.2, 1.4], [1, 1, 1, 1])
+    e = st.tost(d, 0.5)
+    assert e.p_value == pytest.approx(0.015233, abs=2e-6)
+    # 90% interval 0.25 +- 2.353363 se = [0.098092, 0.401908], inside (-0.5, 0.5)
+    assert (e.low, e.high) == pytest.approx((0.098092, 0.401908), abs=2e-6)
+    # a margin inside the interval cannot be declared equivalent
+    assert st.tost(d, 0.3).p_value > 0.05
+    with pytest.raises(ValueError, match="margin"):
+        st.tost(d, 0.0)
+
+
+def test_tost_holds_its_level_at_the_margin():
+    # true difference exactly at the margin: equivalence must be declared at most alpha of the time
+    rng = np.random.default_rng(3)
+    hits = 0
+    for _ in range(2000):
+        base = rng.normal(0, 1, 10)
+        d = st.paired_difference(base + 0.5 + rng.normal(0, 0.5, 10), base + rng.normal(0, 0.5, 10))
+        hits += st.tost(d, 0.5).p_value < 0.05
+    assert hits / 2000 <= 0.065
+
+
+def test_minimum_detectable_difference_has_its_power():
+    sd, n = 1.0, 8
+    mdd = st.minimum_detectable_difference(sd, n, alpha=0.05, power=0.8, tests=15)
+    # the noncentral-t power at the MDD is the target, and the MDD is above the normal approximation's
+    assert st.power_of_test(mdd, sd, n, 0.05, 15) == pytest.approx(0.8, abs=1e-6)
+    z = (stats.norm.ppf(1 - 0.05 / 30) + stats.norm.ppf(0.8)) * sd / np.sqrt(n)
+    assert mdd > z
+    # simulated: paired t at alpha/15 rejects ~80% of studies with that true difference
+    rng = np.random.default_rng(5)
+    rej = sum(st.paired_difference(rng.normal(mdd, sd, n), np.zeros(n)).p_value < 0.05 / 15 for _ in range(1000))
+    assert 0.75 <= rej / 1000 <= 0.85
+    assert st.minimum_detectable_difference(sd, 32, tests=15) < mdd  # more seeds, smaller MDD
+    assert np.isnan(st.minimum_detectable_difference(sd, 1))
+
+
+def test_wilson_matches_a_hand_computation_and_stays_in_the_unit_interval():
+    # 7 of 8 at 95%: centre (0.875 + z^2/16) / (1 + z^2/8) = 0.753352, half-width 0.224241
+    p, low, high = st.wilson(7, 8)
+    assert p == 0.875 and (low, high) == pytest.approx((0.529112, 0.977583), abs=2e-6)
+    assert st.wilson(8, 8)[2] == 1.0 and st.wilson(0, 8)[1] == 0.0 and st.wilson(8, 8)[1] < 1
+    assert np.isnan(st.wilson(0, 0)[0])
+    with pytest.raises(ValueError):
+        st.wilson(9, 8)
+    cp = st.clopper_pearson(7, 8)
+    assert cp[1] < low and cp[2] > high  # the exact interval is the wider one
+
+
+@pytest.mark.parametrize("p", [0.5, 0.875])
+def test_wilson_covers_near_nominal_at_eight_seeds(p):
+    n = 8
+    cover = sum(
+        stats.binom.pmf(k, n, p) for k in range(n + 1) if st.wilson(k, n)[1] <= p <= st.wilson(k, n)[2]
+    )  # exact coverage: sum over every outcome
+    assert 0.90 <= cover <= 1.0, cover
+
+
+def test_proportion_interval_refuses_non_binary_values():
+    ci = st.proportion_interval([1, 1, 1, 1, 1, 1, 1, 0])
+    assert ci.statistic == "proportion" and 0 <= ci.low <= ci.high <= 1
+    assert st.is_proportion("gold/pass") and st.is_proportion("convergence/reached_80")
+    assert not st.is_proportion("quality/fid")
+    with pytest.raises(ValueError, match="0/1"):
+        st.proportion_interval([0.5, 1.0])

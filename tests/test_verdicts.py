@@ -104,12 +104,17 @@ def test_each_rule_gives_each_outcome(kind, outcome):
 
 def test_divergence_rule_and_experiments_that_did_not_run():
     empty = pd.DataFrame(columns=["model", "reward", "algorithm", "seed", "budget", "metric", "value", "status"])
+    # no run of any method diverged: the claim cannot fail here, so it is not supported
     calm = verdicts.evaluate(_cfg("diverged", method="prdp"), verdicts.Tables(_eval_rows(), empty, empty, empty))
-    assert calm.iloc[0].verdict == "supported" and calm.iloc[0].ci_low == 0.0 and calm.iloc[0].ci_high < 0.6
+    assert calm.iloc[0].verdict == "inconclusive" and "untested" in calm.iloc[0].note
+    assert calm.iloc[0].ci_low == 0.0 and calm.iloc[0].ci_high < 0.6  # Clopper-Pearson on 0 of 5
     wild = verdicts.evaluate(
         _cfg("diverged", method="prdp"), verdicts.Tables(_eval_rows({"prdp": "diverged"}), empty, empty, empty)
     )
-    assert wild.iloc[0].verdict == "contradicted" and wild.iloc[0].effect == 1.0
+    assert wild.iloc[0].verdict == "contradicted" and wild.iloc[0].effect == 1.0 and wild.iloc[0].test == "Fisher exact"
+    others = _eval_rows({"pcpo": "diverged", "ddpo_is": "diverged"})
+    held = verdicts.evaluate(_cfg("diverged", method="prdp"), verdicts.Tables(others, empty, empty, empty))
+    assert held.iloc[0].verdict == "supported" and held.iloc[0].effect == -1.0
     off = verdicts.evaluate(_cfg("recursive:decay/diversity/vendi"), verdicts.Tables(_eval_rows(), empty, empty, empty))
     assert off.iloc[0].verdict == "not run" and "off" in off.iloc[0].note
 
@@ -127,3 +132,69 @@ def test_holm_correction_spans_all_lines_and_others_expands():
     out = verdicts.evaluate(_cfg("probe:snr_unbiased", over="others"), tables)
     assert sorted(out["over"]) == ["ddpo_is", "prdp"]
     assert (out["p_holm"] >= out["p_value"]).all() and (out["p_value"] < 0.05).all()
+
+
+def test_lines_pair_by_seed_and_implementation_checks_are_their_own_family():
+    # seeds shift both methods alike: Welch's test sees the seed spread, the paired one does not
+    seed_shift = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    probe = _frame({"pcpo": seed_shift + 0.1 + SPREAD / 10, "ddpo_is": seed_shift}, "snr_unbiased")
+    empty = pd.DataFrame(columns=probe.columns)
+    tables = verdicts.Tables(_eval_rows(), probe, empty, empty)
+    paired = verdicts.evaluate(_cfg("probe:snr_unbiased"), tables).iloc[0]
+    assert paired.test == "paired t" and paired.verdict == "supported"
+    cfg = {**_cfg("probe:snr_unbiased"), "analysis": {"pairing": "unpaired"}}
+    welch = verdicts.evaluate(cfg, tables).iloc[0]
+    assert welch.test == "Welch t" and welch.verdict == "inconclusive"
+    # an implementation check is labelled and corrected apart from the findings
+    cfg = _cfg("probe:snr_unbiased")
+    cfg["verdicts"]["claims"] += [{**cfg["verdicts"]["claims"][0], "id": "k", "kind": "implementation check"}]
+    out = verdicts.evaluate(cfg, tables).set_index("id")
+    assert out.loc["k", "kind"] == "implementation check" and out.loc["c", "kind"] == "finding"
+    assert out.loc["k", "p_holm"] == pytest.approx(out.loc["k", "p_value"])  # a family of one
+
+
+def _pairs(means: dict[str, float], margin: float, noise: float = 0.002):
+    from t2i_rl_bench import tables
+
+    rng = np.random.default_rng(1)
+    rows = [
+        {
+            "model": "m",
+            "reward": "r",
+            "algorithm": a,
+            "seed": s,
+            "budget": 64,
+            "metric": "reward/r",
+            "value": mu + rng.normal(0, noise),
+            "status": "finished",
+        }
+        for a, mu in means.items()
+        for s in range(8)
+    ]
+    cfg = {
+        "rewards": ["r"],
+        "statistics": STATS,
+        "analysis": {"equivalence_margin": {"reward/r": margin}, "power": 0.8},
+    }
+    pairs = tables.improvement(pd.DataFrame(rows), STATS, ["reward/{reward}"], cfg["analysis"])
+    return cfg, pairs
+
+
+def test_acceptance_finds_a_difference_or_equivalence_or_neither():
+    cfg, pairs = _pairs({"a": 0.5, "b": 0.5, "c": 0.5}, margin=0.01)
+    assert (pairs["test"] == "paired t").all() and pairs["mdd"].notna().all()
+    assert pairs["mdd_tests"].iloc[0] == 3 and pairs["equivalent"].all()
+    acc = verdicts.acceptance(cfg, pairs)
+    assert acc["outcome"] == "equivalence" and "within the declared margin 0.01" in acc["sentence"]
+    cfg, pairs = _pairs({"a": 0.5, "b": 0.5, "c": 0.55}, margin=0.01)
+    acc = verdicts.acceptance(cfg, pairs)
+    assert acc["outcome"] == "difference" and "c over" in acc["sentence"]
+    # the same difference with a confound named for every significant pair: not accepted as a finding
+    named = {("a", "c"): "learning rate", ("b", "c"): "learning rate"}
+    acc = verdicts.acceptance(cfg, pairs, named)
+    assert acc["outcome"] == "neither" and "confound: learning rate" in acc["sentence"]
+    # a margin too tight for the noise: neither
+    cfg, pairs = _pairs({"a": 0.5, "b": 0.5, "c": 0.5}, margin=0.0005)
+    assert verdicts.acceptance(cfg, pairs)["outcome"] == "neither"
+    notes = verdicts.header_notes(cfg, pairs)
+    assert any("minimum detectable difference" in n for n in notes) and any("margins declared" in n for n in notes)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,11 @@ def interval(
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(x) - mean(y) with its interval and a two-sided p-value (Welch's t-test)."""
+    """mean(x) - mean(y) with its interval and a two-sided p-value: Welch's t-test for two
+    independent groups, the paired t-test on per-seed differences when `paired` (n_x = n_y = the
+    number of pairs). `sd`: the standard deviation the test's standard error is made of (of the
+    per-seed differences when paired; Welch: sqrt((s_x^2 + s_y^2) / 2)), what the minimum
+    detectable difference is computed from."""
 
     effect: float
     low: float
@@ -208,6 +212,12 @@ class Difference:
     p_value: float
     n_x: int
     n_y: int
+    paired: bool = False
+    sd: float = float("nan")
+
+    @property
+    def test(self) -> str:
+        return "paired t" if self.paired else "Welch t"
 
 
 def difference(
@@ -228,8 +238,9 @@ def difference(
         return Difference(effect, nan, nan, nan, int(x.size), int(y.size))
     vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = np.sqrt(vx + vy)
+    sd = float(np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2))
     if se == 0:
-        return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, int(x.size), int(y.size))
+        return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, int(x.size), int(y.size), sd=sd)
     df = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
     p = float(2 * stats.t.sf(abs(effect) / se, df))
     if method == "t":
@@ -249,7 +260,207 @@ def difference(
         low, high = res.confidence_interval.low, res.confidence_interval.high
     else:
         raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}")
-    return Difference(effect, float(low), float(high), p, int(x.size), int(y.size))
+    return Difference(effect, float(low), float(high), p, int(x.size), int(y.size), sd=sd)
+
+
+def paired_difference(
+    x, y, method: str = "t", confidence_level: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> Difference:
+    """mean(x - y) over pairs (x[i], y[i]): two methods run on the same seeds, so with the same
+    training prompts, initial noise and evaluation noise. The p-value is the paired t-test's
+    (Student 1908: t = mean(d) / (sd(d) / sqrt(n)), n - 1 degrees of freedom); the interval is
+    the t interval of the differences (`t`) or a bootstrap that resamples whole pairs (seeds:
+    `bootstrap`, Hesterberg's expanded percentile, or `bca`). Pairs with a non-finite member are
+    left out. Where the seeds' results are positively correlated the paired test has the smaller
+    standard error (sd(d)^2 = s_x^2 + s_y^2 - 2 cov); uncorrelated, it loses only degrees of freedom."""
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired_difference needs pairs: {x.size} values against {y.size}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    d = x[ok] - y[ok]
+    n, nan = int(d.size), float("nan")
+    if n == 0:
+        return Difference(nan, nan, nan, nan, 0, 0, paired=True)
+    effect = float(d.mean())
+    if n < 2:
+        return Difference(effect, nan, nan, nan, n, n, paired=True)
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, n, n, paired=True, sd=0.0)
+    se = sd / np.sqrt(n)
+    p = float(2 * stats.t.sf(abs(effect) / se, n - 1))
+    if method == "t":
+        half = stats.t.ppf(0.5 + confidence_level / 2, n - 1) * se
+        low, high = effect - half, effect + half
+    elif method == "bootstrap":
+        _, low, high = bootstrap_ci(d, np.mean, confidence_level, n_resamples, seed, expanded=True)
+    elif method == "bca":
+        low, high = interval(d, "bca", confidence_level, n_resamples, seed)[1:3]
+    else:
+        raise ValueError(f"interval method must be one of {INTERVALS}, got {method!r}")
+    return Difference(effect, float(low), float(high), p, n, n, paired=True, sd=sd)
+
+
+def compare(
+    x: dict,
+    y: dict,
+    method: str = "t",
+    confidence_level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    pairing: str = "auto",
+) -> Difference:
+    """mean(x) - mean(y) of two methods' per-seed values ({seed: value}). `pairing`: `auto`
+    pairs by seed when the two share every seed that has a value (the methods of one study do:
+    same seeds, same prompts and noise), else Welch's test on the two groups; `paired` always
+    pairs (on the shared seeds only); `unpaired` never does."""
+    if pairing not in ("auto", "paired", "unpaired"):
+        raise ValueError(f"pairing must be auto, paired or unpaired, got {pairing!r}")
+    fx = {k: float(v) for k, v in x.items() if np.isfinite(v)}
+    fy = {k: float(v) for k, v in y.items() if np.isfinite(v)}
+    shared = sorted(set(fx) & set(fy))
+    pair = pairing == "paired" or (pairing == "auto" and len(shared) >= 2 and set(fx) == set(fy))
+    if pair:
+        return paired_difference(
+            [fx[k] for k in shared], [fy[k] for k in shared], method, confidence_level, n_resamples, seed
+        )
+    return difference(list(fx.values()), list(fy.values()), method, confidence_level, n_resamples, seed)
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests (Schuirmann 1987) of |mean(x) - mean(y)| < margin: p = the larger of
+    the two one-sided p-values; equivalent at level alpha when p < alpha, which is the same as
+    the (1 - 2 alpha) interval of the difference lying inside (-margin, margin)."""
+
+    effect: float
+    margin: float
+    p_value: float
+    low: float  # the (1 - 2 alpha) interval, e.g. 90% for alpha 0.05
+    high: float
+    n: int
+    paired: bool
+
+
+def tost(diff: Difference, margin: float, alpha: float = 0.05) -> Equivalence:
+    """TOST from a `Difference` (paired or Welch): t_lower = (effect + margin) / se, t_upper =
+    (effect - margin) / se with the difference's own standard error and degrees of freedom.
+    NaN p when the difference has no standard error (fewer than 2 seeds); a zero standard error
+    gives p 0 inside the margin, 1 outside."""
+    nan = float("nan")
+    if not margin > 0:
+        raise ValueError(f"an equivalence margin must be > 0, got {margin!r}")
+    n = min(diff.n_x, diff.n_y)
+    if not (np.isfinite(diff.effect) and np.isfinite(diff.sd)) or n < 2:
+        return Equivalence(diff.effect, margin, nan, nan, nan, n, diff.paired)
+    if diff.paired:
+        se, df = diff.sd / np.sqrt(n), n - 1
+    else:  # Welch, from the pooled-as-average sd: se = sqrt((s_x^2 + s_y^2)/n) at equal n
+        se = diff.sd * np.sqrt(1 / diff.n_x + 1 / diff.n_y) if diff.n_x == diff.n_y else nan
+        df = diff.n_x + diff.n_y - 2
+        if not np.isfinite(se):  # unequal groups: the conservative df and the larger variance share
+            se = diff.sd * np.sqrt(2 / min(diff.n_x, diff.n_y))
+            df = min(diff.n_x, diff.n_y) - 1
+    if se == 0:
+        inside = abs(diff.effect) < margin
+        return Equivalence(diff.effect, margin, 0.0 if inside else 1.0, diff.effect, diff.effect, n, diff.paired)
+    p_low = stats.t.sf((diff.effect + margin) / se, df)  # H0: effect <= -margin
+    p_high = stats.t.cdf((diff.effect - margin) / se, df)  # H0: effect >= +margin
+    half = stats.t.ppf(1 - alpha, df) * se
+    return Equivalence(
+        diff.effect, margin, float(max(p_low, p_high)), diff.effect - half, diff.effect + half, n, diff.paired
+    )
+
+
+def minimum_detectable_difference(
+    sd: float, n: int, alpha: float = 0.05, power: float = 0.8, tests: int = 1, paired: bool = True
+) -> float:
+    """The smallest true difference a two-sided t-test at level alpha / `tests` (Bonferroni, the
+    first and strictest step of Holm's procedure over `tests` comparisons) detects with
+    probability `power`, given the seeds' standard deviation `sd` (of the per-seed differences
+    when paired; of one method's seeds otherwise, two groups of n) and n seeds. Solved exactly on
+    the noncentral t distribution (not the normal approximation), so it is honest at 5-10 seeds.
+    NaN when n < 2 or sd is not finite."""
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    a = alpha / max(int(tests), 1)
+    df = n - 1 if paired else 2 * n - 2
+    scale = sd / np.sqrt(n) if paired else sd * np.sqrt(2 / n)
+    crit = stats.t.ppf(1 - a / 2, df)
+
+    def achieved(ncp: float) -> float:
+        value = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+        return (1.0 if not np.isfinite(value) else value) - power  # far tails: scipy may give NaN
+
+    hi = crit + 4.0
+    while achieved(hi) < 0:
+        hi += 4.0
+    ncp = optimize.brentq(achieved, 0.0, hi, xtol=1e-10)
+    return float(ncp * scale)
+
+
+def power_of_test(delta: float, sd: float, n: int, alpha: float = 0.05, tests: int = 1, paired: bool = True) -> float:
+    """The probability that the two-sided t-test of `minimum_detectable_difference` rejects when
+    the true difference is `delta` (noncentral t)."""
+    a = alpha / max(int(tests), 1)
+    df = n - 1 if paired else 2 * n - 2
+    scale = sd / np.sqrt(n) if paired else sd * np.sqrt(2 / n)
+    crit = stats.t.ppf(1 - a / 2, df)
+    ncp = delta / scale
+    return float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+
+
+# ---- proportions ----------------------------------------------------------------------------
+
+PROPORTIONS = ("gold/pass", "convergence/reached_", "collapse/collapsed/")
+
+
+def is_proportion(metric: str) -> bool:
+    """A per-run 0/1 outcome (a gold check passed, a target reached, a collapse): its mean over
+    seeds is a proportion, whose interval must stay in [0, 1] (`wilson`)."""
+    return any(str(metric).startswith(p) for p in PROPORTIONS)
+
+
+def wilson(k: int, n: int, confidence_level: float = 0.95) -> tuple[float, float, float]:
+    """(k/n, low, high): Wilson's score interval (1927) for a binomial proportion, inside [0, 1]
+    by construction and close to nominal coverage at small n (Brown, Cai & DasGupta 2001), where
+    the normal (Wald) interval p +- z sqrt(p(1-p)/n) leaves [0, 1] and has length 0 at k = n.
+    NaN for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson needs 0 <= k <= n, got k={k}, n={n}")
+    z = stats.norm.ppf(0.5 + confidence_level / 2)
+    p = k / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return float(p), float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def clopper_pearson(k: int, n: int, confidence_level: float = 0.95) -> tuple[float, float, float]:
+    """(k/n, low, high): the exact (Clopper & Pearson 1934) interval from the beta quantiles,
+    coverage >= nominal for every p; 0 and 1 at k = 0 and k = n. NaN for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    alpha = 1 - confidence_level
+    low = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return k / n, low, high
+
+
+def proportion_interval(values, confidence_level: float = 0.95) -> Interval:
+    """The mean of per-seed 0/1 outcomes with Wilson's interval; values other than 0 and 1 are a
+    clear error (a proportion of something else is not a binomial count)."""
+    x = np.asarray(values, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if not np.isin(x, (0.0, 1.0)).all():
+        raise ValueError(f"proportion_interval needs 0/1 outcomes, got {sorted(set(x.tolist()))[:5]}")
+    point, low, high = wilson(int(x.sum()), int(x.size), confidence_level)
+    return Interval(point, low, high, int(x.size), "proportion")
 
 
 def holm(p_values) -> np.ndarray:
