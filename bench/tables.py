@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2i_rl_bench import analysis, calibration, failures, study, verdicts
+from t2i_rl_bench import analysis, calibration, failures, mechanisms, study, verdicts
 from t2i_rl_bench.io import atomic_write_text, dumps_json, read_json
 from t2i_rl_bench.metrics import direction, gold_keys, lookup
 from t2i_rl_bench.metrics.statistics import (
@@ -464,6 +464,9 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
                 f"gain at {_fmt(r['seconds_level'])} s": cell(r, "gain_at_seconds"),
                 **{f"Δ {g[len('change/') :]}": cell(r, g) for g in golds},
                 "images": r["images"],
+                "opt. steps": _fmt(r.get("optimiser_steps", np.nan)),
+                "lr x steps": _fmt(r.get("lr_x_steps", np.nan)),
+                "CPU-s": _fmt(r.get("cpu_seconds", np.nan)),
                 "device-s": _fmt(r["device_seconds"]),
                 "hacked": r["hacked"] or "-",
             }
@@ -719,7 +722,12 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]
         write_verdicts(verdict, prov, out, vnote, notes)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
+    runs = mechanisms.per_run(cfg, runs_root)  # what each method had on, and what acted (bench/mechanisms.py)
+    mech = mechanisms.table(runs)
+    if len(mech):
+        write_tables(mech, prov, out, "mechanisms", [*mechanisms.NOTES, *mechanisms.inactive(mech)])
     if len(head):
+        head = head.merge(mechanisms.headline_columns(runs), on=["model", "reward", "method"], how="left")
         write_tables(
             head,
             prov,

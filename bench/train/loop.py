@@ -215,6 +215,7 @@ class Trainer:
         `updates_per_round` optimiser steps each) and the round's log line. The differentiable
         family samples with gradient inside its optimiser steps, so its phases are one."""
         clock = Clock()
+        cpu = time.process_time()  # the process's CPU seconds (all its threads): device-seconds on a shared machine
         self.follow_window()
         stats = RoundStats(self.sampler.num_steps)
         extra: dict[str, Any] = {}
@@ -246,6 +247,7 @@ class Trainer:
             **extra,
             **stats.line(),
             **clock.laps,
+            "cpu_seconds": time.process_time() - cpu,
             "seconds_total": self.seconds,
             "peak_memory_mb": peak_memory_mb(),
         }

@@ -22,6 +22,10 @@ class RoundStats:
         self.approx_kl: list[float] = []
         self.clipfrac: list[float] = []
         self.grad_norm: list[float] = []  # one per optimiser step
+        # mechanism diagnostics (bench/mechanisms.py): |log rho| on the round's later optimiser steps
+        # (the first samples with the sampling weights, rho = 1) and |log p - log p_ref| to the reference
+        self.logratio_later: list[float] = []
+        self.ref_logratio: list[float] = []
         self.extra: dict[str, list[float]] = {}
         self.clip_hits, self.clip_counts = torch.zeros(num_steps), torch.zeros(num_steps)
 
@@ -32,6 +36,10 @@ class RoundStats:
         if isinstance(batch, StepBatch):
             delta = batch.logp.detach() - batch.logp_old
             self.approx_kl.append(0.5 * delta.pow(2).mean().item())
+            if self.grad_norm:  # an optimiser step of this round already moved the weights
+                self.logratio_later.append(delta.abs().mean().item())
+            if batch.logp_ref is not None:
+                self.ref_logratio.append((batch.logp.detach() - batch.logp_ref).abs().mean().item())
         if loss.clipped is not None and isinstance(batch, StepBatch):
             cols = batch.step_index
             self.clipfrac.append(loss.clipped.float().mean().item())
@@ -49,5 +57,7 @@ class RoundStats:
             "clipfrac_per_step": per_step,
             "grad_norm": _mean(self.grad_norm),
             "optimiser_steps": len(self.grad_norm),
+            "logratio_abs_later": _mean(self.logratio_later),
+            "ref_logratio_abs": _mean(self.ref_logratio),
             **{k: _mean(v) for k, v in self.extra.items()},
         }

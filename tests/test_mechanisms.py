@@ -1,0 +1,59 @@
+"""The mechanism table reads what each run had on and shows what acted (docs/study.md#the-mechanism-table)."""
+
+import pandas as pd
+import pytest
+
+from t2i_rl_bench import mechanisms
+from t2i_rl_bench.spec import RunSpec
+from t2i_rl_bench.train import train
+
+
+def _run(model, tmp_path, algorithm: str, **settings):
+    spec = RunSpec(
+        model_path=str(model),
+        algorithm=algorithm,
+        reward="jpeg_compressibility",
+        seed=3,
+        num_steps=4,
+        images_per_round=8,
+        group_size=2,
+        budgets=[16],
+        lr=1e-3,
+        prompts=["a red circle", "a blue square"],
+        algorithm_settings=settings,
+    )
+    out = tmp_path / algorithm
+    train(spec, out)
+    return {"model": "m", "reward": "r", "algorithm": algorithm, "seed": 3, **mechanisms.run_row(out)}
+
+
+def test_mechanisms_on_and_active_from_settings_and_logs(tiny_model, tmp_path):
+    runs = pd.DataFrame(
+        [
+            _run(tiny_model, tmp_path, "reinforce"),
+            _run(tiny_model, tmp_path, "ddpo_is", clip_range=1e-6),
+            _run(tiny_model, tmp_path, "pcpo"),
+            _run(tiny_model, tmp_path, "prdp", inner_epochs=2, beta=1.0),
+        ]
+    ).set_index("algorithm")
+    # REINFORCE: one on-policy step per round, nothing clipped, no reference
+    r = runs.loc["reinforce"]
+    assert r.updates_per_round == 1 and not r.importance_sampling and r.kl_reference == 0
+    assert r.optimiser_steps == 2 and r.lr_x_steps == pytest.approx(2e-3) and r.cpu_seconds > 0
+    # DDPO-IS: 4 steps per round; its later steps see ratios away from 1, and a tiny clip range bites
+    d = runs.loc["ddpo_is"]
+    assert d.updates_per_round == 4 and d.importance_sampling and d.is_active == 1.0
+    assert d.logratio_abs_later > 0 and d.clip_active == 1.0 and d.optimiser_steps == 8
+    # PCPO: its per-step weights differ between steps (the loss's design)
+    p = runs.loc["pcpo"]
+    assert p.step_weighting == "reweight" and p.step_weight_active and p.step_weight_cv > 0.01
+    assert runs.loc["ddpo_is"].step_weight_cv == 0
+    # PRDP: a reference term that moves once the weights do
+    q = runs.loc["prdp"]
+    assert q.kl_reference == 1.0 and q.kl_active == 1.0 and q.ref_logratio_abs > 0
+    shown = mechanisms.table(runs.reset_index()).set_index("method")
+    assert shown.loc["ddpo_is", "clip"].endswith("active 1/1")
+    assert shown.loc["reinforce", "IS (ratios != 1 on later updates)"] == "off"
+    assert shown.loc["pcpo", "step weights vary"] == "reweight; active 1/1"
+    head = mechanisms.headline_columns(runs.reset_index())
+    assert set(head["method"]) == {"reinforce", "ddpo_is", "pcpo", "prdp"}
