@@ -20,7 +20,7 @@ Rows: one per (model, training reward, method), over its seeds. Columns, on / ac
 - SDE: the sampler's variant and noise level; on when eta > 0
 - trained steps: sampler steps trained per sample (`trained_steps_per_sample`) of the schedule
 - lr, optimiser steps per run (summed over the log), lr x steps, CPU seconds of the training
-  process (`cpu_seconds` per round, summed; wall-clock seconds on a shared machine vary with the
+  process (`seconds_cpu` per round, summed; wall-clock seconds on a shared machine vary with the
   neighbours' load, CPU time much less).
 """
 
@@ -137,7 +137,7 @@ def run_row(run: Path) -> dict[str, Any] | None:
         "lr": float(spec.get("lr", float("nan"))),
         "optimiser_steps": steps,
         "lr_x_steps": float(spec.get("lr", float("nan"))) * steps,
-        "cpu_seconds": _total(lines, "cpu_seconds"),
+        "cpu_seconds": _total(lines, "seconds_cpu"),
         "wall_seconds": summary.get("device_seconds", float("nan")),
         "images": summary.get("images_seen"),
     }

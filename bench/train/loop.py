@@ -247,7 +247,7 @@ class Trainer:
             **extra,
             **stats.line(),
             **clock.laps,
-            "cpu_seconds": time.process_time() - cpu,
+            "seconds_cpu": time.process_time() - cpu,
             "seconds_total": self.seconds,
             "peak_memory_mb": peak_memory_mb(),
         }
