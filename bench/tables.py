@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2i_rl_bench import analysis, calibration, failures, mechanisms, study, verdicts
+from t2i_rl_bench import analysis, calibration, failures, frontier, mechanisms, study, verdicts
 from t2i_rl_bench.io import atomic_write_text, dumps_json, read_json
 from t2i_rl_bench.metrics import direction, gold_keys, lookup
 from t2i_rl_bench.metrics.statistics import (
@@ -722,6 +722,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]
         write_verdicts(verdict, prov, out, vnote, notes)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
+    frontier.write(cfg, seed_rows, s, out, lambda notes: _header(prov, "#", notes))  # bench/frontier.py
     runs = mechanisms.per_run(cfg, runs_root)  # what each method had on, and what acted (bench/mechanisms.py)
     mech = mechanisms.table(runs)
     if len(mech):
