@@ -1,12 +1,19 @@
-"""Learning-rate calibration: one protocol, applied equally to every method.
+"""Learning-rate calibration: one protocol, applied equally to every method
+(docs/study.md#calibration).
 
 A study calibrates when it runs one method under several labels that differ only in their own
-learning rate (`algorithms.<label>: {plugin: <method>, lr: ...}`, config/calibration.yaml). For
-each such method the rule picks the rate whose run has the highest mean training reward over all
-its rounds (fast and durable learning both count; a rate that learns and then collapses loses).
-The study's recommended final budget is the budget at which the held-out training reward of the
-chosen rates, averaged over the methods, is highest: where the curves bend. Both rules read only
-the calibration study's own seeds (never the default study's) and treat every method alike.
+learning rate (`algorithms.<label>: {plugin: <method>, lr: ...}`, config/calibration.yaml). Each
+run scores its mean training reward over all its rounds (fast and durable learning both count; a
+rate that learns and then collapses loses). For each method the rule takes, among the rates whose
+score (mean over the calibration seeds) lies within one standard error of the best rate's score
+(the one-standard-error rule, Breiman et al. 1984), the lowest: a tie within noise goes to the
+gentler rate, never to the last decimal of one seed. The chosen rate is *bracketed* when the grid
+has a rate on either side of it; one at an edge of the grid is flagged, and the grid must be
+extended on that side before the rate is used. The recommended final budget is the first
+calibration budget after every method's peak: each chosen rate's held-out reward (mean over the
+seeds) peaks at some budget, and the study must train past the latest of those peaks; None when
+a curve peaks at the calibration's last budget (train the calibration longer). Both rules read
+only the calibration study's own seeds (never the study's) and treat every method alike.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import pandas as pd
 from t2i_rl_bench import study
 
 SELECTION_RULE = (
-    "per method, the learning rate with the highest mean training reward over all its rounds (mean over "
-    "the calibration seeds); recommended final budget: the budget at which the held-out training reward "
-    "of the chosen rates, averaged over the methods, is highest"
+    "per method, the lowest learning rate whose mean training reward over all its rounds (mean over the "
+    "calibration seeds) is within one standard error (over those seeds) of the best rate's; bracketed: a grid rate "
+    "lies on each side of the chosen one (else extend the grid on the flagged side); recommended final budget: the "
+    "first calibration budget after the latest budget at which a chosen rate's held-out reward peaks"
 )
 
 
@@ -100,16 +108,48 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
     per_seed = pd.DataFrame(rows)
     if per_seed.empty:
         return per_seed, None
-    table = (
-        per_seed.drop(columns="seed")
-        .groupby(["model", "reward", "method", "label", "lr"], as_index=False)
-        .mean(numeric_only=True)
-    )
+    keys = ["model", "reward", "method", "label", "lr"]
+    table = per_seed.drop(columns="seed").groupby(keys, as_index=False).mean(numeric_only=True)
+    spread = per_seed.groupby(keys)["mean_train_reward"].agg(lambda v: v.std(ddof=1) / np.sqrt(v.notna().sum()))
+    table["train_reward_se"] = table.set_index(keys).index.map(spread).to_numpy(dtype=float)
+    table["n_seeds"] = table.set_index(keys).index.map(per_seed.groupby(keys)["seed"].nunique()).to_numpy()
     table["chosen"] = False
+    table["edge"] = ""
     for _, part in table.groupby(["model", "reward", "method"]):
-        if part["mean_train_reward"].notna().any():
-            table.loc[part["mean_train_reward"].idxmax(), "chosen"] = True
+        label = choose(part)
+        if label is None:
+            continue
+        i = part.index[part["label"] == label][0]
+        table.loc[i, "chosen"] = True
+        lrs = part["lr"].to_numpy(dtype=float)
+        lr = float(table.loc[i, "lr"])
+        table.loc[i, "edge"] = "lowest" if lr <= lrs.min() else ("highest" if lr >= lrs.max() else "")
+    table["bracketed"] = table["chosen"] & (table["edge"] == "")
+    return table.sort_values(["model", "reward", "method", "lr"]).reset_index(drop=True), final_budget(table, budgets)
+
+
+def choose(part: pd.DataFrame) -> str | None:
+    """The one-standard-error rule on one method's grid points (columns label, lr,
+    mean_train_reward, train_reward_se): the lowest rate within one standard error of the best
+    (the best's own se; NaN with one seed: the best itself)."""
+    scored = part[part["mean_train_reward"].notna()]
+    if scored.empty:
+        return None
+    best = scored.loc[scored["mean_train_reward"].idxmax()]
+    se = float(best["train_reward_se"]) if np.isfinite(best["train_reward_se"]) else 0.0
+    close = scored[scored["mean_train_reward"] >= best["mean_train_reward"] - se]
+    return str(close.sort_values("lr").iloc[0]["label"])
+
+
+def final_budget(table: pd.DataFrame, budgets: list[int]) -> int | None:
+    """The first calibration budget after the latest peak of the chosen rates' held-out curves;
+    None when some curve peaks at the last budget (it has not been passed) or there is none."""
     chosen = table[table["chosen"]]
-    curve = chosen[[f"heldout_{b}" for b in budgets]].mean()
-    final = budgets[int(np.nanargmax(curve.to_numpy()))] if curve.notna().any() else None
-    return table.sort_values(["model", "reward", "method", "lr"]).reset_index(drop=True), final
+    peaks = []
+    for _, row in chosen.iterrows():
+        curve = row[[f"heldout_{b}" for b in budgets]].to_numpy(dtype=float)
+        if np.isfinite(curve).any():
+            peaks.append(int(np.nanargmax(curve)))
+    if not peaks or max(peaks) + 1 >= len(budgets):
+        return None
+    return budgets[max(peaks) + 1]

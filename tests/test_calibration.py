@@ -78,7 +78,12 @@ def test_the_rate_with_the_highest_mean_training_reward_is_chosen_and_the_best_b
     assert chosen == {"a": "a-slow", "b": "b"}
     assert table.set_index("label").loc["a-fast", "mean_train_reward"] == pytest.approx(0.475)
     assert table.set_index("label").loc["b", "heldout_128"] == pytest.approx(0.59)
-    assert final == 64  # (0.58 + 0.6) / 2 at 64 > (0.55 + 0.59) / 2 at 128
+    # both chosen curves peak at 64: the study must train past it, to the next budget
+    assert final == 128
+    # a-slow is the lowest rate of a's grid: flagged, not bracketed; b's 3e-4 is the highest of b's
+    t = table.set_index("label")
+    assert t.loc["a-slow", "edge"] == "lowest" and not t.loc["a-slow", "bracketed"]
+    assert t.loc["b", "edge"] == "highest"
 
 
 def test_a_study_without_a_grid_has_no_calibration(tmp_path):
@@ -86,3 +91,36 @@ def test_a_study_without_a_grid_has_no_calibration(tmp_path):
     cfg["algorithms"] = {"a": {}, "b": {}}
     table, final = calibration.calibrate(cfg, tmp_path, pd.DataFrame())
     assert table.empty and final is None
+
+
+def _part(scores: dict[float, tuple[float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"label": f"x-{lr:g}", "lr": lr, "mean_train_reward": m, "train_reward_se": se}
+            for lr, (m, se) in scores.items()
+        ]
+    )
+
+
+def test_one_standard_error_rule_takes_the_gentler_rate_on_a_tie_and_flags_edges():
+    # 3e-4 is best by 0.0003, within its se 0.002: the rule takes 1e-4 (the old rule's 0.8734 vs 0.8730 case)
+    tie = _part({1e-5: (0.85, 0.002), 1e-4: (0.8730, 0.002), 3e-4: (0.8733, 0.002), 1e-3: (0.70, 0.01)})
+    assert calibration.choose(tie) == "x-0.0001"
+    # a clear winner stays the winner, whatever its rate
+    clear = _part({1e-5: (0.85, 0.002), 1e-4: (0.86, 0.002), 3e-4: (0.89, 0.002), 1e-3: (0.70, 0.01)})
+    assert calibration.choose(clear) == "x-0.0003"
+    # one seed (no se): the best itself
+    one = _part({1e-4: (0.87, float("nan")), 3e-4: (0.871, float("nan"))})
+    assert calibration.choose(one) == "x-0.0003"
+
+
+def test_no_final_budget_while_a_curve_still_peaks_at_the_last_budget():
+    table = pd.DataFrame(
+        [
+            {"chosen": True, "heldout_64": 0.6, "heldout_128": 0.7},  # still rising at 128
+            {"chosen": True, "heldout_64": 0.7, "heldout_128": 0.6},
+        ]
+    )
+    assert calibration.final_budget(table, [64, 128]) is None
+    table.loc[0, "heldout_128"] = 0.5
+    assert calibration.final_budget(table, [64, 128]) == 128
