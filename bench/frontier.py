@@ -198,6 +198,38 @@ NOTE = (
 )
 
 
+def derived_rows(cfg: dict, seed_rows: pd.DataFrame) -> pd.DataFrame:
+    """The per-run readings as rows of the derived table (metric
+    `frontier/<reading>/<metric>/<level>`), so the derived table summarises them and a verdict
+    can name them (`derived:frontier/drift_at_gain/quality/fid/0.01`)."""
+    s = settings(cfg)
+    curve = curves(seed_rows, s["drift_metrics"])
+    if curve.empty or curve["budget"].nunique() < 2:
+        return pd.DataFrame()
+    read = readings(curve, cfg)
+    if read.empty:
+        return read
+    last = curve.groupby(RUN)["budget"].max()
+    return pd.DataFrame(
+        {
+            **{k: read[k] for k in RUN},
+            "budget": [int(last[tuple(r)]) for r in read[RUN].itertuples(index=False)],
+            "metric": "frontier/" + read["reading"] + "/" + read["metric"] + "/" + read["level"].map("{:g}".format),
+            "value": read["value"],
+            "status": "finished",
+        }
+    )
+
+
+def reading_direction(key: str) -> str | None:
+    """Which way a frontier reading is better: more gain at a drift, less drift at a gain."""
+    if key.startswith("frontier/gain_at_drift/"):
+        return "higher"
+    if key.startswith("frontier/drift_at_gain/"):
+        return "lower"
+    return None
+
+
 def write(cfg: dict, seed_rows: pd.DataFrame, stats_cfg: dict, out: Path, header) -> pd.DataFrame:
     """frontier.csv (per method and reading), frontier_pairs.csv, frontier_curves.csv (bands)
     and frontier_per_seed.csv; `header(notes)` gives the provenance comment lines. Returns the

@@ -184,7 +184,8 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
         metric = lookup(keys[-1])
         scale_free = metric.scale_free if metric else True
         # a loss-scale-dependent quantity has no better side across methods: no direction shown
-        meta = {"better": (direction(keys[-1]) or "") if scale_free else "", "scale_free": scale_free}
+        better = direction(keys[-1]) or frontier.reading_direction(keys[-1]) or ""
+        meta = {"better": better if scale_free else "", "scale_free": scale_free}
         if values.size == 0:
             out.append(
                 {
@@ -655,6 +656,9 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         if len(f)
     ]
     derived_rows = pd.concat(parts) if parts else pd.DataFrame(columns=seed_rows.columns)
+    frontier_rows = frontier.derived_rows(cfg, seed_rows)  # readings at the declared levels (bench/frontier.py)
+    if len(frontier_rows):
+        derived_rows = pd.concat([derived_rows, frontier_rows], ignore_index=True)
     derived_rows = failures.with_run_status(derived_rows, seed_rows)  # the eval table's diverged flag
     derived_table = summarise(derived_rows, s)
     derived_notes = [

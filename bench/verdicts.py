@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from t2i_rl_bench import analysis
+from t2i_rl_bench import analysis, frontier
 from t2i_rl_bench.metrics import direction
 from t2i_rl_bench.metrics.statistics import clopper_pearson, compare, holm
 
@@ -223,7 +223,7 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
                 if other not in methods:
                     lines.append({**base, "verdict": "not run", "note": f"{other} is not in the study"})
                     continue
-                better, note = direction(key), ""
+                better, note = direction(key) or frontier.reading_direction(key), ""
                 if kind == "probe":
                     frame = tables.probe
                     if frame.empty:
@@ -251,6 +251,10 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
                     x, y = (_per_seed(tables.derived, model, reward, a, k, "final") for a in (claim["method"], other))
                     if kind == "change":
                         note = "final - base, per seed"
+                    elif key.startswith("frontier/"):
+                        note = (
+                            "read along each run's budget curve at a level declared before the runs (bench/frontier.py)"
+                        )
                     elif "convergence/" in key and not x and not y:
                         note = (
                             "no convergence target: no method improved on the base significantly without "

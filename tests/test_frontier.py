@@ -67,3 +67,40 @@ def test_no_curve_no_frontier(tmp_path):
     one = rows[rows["budget"].isin([0])]
     assert frontier.write({}, one, STATS, tmp_path, lambda n: "").empty
     assert frontier.section(tmp_path) == ""
+
+
+def test_frontier_readings_feed_the_derived_table_and_a_verdict():
+    from t2i_rl_bench import verdicts
+
+    cfg = {
+        "statistics": {**STATS, "bootstrap_resamples": 200, "seed": 0},
+        "analysis": {"frontier": {"drift_levels": {"quality/fid": [2.0]}, "gain_levels": {"r": [0.015]}}},
+        "verdicts": {
+            "claims": [
+                {
+                    "id": "f",
+                    "claim": "calm keeps more gain within FID drift 2",
+                    "method": "calm",
+                    "over": "wild",
+                    "measure": "derived:frontier/gain_at_drift/quality/fid/2",
+                },
+                {
+                    "id": "g",
+                    "claim": "calm drifts less at gain 0.015",
+                    "method": "calm",
+                    "over": "wild",
+                    "measure": "derived:frontier/drift_at_gain/quality/fid/0.015",
+                },
+            ]
+        },
+    }
+    rows = _rows({"calm": 50.0, "wild": 500.0}).assign(status="finished")
+    derived = frontier.derived_rows(cfg, rows)
+    assert set(derived["metric"]) >= {
+        "frontier/gain_at_drift/quality/fid/2",
+        "frontier/drift_at_gain/quality/fid/0.015",
+    }
+    empty = pd.DataFrame(columns=rows.columns)
+    out = verdicts.evaluate(cfg, verdicts.Tables(rows, empty, derived, empty)).set_index("id")
+    assert out.loc["f", "verdict"] == "supported" and out.loc["f", "better"] == "higher"
+    assert out.loc["g", "verdict"] == "supported" and out.loc["g", "better"] == "lower"
