@@ -257,6 +257,11 @@ def write(cfg: dict, seed_rows: pd.DataFrame, stats_cfg: dict, out: Path, header
     return summ
 
 
+def read_pairs(tables: Path) -> pd.DataFrame:
+    """frontier_pairs.csv of a tables folder (empty when the study wrote none)."""
+    return _read(tables / "frontier_pairs.csv")
+
+
 def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#") if path.is_file() else pd.DataFrame()
 

@@ -721,12 +721,12 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         "the intervals shown are per line, not adjusted, so an interval may exclude 0 where the corrected "
         "test does not reject"
     )
-    accepted = verdicts.acceptance(cfg, poi)
+    frontier.write(cfg, seed_rows, s, out, lambda notes: _header(prov, "#", notes))  # bench/frontier.py
+    accepted = verdicts.acceptance(cfg, poi, verdict=verdict, frontier_pairs=frontier.read_pairs(out))
     if len(verdict):
         notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]
         write_verdicts(verdict, prov, out, vnote, notes)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
-    frontier.write(cfg, seed_rows, s, out, lambda notes: _header(prov, "#", notes))  # bench/frontier.py
     runs = mechanisms.per_run(cfg, runs_root)  # what each method had on, and what acted (bench/mechanisms.py)
     mech = mechanisms.table(runs)
     if len(mech):

@@ -310,13 +310,21 @@ def primary_reward(cfg: dict) -> str:
     return first if isinstance(first, str) else "+".join(sorted(first))
 
 
-def acceptance(cfg: dict, pairs: pd.DataFrame, confounds: dict | None = None) -> dict:
+def acceptance(
+    cfg: dict,
+    pairs: pd.DataFrame,
+    confounds: dict | None = None,
+    verdict: pd.DataFrame | None = None,
+    frontier_pairs: pd.DataFrame | None = None,
+) -> dict:
     """The headline's rule, applied to the pairwise table (bench/tables.py `improvement`) on the
     primary training reward: (a) `difference` when at least one pair differs Holm-significantly
     on the held-out reward or a gold metric and no confound is named for that pair (`confounds`:
     {(method, over) sorted: reason}); (b) `equivalence` when every pair is within the declared
     margin on the held-out primary reward (TOST, intersection-union: each pair at alpha);
-    else `neither`. Returns {outcome, sentence, reward, mdd, margin, pairs}."""
+    else `neither`. The findings' verdict lines that are supported or contradicted (`verdict`)
+    and the Holm-significant pairs of the frontier (`frontier_pairs`) on the primary reward count
+    as differences too. Returns {outcome, sentence, reward, mdd, margin, pairs}."""
     confounds = confounds or {}
     reward = primary_reward(cfg)
     metric = f"reward/{reward}"
@@ -335,6 +343,24 @@ def acceptance(cfg: dict, pairs: pd.DataFrame, confounds: dict | None = None) ->
         winner, loser = (r.method, r.over) if sign * r.difference > 0 else (r.over, r.method)
         text = f"{winner} over {loser} on {r.metric} ({r.difference:+.4g}, Holm p {r.p_holm:.2g}, {r.test})"
         found.append((text, confounds.get(key)))
+    if verdict is not None and len(verdict) and "kind" in verdict:
+        lines = verdict[
+            (verdict["reward"] == reward)
+            & (verdict["kind"] == "finding")
+            & verdict["verdict"].isin(["supported", "contradicted"])
+        ]
+        for r in lines.itertuples():
+            key = tuple(sorted((r.method, r.over)))
+            found.append((f"{r.id} vs {r.over}: {r.verdict} (Holm p {r.p_holm:.2g})", confounds.get(key)))
+    if frontier_pairs is not None and len(frontier_pairs):
+        sig = frontier_pairs[(frontier_pairs["reward"] == reward) & frontier_pairs["significant"].astype(bool)]
+        for r in sig.itertuples():
+            key = tuple(sorted((r.method, r.over)))
+            text = (
+                f"{r.reading} {r.metric} at {r.level:g}: {r.method} - {r.over} = {r.difference:+.4g} "
+                f"(Holm p {r.p_holm:.2g})"
+            )
+            found.append((text, confounds.get(key)))
     clean = [t for t, c in found if not c]
     n_pairs = len(held)
     equivalent = n_pairs > 0 and "equivalent" in held and bool(held["equivalent"].astype(bool).all())

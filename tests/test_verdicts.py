@@ -198,3 +198,30 @@ def test_acceptance_finds_a_difference_or_equivalence_or_neither():
     assert verdicts.acceptance(cfg, pairs)["outcome"] == "neither"
     notes = verdicts.header_notes(cfg, pairs)
     assert any("minimum detectable difference" in n for n in notes) and any("margins declared" in n for n in notes)
+
+
+def test_acceptance_counts_supported_findings_and_frontier_pairs_but_not_implementation_checks():
+    cfg, pairs = _pairs({"a": 0.5, "b": 0.5, "c": 0.5}, margin=0.0005)  # no difference, no equivalence
+    line = {"reward": "r", "method": "a", "over": "b", "verdict": "supported", "p_holm": 0.01, "id": "x"}
+    check = pd.DataFrame([{**line, "kind": "implementation check"}])
+    assert verdicts.acceptance(cfg, pairs, verdict=check)["outcome"] == "neither"
+    finding = pd.DataFrame([{**line, "kind": "finding"}])
+    acc = verdicts.acceptance(cfg, pairs, verdict=finding)
+    assert acc["outcome"] == "difference" and "x vs b: supported" in acc["sentence"]
+    front = pd.DataFrame(
+        [
+            {
+                "reward": "r",
+                "reading": "drift_at_gain",
+                "metric": "quality/fid",
+                "level": 0.01,
+                "method": "a",
+                "over": "c",
+                "difference": -3.0,
+                "p_holm": 0.001,
+                "significant": True,
+            }
+        ]
+    )
+    acc = verdicts.acceptance(cfg, pairs, frontier_pairs=front)
+    assert acc["outcome"] == "difference" and "drift_at_gain quality/fid" in acc["sentence"]
