@@ -550,8 +550,9 @@ def _statistics_note(tables: Path) -> str:
         return ""
     return (
         f"<p><b>Statistics.</b> Every interval in this report is a {html.escape(st['description'])} unless "
-        "named otherwise; pairwise and verdict tests are Welch's t-tests corrected by Holm-Bonferroni "
-        "(over the pairs of one metric; over all verdict lines); aggregates across rewards use rliable's "
+        "named otherwise; pairwise and verdict tests are paired t-tests by seed where the methods share their seeds "
+        "(else Welch's), corrected by Holm-Bonferroni (over the pairs of one metric; over the findings' verdict "
+        "lines, implementation checks apart); aggregates across rewards use rliable's "
         "stratified bootstrap. A row measured once for every seed (the base model) has no interval.</p>"
     )
 
