@@ -119,3 +119,20 @@ def test_a_method_whose_proxy_rises_while_a_gold_metric_falls_is_flagged():
     by = flags.set_index("algorithm")
     assert bool(by.loc["hack", "flagged"]) and not bool(by.loc["good", "flagged"])
     assert by.loc["hack", "runs_failing_gold_check"] == "0 1 2 3"
+
+
+def test_family_power_states_the_mdd_of_the_family_after_holm():
+    from t2i_rl_bench.metrics.statistics import minimum_detectable_difference, paired_difference
+
+    d = paired_difference([1.1, 1.3, 1.2, 1.4], [1.0, 1.0, 1.0, 1.0])
+    cols = analysis.pair_columns(d, 0.5, 0.05)
+    assert cols["test"] == "paired t" and cols["p_tost"] == pytest.approx(0.015233, abs=2e-6) and cols["equivalent"]
+    assert np.isnan(analysis.pair_columns(d, float("nan"), 0.05)["p_tost"])  # no margin declared: no TOST
+    family = [
+        {"method": a, "over": b, "p_value": 0.1, "sd": sd, "n_seeds": 4, "test": "paired t"}
+        for (a, b), sd in {("x", "y"): 0.1, ("x", "z"): 0.2, ("y", "z"): 0.3}.items()
+    ]
+    family += [{**f, "method": f["over"], "over": f["method"]} for f in family]  # both orders: one pair each
+    power = analysis.family_power(family, 0.05, 0.8)
+    assert power["mdd_tests"] == 3 and power["mdd_sd"] == pytest.approx(0.2)
+    assert power["mdd"] == pytest.approx(minimum_detectable_difference(0.2, 4, 0.05, 0.8, 3))
