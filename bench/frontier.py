@@ -268,7 +268,7 @@ def _read(path: Path) -> pd.DataFrame:
 
 def figure(band: pd.DataFrame, metric: str, title: str):
     """Mean gain against mean drift per method along the budgets, with seed bands (the interval
-    of each axis at every budget as error bars)."""
+    of each axis at every budget, light error bars; the frame fits the mean curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,12 +276,31 @@ def figure(band: pd.DataFrame, metric: str, title: str):
 
     col = f"drift/{metric}"
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs, ys = [], []
     for algo, g in band.groupby("method"):
         g = g.sort_values("budget")
         x, y = g[col].to_numpy(dtype=float), g["gain"].to_numpy(dtype=float)
         xerr = np.abs(np.vstack([x - g[f"{col}_low"], g[f"{col}_high"] - x]))
         yerr = np.abs(np.vstack([y - g["gain_low"], g["gain_high"] - y]))
-        ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), marker="o", ms=3, capsize=2, label=algo)
+        line = ax.plot(x, y, marker="o", ms=3, label=algo)[0]
+        ax.errorbar(
+            x,
+            y,
+            xerr=np.nan_to_num(xerr),
+            yerr=np.nan_to_num(yerr),
+            fmt="none",
+            ecolor=line.get_color(),
+            alpha=0.3,
+            elinewidth=0.8,
+            capsize=0,
+        )
+        xs += list(x[np.isfinite(x)])
+        ys += list(y[np.isfinite(y)])
+    if xs and ys:  # frame the mean curves; a wide seed band runs off the frame rather than hiding them
+        for values, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+            lo, hi = min(values), max(values)
+            pad = 0.25 * (hi - lo) if hi > lo else 1e-3
+            setter(lo - pad, hi + pad)
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel(f"{metric} drift from the base (worse side +)")

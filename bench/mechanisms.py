@@ -248,3 +248,38 @@ def headline_columns(runs: pd.DataFrame) -> pd.DataFrame:
         .mean()
         .rename(columns={"algorithm": "method"})
     )
+
+
+SHOWN = [
+    "method",
+    "advantage",
+    "updates_per_round",
+    *[name for _, _, name in ON_OFF],
+    "trained steps",
+    "lr",
+    "optimiser_steps",
+    "lr_x_steps",
+    "cpu_seconds",
+]
+
+
+def section(tables: Path) -> str:
+    """The report's section: the mechanism table per (model, reward) with its notes; '' when the
+    study wrote none."""
+    import html
+
+    path = Path(tables) / "mechanisms.csv"
+    if not path.is_file():
+        return ""
+    text = path.read_text().splitlines()
+    notes = [line[2:] for line in text if line.startswith("# ") and ("active" in line or "optimiser_steps" in line)]
+    frame = pd.read_csv(path, comment="#")
+    parts = [
+        "<h2>Mechanisms: what each method had on, and what acted</h2>",
+        *(f"<p><small>{html.escape(n)}</small></p>" for n in notes),
+    ]
+    for (model, reward), part in frame.groupby(["model", "reward"]):
+        cols = [c for c in SHOWN if c in part.columns]
+        parts.append(f"<h3>{html.escape(str(model))} / {html.escape(str(reward))}</h3>")
+        parts.append(part[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+    return "\n".join(parts)

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from t2i_rl_bench import calibration, failures, frontier  # noqa: E402
+from t2i_rl_bench import calibration, failures, frontier, mechanisms  # noqa: E402
 from t2i_rl_bench.io import atomic_write_text  # noqa: E402
 from t2i_rl_bench.metrics import direction, gold_keys, lookup  # noqa: E402
 
@@ -748,6 +748,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
             f"<figure><img alt='{html.escape(title)}' src='{uri}'><figcaption>{html.escape(title)}"
             "</figcaption></figure>"
         )
+    parts.append(mechanisms.section(tables))  # what each method had on, and what acted (bench/mechanisms.py)
     parts.append(frontier.section(tables))  # the reward-quality frontier (bench/frontier.py)
     parts.append(calibration_section(tables, runs_root))
     parts.append(probe_section(tables))
