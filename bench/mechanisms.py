@@ -283,3 +283,32 @@ def section(tables: Path) -> str:
         parts.append(f"<h3>{html.escape(str(model))} / {html.escape(str(reward))}</h3>")
         parts.append(part[cols].to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
     return "\n".join(parts)
+
+
+def confounds(mech: pd.DataFrame, reward: str) -> dict[tuple[str, str], str]:
+    """Pairs of methods (sorted) on `reward` for which a mechanism that both have on acted on
+    every seed of one and on no seed of the other: a difference between them may come from that
+    mechanism's activity, not from the methods' design (the acceptance rule's named confounds)."""
+    out: dict[tuple[str, str], str] = {}
+    if mech is None or mech.empty:
+        return out
+    part = mech[mech["reward"] == reward].set_index("method")
+    state: dict[str, dict[str, str]] = {}
+    for method, row in part.iterrows():
+        state[str(method)] = {}
+        for _, _, name in ON_OFF:
+            cell = str(row.get(name, "off"))
+            if "active " in cell:
+                k, n = cell.rsplit("active ", 1)[1].split("/")
+                state[str(method)][name] = "all" if int(k) == int(n) and int(n) else ("none" if int(k) == 0 else "some")
+    methods = sorted(state)
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            split = [
+                name for name in state[a] if name in state[b] and {state[a][name], state[b][name]} == {"all", "none"}
+            ]
+            if split:
+                out[(a, b)] = "; ".join(
+                    f"{name} active in {a if state[a][name] == 'all' else b} only" for name in split
+                )
+    return out

@@ -722,13 +722,14 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         "test does not reject"
     )
     frontier.write(cfg, seed_rows, s, out, lambda notes: _header(prov, "#", notes))  # bench/frontier.py
-    accepted = verdicts.acceptance(cfg, poi, verdict=verdict, frontier_pairs=frontier.read_pairs(out))
+    runs = mechanisms.per_run(cfg, runs_root)  # what each method had on, and what acted (bench/mechanisms.py)
+    mech = mechanisms.table(runs)
+    named = mechanisms.confounds(mech, verdicts.primary_reward(cfg))
+    accepted = verdicts.acceptance(cfg, poi, named, verdict=verdict, frontier_pairs=frontier.read_pairs(out))
     if len(verdict):
         notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]
         write_verdicts(verdict, prov, out, vnote, notes)
     head = headline(table, derived_rows, secs_levels, hack, verdict, s)
-    runs = mechanisms.per_run(cfg, runs_root)  # what each method had on, and what acted (bench/mechanisms.py)
-    mech = mechanisms.table(runs)
     if len(mech):
         write_tables(mech, prov, out, "mechanisms", [*mechanisms.NOTES, *mechanisms.inactive(mech)])
     if len(head):

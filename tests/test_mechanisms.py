@@ -57,3 +57,18 @@ def test_mechanisms_on_and_active_from_settings_and_logs(tiny_model, tmp_path):
     assert shown.loc["pcpo", "step weights vary"] == "reweight; active 1/1"
     head = mechanisms.headline_columns(runs.reset_index())
     assert set(head["method"]) == {"reinforce", "ddpo_is", "pcpo", "prdp"}
+
+
+def test_a_mechanism_active_in_one_arm_only_is_a_named_confound():
+    clip = "clip"
+    mech = pd.DataFrame(
+        [
+            {"reward": "r", "method": "a", clip: "0.0001; active 4/4", "SDE": "flowgrpo eta 0.7; active 4/4"},
+            {"reward": "r", "method": "b", clip: "0.0001; active 0/4", "SDE": "flowgrpo eta 0.7; active 4/4"},
+            {"reward": "r", "method": "c", clip: "off", "SDE": "flowgrpo eta 0.7; active 4/4"},
+            {"reward": "s", "method": "a", clip: "0.0001; active 0/4", "SDE": "off"},
+        ]
+    )
+    named = mechanisms.confounds(mech, "r")
+    assert named == {("a", "b"): "clip active in a only"}  # c has no clip: a design difference, not a confound
+    assert mechanisms.confounds(mech, "s") == {}
