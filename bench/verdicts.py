@@ -341,7 +341,7 @@ def acceptance(
         better = r.better if isinstance(r.better, str) else ""
         sign = -1.0 if better == "lower" else 1.0
         winner, loser = (r.method, r.over) if sign * r.difference > 0 else (r.over, r.method)
-        text = f"{winner} over {loser} on {r.metric} ({r.difference:+.4g}, Holm p {r.p_holm:.2g}, {r.test})"
+        text = f"{winner} over {loser} on {r.metric} (by {abs(r.difference):.4g}, Holm p {r.p_holm:.2g}, {r.test})"
         found.append((text, confounds.get(key)))
     if verdict is not None and len(verdict) and "kind" in verdict:
         lines = verdict[
