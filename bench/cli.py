@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quote-in", help="a README whose table markers get the study's headline and verdict tables")
     p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
+    from t2i_rl_bench import jobguard
     from t2i_rl_bench.failures import recorded_failure
+
+    jobguard.bind()  # inside a workflow job: this process ends with its job (no orphan writes)
 
     with recorded_failure(args):  # a reward error, divergence or OOM ends a job as a failed result
         args.fn(args)

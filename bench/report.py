@@ -625,7 +625,8 @@ def derived_section(tables: Path) -> str:
             algos = sorted(part["algorithm"].unique())
             rows = []
             for metric, g in part.groupby("metric"):
-                vals = g.set_index("algorithm")
+                # one row per method: its final budget (a failed seed's row may sit at an earlier one)
+                vals = g.sort_values("budget").drop_duplicates("algorithm", keep="last").set_index("algorithm")
                 cells = []
                 for a in algos:
                     if a not in vals.index:

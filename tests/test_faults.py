@@ -463,9 +463,11 @@ def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, re
     ]
     assert failures.main(argv) == rc
     assert out.is_file() == recorded
-    if recorded:
+    assert failures.kills(out) == int(recorded)  # the count that makes the next `snakemake` run it again
+    if recorded:  # not a failure of the method: status killed, and what the next run does about it
         summary = strict_load(out.read_text())
-        assert summary["status"] == "failed" and "signal 9" in summary["reason"]
+        assert summary["status"] == "killed" and "signal 9" in summary["reason"]
+        assert "--rerun-incomplete" in summary["reason"] and "resumes the training" in summary["reason"]
 
 
 def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
@@ -482,7 +484,9 @@ def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
     assert failures.main(argv) == 0
     assert evaluation.read_text() == '{"status": "finished", "rows": [{"budget": 0}]}'
     probe = strict_load((run / "probe.json").read_text())
-    assert probe["status"] == "failed" and probe["stage"] == "probe" and "signal 9" in probe["reason"]
+    assert probe["status"] == "killed" and probe["stage"] == "probe" and "signal 9" in probe["reason"]
+    assert "runs the probe job again" in probe["reason"]  # the advice fits the stage
+    assert failures.kills(evaluation) == 0 and failures.kills(run / "probe.json") == 1
     with pytest.raises(SystemExit):  # an output without its stage is refused, not guessed
         failures.main(["killed", "--out", str(evaluation), "--out", "x", "--stage", "probe", "--exit-code", "137"])
 
@@ -585,3 +589,61 @@ def test_a_run_killed_beyond_its_retries_is_a_failed_result_of_the_workflow(tmp_
     failed = pd.read_csv(tables / "failed_runs.csv", comment="#")
     assert list(failed["stage"]) == ["train"] and "signal 9" in failed["reason"].iloc[0]
     assert "signal 9" in (work / "report" / "studies" / "quick" / "index.html").read_text()
+
+
+# ---------------------------------------------------------------- a reward that never returns
+SLEEPY = """
+import time
+def sleepy(images, prompts, metadata):
+    time.sleep(30)  # a hung reward model, a dead network share
+    raise AssertionError("the watchdog let a 30 s reward call through")
+"""
+
+
+def test_a_reward_that_never_returns_ends_its_run_as_a_failure_naming_it_and_the_study_goes_on(
+    tiny_model, tmp_path, monkeypatch
+):
+    import time
+
+    from t2i_rl_bench.reward import TIMEOUT_ENV
+
+    plugin = tmp_path / "sleepy.py"
+    plugin.write_text(SLEEPY)
+    cfg = small_study(tiny_model, {"reinforce": {}}, rewards=("jpeg_compressibility", f"{plugin}:sleepy"))
+    assert cfg["timeouts"] == {"reward_s": 600}  # the default, stated in config/schema.yaml
+    assert "T2I_RL_BENCH_REWARD_TIMEOUT={float(config['timeouts']['reward_s']):g}" in (ROOT / "Snakefile").read_text()
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5")  # what the Snakefile exports from timeouts.reward_s: 0.5
+    start = time.monotonic()
+    run_jobs(cfg, tmp_path / "runs")  # every command exits 0
+    assert time.monotonic() - start < 60
+    bad = next(k for k in study.runs(cfg) if "sleepy" in k.reward)
+    summary = strict_load((tmp_path / "runs" / bad.path / "summary.json").read_text())
+    assert summary["status"] == "failed", summary
+    assert re.search(rf"reward '{re.escape(str(plugin))}:sleepy' did not return within 0.5 s", summary["reason"])
+    assert re.search(r"stopped after 0\.\d s", summary["reason"])
+    good = next(k for k in study.runs(cfg) if k.reward == "jpeg_compressibility")
+    assert strict_load((tmp_path / "runs" / good.path / "summary.json").read_text())["status"] == "finished"
+    probe = strict_load((tmp_path / "runs" / bad.path / "probe.json").read_text())
+    assert probe["status"] == "failed" and "did not return within 0.5 s" in probe["reason"]
+
+
+def test_a_reward_server_whose_reward_hangs_answers_504_naming_it(tmp_path):
+    from t2i_rl_bench.rewards.remote import RemoteReward, RemoteRewardError
+
+    plugin = tmp_path / "sleepy.py"
+    plugin.write_text(SLEEPY)
+    serve = [sys.executable, "-m", "t2i_rl_bench.reward_server", "serve", "--reward", f"{plugin}:sleepy"]
+    proc = subprocess.Popen(
+        [*serve, "--port", "0", "--timeout", "0.5", "--max-requests", "2"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = proc.stdout.readline().split(" at ")[1].strip()
+        client = RemoteReward(url=url, timeout=20, check_on_start=False)
+        import torch
+
+        with pytest.raises(RemoteRewardError, match=r"HTTP 504: reward .*sleepy' did not return within 0.5 s"):
+            client(torch.zeros(2, 3, 4, 4), ["x", "y"], {})
+        assert client.health()["reward"].endswith("sleepy")  # it serves on
+    finally:
+        proc.kill()
+        proc.wait()
