@@ -250,9 +250,15 @@ def results_only(rows: pd.DataFrame) -> pd.DataFrame:  # noqa: F821
     return rows if rows.empty or "status" not in rows else rows[rows["status"].isin(RESULTS)]
 
 
-def count_failed(status: pd.Series) -> int:  # noqa: F821
-    """Seeds that failed as a method (diverged, or stopped by its own error); a kill is not one."""
-    return int(status.isin(METHOD_FAILURES).sum())
+def failed_seeds(rows: pd.DataFrame) -> dict[tuple, int]:  # noqa: F821
+    """Per (model, reward, algorithm): its seeds that failed as a method (diverged, or stopped by
+    its own error; a kill is not one), what the tables' `diverged` column counts on every row of
+    the method, at every budget (also the ones the failed seed never reached)."""
+    if rows.empty or "status" not in rows:
+        return {}
+    runs = rows.drop_duplicates(["model", "reward", "algorithm", "seed"])
+    failed = runs[runs["status"].isin(METHOD_FAILURES)]
+    return {tuple(k): int(n) for k, n in failed.groupby(["model", "reward", "algorithm"]).size().items()}
 
 
 def with_unfinished(derived: pd.DataFrame, seed_rows: pd.DataFrame) -> pd.DataFrame:  # noqa: F821

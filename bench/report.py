@@ -118,7 +118,12 @@ def headline_section(tables: Path) -> str:
             [
                 f"{r['model']} / {r['reward']}",
                 r["method"],
-                str(int(r["n_seeds"])),
+                str(int(r["n_seeds"]))
+                + (  # the seeds in no mean (failed, killed, diverged before the final budget), marked
+                    f"<br><span class='flag'>⚠ {html.escape(r['not_finished'])}</span>"
+                    if isinstance(r.get("not_finished"), str) and r["not_finished"]
+                    else ""
+                ),
                 _ci(r["gain"], r["gain_low"], r["gain_high"], True),
                 _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"], True)
                 + f"<br><small>at {_f(r['seconds_level'])} s</small>",

@@ -175,10 +175,11 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
     `better` and `scale_free` from the registry."""
     s = _stats(stats_cfg)
     out = []
+    failed = failures.failed_seeds(seed_rows)  # diverged or failed seeds of each method (a kill is not one)
     for keys, group in seed_rows.groupby(KEYS, sort=True):
         values = group["value"].to_numpy(dtype=float)
         values = values[np.isfinite(values)]  # censored / undefined seeds are counted apart
-        diverged = failures.count_failed(group["status"])  # diverged or failed seeds (a kill is not one)
+        diverged = failed.get(tuple(keys[:3]), 0)
         metric = lookup(keys[-1])
         scale_free = metric.scale_free if metric else True
         # a loss-scale-dependent quantity has no better side across methods: no direction shown
@@ -379,9 +380,9 @@ def headline(
             else derived
         )
 
-        def ci_of(key: str, frame: pd.DataFrame = d) -> tuple[float, float, float, int]:
+        def ci_of(key: str, frame: pd.DataFrame = d, final: int = final_budget) -> tuple[float, float, float, int]:
             # the seeds that reached the final budget only: a row never mixes budgets
-            at = (frame["metric"] == key) & (frame["budget"] == final_budget) if len(frame) else None
+            at = (frame["metric"] == key) & (frame["budget"] == final) if len(frame) else None
             v = frame[at]["value"].to_numpy(dtype=float) if len(frame) else np.array([])
             v = v[np.isfinite(v)]
             if v.size == 0:

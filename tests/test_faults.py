@@ -647,3 +647,36 @@ def test_a_reward_server_whose_reward_hangs_answers_504_naming_it(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------- failed runs in the headline
+@pytest.mark.parametrize("status, counted", [("killed", 0), ("failed", 1)])
+def test_a_failed_or_killed_seed_enters_no_mean_or_level_and_is_marked_in_the_headline(
+    tiny_model, tmp_path, status, counted
+):
+    cfg = small_study(tiny_model, {"reinforce": {}}, seeds=(0, 1))
+    runs = tmp_path / "runs"
+    run_jobs(cfg, runs)
+    first, second = (runs / k.path for k in study.runs(cfg))
+    # seed 1 stopped after its first checkpoint (budget 4), as a kill or a plugin error leaves it
+    for name in ("summary.json", "eval.json", "probe.json"):
+        record = strict_load((second / name).read_text())
+        record.update(status=status, reason=f"{status} for the test")
+        record["rows"] = [r for r in record.get("rows", []) if r.get("budget", 0) <= 4]
+        (second / name).write_text(json.dumps(record))
+    html = aggregate_and_report(cfg, tmp_path)  # the report rendered (it crashed in derived_section)
+    ok = strict_load((first / "eval.json").read_text())["rows"]
+    head = pd.read_csv(tmp_path / "tables" / "headline.csv", comment="#")
+    assert list(head["n_seeds"]) == [1] and list(head["images"]) == [8]  # no row mixes seed 0 at 8 and seed 1 at 4
+    assert head["gain"].iloc[0] == pytest.approx(
+        ok[-1]["reward/jpeg_compressibility"] - ok[0]["reward/jpeg_compressibility"]
+    )
+    # the compute-matched level is the finished seed's, not the failed one's
+    assert head["seconds_level"].iloc[0] == pytest.approx(ok[-1]["device_seconds"], rel=1e-5)
+    assert f"seed 1 {status}" in head["not_finished"].iloc[0] and f"seed 1 {status}" in html
+    table = pd.read_csv(tmp_path / "tables" / "eval.csv", comment="#")
+    at4 = table[(table["metric"] == "reward/jpeg_compressibility") & (table["budget"] == 4)]
+    assert list(at4["n_seeds"]) == [1] and at4["mean"].iloc[0] == pytest.approx(ok[1]["reward/jpeg_compressibility"])
+    assert (table[table["budget"] > 0]["diverged"] == counted).all()  # a kill is no failure of the method
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert set(failed["seed"]) == {1} and set(failed["status"]) == {status}
