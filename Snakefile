@@ -14,6 +14,7 @@ if not config:
     configfile: "config/config.yaml"
 
 
+study.check_files(workflow.configfiles)  # a key given twice is refused (YAML would keep the last)
 # schema + semantic checks, and the recorded SHA-256 of every model and judge (t2i_rl_bench.integrity),
 # before any job starts; hashed once, by the main process (not again inside each cluster job)
 _validated = study.validate(config, verify=workflow.is_main_process)

@@ -67,7 +67,25 @@ def _images_seen(run_dir: Path) -> int:
     return int(json.loads(lines[-1]).get("images_seen", 0)) if lines else 0
 
 
+REASON_LIMIT = 600  # characters of a reason kept in a record, failed_runs.csv and the report
+
+
+def short_reason(reason: str, limit: int = REASON_LIMIT) -> str:
+    """`reason` cut to `limit` characters (a plugin's error may hold a whole tensor's repr)."""
+    reason = " ".join(str(reason).split())
+    return reason if len(reason) <= limit else f"{reason[:limit]}... ({len(reason) - limit} more characters cut)"
+
+
+def subject(spec, label: str, what: str = "") -> str:
+    """Who failed, for a reason: the algorithm's config label and, where it differs, its plugin
+    path or name; the reward's spec; and the stage (`what`)."""
+    algorithm = f"algorithm {label!r}" + (f" (plugin {spec.algorithm})" if spec.algorithm != label else "")
+    reward = spec.reward if isinstance(spec.reward, str) else "+".join(spec.reward)
+    return f"{what + ' of ' if what else ''}{algorithm} on reward {reward!r}"
+
+
 def failure_record(stage: str, reason: str, run_dir: Path | None) -> dict:
+    reason = short_reason(reason)
     record = {"status": FAILED, "stage": stage, "reason": reason, "rows": []}
     if run_dir is None:  # a shared base row (evaluate-base, probe-base): no run reuses it
         record["key"] = None
@@ -94,12 +112,13 @@ def write_failure(stage: str, path: Path, run_dir: Path | None, reason: str) -> 
 
 
 @contextlib.contextmanager
-def recorded(stage: str, path: Path, run_dir: Path | None):
-    """Run one stage; an expected failure is written as the stage's output with the reason."""
+def recorded(stage: str, path: Path, run_dir: Path | None, who: str = ""):
+    """Run one stage; an expected failure is written as the stage's output with the reason,
+    which starts with `who` failed (`subject`: the label and plugin path) when given."""
     try:
         yield
     except expected_failures() as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{who + ': ' if who else ''}{type(exc).__name__}: {exc}"
         traceback.print_exc()
         write_failure(stage, path, run_dir, reason)
         print(f"{stage} failed, recorded in {path}: {reason}", file=sys.stderr)
@@ -113,8 +132,23 @@ def recorded_failure(args):
     if target is None:
         yield
         return
-    with recorded(*target):
+    with recorded(*target, who=_who(args, *target)):
         yield
+
+
+def _who(args, stage: str, path: Path, run_dir: Path | None) -> str:
+    """`subject` of a command's run, from its run config (the label: the run folder's name)."""
+    from t2i_rl_bench.spec import RunSpec
+
+    what = {"train": "training", "evaluate": "evaluation", "probe": "probe"}.get(stage, stage)
+    try:
+        text = getattr(args, "run_config", None)
+        spec = RunSpec.from_json(text) if isinstance(text, str) else RunSpec.read(run_dir or path.parent)
+    except (OSError, ValueError, TypeError):
+        return ""
+    if run_dir is None:  # a base-model result shared by every algorithm of the model
+        return f"{what} of the base model {Path(spec.model_path).name!r}"
+    return subject(spec, run_dir.parent.name, what)
 
 
 def killed_reason(exit_code: int, attempts: int, stage: str = "train") -> str:
@@ -209,7 +243,7 @@ def failed_runs(cfg: dict, runs_root: str | Path) -> pd.DataFrame:  # noqa: F821
                     "stage": stage,
                     "status": status,
                     "images_seen": (record or {}).get("images_seen") if stage == "train" else None,
-                    "reason": reason or "",
+                    "reason": short_reason(reason or ""),
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)

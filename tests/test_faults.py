@@ -680,3 +680,51 @@ def test_a_failed_or_killed_seed_enters_no_mean_or_level_and_is_marked_in_the_he
     assert (table[table["budget"] > 0]["diverged"] == counted).all()  # a kill is no failure of the method
     failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
     assert set(failed["seed"]) == {1} and set(failed["status"]) == {status}
+
+
+# ---------------------------------------------------------------- failure messages
+NON_SCALAR = """
+import torch
+from t2i_rl_bench.algorithm import Algorithm, Loss
+class NonScalar(Algorithm):
+    def loss(self, batch):
+        return Loss(batch.logp.mean() + torch.arange(900.0))  # a whole tensor (printed in full), not a scalar
+"""
+
+
+def test_a_failure_names_the_label_and_the_plugin_path_and_holds_no_whole_tensor(tiny_model, tmp_path):
+    plugin = tmp_path / "nonscalar.py"
+    plugin.write_text(NON_SCALAR)
+    cfg = small_study(tiny_model, {"mine": {"plugin": f"{plugin}:NonScalar"}})
+    run_jobs(cfg, tmp_path / "runs")
+    (key,) = study.runs(cfg)
+    who = f"algorithm 'mine' (plugin {plugin}:NonScalar)"
+    summary = strict_load((tmp_path / "runs" / key.path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith(f"training of {who}")
+    base = tmp_path / "runs" / "tiny" / "jpeg_compressibility" / "mine" / "base_probe.json"
+    spec = study.run_spec(cfg, study.base_run_key(cfg, "tiny", None, "mine")).to_json()
+    assert (
+        bench_main(["probe-base", "--run-config", spec, "--probe", json.dumps(cfg["probe"]), "--out", str(base)]) == 0
+    )
+    probe = strict_load(base.read_text())
+    assert probe["reason"].startswith(f"probe of the base model of {who}")  # not the class name alone
+    assert "resume" not in probe["reason"]
+    aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    for reason in [summary["reason"], probe["reason"], *failed["reason"]]:
+        assert len(reason) < 800 and "characters cut" in reason  # the tensor's repr is cut
+
+
+def test_list_marks_an_installed_plugin_that_fails_to_import(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    from t2i_rl_bench.cli import main
+    from t2i_rl_bench.registry import ALGORITHMS
+
+    broken = EntryPoint("broken_algo", "no_such_package.algo:Broken", "t2i_rl_bench.algorithms")
+    real = ALGORITHMS._entry_points
+    monkeypatch.setattr(ALGORITHMS, "_entry_points", lambda: {**real(), "broken_algo": broken})
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "broken_algo [FAILS TO IMPORT]" in out.splitlines()[0] and "ddpo_is," in out.splitlines()[0]
+    assert re.search(r"algorithm broken_algo: .*no_such_package.*failed to import.*ModuleNotFoundError", out)
