@@ -31,7 +31,12 @@ SPEC_SECTIONS = ("sampling", "train")
 
 
 class ConfigError(ValueError):
-    """A study config that cannot run; the message names the key."""
+    """A study config that cannot run; the message names the key. `errors`: every error found
+    at once (the schema's), one line each; else the message alone."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 def _fill_defaults(validator_cls):
@@ -317,9 +322,7 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
         messages = [
             f"config key '{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}': {e.message}" for e in errors
         ]
-        error = ConfigError(messages[0])
-        error.errors = messages  # every schema error, one line each (`validate` prints them all)
-        raise error
+        raise ConfigError(messages[0], messages)  # every schema error, one line each (`validate` prints them all)
     _fill_spec_defaults(config, schema)
     check_labels(config)
     if check_paths and verify:

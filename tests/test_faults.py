@@ -728,3 +728,40 @@ def test_list_marks_an_installed_plugin_that_fails_to_import(monkeypatch, capsys
     out = capsys.readouterr().out
     assert "broken_algo [FAILS TO IMPORT]" in out.splitlines()[0] and "ddpo_is," in out.splitlines()[0]
     assert re.search(r"algorithm broken_algo: .*no_such_package.*failed to import.*ModuleNotFoundError", out)
+
+
+# ---------------------------------------------------------------- no orphan after its job ended
+ORPHAN = """
+import os, sys, time
+from t2i_rl_bench import jobguard
+from t2i_rl_bench.io import atomic_write_text
+jobguard.bind(interval=0.2)
+print(os.getpid(), flush=True)
+for i in range(100):
+    atomic_write_text(sys.argv[1], str(i))  # what a trainer does: write into its run folder
+    time.sleep(0.1)
+"""
+
+
+def test_a_command_whose_job_shell_is_killed_ends_and_writes_nothing_more(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "status.txt"
+    (tmp_path / "orphan.py").write_text(ORPHAN)
+    # the workflow's job: a shell that exports its pid (the Snakefile's prefix) and runs a command
+    shell = subprocess.Popen(
+        ["bash", "-c", f"export T2I_RL_BENCH_JOB_PID=$$; {sys.executable} {tmp_path / 'orphan.py'} {out} || true"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(shell.stdout.readline())
+    time.sleep(0.5)
+    shell.send_signal(signal.SIGKILL)  # kill -9 of the wrapper, not of the command
+    shell.wait()
+    time.sleep(1.5)
+    written = out.read_text()
+    time.sleep(1.0)
+    assert out.read_text() == written, "the command wrote on after its job ended"
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX"

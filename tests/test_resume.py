@@ -215,3 +215,30 @@ def test_a_job_killed_by_sigkill_resumes_with_the_readme_command_and_ends_like_a
         timeout=300,
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_second_trainer_on_a_run_folder_another_process_trains_is_refused(tmp_path):
+    # an orphan of a killed workflow still training: a new job on its folder must not write beside it
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from t2i_rl_bench.distributed import World; "
+            "from t2i_rl_bench.train.state import RunState; RunState(Path(sys.argv[1]), World.current()).lock(); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        from t2i_rl_bench.distributed import World
+        from t2i_rl_bench.train.state import RunFolderBusy, RunState
+
+        with pytest.raises(RunFolderBusy, match=rf"being written by another process \(pid {holder.pid}\)"):
+            RunState(tmp_path / "run", World.current()).lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunState(tmp_path / "run", World.current()).lock()  # free once that process has ended

@@ -62,6 +62,9 @@ class RunFolderBusy(RuntimeError):
     """Another live process is training in the same run folder."""
 
 
+_HELD: dict[Path, Any] = {}  # run folders this process holds (held until it ends; re-entry is free)
+
+
 class RunState:
     def __init__(self, out: Path, world: World):
         self.out, self.world = out, world
@@ -74,6 +77,10 @@ class RunState:
         if not self.world.main or self._lock is not None:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        key = self.out.resolve()
+        if key in _HELD:  # this process trained here before (a test, a notebook): its own lock
+            self._lock = _HELD[key]
+            return
         handle = open(self.out / ".lock", "a+")  # noqa: SIM115 - held open until the process ends
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -89,7 +96,7 @@ class RunState:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        self._lock = handle
+        self._lock = _HELD[key] = handle
 
     def checkpoint(self, trainer: Trainer, budget: int) -> None:
         """The weights at a budget, with the images and seconds it took (what evaluate and probe read)."""
