@@ -398,8 +398,10 @@ def html_section(tables: str | Path) -> str:
         for r in table.itertuples()
     )
     return (
-        f"<h2>Failed runs</h2><p>{len(table)} run stage(s) did not finish; their tables stop at the last "
-        f"good checkpoint, or hold no row.</p><ul>{items}</ul>"
+        f"<h2>Failed runs</h2><p>{len(table)} run stage(s) did not finish. A failed or killed run enters no "
+        "mean, level or compute-matched reading (its seeds are marked in the headline); a diverged one counts up "
+        "to its last good checkpoint. A killed job runs again, resuming its training, with the next "
+        f"<code>snakemake --cores all --rerun-incomplete</code>.</p><ul>{items}</ul>"
     )
 
 
