@@ -5,7 +5,7 @@ import json
 import shlex
 import sys
 
-from t2i_rl_bench import study
+from t2i_rl_bench import failures, study
 from t2i_rl_bench.layout import study_paths
 
 # the default study unless --configfile names another (a preset replaces it; it is not merged)
@@ -14,6 +14,7 @@ if not config:
     configfile: "config/config.yaml"
 
 
+study.check_files(workflow.configfiles)  # a key given twice is refused (YAML would keep the last)
 # schema + semantic checks, and the recorded SHA-256 of every model and judge (t2i_rl_bench.integrity),
 # before any job starts; hashed once, by the main process (not again inside each cluster job)
 _validated = study.validate(config, verify=workflow.is_main_process)
@@ -32,8 +33,25 @@ RUN_DIR = OUT.run_dir
 RUNS_ROOT, TABLES, LOGS, BENCH = OUT.runs, OUT.tables, OUT.logs, OUT.benchmarks
 JUDGE = [config["evaluation"]["clip_model"] + "/bench_model.json"] if config["evaluation"]["clip_model"] else []
 # a job whose process dies (SIGKILL, the OOM killer) is retried (training resumes from its state);
-# after Snakemake's last retry its output records the failure, so aggregate and report still run
+# after Snakemake's last retry its output records status `killed` (no result: it enters no mean), so
+# aggregate and report still run, and the kill is counted beside it (failures.kills): that count
+# is a parameter of the job, so the next `snakemake` runs the killed job again and training
+# resumes from its last state; once it has run, the recorded count is the count and nothing reruns
 RETRIES = getattr(workflow.execution_settings, "retries", 0)  # None in a dry run
+
+
+class NeverKilled:
+    """`kills` of a job never killed: a value Snakemake does not record, so the parameters of a job
+    that ran before this parameter existed are unchanged (no rerun of a finished study)."""
+
+    def __repr__(self):
+        return "0"
+
+
+def kills(*patterns):
+    """The job parameter `kills`: how often the job writing these outputs was killed (patterns
+    filled from the job's wildcards; not from `output`, which Snakemake would not compare)."""
+    return lambda w: failures.kills(*(p.format(**dict(w.items())) for p in patterns)) or NeverKilled()
 
 
 def killed(*stages):
@@ -43,7 +61,12 @@ def killed(*stages):
             + " --exit-code $? --attempt {resources.attempt} --retries {RETRIES} >> {log} 2>&1")
 
 
-shell.prefix("export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false; ")
+# T2I_RL_BENCH_JOB_PID: the job's shell; a command of the job ends when it does (bench/jobguard.py);
+# T2I_RL_BENCH_REWARD_TIMEOUT: the study's timeouts.reward_s, the limit of every reward call
+shell.prefix(
+    "export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false T2I_RL_BENCH_JOB_PID=$$ "
+    f"T2I_RL_BENCH_REWARD_TIMEOUT={float(config['timeouts']['reward_s']):g}; "
+)
 wildcard_constraints:
     seed=r"\d+",
     model=r"[^/]+",
@@ -115,6 +138,7 @@ rule train:
         RUN_DIR + "/summary.json",
     params:
         run=run_config,
+        kills=kills(RUN_DIR + "/summary.json"),
     threads: 1
     resources:
         **config["resources"]["train"],
@@ -137,6 +161,7 @@ rule evaluate_base:
         RUNS_ROOT + "/{model}/base_eval.json",
     params:
         run=lambda w: base_run_config(w.model),
+        kills=kills(RUNS_ROOT + "/{model}/base_eval.json"),
     threads: 1
     resources:
         **config["resources"]["evaluate"],
@@ -171,6 +196,7 @@ rule probe_base:
         expand(RUNS_ROOT + "/{{model}}/{{reward}}/{algorithm}/base_probe.json", algorithm=ALGORITHMS),
     params:
         runs=probe_base_args,
+        kills=kills(*(RUNS_ROOT + "/{model}/{reward}/" + a + "/base_probe.json" for a in ALGORITHMS)),
     threads: 1
     resources:
         **config["resources"]["probe"],
@@ -195,6 +221,8 @@ rule assess:
     output:
         RUN_DIR + "/eval.json",
         [RUN_DIR + "/probe.json"] if PROBE else [],
+    params:
+        kills=kills(RUN_DIR + "/eval.json", *([RUN_DIR + "/probe.json"] if PROBE else [])),
     threads: 1
     resources:
         **study.assess_resources(config),
@@ -218,6 +246,7 @@ rule recursive:
         RUN_DIR + "/recursive/{variant}.json",
     params:
         settings=lambda w: json.dumps(RECURSIVE[w.variant]),
+        kills=kills(RUN_DIR + "/recursive/{variant}.json"),
     threads: 1
     resources:
         **config["resources"]["evaluate"],

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from t2i_rl_bench import failures
 from t2i_rl_bench.metrics import direction, floors, gold_keys
 from t2i_rl_bench.metrics.collapse import metric_at_reward
 from t2i_rl_bench.metrics.convergence import first_crossing, normalized_auc
@@ -71,7 +72,7 @@ class Rules:
 
 
 def _curves(seed_rows: pd.DataFrame, metric: str) -> dict[tuple, pd.Series]:
-    part = seed_rows[seed_rows["metric"] == metric]
+    part = failures.results_only(seed_rows[seed_rows["metric"] == metric])  # no failed or killed run
     return {key: g.set_index("budget")["value"].sort_index() for key, g in part.groupby(RUN)}
 
 

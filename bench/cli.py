@@ -21,8 +21,14 @@ def cmd_list(args) -> None:
     from t2i_rl_bench.registry import ALGORITHMS, METRICS, MODELS, REWARDS
     from t2i_rl_bench.sampling import FLOW_VARIANTS
 
+    broken = []
     for title, reg in (("algorithms", ALGORITHMS), ("rewards", REWARDS), ("metrics", METRICS), ("models", MODELS)):
-        print(f"{title}: {', '.join(reg.names()) or '(none)'}")
+        problems = reg.problems()
+        names = [f"{n} [FAILS TO IMPORT]" if n in problems else n for n in reg.names()]
+        print(f"{title}: {', '.join(names) or '(none)'}")
+        broken += [f"  {title[:-1]} {n}: {problems[n]}" for n in sorted(problems)]
+    if broken:  # installed, but refused by a study that names it
+        print("plugins that fail to import (a study naming one is refused):", *broken, sep="\n")
     # the sampler options any algorithm runs with on a flow model (sampling.* or algorithms.<label>.*)
     print(f"flow SDEs (flow_variant): {', '.join(FLOW_VARIANTS)}")
     print(
@@ -32,9 +38,20 @@ def cmd_list(args) -> None:
 
 
 def cmd_validate(args) -> None:
+    """One line per error, naming the file and the key (the traceback only with --debug)."""
     from t2i_rl_bench import study
+    from t2i_rl_bench.registry import PluginError
 
-    cfg = study.load(args.configfile)
+    try:
+        cfg = study.load(args.configfile)
+    except (study.ConfigError, PluginError, OSError) as exc:
+        if args.debug:
+            raise
+        lines = getattr(exc, "errors", None) or [str(exc)]
+        for line in lines:
+            text = " ".join(str(line).split())
+            print(text if text.startswith(str(args.configfile)) else f"{args.configfile}: {text}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"{args.configfile}: valid; {len(study.runs(cfg))} runs, config hash {study.config_hash(cfg)}")
 
 
@@ -111,7 +128,7 @@ def cmd_probe(args) -> None:
 
 def cmd_probe_base(args) -> None:
     _threads(args.threads)
-    from t2i_rl_bench.failures import recorded
+    from t2i_rl_bench.failures import recorded, subject
     from t2i_rl_bench.probe import probe_base
     from t2i_rl_bench.spec import RunSpec
 
@@ -120,8 +137,9 @@ def cmd_probe_base(args) -> None:
     # several algorithms' base probes in one process: the imports and the model are paid once; a
     # failure of one (a plugin's error) is recorded in its own file and the others still run
     for run_config, out in zip(args.run_config, args.out):
-        with recorded("probe", Path(out), None):
-            probe_base(RunSpec.from_json(run_config), json.loads(args.probe), out, threads=args.threads)
+        spec = RunSpec.from_json(run_config)  # the label: the folder of <model>/<reward>/<label>/base_probe.json
+        with recorded("probe", Path(out), None, subject(spec, Path(out).parent.name, "probe of the base model")):
+            probe_base(spec, json.loads(args.probe), out, threads=args.threads)
 
 
 def cmd_assess(args) -> None:
@@ -129,16 +147,17 @@ def cmd_assess(args) -> None:
     writes its own file, and a failure of one is recorded in that file without losing the other."""
     _threads(args.threads)
     from t2i_rl_bench.evaluate import evaluate_run
-    from t2i_rl_bench.failures import recorded
+    from t2i_rl_bench.failures import recorded, subject
     from t2i_rl_bench.probe import probe_run
     from t2i_rl_bench.spec import RunSpec
 
     run_dir = Path(args.run_dir)
     spec = RunSpec.read(run_dir)
-    with recorded("evaluate", run_dir / "eval.json", run_dir):
+    label = run_dir.parent.name  # <model>/<reward>/<label>/seed<k>
+    with recorded("evaluate", run_dir / "eval.json", run_dir, subject(spec, label, "evaluation")):
         evaluate_run(run_dir, spec, json.loads(args.evaluation), threads=args.threads, base=args.base_eval)
     if args.probe is not None:
-        with recorded("probe", run_dir / "probe.json", run_dir):
+        with recorded("probe", run_dir / "probe.json", run_dir, subject(spec, label, "probe")):
             probe_run(run_dir, spec, json.loads(args.probe), threads=args.threads, base=args.base_probe)
 
 
@@ -173,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="what is registered: algorithms, rewards, metrics, models").set_defaults(fn=cmd_list)
     p = sub.add_parser("validate", help="validate a study config")
     p.add_argument("configfile")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(fn=cmd_validate)
     p = sub.add_parser("world", help="write the prompt sets of the embedded world")
     p.add_argument("--out", required=True)
@@ -254,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quote-in", help="a README whose table markers get the study's headline and verdict tables")
     p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
+    from t2i_rl_bench import jobguard
     from t2i_rl_bench.failures import recorded_failure
+
+    jobguard.bind()  # inside a workflow job: this process ends with its job (no orphan writes)
 
     with recorded_failure(args):  # a reward error, divergence or OOM ends a job as a failed result
         args.fn(args)

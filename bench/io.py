@@ -14,6 +14,11 @@ from pathlib import Path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """`text` into `path`, swapped in whole. A process whose workflow job has ended (an orphan)
+    is stopped here instead of writing (bench/jobguard.py)."""
+    from t2i_rl_bench import jobguard
+
+    jobguard.check()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -60,6 +60,19 @@ class Registry:
         self._load_builtins()
         return sorted(set(self._local) | set(self._references) | set(self._entry_points()))
 
+    def problems(self) -> dict[str, str]:
+        """{name: why} for every installed plugin (entry point) that cannot be loaded or does not
+        honour its interface: what `list` marks (the shipped entries load on demand)."""
+        found = {}
+        for name in self._entry_points():
+            if name in self._local:
+                continue
+            try:
+                self.get(name)
+            except (PluginError, KeyError) as exc:
+                found[name] = " ".join(str(exc).split())
+        return found
+
     def get(self, name: str) -> Any:
         if not isinstance(name, str) or not name:
             raise KeyError(f"{self.kind} name must be a non-empty string, got {name!r}")

@@ -118,7 +118,12 @@ def headline_section(tables: Path) -> str:
             [
                 f"{r['model']} / {r['reward']}",
                 r["method"],
-                str(int(r["n_seeds"])),
+                str(int(r["n_seeds"]))
+                + (  # the seeds in no mean (failed, killed, diverged before the final budget), marked
+                    f"<br><span class='flag'>⚠ {html.escape(r['not_finished'])}</span>"
+                    if isinstance(r.get("not_finished"), str) and r["not_finished"]
+                    else ""
+                ),
                 _ci(r["gain"], r["gain_low"], r["gain_high"], True),
                 _ci(r["gain_at_seconds"], r["gain_at_seconds_low"], r["gain_at_seconds_high"], True)
                 + f"<br><small>at {_f(r['seconds_level'])} s</small>",
@@ -626,7 +631,8 @@ def derived_section(tables: Path) -> str:
             algos = sorted(part["algorithm"].unique())
             rows = []
             for metric, g in part.groupby("metric"):
-                vals = g.set_index("algorithm")
+                # one row per method: its final budget (a failed seed's row may sit at an earlier one)
+                vals = g.sort_values("budget").drop_duplicates("algorithm", keep="last").set_index("algorithm")
                 cells = []
                 for a in algos:
                     if a not in vals.index:

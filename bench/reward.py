@@ -6,6 +6,12 @@ and refuses non-finite scores naming the reward and the prompt."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,9 +19,57 @@ import torch
 
 from t2i_rl_bench.registry import REWARDS
 
+# seconds one reward call may take (config key timeouts.reward_s, config/schema.yaml); the
+# workflow passes the study's value to every job in this environment variable
+TIMEOUT_ENV = "T2I_RL_BENCH_REWARD_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+
 
 class RewardError(ValueError):
     """A reward returned something unusable (NaN, inf, wrong shape)."""
+
+
+class RewardTimeout(RewardError):
+    """A reward call did not return within its time limit (timeouts.reward_s)."""
+
+
+def reward_timeout() -> float:
+    """The time limit of one reward call, in seconds (0: none): the study's timeouts.reward_s as
+    the workflow passes it, else the default."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        return float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise RewardError(f"{TIMEOUT_ENV}={text!r}: give the reward time limit in seconds") from None
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, name: str, what: str = "") -> Iterator[None]:
+    """A watchdog around one reward call: past `seconds` it raises RewardTimeout naming the reward
+    and the time it ran. A SIGALRM timer in the main thread (the call itself stays in the main
+    thread: torch work in a side thread slows the whole process); the exception arrives as soon as
+    the call returns to Python (a sleep, a socket read, between two torch ops). No limit when
+    `seconds` is 0 or outside the main thread."""
+    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    start = time.monotonic()
+
+    def expired(signum, frame):
+        raise RewardTimeout(
+            f"reward {name!r} did not return within {seconds:g} s{what} (stopped after "
+            f"{time.monotonic() - start:.1f} s; config key timeouts.reward_s sets the limit)"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:  # an enclosing timer keeps what is left of its time
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
 
 
 @dataclass(frozen=True)
@@ -47,7 +101,8 @@ def _with_settings(spec, settings: dict | None) -> list[RewardSpec]:
 
 
 class ComposedReward:
-    def __init__(self, spec, settings: dict | None = None):
+    def __init__(self, spec, settings: dict | None = None, timeout: float | None = None):
+        self.timeout = reward_timeout() if timeout is None else timeout  # seconds per component call
         self.specs = _with_settings(spec, settings)
         self.name = "+".join(s.name for s in self.specs)
         self.components = []
@@ -67,10 +122,10 @@ class ComposedReward:
         """(B,) the weighted sum with autograd through the images (DRaFT, ReFL)."""
         if not self.differentiable:
             raise RewardError(f"reward {self.name!r} is not differentiable: {not_differentiable(self.specs)}")
-        parts = [
-            s.weight * fn.differentiable_score(images, prompts, metadata or {})
-            for s, fn in zip(self.specs, self.components, strict=True)
-        ]
+        parts = []
+        for s, fn in zip(self.specs, self.components, strict=True):
+            with deadline(self.timeout, s.name, f" on {len(prompts)} prompts"):
+                parts.append(s.weight * fn.differentiable_score(images, prompts, metadata or {}))
         return torch.stack(parts).sum(0)
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: dict | None = None):
@@ -78,7 +133,8 @@ class ComposedReward:
         info: dict = {}
         for spec, fn in zip(self.specs, self.components, strict=True):
             try:
-                result = fn(images, prompts, metadata or {})
+                with deadline(self.timeout, spec.name, f" on {len(prompts)} prompts"):
+                    result = fn(images, prompts, metadata or {})
                 if not (isinstance(result, tuple) and len(result) == 2):
                     raise RewardError(
                         f"reward {spec.name!r} returned {type(result).__name__} {_short(result)}; a reward "
@@ -148,9 +204,10 @@ def not_differentiable(spec) -> list[str]:
     return [s.name for s in specs if not getattr(REWARDS.get(s.name), "differentiable", False)]
 
 
-def build_reward(spec, settings: dict | None = None) -> ComposedReward:
-    """`settings`: {reward name: settings} applied wherever that reward appears in `spec`."""
-    return ComposedReward(spec, settings)
+def build_reward(spec, settings: dict | None = None, timeout: float | None = None) -> ComposedReward:
+    """`settings`: {reward name: settings} applied wherever that reward appears in `spec`;
+    `timeout`: seconds per reward call (None: `reward_timeout()`, the study's timeouts.reward_s)."""
+    return ComposedReward(spec, settings, timeout)
 
 
 def zero_spread_fraction(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:

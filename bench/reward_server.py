@@ -67,8 +67,13 @@ def build_local(name: str, settings: dict | None = None):
     return factory(**(settings or {})) if isinstance(factory, type) else factory
 
 
-def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 0) -> HTTPServer:
-    from t2i_rl_bench.reward import RewardError, check_scores
+def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 0, timeout: float | None = None) -> HTTPServer:
+    """`timeout`: seconds one request's reward call may take (None: the default of
+    t2i_rl_bench.reward.reward_timeout; 0: none); past it the request answers HTTP 504 naming the
+    reward and the time it ran, and the server serves on."""
+    from t2i_rl_bench.reward import RewardError, RewardTimeout, check_scores, deadline, reward_timeout
+
+    limit = reward_timeout() if timeout is None else timeout
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, body: dict) -> None:
@@ -96,8 +101,12 @@ def make_server(name: str, reward, host: str = "127.0.0.1", port: int = 0) -> HT
                 self._send(400, {"error": f"malformed request: {exc!r}"})
                 return
             try:
-                scores, info = reward(images, prompts, body.get("metadata") or {})
+                with deadline(limit, name, f" on {len(prompts)} prompts (the server's --timeout)"):
+                    scores, info = reward(images, prompts, body.get("metadata") or {})
                 scores = check_scores(name, scores, prompts)
+            except RewardTimeout as exc:
+                self._send(504, {"error": str(exc)})
+                return
             except RewardError as exc:
                 self._send(500, {"error": str(exc)})
                 return
@@ -122,10 +131,12 @@ def serve(
     port: int = 8765,
     max_requests: int | None = None,
     idle_timeout: float | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Serve until `max_requests` requests were answered or none came for `idle_timeout` seconds
-    (either unset: until killed). Prints the URL once listening (port 0 picks a free port)."""
-    server = make_server(name, build_local(name, settings), host, port)
+    (either unset: until killed). Prints the URL once listening (port 0 picks a free port).
+    `timeout`: the limit of each request's reward call (make_server)."""
+    server = make_server(name, build_local(name, settings), host, port, timeout)
     idle = {"timed_out": False}
     server.timeout = idle_timeout
     server.handle_timeout = lambda: idle.update(timed_out=True)
@@ -149,9 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--max-requests", type=int, default=None)
     s.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without a request")
     s.add_argument("--threads", type=int, default=1, help="torch threads")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds one request's reward call may take (default 600; 0 = none); past it HTTP 504",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    serve(args.reward, json.loads(args.settings), args.host, args.port, args.max_requests, args.idle_timeout)
+    serve(
+        args.reward, json.loads(args.settings), args.host, args.port, args.max_requests, args.idle_timeout, args.timeout
+    )
 
 
 if __name__ == "__main__":

@@ -96,9 +96,13 @@ class DDIMSampler:
 
     def _alpha_bars(self, t: torch.Tensor):
         t = torch.as_tensor(t).long()
-        t_prev = self.prev_timestep(t)
+        # the previous timestep clamped to [0, T - 1] before it is read, as ddpo-pytorch's
+        # ddim_step_with_logprob does: the last step goes to alpha_bar(0), never to the scheduler's
+        # final_alpha_cumprod, which is 1 with `set_alpha_to_one: true` and would make the last
+        # step's std 0 and its log-prob NaN (with `false` it is alpha_bar(0): the same numbers)
+        t_prev = self.prev_timestep(t).clamp(0, self.num_train_timesteps - 1)
         ab_t = self.alphas_cumprod[t.clamp(min=0)]
-        ab_prev = torch.where(t_prev >= 0, self.alphas_cumprod[t_prev.clamp(min=0)], self.final_alpha_cumprod)
+        ab_prev = self.alphas_cumprod[t_prev]
         return ab_t, ab_prev
 
     def alpha_bars(self, t: torch.Tensor):

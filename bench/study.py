@@ -31,7 +31,12 @@ SPEC_SECTIONS = ("sampling", "train")
 
 
 class ConfigError(ValueError):
-    """A study config that cannot run; the message names the key."""
+    """A study config that cannot run; the message names the key. `errors`: every error found
+    at once (the schema's), one line each; else the message alone."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 def _fill_defaults(validator_cls):
@@ -51,8 +56,70 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
+# ---- reading a config file: numbers as YAML 1.2 reads them, each key once -------------------------
+# YAML 1.1 (PyYAML, Snakemake) reads a number with an exponent and no dot (`2e-4`, `1E5`) as text
+EXPONENT_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two changes: `2e-4` is the number 2.0e-4 (as in YAML 1.2 and
+    JSON), and a key given twice in one mapping is refused naming the key and both lines (YAML
+    would keep the last one silently)."""
+
+    yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the schema refuses it with its own message
+                    continue
+                if first != line:
+                    raise ConfigError(
+                        f"line {line}: the key {key!r} is given twice in one mapping (first on line {first}); "
+                        "YAML would keep only the last: write each key once"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_NUMBER, list("-+0123456789."))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A config file's content (ConfigLoader); errors name the file and the line."""
+    try:
+        return yaml.load(Path(path).read_text(), Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def numbers_as_numbers(value: Any) -> Any:
+    """`value` with every string spelled like a number with an exponent (`2e-4`: text to YAML 1.1,
+    which Snakemake reads the config with) as that number; mapping keys stay as they are."""
+    if isinstance(value, str) and EXPONENT_NUMBER.match(value.strip()):
+        return float(value.strip().replace("_", ""))
+    if isinstance(value, dict):
+        return {k: numbers_as_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [numbers_as_numbers(v) for v in value]
+    return value
+
+
 # ---- labels: each names a folder (a study, a run) and a table row; none may leave its folder
-_UNSAFE = re.compile(r"[/\\\s{}]|^\.")  # a path separator, white space, a wildcard brace, a leading dot
+# one rule for every name a config gives (the study, model and algorithm keys, recursive variants)
+LABEL = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+LABEL_RULE = "use ASCII letters, digits, '-', '_' and '.' only, not starting with '.'"
+# a reward's folder label is derived from its spec: every other character becomes '-' (a plugin
+# path's ':' and a weighted sum's '+' and 'x' stay, as in the folders of earlier studies)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+=:-]|^\.")
 
 
 # labels a CSV reader takes for a missing value or a number (pandas' defaults): a table row
@@ -120,8 +187,8 @@ def check_labels(config: dict) -> None:
     """Labels that name folders are refused when they cannot be one folder name (the study, the
     model and algorithm keys); reward labels are mapped by `reward_label`, and two specs that map to
     the same label are refused. Each error names the key."""
-    rule = "use letters, digits and . _ + = - : (no '/', '\\', space, braces or leading dot)"
-    if _UNSAFE.search(config["study"]) or not config["study"]:
+    rule = LABEL_RULE
+    if not LABEL.match(config["study"]):
         raise ConfigError(f"config key 'study': {config['study']!r} names the study's output folder; {rule}")
     for section in ("models", "algorithms"):
         for label in config[section]:
@@ -130,7 +197,7 @@ def check_labels(config: dict) -> None:
                     f"config key '{section}.{label}': the label {label!r} would be read back from "
                     "the tables as a missing value or a number; give it a name with a letter"
                 )
-            if _UNSAFE.search(label) or not label:
+            if not LABEL.match(label):
                 hint = (
                     " A plugin's file goes under `plugin:`, e.g. `algorithms: {my_algo: {plugin: "
                     "plugins/my_algo.py:MyAlgo}}`."
@@ -246,15 +313,16 @@ def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dic
     files are checked against their recorded SHA-256 first (t2i_rl_bench.integrity)."""
     from t2i_rl_bench.registry import REWARDS, PluginError
 
-    config = copy.deepcopy(config)
+    config = numbers_as_numbers(copy.deepcopy(config))  # `2e-4` is a number, however YAML read it
     check_finite(config)
     schema = load_schema()
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        e = errors[0]
-        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ConfigError(f"config key '{key}': {e.message}")
+        messages = [
+            f"config key '{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}': {e.message}" for e in errors
+        ]
+        raise ConfigError(messages[0], messages)  # every schema error, one line each (`validate` prints them all)
     _fill_spec_defaults(config, schema)
     check_labels(config)
     if check_paths and verify:
@@ -501,7 +569,18 @@ def check_gpu_budget(config: dict) -> None:
 
 
 def load(path: str | Path, check_paths: bool = True) -> dict:
-    return validate(yaml.safe_load(Path(path).read_text()), check_paths)
+    config = read_yaml(path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a study config is a mapping of keys (study, seeds, models, ...)")
+    return validate(config, check_paths)
+
+
+def check_files(paths) -> None:
+    """Read each config file as `read_yaml` does, before the workflow uses what Snakemake read:
+    a key given twice is refused naming the file, the key and the line."""
+    for path in paths:
+        if str(path).endswith((".yaml", ".yml")) and Path(path).is_file():
+            read_yaml(path)
 
 
 def config_hash(config: dict) -> str:

@@ -177,10 +177,11 @@ def summarise(seed_rows: pd.DataFrame, stats_cfg: dict) -> pd.DataFrame:
     `better` and `scale_free` from the registry."""
     s = _stats(stats_cfg)
     out = []
+    failed = failures.failed_seeds(seed_rows)  # diverged or failed seeds of each method (a kill is not one)
     for keys, group in seed_rows.groupby(KEYS, sort=True):
         values = group["value"].to_numpy(dtype=float)
         values = values[np.isfinite(values)]  # censored / undefined seeds are counted apart
-        diverged = int((group["status"] == "diverged").sum())
+        diverged = failed.get(tuple(keys[:3]), 0)
         metric = lookup(keys[-1])
         scale_free = metric.scale_free if metric else True
         # a loss-scale-dependent quantity has no better side across methods: no direction shown
@@ -308,7 +309,8 @@ def normalised_scores(seed_rows: pd.DataFrame) -> dict[str, dict[tuple, np.ndarr
             continue
         base = float(curve[curve["budget"] == 0]["value"].median())
         final = curve[curve["budget"] == curve["budget"].max()]
-        span = float(np.ptp(np.append(final["value"].to_numpy(dtype=float), base)))
+        ends = np.append(final["value"].to_numpy(dtype=float), base)
+        span = float(np.ptp(ends[np.isfinite(ends)])) if np.isfinite(ends).any() else 0.0
         for algo, g in final.groupby("algorithm"):
             v = (g["value"].to_numpy(dtype=float) - base) / (span if span > 0 else 1.0)
             scores.setdefault(algo, {})[(model, reward)] = v[np.isfinite(v)]
@@ -392,8 +394,10 @@ def headline(
             else derived
         )
 
-        def ci_of(key: str, frame: pd.DataFrame = d) -> tuple[float, float, float, int]:
-            v = frame[frame["metric"] == key]["value"].to_numpy(dtype=float) if len(frame) else np.array([])
+        def ci_of(key: str, frame: pd.DataFrame = d, final: int = final_budget) -> tuple[float, float, float, int]:
+            # the seeds that reached the final budget only: a row never mixes budgets
+            at = (frame["metric"] == key) & (frame["budget"] == final) if len(frame) else None
+            v = frame[at]["value"].to_numpy(dtype=float) if len(frame) else np.array([])
             v = v[np.isfinite(v)]
             if v.size == 0:
                 return np.nan, np.nan, np.nan, 0
@@ -432,6 +436,7 @@ def headline(
             else hack
         )
         row["hacked"] = " ".join(sorted(h[h["flagged"]]["gold_metric"])) if len(h) else ""
+        row["not_finished"] = failures.unfinished_note(d)  # failed, killed or diverged seeds, marked
         v = (
             verdict[(verdict["model"] == model) & (verdict["reward"] == reward) & (verdict["method"] == algo)]
             if len(verdict)
@@ -470,6 +475,7 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
                 "CPU-s": _fmt(r.get("cpu_seconds", np.nan)),
                 "device-s": _fmt(r["device_seconds"]),
                 "hacked": r["hacked"] or "-",
+                "not finished": f"⚠ {r['not_finished']}" if r.get("not_finished") else "-",
             }
         )
     return pd.DataFrame(rows)
@@ -597,7 +603,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     rules = analysis.Rules.from_config(cfg)
     failures.prune_tables(out)  # every table below is written fresh; one this study does not make is gone
     failures.write_failed_runs(cfg, runs_root, out, _header(prov, "#"))
-    seed_rows = collect(cfg, runs_root)
+    seed_rows = failures.mask_unfinished(collect(cfg, runs_root))  # a failed or killed run: in no mean
     qnote = quality_note(cfg, runs_root)
     table = summarise(seed_rows, s)
     write_tables(table, prov, out, "eval", [qnote])
@@ -660,6 +666,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     if len(frontier_rows):
         derived_rows = pd.concat([derived_rows, frontier_rows], ignore_index=True)
     derived_rows = failures.with_run_status(derived_rows, seed_rows)  # the eval table's diverged flag
+    derived_rows = failures.with_unfinished(derived_rows, seed_rows)  # failed/killed runs counted, as NaN
     derived_table = summarise(derived_rows, s)
     derived_notes = [
         f"gold/pass: no gold metric worse than the base by more than {rules.describe_tolerance()} x its base value",
@@ -695,7 +702,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     all_tables.append(derived_table)
     probe_rows = pd.DataFrame()
     if cfg.get("probe", {}).get("enabled"):
-        probe_rows = collect(cfg, runs_root, "probe.json")
+        probe_rows = failures.mask_unfinished(collect(cfg, runs_root, "probe.json"))
         probe_table = summarise(probe_rows, s)
         k = cfg["probe"].get("minibatches")
         write_tables(

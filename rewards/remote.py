@@ -25,17 +25,20 @@ class RemoteRewardError(RuntimeError):
 
 class RemoteReward:
     """Client: scores images by `POST {url}/score`. `timeout` (seconds) bounds connecting and each
-    read; the server is asked for `/health` at construction unless `check_on_start` is false."""
+    read (None: the study's timeouts.reward_s, which also bounds the whole call); the server is
+    asked for `/health` at construction unless `check_on_start` is false."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8765", timeout: float = 300.0, check_on_start: bool = True):
+    def __init__(self, url: str = "http://127.0.0.1:8765", timeout: float | None = None, check_on_start: bool = True):
+        from t2i_rl_bench.reward import reward_timeout
+
         problems = self.check_weights({"url": url})
         if problems:
             raise RemoteRewardError("; ".join(problems))
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.timeout = float(timeout if timeout is not None else reward_timeout() or 600.0)
         self.reward = None
         if check_on_start:
-            self.reward = self.health(min(timeout, 10.0))["reward"]
+            self.reward = self.health(min(self.timeout, 10.0))["reward"]
 
     @staticmethod
     def check_weights(settings: dict) -> list[str]:

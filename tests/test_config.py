@@ -189,3 +189,101 @@ def test_the_default_study_trains_prdp_alone_in_smaller_micro_batches():
     assert specs["prdp"].micro_batch % cfg["train"]["group_size"] == 0  # whole groups fill it
     others = {s.micro_batch for k, s in specs.items() if k != "prdp"}
     assert others == {cfg["train"]["micro_batch"]} == {RunSpec.micro_batch}
+
+
+# ---------------------------------------------------------------- numbers, duplicate keys, labels
+def test_a_number_with_an_exponent_reads_as_a_number_however_yaml_read_it(tmp_path):
+    # YAML 1.1 (PyYAML, which Snakemake reads the config with) reads `2e-4` as the text '2e-4'
+    text = (ROOT / "config" / "quick.yaml").read_text() + "\n"
+    text = text.replace("  ddpo_is: {}", "  ddpo_is: {clip_range: 2e-4}").replace("train:\n", "train:\n  lr: 1E-4\n")
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    assert yaml.safe_load(text)["algorithms"]["ddpo_is"]["clip_range"] == "2e-4"
+    for cfg in (study.load(path, check_paths=False), study.validate(yaml.safe_load(text), check_paths=False)):
+        assert cfg["algorithms"]["ddpo_is"]["clip_range"] == 2e-4 and cfg["train"]["lr"] == 1e-4
+        spec = study.run_spec(cfg, next(k for k in study.runs(cfg) if k.algorithm == "ddpo_is"))
+        assert spec.algorithm_settings == {"clip_range": 2e-4} and spec.lr == 1e-4
+
+
+def _yaml_examples():
+    """Every ```yaml block of README.md and docs/*.md (a block under `<!-- not a study config -->`
+    is left out), with the python blocks of the same file (the plugins an example names)."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        python = re.findall(r"```python\n(.*?)```", text, re.S)
+        for m in re.finditer(r"```ya?ml\n(.*?)```", text, re.S):
+            if text[: m.start()].rstrip().endswith("<!-- not a study config -->"):
+                continue
+            line = text[: m.start()].count("\n") + 1
+            found.append(pytest.param(m.group(1), python, id=f"{doc.name}:{line}"))
+    return found
+
+
+@pytest.mark.parametrize("example, python", _yaml_examples())
+def test_every_yaml_example_of_the_readme_and_docs_validates(example, python, tmp_path, monkeypatch):
+    """A fragment is merged over the quick preset (its top-level keys replace the preset's); a
+    plugin file it names (`my_algo.py:Name`) is written from the document's python block that
+    defines Name."""
+    fragment = study.ConfigLoader(example).get_single_data()  # numbers and duplicate keys as `validate` reads them
+    assert isinstance(fragment, dict), example
+    monkeypatch.chdir(tmp_path)
+    for file, name in set(re.findall(r"([\w./-]+\.py):(\w+)", example)):
+        code = next((c for c in python if re.search(rf"^(class|def) {name}\b", c, re.M)), None)
+        assert code is not None, f"the example names {file}:{name}, and no python block of its document defines {name}"
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file).write_text(code)
+    cfg = {**_base(), **fragment}
+    if "models" in fragment and "algorithms" not in fragment:  # a model example: with a method its family samples
+        cfg["algorithms"] = {"reinforce": {}}
+    study.validate(cfg, check_paths=False)
+
+
+def test_a_key_given_twice_is_refused_naming_the_key_and_the_line(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        (ROOT / "config" / "quick.yaml").read_text().replace("  loop: {}\n", "  loop: {}\n  reinforce: {}\n")
+    )
+    line = path.read_text().splitlines().index("  reinforce: {}", 12) + 1
+    with pytest.raises(study.ConfigError, match=rf"study\.yaml: line {line}: the key 'reinforce' is given twice"):
+        study.load(path, check_paths=False)
+    with pytest.raises(study.ConfigError, match="given twice"):  # what the Snakefile calls on its config files
+        study.check_files([path])
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c.update(study="stüdy"), "study"),
+        (lambda c: c.update(algorithms={"reinförce": {"plugin": "reinforce"}}), "algorithms.reinförce"),
+        (lambda c: c.update(models={"tïny": c["models"]["dit16-ddim"]}), "models.tïny"),
+        (lambda c: c.update(algorithms={"a+b": {"plugin": "reinforce"}}), "algorithms.a+b"),
+        (lambda c: c.update(study="a:b"), "study"),
+    ],
+)
+def test_every_label_follows_one_ascii_rule_stated_in_the_error(edit, key):
+    cfg = _base()
+    edit(cfg)
+    rule = "use ASCII letters, digits, '-', '_' and '.' only"
+    with pytest.raises(study.ConfigError, match=rf"config key '{re.escape(key)}'.*{re.escape(rule)}"):
+        study.validate(cfg, check_paths=False)
+
+
+def test_validate_prints_one_line_per_error_and_the_traceback_only_with_debug(tmp_path, capsys):
+    from t2i_rl_bench.cli import main
+
+    path = tmp_path / "study.yaml"
+    cfg = _base()
+    cfg["sampling"]["num_steps"] = "six"
+    cfg["train"]["budgets"] = ["x"]
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as done:
+        main(["validate", str(path)])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"{path}: config key 'sampling.num_steps': 'six' is not of type 'integer'",
+        f"{path}: config key 'train.budgets.0': 'x' is not of type 'integer'",
+    ]
+    with pytest.raises(study.ConfigError):
+        main(["validate", str(path), "--debug"])

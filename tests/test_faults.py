@@ -463,9 +463,11 @@ def test_a_job_killed_beyond_its_retries_is_recorded(tmp_path, code, attempt, re
     ]
     assert failures.main(argv) == rc
     assert out.is_file() == recorded
-    if recorded:
+    assert failures.kills(out) == int(recorded)  # the count that makes the next `snakemake` run it again
+    if recorded:  # not a failure of the method: status killed, and what the next run does about it
         summary = strict_load(out.read_text())
-        assert summary["status"] == "failed" and "signal 9" in summary["reason"]
+        assert summary["status"] == "killed" and "signal 9" in summary["reason"]
+        assert "--rerun-incomplete" in summary["reason"] and "resumes the training" in summary["reason"]
 
 
 def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
@@ -482,7 +484,9 @@ def test_a_job_with_two_outputs_killed_keeps_the_one_it_wrote(tmp_path):
     assert failures.main(argv) == 0
     assert evaluation.read_text() == '{"status": "finished", "rows": [{"budget": 0}]}'
     probe = strict_load((run / "probe.json").read_text())
-    assert probe["status"] == "failed" and probe["stage"] == "probe" and "signal 9" in probe["reason"]
+    assert probe["status"] == "killed" and probe["stage"] == "probe" and "signal 9" in probe["reason"]
+    assert "runs the probe job again" in probe["reason"]  # the advice fits the stage
+    assert failures.kills(evaluation) == 0 and failures.kills(run / "probe.json") == 1
     with pytest.raises(SystemExit):  # an output without its stage is refused, not guessed
         failures.main(["killed", "--out", str(evaluation), "--out", "x", "--stage", "probe", "--exit-code", "137"])
 
@@ -585,3 +589,179 @@ def test_a_run_killed_beyond_its_retries_is_a_failed_result_of_the_workflow(tmp_
     failed = pd.read_csv(tables / "failed_runs.csv", comment="#")
     assert list(failed["stage"]) == ["train"] and "signal 9" in failed["reason"].iloc[0]
     assert "signal 9" in (work / "report" / "studies" / "quick" / "index.html").read_text()
+
+
+# ---------------------------------------------------------------- a reward that never returns
+SLEEPY = """
+import time
+def sleepy(images, prompts, metadata):
+    time.sleep(30)  # a hung reward model, a dead network share
+    raise AssertionError("the watchdog let a 30 s reward call through")
+"""
+
+
+def test_a_reward_that_never_returns_ends_its_run_as_a_failure_naming_it_and_the_study_goes_on(
+    tiny_model, tmp_path, monkeypatch
+):
+    import time
+
+    from t2i_rl_bench.reward import TIMEOUT_ENV
+
+    plugin = tmp_path / "sleepy.py"
+    plugin.write_text(SLEEPY)
+    cfg = small_study(tiny_model, {"reinforce": {}}, rewards=("jpeg_compressibility", f"{plugin}:sleepy"))
+    assert cfg["timeouts"] == {"reward_s": 600}  # the default, stated in config/schema.yaml
+    assert "T2I_RL_BENCH_REWARD_TIMEOUT={float(config['timeouts']['reward_s']):g}" in (ROOT / "Snakefile").read_text()
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5")  # what the Snakefile exports from timeouts.reward_s: 0.5
+    start = time.monotonic()
+    run_jobs(cfg, tmp_path / "runs")  # every command exits 0
+    assert time.monotonic() - start < 60
+    bad = next(k for k in study.runs(cfg) if "sleepy" in k.reward)
+    summary = strict_load((tmp_path / "runs" / bad.path / "summary.json").read_text())
+    assert summary["status"] == "failed", summary
+    assert re.search(rf"reward '{re.escape(str(plugin))}:sleepy' did not return within 0.5 s", summary["reason"])
+    assert re.search(r"stopped after 0\.\d s", summary["reason"])
+    good = next(k for k in study.runs(cfg) if k.reward == "jpeg_compressibility")
+    assert strict_load((tmp_path / "runs" / good.path / "summary.json").read_text())["status"] == "finished"
+    probe = strict_load((tmp_path / "runs" / bad.path / "probe.json").read_text())
+    assert probe["status"] == "failed" and "did not return within 0.5 s" in probe["reason"]
+
+
+def test_a_reward_server_whose_reward_hangs_answers_504_naming_it(tmp_path):
+    from t2i_rl_bench.rewards.remote import RemoteReward, RemoteRewardError
+
+    plugin = tmp_path / "sleepy.py"
+    plugin.write_text(SLEEPY)
+    serve = [sys.executable, "-m", "t2i_rl_bench.reward_server", "serve", "--reward", f"{plugin}:sleepy"]
+    proc = subprocess.Popen(
+        [*serve, "--port", "0", "--timeout", "0.5", "--max-requests", "2"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = proc.stdout.readline().split(" at ")[1].strip()
+        client = RemoteReward(url=url, timeout=20, check_on_start=False)
+        import torch
+
+        with pytest.raises(RemoteRewardError, match=r"HTTP 504: reward .*sleepy' did not return within 0.5 s"):
+            client(torch.zeros(2, 3, 4, 4), ["x", "y"], {})
+        assert client.health()["reward"].endswith("sleepy")  # it serves on
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------- failed runs in the headline
+@pytest.mark.parametrize("status, counted", [("killed", 0), ("failed", 1)])
+def test_a_failed_or_killed_seed_enters_no_mean_or_level_and_is_marked_in_the_headline(
+    tiny_model, tmp_path, status, counted
+):
+    cfg = small_study(tiny_model, {"reinforce": {}}, seeds=(0, 1))
+    runs = tmp_path / "runs"
+    run_jobs(cfg, runs)
+    first, second = (runs / k.path for k in study.runs(cfg))
+    # seed 1 stopped after its first checkpoint (budget 4), as a kill or a plugin error leaves it
+    for name in ("summary.json", "eval.json", "probe.json"):
+        record = strict_load((second / name).read_text())
+        record.update(status=status, reason=f"{status} for the test")
+        record["rows"] = [r for r in record.get("rows", []) if r.get("budget", 0) <= 4]
+        (second / name).write_text(json.dumps(record))
+    html = aggregate_and_report(cfg, tmp_path)  # the report rendered (it crashed in derived_section)
+    ok = strict_load((first / "eval.json").read_text())["rows"]
+    head = pd.read_csv(tmp_path / "tables" / "headline.csv", comment="#")
+    assert list(head["n_seeds"]) == [1] and list(head["images"]) == [8]  # no row mixes seed 0 at 8 and seed 1 at 4
+    assert head["gain"].iloc[0] == pytest.approx(
+        ok[-1]["reward/jpeg_compressibility"] - ok[0]["reward/jpeg_compressibility"]
+    )
+    # the compute-matched level is the finished seed's, not the failed one's
+    assert head["seconds_level"].iloc[0] == pytest.approx(ok[-1]["device_seconds"], rel=1e-5)
+    assert f"seed 1 {status}" in head["not_finished"].iloc[0] and f"seed 1 {status}" in html
+    table = pd.read_csv(tmp_path / "tables" / "eval.csv", comment="#")
+    at4 = table[(table["metric"] == "reward/jpeg_compressibility") & (table["budget"] == 4)]
+    assert list(at4["n_seeds"]) == [1] and at4["mean"].iloc[0] == pytest.approx(ok[1]["reward/jpeg_compressibility"])
+    assert (table[table["budget"] > 0]["diverged"] == counted).all()  # a kill is no failure of the method
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    assert set(failed["seed"]) == {1} and set(failed["status"]) == {status}
+
+
+# ---------------------------------------------------------------- failure messages
+NON_SCALAR = """
+import torch
+from t2i_rl_bench.algorithm import Algorithm, Loss
+class NonScalar(Algorithm):
+    def loss(self, batch):
+        return Loss(batch.logp.mean() + torch.arange(900.0))  # a whole tensor (printed in full), not a scalar
+"""
+
+
+def test_a_failure_names_the_label_and_the_plugin_path_and_holds_no_whole_tensor(tiny_model, tmp_path):
+    plugin = tmp_path / "nonscalar.py"
+    plugin.write_text(NON_SCALAR)
+    cfg = small_study(tiny_model, {"mine": {"plugin": f"{plugin}:NonScalar"}})
+    run_jobs(cfg, tmp_path / "runs")
+    (key,) = study.runs(cfg)
+    who = f"algorithm 'mine' (plugin {plugin}:NonScalar)"
+    summary = strict_load((tmp_path / "runs" / key.path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith(f"training of {who}")
+    base = tmp_path / "runs" / "tiny" / "jpeg_compressibility" / "mine" / "base_probe.json"
+    spec = study.run_spec(cfg, study.base_run_key(cfg, "tiny", None, "mine")).to_json()
+    assert (
+        bench_main(["probe-base", "--run-config", spec, "--probe", json.dumps(cfg["probe"]), "--out", str(base)]) == 0
+    )
+    probe = strict_load(base.read_text())
+    assert probe["reason"].startswith(f"probe of the base model of {who}")  # not the class name alone
+    assert "resume" not in probe["reason"]
+    aggregate_and_report(cfg, tmp_path)
+    failed = pd.read_csv(tmp_path / "tables" / "failed_runs.csv", comment="#")
+    for reason in [summary["reason"], probe["reason"], *failed["reason"]]:
+        assert len(reason) < 800 and "characters cut" in reason  # the tensor's repr is cut
+
+
+def test_list_marks_an_installed_plugin_that_fails_to_import(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    from t2i_rl_bench.cli import main
+    from t2i_rl_bench.registry import ALGORITHMS
+
+    broken = EntryPoint("broken_algo", "no_such_package.algo:Broken", "t2i_rl_bench.algorithms")
+    real = ALGORITHMS._entry_points
+    monkeypatch.setattr(ALGORITHMS, "_entry_points", lambda: {**real(), "broken_algo": broken})
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "broken_algo [FAILS TO IMPORT]" in out.splitlines()[0] and "ddpo_is," in out.splitlines()[0]
+    assert re.search(r"algorithm broken_algo: .*no_such_package.*failed to import.*ModuleNotFoundError", out)
+
+
+# ---------------------------------------------------------------- no orphan after its job ended
+ORPHAN = """
+import os, sys, time
+from t2i_rl_bench import jobguard
+from t2i_rl_bench.io import atomic_write_text
+jobguard.bind(interval=0.2)
+print(os.getpid(), flush=True)
+for i in range(100):
+    atomic_write_text(sys.argv[1], str(i))  # what a trainer does: write into its run folder
+    time.sleep(0.1)
+"""
+
+
+def test_a_command_whose_job_shell_is_killed_ends_and_writes_nothing_more(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "status.txt"
+    (tmp_path / "orphan.py").write_text(ORPHAN)
+    # the workflow's job: a shell that exports its pid (the Snakefile's prefix) and runs a command
+    shell = subprocess.Popen(
+        ["bash", "-c", f"export T2I_RL_BENCH_JOB_PID=$$; {sys.executable} {tmp_path / 'orphan.py'} {out} || true"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(shell.stdout.readline())
+    time.sleep(0.5)
+    shell.send_signal(signal.SIGKILL)  # kill -9 of the wrapper, not of the command
+    shell.wait()
+    time.sleep(1.5)
+    written = out.read_text()
+    time.sleep(1.0)
+    assert out.read_text() == written, "the command wrote on after its job ended"
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX"

@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -78,3 +80,165 @@ def test_kill_and_rerun_ends_like_an_uninterrupted_run(tiny_model, tmp_path):
         assert torch.equal(w_straight[key], w_resumed[key]), key
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["images_seen"] == 32
+
+
+# ---------------------------------------------------------------- the workflow: kill -9, then resume
+KILL_ONCE = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+from t2i_rl_bench.rewards.jpeg import JpegCompressibility
+
+_jpeg = JpegCompressibility()
+_calls = []
+
+
+def reward(images, prompts, metadata):
+    # in a train job, on its third round, once per study folder: kill the trainer or its wrapper
+    _calls.append(1)
+    marker = Path("kill.me")
+    if "train" in sys.argv and len(_calls) == 3 and marker.is_file():
+        who = marker.read_text().strip()
+        marker.unlink()
+        Path("killed.pid").write_text(str(os.getpid()))
+        os.kill(os.getpid() if who == "trainer" else os.getppid(), signal.SIGKILL)
+    return _jpeg(images, prompts, metadata)
+"""
+SMALL = {
+    "study": "resume",
+    "seeds": [0],
+    "rewards": ["kill_once.py:reward"],
+    "algorithms": {"ddpo_is": {}},
+    "sampling": {"num_steps": 3},
+    "train": {"images_per_round": 4, "group_size": 2, "budgets": [8, 16]},
+    "evaluation": {"max_prompts": 2, "images_per_prompt": 2, "rewards": ["jpeg_compressibility"], "clip_model": None},
+    "probe": {"enabled": False},
+    "statistics": {"bootstrap_resamples": 100},
+}
+
+
+def _study_folder(root, model, kill=None):
+    import shutil
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("Snakefile", "config", "profiles"):
+        src = repo / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    (root / "kill_once.py").write_text(KILL_ONCE)
+    (root / "study.yaml").write_text(yaml.safe_dump({**SMALL, "models": {"tiny": {"path": str(model)}}}))
+    if kill:
+        (root / "kill.me").write_text(kill)
+    return root
+
+
+def _snakemake(root):
+    # the README's resume command (`make study`): snakemake --cores all --rerun-incomplete
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "--rerun-incomplete"]
+    return subprocess.run([*cmd, "--configfile", "study.yaml"], cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def _tables(root):
+    """eval.csv and the headline's gains without what depends on the clock (device-seconds)."""
+    import pandas as pd
+
+    tables = root / "results" / "studies" / "resume" / "tables"
+    table = pd.read_csv(tables / "eval.csv", comment="#")
+    table = table[~table["metric"].str.contains("seconds|peak_memory")].reset_index(drop=True)
+    head = pd.read_csv(tables / "headline.csv", comment="#")
+    head = head[[c for c in head.columns if "seconds" not in c]]
+    return table, head, pd.read_csv(tables / "failed_runs.csv", comment="#")
+
+
+def _running(pid: int) -> bool:
+    """A live process (a zombie waiting for a parent that does not reap it counts as ended)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def straight_tables(tiny_model, tmp_path_factory):
+    root = _study_folder(tmp_path_factory.mktemp("straight"), tiny_model)
+    done = _snakemake(root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _tables(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["trainer", "wrapper"])
+def test_a_job_killed_by_sigkill_resumes_with_the_readme_command_and_ends_like_a_straight_run(
+    kill, tiny_model, tmp_path, straight_tables
+):
+
+    root = _study_folder(tmp_path, tiny_model, kill)
+    run = root / "results" / "studies" / "resume" / "runs" / "tiny" / "kill_once.py:reward" / "ddpo_is" / "seed0"
+    first = _snakemake(root)
+    assert not (root / "kill.me").exists(), "the reward did not kill"
+    trainer = int((root / "killed.pid").read_text())
+    time.sleep(2)
+    # no orphan trainer runs on after its job ended (killing the wrapper kills it too)
+    assert not _running(trainer), f"the trainer (pid {trainer}) outlived its job"
+    if kill == "trainer":  # the study still gets its tables; the killed run is marked, in no mean
+        assert first.returncode == 0, first.stderr[-3000:]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "killed" and "--rerun-incomplete" in summary["reason"]
+        _, head, failed = _tables(root)
+        assert list(failed["status"]) == ["killed"] and "seed 0 killed" in str(head["not_finished"].iloc[0])
+    else:  # the wrapper died: Snakemake saw a failed job and left no output behind
+        assert not (run / "summary.json").exists()
+    state = torch.load(run / "state" / "trainer.pt", weights_only=False)
+    assert state["rounds_done"] == 2  # killed in its third round
+
+    second = _snakemake(root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    log = root / "results" / "studies" / "resume" / "logs" / "train" / "tiny" / "kill_once.py:reward" / "ddpo_is"
+    assert "2/4" in (log / "seed0.log").read_text()  # it resumed after its two saved rounds
+    table, head, failed = _tables(root)
+    want_table, want_head, _ = straight_tables
+    assert failed.empty
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(table, want_table)
+    pd_testing.assert_frame_equal(head, want_head)
+    # and a third run has nothing to do: the kill was counted once
+    again = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "-n", "--cores", "1", "--configfile", "study.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_second_trainer_on_a_run_folder_another_process_trains_is_refused(tmp_path):
+    # an orphan of a killed workflow still training: a new job on its folder must not write beside it
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from t2i_rl_bench.distributed import World; "
+            "from t2i_rl_bench.train.state import RunState; RunState(Path(sys.argv[1]), World.current()).lock(); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(tmp_path / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        from t2i_rl_bench.distributed import World
+        from t2i_rl_bench.train.state import RunFolderBusy, RunState
+
+        with pytest.raises(RunFolderBusy, match=rf"being written by another process \(pid {holder.pid}\)"):
+            RunState(tmp_path / "run", World.current()).lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunState(tmp_path / "run", World.current()).lock()  # free once that process has ended

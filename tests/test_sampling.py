@@ -92,3 +92,35 @@ def test_step_refuses_prev_and_generator_together():
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValueError, match="not both"):
         sampler.step(x, x, sampler.timesteps[0], prev=x, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+def test_ddim_logp_is_finite_with_set_alpha_to_one_and_conforms_to_ddpo_pytorch(set_alpha_to_one):
+    """ddpo-pytorch's ddim_step_with_logprob clamps the previous timestep to [0, T - 1] before it
+    reads alpha_bar: the last step goes to alpha_bar(0), whatever final_alpha_cumprod is. Here the
+    same step written out from the DDIM paper's eq. (12) and (16) with that clamp."""
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=set_alpha_to_one,
+        steps_offset=1,
+    )
+    sampler = DDIMSampler(sched, num_steps=10, eta=1.0)
+    g = torch.Generator().manual_seed(3)
+    x, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    abar = sched.alphas_cumprod.double()
+    for t in sampler.timesteps:
+        prev = int(t) - sched.config.num_train_timesteps // 10
+        a_t, a_prev = abar[int(t)], abar[min(max(prev, 0), sched.config.num_train_timesteps - 1)]
+        std = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x0 = (x.double() - (1 - a_t).sqrt() * eps.double()) / a_t.sqrt()
+        mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).sqrt() * eps.double()
+        x_next = mean + std * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        logp = torch.distributions.Normal(mean, std).log_prob(x_next).mean(dim=(1, 2, 3))
+        ours = sampler.step(eps, x, t.expand(2), prev=x_next.float())
+        assert torch.isfinite(ours.logp).all(), int(t)
+        assert torch.allclose(ours.mean.double(), mean, atol=1e-4) and torch.allclose(
+            ours.logp.double(), logp, atol=1e-3
+        )

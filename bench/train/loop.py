@@ -509,6 +509,7 @@ class Trainer:
     # ---- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         main = self.world.main  # the other processes of a distributed run write nothing
+        self.state.lock()  # one trainer per run folder (an orphan still running is refused)
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / RUN_SPEC_FILE, self.spec.to_dict())

@@ -4,6 +4,8 @@ run continues bit for bit. Only the main process of a distributed run writes."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import resource
 import shutil
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from t2i_rl_bench import jobguard
 from t2i_rl_bench.algorithm import Algorithm
 from t2i_rl_bench.distributed import World
 from t2i_rl_bench.io import atomic_write_json, replace_dir
@@ -55,9 +58,45 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
+class RunFolderBusy(RuntimeError):
+    """Another live process is training in the same run folder."""
+
+
+_HELD: dict[Path, Any] = {}  # run folders this process holds (held until it ends; re-entry is free)
+
+
 class RunState:
     def __init__(self, out: Path, world: World):
         self.out, self.world = out, world
+        self._lock: Any = None
+
+    def lock(self) -> None:
+        """Hold the run folder for this process's life (the kernel releases it when the process
+        ends, however it ends): a second trainer started on the same folder while the first still
+        runs (an orphan of a killed workflow) is refused instead of writing beside it."""
+        if not self.world.main or self._lock is not None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        key = self.out.resolve()
+        if key in _HELD:  # this process trained here before (a test, a notebook): its own lock
+            self._lock = _HELD[key]
+            return
+        handle = open(self.out / ".lock", "a+")  # noqa: SIM115 - held open until the process ends
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusy(
+                f"run folder {self.out} is being written by another process (pid {holder}); wait for it "
+                "to end or kill it, then start this run again (it resumes from its last state)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = _HELD[key] = handle
 
     def checkpoint(self, trainer: Trainer, budget: int) -> None:
         """The weights at a budget, with the images and seconds it took (what evaluate and probe read)."""
@@ -83,6 +122,7 @@ class RunState:
         per round.)"""
         if not self.world.main:
             return
+        jobguard.check()  # an orphan of an ended workflow job writes no state
         tmp = self.out / ".state.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
