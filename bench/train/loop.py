@@ -35,6 +35,7 @@ from t2i_rl_bench.rollout import StepGraph, Trajectory, recompute, rollout
 from t2i_rl_bench.sampling import sampler_at_round
 from t2i_rl_bench.spec import RUN_SPEC_FILE, RunSpec
 from t2i_rl_bench.tracking import flatten, open_tracker
+from t2i_rl_bench.train.allocator import keep_freed_memory
 from t2i_rl_bench.train.differentiable import backprop_sample
 from t2i_rl_bench.train.forward import OldPolicy, forward_batch
 from t2i_rl_bench.train.state import RunState, peak_memory_mb
@@ -174,6 +175,7 @@ class Trainer:
     def __init__(self, spec: RunSpec, out: str | Path, threads: int = 1):
         self.out = Path(out)
         torch.set_num_threads(threads)
+        keep_freed_memory()  # the same arithmetic, fewer page faults (bench/train/allocator.py)
         run = open_run(spec)  # seeded: policy (+ LoRA), algorithm, reward, sampler, frozen reference
         self.policy, self.algorithm, self.reward, self.sampler = run.policy, run.algorithm, run.reward, run.sampler
         self.recipe = self.algorithm.recipe
