@@ -3,7 +3,8 @@ model, side by side with a baseline commit in the same invocation (docs/performa
 
 For every algorithm the benchmark runs the baseline and this checkout alternately, each in a fresh
 process (the allocator's settings and the peak memory are per process), `--repeats` times, and
-prints per version: process CPU seconds per round (the steady measure on a shared machine) and
+prints per version: the CPU seconds from the process's start to a trainer ready to sample (imports
+and model loading: a job's start-up), process CPU seconds per round (the steady measure on a shared machine) and
 the wall-clock split (sample, reward, train), images per core-second (images over the process's
 CPU seconds), the fraction of the one-thread GEMM rate a round achieves (its forward and backward
 FLOPs, counted by torch's FLOP counter, over its CPU seconds, against an fp32 matmul measured in
@@ -83,9 +84,10 @@ def worker(args: argparse.Namespace) -> dict:
         spec = spec.replace(reuse_sampling_graph=args.reuse_sampling_graph == "on")
     if args.micro_batch is not None:
         spec = spec.replace(micro_batch=args.micro_batch)
-    peak = gemm_rate()
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(spec, out)
+        startup = time.process_time()  # CPU seconds from the process's start to a trainer ready to sample
+        peak = gemm_rate()
         lines, cpu = [], []
         for _ in range(args.rounds):  # timed without the counter's overhead
             start = time.process_time()
@@ -108,6 +110,7 @@ def worker(args: argparse.Namespace) -> dict:
         "optimiser_steps": keep[-1]["optimiser_steps"],
         "reuse_sampling_graph": bool(getattr(trainer, "reuse_graph", False)),
         "peak_rss_mb": round(rss),
+        "startup_cpu_seconds": round(startup, 2),
     }
 
 
@@ -187,6 +190,7 @@ def main() -> None:
                             "ratio": round(ratio, 3),
                             "fraction_of_gemm_rate": [b["fraction_of_gemm_rate"], c["fraction_of_gemm_rate"]],
                             "peak_rss_mb": [b["peak_rss_mb"], c["peak_rss_mb"]],
+                            "startup_cpu_seconds": [b["startup_cpu_seconds"], c["startup_cpu_seconds"]],
                         }
                     ),
                     flush=True,
