@@ -165,6 +165,7 @@ def main() -> None:
     tree = None
     if args.baseline != "none":
         tree = tempfile.mkdtemp(prefix="rl-step-baseline-")
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)  # a killed run's leftover
         subprocess.run(
             ["git", "worktree", "add", "--detach", tree, args.baseline], cwd=ROOT, check=True, capture_output=True
         )
