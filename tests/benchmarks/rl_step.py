@@ -1,17 +1,19 @@
 """The cost of an RL round for each algorithm at the default study's settings on its embedded
 model, side by side with a baseline commit in the same invocation (docs/performance.md#the-benchmark).
 
-For every algorithm the benchmark runs the baseline and this checkout alternately, each in a fresh
-process (the allocator's settings and the peak memory are per process), `--repeats` times, and
-prints per version: the CPU seconds from the process's start to a trainer ready to sample (imports
-and model loading: a job's start-up), process CPU seconds per round (the steady measure on a shared machine) and
-the wall-clock split (sample, reward, train), images per core-second (images over the process's
-CPU seconds), the fraction of the one-thread GEMM rate a round achieves (its forward and backward
-FLOPs, counted by torch's FLOP counter, over its CPU seconds, against an fp32 matmul measured in
-the same process), and the process's peak RSS; then the ratio of images per core-second, this
-checkout over the baseline (the median of the repeats of each). The baseline is a commit checked
-out into a temporary `git worktree` (default: the commit before the speed work) whose package is
-imported in place of this checkout's; `--baseline none` times this checkout alone.
+For every algorithm the benchmark runs the baseline and this checkout alternately, each in a
+fresh process (the allocator's settings and the peak memory are per process), `--repeats` times,
+and prints per version: the CPU seconds from the process's start to a trainer ready to sample (a
+job's start-up: imports and model loading), the process's CPU seconds per round (the steady
+measure on a shared machine) beside the wall-clock split (sample, reward, train), images per
+core-second (images over those CPU seconds), the fraction of the one-thread GEMM rate a round
+achieves (its forward and backward FLOPs, counted by torch's FLOP counter, over its CPU seconds,
+against an fp32 matmul timed in the same process), the process's peak RSS, and a digest of the
+trained weights and the rounds' logged numbers. Then per algorithm: the ratio of images per
+core-second, this checkout over the baseline (the median of the repeats of each), and whether
+every process trained the same weights and logged the same rounds bit for bit. The baseline is a
+commit checked out into a temporary `git worktree` (default: the commit before the speed work)
+whose package is imported in place of this checkout's; `--baseline none` times this checkout alone.
 
     python -m tests.benchmarks.rl_step [--config config/config.yaml] [--rounds 3] [--repeats 1]
         [--algorithms ddpo_is ...] [--baseline REV|none] [--reuse-sampling-graph auto|on|off]
@@ -21,6 +23,7 @@ imported in place of this checkout's; `--baseline none` times this checkout alon
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -94,6 +97,15 @@ def worker(args: argparse.Namespace) -> dict:
             lines.append(trainer.round())
             cpu.append(time.process_time() - start)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the counter's round
+        digest = hashlib.sha256()  # the trained weights and the rounds' numbers, bit for bit
+        for p in trainer.params:
+            digest.update(p.detach().contiguous().numpy().tobytes())
+        digest.update(
+            json.dumps(
+                [{k: v for k, v in line.items() if "seconds" not in k and "memory" not in k} for line in lines],
+                sort_keys=True,
+            ).encode()
+        )
         with FlopCounterMode(display=False) as counter:
             trainer.round()
         flops = counter.get_total_flops()
@@ -111,6 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
         "reuse_sampling_graph": bool(getattr(trainer, "reuse_graph", False)),
         "peak_rss_mb": round(rss),
         "startup_cpu_seconds": round(startup, 2),
+        "result_sha256": digest.hexdigest()[:16],
     }
 
 
@@ -192,6 +205,8 @@ def main() -> None:
                             "fraction_of_gemm_rate": [b["fraction_of_gemm_rate"], c["fraction_of_gemm_rate"]],
                             "peak_rss_mb": [b["peak_rss_mb"], c["peak_rss_mb"]],
                             "startup_cpu_seconds": [b["startup_cpu_seconds"], c["startup_cpu_seconds"]],
+                            # the same trained weights and round lines bit for bit (every repeat)
+                            "bit_identical": len({r["result_sha256"] for r in rows["baseline"] + rows["current"]}) == 1,
                         }
                     ),
                     flush=True,
