@@ -14,16 +14,29 @@ from t2i_rl_bench.sampling import FLOW_VARIANTS, DDIMSampler, FlowSDESampler
 
 @dataclass
 class StepGraph:
-    """Differentiable log-probs and means of every sampled transition, from the sampling forward
+    """Differentiable log-probs and means of the sampled transitions, from the sampling forward
     itself: while the weights are still the sampling weights (the first optimiser step of a round)
-    they are what `recompute` would return, so training needs only the backward pass."""
+    they are what `recompute` would return, so training needs only the backward pass. It holds the
+    steps the round trains (`steps`; default all), so an untrained step (the dropped last one, the
+    ODE steps outside an SDE window) costs no backward."""
 
-    logp: torch.Tensor  # (B, K), requires grad
-    means: torch.Tensor  # (B, K, C, H, W) fp32, requires grad
-    stds: torch.Tensor  # (B, K)
+    logp: torch.Tensor  # (B, S), requires grad
+    means: torch.Tensor  # (B, S, C, H, W) fp32, requires grad
+    stds: torch.Tensor  # (B, S)
+    steps: torch.Tensor | None = None  # (S,) the sampler steps held, ascending; None: all K in order
 
     def select(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logp (b, S), mean (b, S, C, H, W), std (b, S)) of samples (b,) at steps (b, S), as `recompute`."""
+        """(logp (b, S'), mean (b, S', C, H, W), std (b, S')) of samples (b,) at sampler steps
+        (b, S'), as `recompute`."""
+        if self.steps is not None:
+            cols = torch.searchsorted(self.steps, steps.contiguous())
+            if bool((cols >= len(self.steps)).any()) or not torch.equal(
+                self.steps[cols.clamp(max=len(self.steps) - 1)], steps
+            ):
+                raise ValueError(
+                    f"the sampling graph holds steps {self.steps.tolist()}, not all of {steps.unique().tolist()}"
+                )
+            steps = cols
         rows = samples[:, None].expand_as(steps)
         return self.logp[rows, steps], self.means[rows, steps], self.stds[rows, steps]
 
@@ -95,12 +108,15 @@ def rollout(
     group_ids: torch.Tensor | None = None,
     same_noise_per_group: bool = False,
     keep_graph: bool = False,
+    graph_steps: torch.Tensor | None = None,
 ) -> Trajectory:
     """Sample one trajectory per prompt (repeat a prompt G times for a group of G).
 
     keep_graph: run the denoiser with autograd on and keep each step's graph (`Trajectory.graph`):
     the same samples, and training can backpropagate without a second forward. Each step's input
-    is detached, so no gradient flows through the chain of steps (as in recompute)."""
+    is detached, so no gradient flows through the chain of steps (as in recompute). graph_steps:
+    the sampler steps whose graph is kept (default all); the others run without autograd. The
+    samples are the same either way: each step's output does not depend on autograd."""
     n = len(prompts)
     group_ids = torch.arange(n) if group_ids is None else group_ids
     cond, uncond = policy.encode(prompts), policy.encode([""] * n)
@@ -114,9 +130,12 @@ def rollout(
     model_t = sampler.model_timesteps()
     latents, means, step_stds, logps = [x], [], [], []
     graph_means, graph_logps = [], []
+    kept = torch.zeros(sampler.num_steps, dtype=torch.bool)
+    if keep_graph:
+        kept[slice(None) if graph_steps is None else graph_steps] = True
     for k in range(sampler.num_steps):
         t = sampler.timesteps[k]
-        with torch.set_grad_enabled(keep_graph):
+        with torch.set_grad_enabled(bool(kept[k])):
             out = policy.predict(x, model_t[k], cond, uncond, guidance)
             res = sampler.step(out, x, t.expand(n), step_index=torch.full((n,), k), generator=generator)
         x = res.x_next.detach()
@@ -124,14 +143,20 @@ def rollout(
         means.append(res.mean.detach())
         step_stds.append(res.std.expand(n))
         logps.append(res.logp.detach())
-        if keep_graph:
+        if kept[k]:
             graph_means.append(res.mean)
             graph_logps.append(res.logp)
     stds = torch.stack(step_stds, 1)
     graph = None
     if keep_graph:
+        steps = None if bool(kept.all()) else torch.nonzero(kept).flatten()
         with torch.enable_grad():
-            graph = StepGraph(torch.stack(graph_logps, 1), torch.stack(graph_means, 1), stds)
+            graph = StepGraph(
+                torch.stack(graph_logps, 1),
+                torch.stack(graph_means, 1),
+                stds if steps is None else stds[:, steps],
+                steps,
+            )
     return Trajectory(
         prompts=list(prompts),
         group_ids=group_ids,

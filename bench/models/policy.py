@@ -68,15 +68,16 @@ class Policy(nn.Module):
         """The embedded family: PixArt-style DiT, CLIP text encoder, word-level tokenizer."""
         if options:
             raise ValueError(f"the embedded model family takes no model options, got {sorted(options)}")
-        from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PixArtTransformer2DModel
-        from transformers import CLIPTextModel, PreTrainedTokenizerFast
+        from transformers.models.clip.modeling_clip import CLIPTextModel
+        from transformers.tokenization_utils_fast import PreTrainedTokenizerFast
+
+        from t2i_rl_bench.models.imports import denoiser_class, scheduler_class
 
         folder = Path(folder)
         info = read_manifest(folder)
-        objective = info.get("spec", {}).get("objective", "epsilon")
-        scheduler_cls = FlowMatchEulerDiscreteScheduler if objective == "flow" else DDIMScheduler
+        scheduler_cls = scheduler_class(info.get("spec", {}).get("objective", "epsilon"))
         return cls(
-            PixArtTransformer2DModel.from_pretrained(folder / "transformer"),
+            denoiser_class().from_pretrained(folder / "transformer"),
             CLIPTextModel.from_pretrained(folder / "text_encoder"),
             PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer"),
             scheduler_cls.from_pretrained(folder / "scheduler"),
@@ -109,9 +110,9 @@ class Policy(nn.Module):
                 self.enable_lora(**json.loads((folder / "adapter" / "lora.json").read_text()))
             set_peft_model_state_dict(self.denoiser, load_file(folder / "adapter" / "adapter_model.safetensors"))
             return
-        from diffusers import PixArtTransformer2DModel
+        from t2i_rl_bench.models.imports import denoiser_class
 
-        loaded = PixArtTransformer2DModel.from_pretrained(folder / "transformer")
+        loaded = denoiser_class().from_pretrained(folder / "transformer")
         self.denoiser.load_state_dict(loaded.state_dict())
 
     # ---- LoRA ----------------------------------------------------------------------------

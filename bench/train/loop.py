@@ -35,6 +35,7 @@ from t2i_rl_bench.rollout import StepGraph, Trajectory, recompute, rollout
 from t2i_rl_bench.sampling import sampler_at_round
 from t2i_rl_bench.spec import RUN_SPEC_FILE, RunSpec
 from t2i_rl_bench.tracking import flatten, open_tracker
+from t2i_rl_bench.train.allocator import keep_freed_memory
 from t2i_rl_bench.train.differentiable import backprop_sample
 from t2i_rl_bench.train.forward import OldPolicy, forward_batch
 from t2i_rl_bench.train.state import RunState, peak_memory_mb
@@ -151,17 +152,20 @@ def whole_group_batches(group_ids: torch.Tensor, size: int) -> list[torch.Tensor
 
 def can_reuse_graph(spec: RunSpec, algorithm_recipe: Any, policy: Any) -> bool:
     """Whether the first update of a round can backpropagate through the sampling forward: its
-    weights are the sampling weights, and it must train every recorded transition (one update
-    per inner epoch, all steps), else the graph's unused part would cost a wasted backward.
-    The denoiser must compute the same in eval and train mode (no dropout, no batch norm)."""
+    weights are the sampling weights, and it must train every transition the sampler can train
+    (one update per inner epoch, the whole timestep fraction; the graph is kept for those steps
+    only, `trainable_steps`: not the dropped last step, not the ODE steps outside an SDE window),
+    else the graph's unused part would cost a wasted backward. The denoiser must compute the same
+    in eval and train mode (no dropout, no batch norm)."""
     wanted = spec.reuse_sampling_graph
+    r = algorithm_recipe
+    trains_all = r.updates_per_round == 1 and r.timestep_fraction >= 1
     if wanted is None:  # only where the memory of a full-batch recompute was asked for anyway
         full_batch = spec.micro_batch >= spec.images_per_round and not spec.step_chunk
         wanted = isinstance(policy, LatentPolicy) and full_batch
-    r = algorithm_recipe
-    trains_all = (
-        r.updates_per_round == 1 and r.timestep_fraction >= 1 and not r.drop_last_step and spec.sde_window is None
-    )
+        # by default only where every step trains, as before the graph could hold a subset: the
+        # runs that did not reuse it stay bit for bit as they were (asked for, it holds the subset)
+        trains_all = trains_all and not r.drop_last_step and spec.sde_window is None
     mode_free = not any(
         (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
         or isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -174,6 +178,7 @@ class Trainer:
     def __init__(self, spec: RunSpec, out: str | Path, threads: int = 1):
         self.out = Path(out)
         torch.set_num_threads(threads)
+        keep_freed_memory()  # the same arithmetic, fewer page faults (bench/train/allocator.py)
         run = open_run(spec)  # seeded: policy (+ LoRA), algorithm, reward, sampler, frozen reference
         self.policy, self.algorithm, self.reward, self.sampler = run.policy, run.algorithm, run.reward, run.sampler
         self.recipe = self.algorithm.recipe
@@ -388,6 +393,7 @@ class Trainer:
                 group_ids,
                 self.recipe.same_noise_per_group,
                 keep_graph=self.reuse_graph,
+                graph_steps=trainable_steps(self.sampler, self.recipe.drop_last_step) if self.reuse_graph else None,
             )
 
     def score(self, traj: Trajectory) -> Scored:
