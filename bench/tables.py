@@ -685,6 +685,9 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
                 f"{1 / k:.3g} (its noise floor); snr_unbiased subtracts it (0 = no signal)",
                 "trace_cov, mean_sq_norm, norm_variance scale with each loss: shown per method, never ranked across "
                 "methods (comparable = per method only)",
+                "proj_snr: the cross-fitted SNR of the gradient projected on the other half's mean (mean / sd per "
+                "minibatch, 0 = no signal; proj_snr_low/high its exact interval from one probe), step_*: per denoising "
+                "step, update<u>/*: after the u-th update of the probe's round (docs/mechanisms.md#the-gradient-probe)",
             ],
         )
         probe_rows.to_csv(out / "probe_per_seed.csv", index=False)
