@@ -222,8 +222,8 @@ def off_policy_probe(
     updates that train on samples of an older policy): the effective sample size of the
     importance ratios r = exp(logp - logp_old) per (sample, step) and per trajectory (the product
     over steps), the fraction of (sample, step) terms the loss clips (`Loss.clipped`), and the
-    trace and projected SNR of the first `minibatches` groups' gradients of the loss at the updated
-    weights (update 0: the on-policy gradients `on_policy`, ratio 1). The weights are restored
+    trace and projected SNR of the gradients of the loss at the updated weights, all on the first
+    `minibatches` groups (update 0: the on-policy gradients `on_policy`, ratio 1). The weights are restored
     after. Empty for the other methods and families (docs/mechanisms.md#off-policy-probe)."""
     r = algorithm.recipe
     updates = r.inner_epochs * r.updates_per_round
@@ -239,7 +239,6 @@ def off_policy_probe(
         params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=spec.adam_eps
     )
     parts = _off_policy_parts(group_ids, r.updates_per_round, r.inner_epochs)
-    every = torch.arange(len(traj))
     args = (policy, sampler, algorithm, traj)
     try:
         for u in range(1, updates):
@@ -248,22 +247,21 @@ def off_policy_probe(
             call_loss(name, algorithm, part).value.backward()
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             optimiser.step()
-            batch = _step_batch(*args, every, advantages, rewards, spec.guidance, False)
-            with torch.no_grad():  # the loss's own clip mask (no gradient needed, so not through call_loss)
-                clipped = algorithm.loss(batch).clipped
-            log_ratio = (batch.logp - batch.logp_old).detach().double()
-            grads = []
-            for g in range(k):
+            grads, log_ratios, clipped = [], [], []
+            for g in range(k):  # the first k groups: their gradients, ratios and clip mask at the updated weights
                 rows = torch.nonzero(group_ids == g).flatten()
-                value = call_loss(
-                    name, algorithm, _step_batch(*args, rows, advantages, rewards, spec.guidance, True), finite=False
-                ).value
-                grads.append(_flat(torch.autograd.grad(value, params, allow_unused=True), params))
+                batch = _step_batch(*args, rows, advantages, rewards, spec.guidance, True)
+                loss = call_loss(name, algorithm, batch, finite=False)
+                grads.append(_flat(torch.autograd.grad(loss.value, params, allow_unused=True), params))
+                log_ratios.append((batch.logp - batch.logp_old).detach().double())
+                if loss.clipped is not None:
+                    clipped.append(loss.clipped.float().flatten())
+            log_ratio = torch.cat(log_ratios)
             out.update(
                 {
                     f"update{u}/ess": effective_sample_size(log_ratio),
                     f"update{u}/ess_trajectory": effective_sample_size(log_ratio.sum(1)),
-                    f"update{u}/clip_fraction": None if clipped is None else float(clipped.float().mean()),
+                    f"update{u}/clip_fraction": float(torch.cat(clipped).mean()) if clipped else None,
                     f"update{u}/log_ratio_abs": float(log_ratio.abs().mean()),
                     **_update_row(u, torch.stack(grads), group_size),
                 }

@@ -258,6 +258,13 @@ _register(
     keys=("credit_max_min",),
 )
 _register(
+    "loop_collapsed",
+    "lower",
+    collapse.loop_collapsed,
+    "self-consuming loop's collapse rule, calibrated on the fully synthetic loop (docs/mechanisms.md#collapse-rule)",
+    keys=("collapse/loop_collapsed",),
+)
+_register(
     "normalized_auc",
     "higher",
     convergence.normalized_auc,
