@@ -743,7 +743,7 @@ def recursive_tables(
         return pd.DataFrame(), pd.DataFrame()
     seed_rows, table = pd.concat(per_seed), pd.concat(summaries)
     seed_rows.to_csv(out / "recursive_per_seed.csv", index=False)
-    decay = table["metric"].str.startswith("decay/")
+    decay = table["metric"].str.startswith(("decay/", "collapse/"))  # per loop: slopes and the collapse rule
     settings = "; ".join(
         f"{n}: {v['mode']}, real fraction {v['real_fraction']:g}, select_top {v['select_top']:g}"
         for n, v in variants.items()
