@@ -43,6 +43,9 @@ LINKS = (
             ("probe", "proj_snr", "start"),
             ("probe", "proj_snr", "final"),
             ("probe", "snr_unbiased", "final"),
+            ("probe", "update1/proj_snr", "final"),  # off-policy: after the round's first update
+            ("probe", "update1/clip_fraction", "final"),
+            ("probe", "update1/ess", "final"),
         ),
     ),
     Link(

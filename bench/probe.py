@@ -294,7 +294,7 @@ def probe_gradients(
     )
     if algorithm.family != "step":
         generator = torch.Generator().manual_seed(seed + 1)
-        grads = [
+        family_grads = [
             family_gradient(
                 policy,
                 sampler,
@@ -309,7 +309,7 @@ def probe_gradients(
             )
             for g in range(n_groups)
         ]
-        stacked = torch.stack(grads)
+        stacked = torch.stack(family_grads)
         return {
             **asdict(gradient_statistics(stacked)),
             **projected_statistics(stacked, group_size),
