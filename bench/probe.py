@@ -244,7 +244,11 @@ def off_policy_probe(
         for u in range(1, updates):
             optimiser.zero_grad(set_to_none=True)
             part = _step_batch(*args, parts[u - 1], advantages, rewards, spec.guidance, True)
-            call_loss(name, algorithm, part).value.backward()
+            value = call_loss(name, algorithm, part, finite=False).value
+            if not torch.isfinite(value):  # a loss that is not finite cannot be stepped on: the rest is not probed
+                out["off_policy_note"] = f"update {u}: non-finite loss, not stepped"
+                break
+            value.backward()
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             optimiser.step()
             grads, log_ratios, clipped = [], [], []

@@ -853,7 +853,7 @@ def write_citable(
         if frame is None or frame.empty:
             continue
         for keys, g in frame.groupby(["model", "reward", "algorithm", "budget", "metric"]):
-            if keys[-1].startswith("credit_share/"):
+            if keys[-1].startswith(("credit_share/", "step_")):  # per-step lists: in probe_per_seed.csv
                 continue
             per_seed["/".join(map(str, keys[:-1])) + f"/{prefix}{keys[-1]}"] = {
                 str(int(sd)): num(v) for sd, v in zip(g["seed"], g["value"].astype(float))
