@@ -105,7 +105,17 @@ def _value(frame: pd.DataFrame, model: str, reward: str, algorithm: str, metric:
     if part.empty:
         return "not measured"
     r = part.iloc[0]
-    return _interval(r["mean"], r.get("ci_low"), r.get("ci_high"))
+    low, high = r.get("ci_low"), r.get("ci_high")
+    if "budget" in frame and not (np.isfinite(_float(low)) and np.isfinite(_float(high))):
+        # measured once (the base model): the probe's own interval, where it has one
+        own = frame[
+            (frame["model"] == model)
+            & (frame["reward"] == reward)
+            & (frame["algorithm"] == algorithm)
+            & (frame["budget"] == r["budget"])
+        ].set_index("metric")["mean"]
+        low, high = own.get(f"{r['metric']}_low"), own.get(f"{r['metric']}_high")
+    return _interval(r["mean"], low, high)
 
 
 def _recursive_tables(tables: Path) -> tuple[pd.DataFrame, str]:

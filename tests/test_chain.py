@@ -89,3 +89,14 @@ def test_summary_sentences_and_an_empty_section_without_verdicts(tmp_path):
         "The chain does not get past its first link: link 1 is inconclusive"
     )
     assert chain_section(tmp_path) == ""
+
+
+def test_a_probe_measured_once_shows_its_own_interval(tmp_path):
+    tables = tmp_path / "tables"
+    _write(tables, "verdicts", _verdicts(pcpo_snr="inconclusive"))
+    rows = [
+        {**PAIR, "algorithm": "pcpo", "budget": 0, "metric": m, "mean": v, "ci_low": None, "ci_high": None}
+        for m, v in (("proj_snr", 0.8), ("proj_snr_low", 0.2), ("proj_snr_high", 1.4))
+    ]
+    _write(tables, "probe", pd.DataFrame(rows))
+    assert "proj_snr (start): pcpo 0.8 [0.2, 1.4], ddpo_is not measured" in chain_section(tables)
