@@ -164,10 +164,16 @@ def _link_reading(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, rewa
 def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is") -> str:
     """The report's section: per (model, training reward), one row per link with the measures
     for `method` and `reference`, the link's claims with their effect [interval] and verdict, and
-    a closing sentence on where the chain holds and where it breaks. Empty without verdicts."""
+    a closing sentence on where the chain holds and where it breaks. Empty without verdict lines
+    on `method` (not in the study); `reference` is the one those lines compare with."""
     verdicts = _read(tables / "verdicts.csv")
-    if verdicts.empty:
+    if verdicts.empty or "verdict" not in verdicts:
         return ""
+    ran = verdicts[(verdicts["method"] == method) & (verdicts["verdict"] != "not run")]
+    if ran.empty:  # the method (or every method it is compared with) is not in this study
+        return ""
+    if "over" in ran and ran["over"].notna().any():  # the reference the declared claims compare with
+        reference = str(ran["over"].dropna().mode().iloc[0])
     frames = {"probe": _read(tables / "probe.csv"), "derived": _read(tables / "derived.csv")}
     frames["recursive_decay"], source = _recursive_tables(tables)
     parts = [

@@ -229,6 +229,10 @@ def off_policy_probe(
     updates = r.inner_epochs * r.updates_per_round
     if algorithm.family != "step" or updates < 2 or minibatches < 2:
         return {}
+    parts = _off_policy_parts(group_ids, r.updates_per_round, r.inner_epochs)
+    updates = len(parts)  # fewer probe groups than updates per round: one update per group
+    if updates < 2:
+        return {}
     name = type(algorithm).__name__
     group_size = int((group_ids == 0).sum())
     k = min(minibatches, len(on_policy))
@@ -238,7 +242,6 @@ def off_policy_probe(
     optimiser = torch.optim.AdamW(
         params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=spec.adam_eps
     )
-    parts = _off_policy_parts(group_ids, r.updates_per_round, r.inner_epochs)
     args = (policy, sampler, algorithm, traj)
     try:
         for u in range(1, updates):

@@ -100,3 +100,10 @@ def test_a_probe_measured_once_shows_its_own_interval(tmp_path):
     ]
     _write(tables, "probe", pd.DataFrame(rows))
     assert "proj_snr (start): pcpo 0.8 [0.2, 1.4], ddpo_is not measured" in chain_section(tables)
+
+
+def test_no_section_when_pcpo_is_not_in_the_study(tmp_path):
+    tables = tmp_path / "tables"
+    lines = _verdicts(pcpo_snr="not run").assign(over="")
+    _write(tables, "verdicts", lines)
+    assert chain_section(tables) == ""
