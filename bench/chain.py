@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-READING = {"supported": "holds", "contradicted": "breaks", "inconclusive": "inconclusive", "not run": "not measured"}
+# an 'equivalent' line (no difference beyond the claim's declared margin) means the claimed effect is absent
+READING = {
+    "supported": "holds",
+    "contradicted": "breaks",
+    "equivalent": "breaks",
+    "inconclusive": "inconclusive",
+    "not run": "not measured",
+}
 
 
 @dataclass(frozen=True)
