@@ -1,5 +1,5 @@
 """Gradient variance of a policy-gradient loss, measured from K independent minibatch gradients
-g_k of the algorithm's own loss on the trainable parameters (DESIGN.md, "Measurements"), and the
+g_k of the algorithm's own loss on the trainable parameters (docs/mechanisms.md#the-gradient-probe), and the
 per-denoising-step "credit share" (the diagnosis of PCPO: a few timesteps carry most of the
 gradient).
 
