@@ -181,7 +181,8 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
         return ""
     if "over" in ran and ran["over"].notna().any():  # the reference the declared claims compare with
         reference = str(ran["over"].dropna().mode().iloc[0])
-    frames = {"probe": _read(tables / "probe.csv"), "derived": _read(tables / "derived.csv")}
+    probe = pd.concat([_read(tables / f"{n}.csv") for n in ("probe", "probe_offpolicy", "probe_steps")])
+    frames = {"probe": probe, "derived": _read(tables / "derived.csv")}
     frames["recursive_decay"], source = _recursive_tables(tables)
     parts = [
         "<h2>PCPO's claim, link by link</h2>",

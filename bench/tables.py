@@ -675,8 +675,19 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         probe_rows = collect(cfg, runs_root, "probe.json")
         probe_table = summarise(probe_rows, s)
         k = cfg["probe"].get("minibatches")
+        # per-step statistics and the off-policy probe in tables of their own (docs/mechanisms.md#the-gradient-probe)
+        parts = {
+            "probe_steps": probe_table["metric"].str.startswith("step_"),
+            "probe_offpolicy": probe_table["metric"].str.startswith("update"),
+        }
+        for name, mask, note in (
+            ("probe_steps", parts["probe_steps"], "step_<stat>/<s>: per denoising step s (the sampler's index)"),
+            ("probe_offpolicy", parts["probe_offpolicy"], "update<u>/*: after the u-th update of the probe's round"),
+        ):
+            if mask.any():
+                write_tables(probe_table[mask], prov, out, name, [note + " (docs/mechanisms.md#the-gradient-probe)"])
         write_tables(
-            probe_table,
+            probe_table[~(parts["probe_steps"] | parts["probe_offpolicy"])],
             prov,
             out,
             "probe",
@@ -686,8 +697,9 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
                 "trace_cov, mean_sq_norm, norm_variance scale with each loss: shown per method, never ranked across "
                 "methods (comparable = per method only)",
                 "proj_snr: the cross-fitted SNR of the gradient projected on the other half's mean (mean / sd per "
-                "minibatch, 0 = no signal; proj_snr_low/high its exact interval from one probe), step_*: per denoising "
-                "step, update<u>/*: after the u-th update of the probe's round (docs/mechanisms.md#the-gradient-probe)",
+                "minibatch, 0 = no signal; proj_snr_low/high its exact interval from one probe); per-step "
+                "statistics in probe_steps.csv, the off-policy probe in probe_offpolicy.csv "
+                "(docs/mechanisms.md#the-gradient-probe)",
             ],
         )
         probe_rows.to_csv(out / "probe_per_seed.csv", index=False)
