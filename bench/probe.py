@@ -1,6 +1,6 @@
 """The gradient-variance probe: at the start and at every budget, on fixed probe prompts and
 seeds (the same for every method), K independent minibatch gradients of the algorithm's own loss
-and the share of the gradient each denoising step contributes (DESIGN.md, "Measurements").
+and the share of the gradient each denoising step contributes (docs/mechanisms.md#the-gradient-probe).
 
 Minibatch k is one prompt group of G images, its StepBatch built as training builds it
 (t2i_rl_bench.train.steps.step_batch), reference terms included. Its gradient is decomposed exactly by
@@ -13,6 +13,13 @@ per-step credit without assuming it is a mean of per-step terms.
 The two families without per-step log-probs get the same gradient statistics (minibatch k: the
 gradient of the loss training computes on group k) and, instead of a credit share, a
 `credit_note` that says why they have none (NO_STEP_CREDIT).
+
+Beside the trace SNR, each row carries the statistics that resolve signal at this K
+(docs/mechanisms.md#the-gradient-probe): the cross-fitted projected SNR with its interval, the
+cosine to the reference direction by batch size, the noise scale, per step the variance share
+and the trace and projected SNR of g_{k,s}, and, for methods that make several updates per
+round, the off-policy probe (`off_policy_probe`: importance-ratio ESS, clip fraction and the
+gradient statistics after the 1st, 2nd, ... update; docs/mechanisms.md#off-policy-probe).
 """
 
 from __future__ import annotations
@@ -29,7 +36,15 @@ from t2i_rl_bench.algorithm import Algorithm, RewardBatch
 from t2i_rl_bench.factory import open_algorithm, open_run
 from t2i_rl_bench.interfaces import Reward, Sampler
 from t2i_rl_bench.io import atomic_write_json, read_shared
-from t2i_rl_bench.metrics.gradient_variance import credit_share, gini, gradient_statistics, max_min_ratio
+from t2i_rl_bench.metrics.gradient_variance import (
+    credit_share,
+    effective_sample_size,
+    gini,
+    gradient_statistics,
+    max_min_ratio,
+    projected_statistics,
+    step_statistics,
+)
 from t2i_rl_bench.models.policy import Policy
 from t2i_rl_bench.rollout import Trajectory, recompute, rollout
 from t2i_rl_bench.sampling import sampler_at_round
@@ -160,6 +175,111 @@ def probe_rollout(
     return traj, group_ids, rewards, algorithm.advantages(rewards, group_ids, all_prompts).float()
 
 
+def _off_policy_parts(group_ids: torch.Tensor, updates_per_round: int, inner_epochs: int) -> list[torch.Tensor]:
+    """The samples of each update of a round, as training splits it: the round's groups in
+    `updates_per_round` even parts of whole groups, `inner_epochs` passes."""
+    n_groups = int(group_ids.max()) + 1
+    chunks = torch.tensor_split(torch.arange(n_groups), updates_per_round)
+    parts = [torch.nonzero(torch.isin(group_ids, c)).flatten() for c in chunks if len(c)]
+    return parts * inner_epochs
+
+
+def _step_batch(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance, grad: bool):
+    trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
+    steps = trained.expand(len(rows), len(trained))
+    reference = reference_terms(policy, sampler, traj, algorithm, guidance, rows, int(trained.max()) + 1)
+    with torch.enable_grad() if grad else torch.no_grad():
+        current = recompute(policy, sampler, traj, rows, steps, guidance)
+    return step_batch(traj, sampler, rows, steps, current, advantages, rewards, reference)
+
+
+def _update_row(u: int, grads: torch.Tensor, group_size: int) -> dict[str, Any]:
+    stats = gradient_statistics(grads)
+    proj = projected_statistics(grads, group_size)
+    return {
+        f"update{u}/snr_unbiased": stats.snr_unbiased,
+        f"update{u}/snr_unbiased_low": stats.snr_unbiased_low,
+        f"update{u}/snr_unbiased_high": stats.snr_unbiased_high,
+        **{f"update{u}/{k}": proj[k] for k in ("proj_snr", "proj_snr_low", "proj_snr_high")},
+    }
+
+
+def off_policy_probe(
+    policy: Policy,
+    sampler: Sampler,
+    algorithm: Algorithm,
+    spec: RunSpec,
+    traj: Trajectory,
+    group_ids: torch.Tensor,
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    on_policy: torch.Tensor,
+    minibatches: int,
+) -> dict[str, Any]:
+    """For a method that makes several updates per round (inner_epochs x updates_per_round > 1):
+    the probe's samples taken as one round, updated as training updates it (a fresh AdamW with the
+    run's settings, the round's parts in order), and after the u-th update (u = 1 .. U-1, the
+    updates that train on samples of an older policy): the effective sample size of the
+    importance ratios r = exp(logp - logp_old) per (sample, step) and per trajectory (the product
+    over steps), the fraction of (sample, step) terms the loss clips (`Loss.clipped`), and the
+    trace and projected SNR of the gradients of the loss at the updated weights, all on the first
+    `minibatches` groups (update 0: the on-policy gradients `on_policy`, ratio 1). The weights are restored
+    after. Empty for the other methods and families (docs/mechanisms.md#off-policy-probe)."""
+    r = algorithm.recipe
+    updates = r.inner_epochs * r.updates_per_round
+    if algorithm.family != "step" or updates < 2 or minibatches < 2:
+        return {}
+    parts = _off_policy_parts(group_ids, r.updates_per_round, r.inner_epochs)
+    updates = len(parts)  # fewer probe groups than updates per round: one update per group
+    if updates < 2:
+        return {}
+    name = type(algorithm).__name__
+    group_size = int((group_ids == 0).sum())
+    k = min(minibatches, len(on_policy))
+    out: dict[str, Any] = {"updates_per_round": updates, **_update_row(0, on_policy[:k], group_size)}
+    params = policy.trainable_parameters()
+    saved = [p.detach().clone() for p in params]
+    optimiser = torch.optim.AdamW(
+        params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, eps=spec.adam_eps
+    )
+    args = (policy, sampler, algorithm, traj)
+    try:
+        for u in range(1, updates):
+            optimiser.zero_grad(set_to_none=True)
+            part = _step_batch(*args, parts[u - 1], advantages, rewards, spec.guidance, True)
+            value = call_loss(name, algorithm, part, finite=False).value
+            if not torch.isfinite(value):  # a loss that is not finite cannot be stepped on: the rest is not probed
+                out["off_policy_note"] = f"update {u}: non-finite loss, not stepped"
+                break
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+            optimiser.step()
+            grads, log_ratios, clipped = [], [], []
+            for g in range(k):  # the first k groups: their gradients, ratios and clip mask at the updated weights
+                rows = torch.nonzero(group_ids == g).flatten()
+                batch = _step_batch(*args, rows, advantages, rewards, spec.guidance, True)
+                loss = call_loss(name, algorithm, batch, finite=False)
+                grads.append(_flat(torch.autograd.grad(loss.value, params, allow_unused=True), params))
+                log_ratios.append((batch.logp - batch.logp_old).detach().double())
+                if loss.clipped is not None:
+                    clipped.append(loss.clipped.float().flatten())
+            log_ratio = torch.cat(log_ratios)
+            out.update(
+                {
+                    f"update{u}/ess": effective_sample_size(log_ratio),
+                    f"update{u}/ess_trajectory": effective_sample_size(log_ratio.sum(1)),
+                    f"update{u}/clip_fraction": float(torch.cat(clipped).mean()) if clipped else None,
+                    f"update{u}/log_ratio_abs": float(log_ratio.abs().mean()),
+                    **_update_row(u, torch.stack(grads), group_size),
+                }
+            )
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+    return out
+
+
 def probe_gradients(
     policy: Policy,
     sampler: Sampler,
@@ -169,15 +289,19 @@ def probe_gradients(
     group_size: int,
     guidance: float,
     seed: int,
+    spec: RunSpec | None = None,
+    off_policy_minibatches: int = 0,
 ) -> dict[str, Any]:
-    """One checkpoint: returns the gradient statistics and the per-step credit shares."""
+    """One checkpoint: returns the gradient statistics (trace and projected), the per-step
+    credit shares and statistics, and with `spec` and off_policy_minibatches >= 2 the off-policy
+    probe."""
     n_groups = len(prompts)
     traj, group_ids, rewards, advantages = probe_rollout(
         policy, sampler, algorithm, reward, prompts, group_size, guidance, seed
     )
     if algorithm.family != "step":
         generator = torch.Generator().manual_seed(seed + 1)
-        grads = [
+        family_grads = [
             family_gradient(
                 policy,
                 sampler,
@@ -192,32 +316,49 @@ def probe_gradients(
             )
             for g in range(n_groups)
         ]
+        stacked = torch.stack(family_grads)
         return {
-            **asdict(gradient_statistics(torch.stack(grads))),
+            **asdict(gradient_statistics(stacked)),
+            **projected_statistics(stacked, group_size),
             "credit_note": NO_STEP_CREDIT[algorithm.family],
             "reward_mean": float(rewards.mean()),
         }
     trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
-    grads, norms = [], torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
+    per_group, norms = [], torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
     for g in range(n_groups):
         rows = torch.nonzero(group_ids == g).flatten()
-        per_step = step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance)
-        total = per_step[0]
-        for s, g_s in enumerate(per_step):
-            norms[g, trained[s]] = g_s.norm().double()
-            total = total + g_s if s else total
-        grads.append(total)
-    stats = gradient_statistics(torch.stack(grads))
+        per_step = torch.stack(step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance))
+        norms[g, trained] = per_step.norm(dim=1).double()
+        per_group.append(per_step)
+    steps = torch.stack(per_group)  # (K, S, P)
+    grads = steps.sum(1)
+    stats = gradient_statistics(grads)
     shares = credit_share(norms[:, trained])
     share_per_step = torch.zeros(sampler.num_steps, dtype=torch.float64)
     share_per_step[trained] = torch.as_tensor(shares, dtype=torch.float64)
-    return {
+    per_step_stats: dict[str, list[float | None]] = {}
+    for key, values in step_statistics(steps).items():  # on the sampler's step index; None: not trained
+        full: list[float | None] = [None] * sampler.num_steps
+        for s, v in zip(trained.tolist(), values):
+            full[s] = v
+        per_step_stats[key] = full
+    row = {
         **asdict(stats),
+        **projected_statistics(grads, group_size),
         "credit_share": [round(float(v), 6) for v in share_per_step],
         "credit_max_min": max_min_ratio(shares),
         "credit_gini": gini(shares),
+        **per_step_stats,
         "reward_mean": float(rewards.mean()),
     }
+    if spec is not None and off_policy_minibatches:
+        del steps, per_group
+        row.update(
+            off_policy_probe(
+                policy, sampler, algorithm, spec, traj, group_ids, advantages, rewards, grads, off_policy_minibatches
+            )
+        )
+    return row
 
 
 # run-spec fields that cannot change the probe of the base model (training-only or bookkeeping);
@@ -274,6 +415,10 @@ class Prober:
                 group,
                 self.spec.guidance,
                 self.probe["seed"],
+                self.spec,
+                # the off-policy probe at the base model and the final budget only (its cost:
+                # docs/mechanisms.md#cost-of-the-probe)
+                self.probe.get("off_policy_minibatches", 0) if budget in (0, max(self.spec.budgets)) else 0,
             ),
         }
 

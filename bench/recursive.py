@@ -18,6 +18,9 @@ generation, the start (g = 0) included, is measured like an evaluation checkpoin
 precision/recall/density/coverage against rendered references, per-prompt diversity, attribute
 accuracy. The decay rate of a measure is its least-squares slope per generation
 (`t2i_rl_bench.metrics.collapse.decay_rate`); the tables give it with an interval over seeds.
+Each loop is also judged by the collapse rule (`collapse.loop_collapsed`: FID rising faster than
+a threshold calibrated on the fully synthetic loop; docs/mechanisms.md#collapse-rule), whose
+mean over seeds is the method's collapse rate.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from t2i_rl_bench.evaluate import QualityJudge
 from t2i_rl_bench.factory import open_policy, open_reward, open_sampler
 from t2i_rl_bench.interfaces import Sampler
 from t2i_rl_bench.io import atomic_write_json
-from t2i_rl_bench.metrics.collapse import decay_rate
+from t2i_rl_bench.metrics.collapse import decay_rate, loop_collapsed
 from t2i_rl_bench.metrics.diversity import precision_recall_density_coverage
 from t2i_rl_bench.models.policy import Policy
 from t2i_rl_bench.rollout import sample_images
@@ -245,6 +248,8 @@ def recursive_run(
             }
         )
     decay = {f"decay/{m}": decay_rate([r["generation"] for r in rows], [r[m] for r in rows]) for m in DECAY_METRICS}
+    # the collapse rule, calibrated on the fully synthetic loop (docs/mechanisms.md#collapse-rule)
+    decay["collapse/loop_collapsed"] = loop_collapsed(decay["decay/quality/fid"])
     out = {"variant": settings.name, "start": start, "settings": asdict(settings), "rows": rows, "decay": decay}
     atomic_write_json(run_dir / "recursive" / f"{settings.name}.json", json.loads(json.dumps(out)))
     return out

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from t2i_rl_bench import calibration, failures, frontier, mechanisms  # noqa: E402
+from t2i_rl_bench.chain import chain_section  # noqa: E402
 from t2i_rl_bench.io import atomic_write_text  # noqa: E402
 from t2i_rl_bench.metrics import direction, gold_keys, lookup  # noqa: E402
 
@@ -743,6 +744,7 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     ]
     parts.append(headline_section(tables))
     parts.append(verdict_section(tables))
+    parts.append(chain_section(tables))  # PCPO's claim link by link (bench/chain.py)
     parts.append(
         "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in findings(table, tables)) + "</ul>"
     )

@@ -705,8 +705,19 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         probe_rows = failures.mask_unfinished(collect(cfg, runs_root, "probe.json"))
         probe_table = summarise(probe_rows, s)
         k = cfg["probe"].get("minibatches")
+        # per-step statistics and the off-policy probe in tables of their own (docs/mechanisms.md#the-gradient-probe)
+        parts = {
+            "probe_steps": probe_table["metric"].str.startswith("step_"),
+            "probe_offpolicy": probe_table["metric"].str.startswith("update"),
+        }
+        for name, mask, note in (
+            ("probe_steps", parts["probe_steps"], "step_<stat>/<s>: per denoising step s (the sampler's index)"),
+            ("probe_offpolicy", parts["probe_offpolicy"], "update<u>/*: after the u-th update of the probe's round"),
+        ):
+            if mask.any():
+                write_tables(probe_table[mask], prov, out, name, [note + " (docs/mechanisms.md#the-gradient-probe)"])
         write_tables(
-            probe_table,
+            probe_table[~(parts["probe_steps"] | parts["probe_offpolicy"])],
             prov,
             out,
             "probe",
@@ -715,6 +726,10 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
                 f"{1 / k:.3g} (its noise floor); snr_unbiased subtracts it (0 = no signal)",
                 "trace_cov, mean_sq_norm, norm_variance scale with each loss: shown per method, never ranked across "
                 "methods (comparable = per method only)",
+                "proj_snr: the cross-fitted SNR of the gradient projected on the other half's mean (mean / sd per "
+                "minibatch, 0 = no signal; proj_snr_low/high its exact interval from one probe); per-step "
+                "statistics in probe_steps.csv, the off-policy probe in probe_offpolicy.csv "
+                "(docs/mechanisms.md#the-gradient-probe)",
             ],
         )
         probe_rows.to_csv(out / "probe_per_seed.csv", index=False)
@@ -780,7 +795,7 @@ def recursive_tables(
         return pd.DataFrame(), pd.DataFrame()
     seed_rows, table = pd.concat(per_seed), pd.concat(summaries)
     seed_rows.to_csv(out / "recursive_per_seed.csv", index=False)
-    decay = table["metric"].str.startswith("decay/")
+    decay = table["metric"].str.startswith(("decay/", "collapse/"))  # per loop: slopes and the collapse rule
     settings = "; ".join(
         f"{n}: {v['mode']}, real fraction {v['real_fraction']:g}, select_top {v['select_top']:g}"
         for n, v in variants.items()
@@ -891,7 +906,7 @@ def write_citable(
         if frame is None or frame.empty:
             continue
         for keys, g in frame.groupby(["model", "reward", "algorithm", "budget", "metric"]):
-            if keys[-1].startswith("credit_share/"):
+            if keys[-1].startswith(("credit_share/", "step_")):  # per-step lists: in probe_per_seed.csv
                 continue
             per_seed["/".join(map(str, keys[:-1])) + f"/{prefix}{keys[-1]}"] = {
                 str(int(sd)): num(v) for sd, v in zip(g["seed"], g["value"].astype(float))

@@ -9,7 +9,8 @@ Welch's). The p-values of the findings' lines are corrected together by Holm-Bon
 of the implementation checks (claims true by construction of a loss, `kind: implementation
 check`) apart. A line is *supported* when its corrected p is below 1 - confidence and the effect
 lies on the side the metrics registry calls better, *contradicted* when significant on the other
-side, and *inconclusive* otherwise (also when a group has fewer than two seeds or the measure is
+side, *equivalent* when it is not significant and the claim declares a `margin` that the whole
+interval lies inside, and *inconclusive* otherwise (also when a group has fewer than two seeds or the measure is
 not comparable, with the reason); *not run* when the experiment behind it is off. `diverged`
 compares the method's divergence rate with the other methods' pooled (Fisher's exact test,
 Clopper-Pearson interval on the rate): a study in which no run diverged cannot support it.
@@ -30,7 +31,7 @@ from t2i_rl_bench.metrics import direction
 from t2i_rl_bench.metrics.statistics import clopper_pearson, compare, holm
 
 RUN = ["model", "reward", "algorithm", "seed"]
-OUTCOMES = ("supported", "contradicted", "inconclusive", "not run")
+OUTCOMES = ("supported", "contradicted", "equivalent", "inconclusive", "not run")
 
 
 @dataclass
@@ -122,6 +123,7 @@ def _line(
         "p_value": d.p_value,
         "test": d.test,
         "note": note,
+        "margin": float(claim.get("margin") or np.nan),
     }
 
 
@@ -291,7 +293,11 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
     for i in out.index[tested]:
         p, effect, better = out.at[i, "p_holm"], out.at[i, "effect"], out.at[i, "better"]
         if not (np.isfinite(p) and p < alpha and better):
-            out.at[i, "verdict"] = "inconclusive"
+            # a declared equivalence margin: the whole interval inside (-margin, margin) (a conservative
+            # TOST, docs/mechanisms.md#projected-snr)
+            m, lo, hi = (float(out.at[i, c]) if c in out else np.nan for c in ("margin", "ci_low", "ci_high"))
+            inside = np.isfinite(m) and np.isfinite(lo) and np.isfinite(hi) and -m < lo and hi < m
+            out.at[i, "verdict"] = "equivalent" if inside else "inconclusive"
             continue
         good = effect > 0 if better == "higher" else effect < 0
         out.at[i, "verdict"] = "supported" if good else "contradicted"

@@ -1,7 +1,9 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from t2i_rl_bench.metrics import gradient_variance as gv
 
@@ -144,3 +146,94 @@ def test_the_single_probe_interval_of_the_bias_corrected_snr_covers(true_snr, le
     assert hits / reps >= least
     stats = gv.gradient_statistics(_gaussian_gradients(k, a, b, seed=1))
     assert stats.snr_unbiased_low < stats.snr_unbiased < stats.snr_unbiased_high
+
+
+# ---- the projected SNR, cross-fitted (docs/mechanisms.md#precision-and-coverage) -------------
+
+
+def _anisotropic_world(p: int, rank: int, snr: float, seed: int = 0):
+    """Gaussian minibatch gradients g = mu + A z with a decaying spectrum (few noise directions
+    dominate, as in the probe) and mu scaled to a projected SNR `snr` along its own direction."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(p, rank)) * np.geomspace(3, 0.1, rank)
+    sigma = a @ a.T
+    u = rng.normal(size=p)
+    u /= np.linalg.norm(u)
+    return a, u * snr * np.sqrt(u @ sigma @ u), sigma
+
+
+def _truth(direction, mu, sigma) -> float:
+    d = direction / np.linalg.norm(direction)
+    return float(mu @ d / np.sqrt(d @ sigma @ d))
+
+
+@pytest.mark.parametrize("snr", [0.0, 3.0])
+def test_crossfit_interval_covers_and_is_unbiased_where_the_naive_one_is_biased(snr):
+    """Over 400 draws of K = 12 Gaussian gradients: the cross-fitted interval covers the SNR along
+    its own directions at >= 93% (nominal 95%; measured 0.95-0.99 over K = 8-32 in the docs), the
+    cross-fitted estimate's mean error is within 3 standard errors of 0, and the naive estimate
+    (direction from the same gradients) is biased up by more than 10 standard errors."""
+    a, mu, sigma = _anisotropic_world(60, 12, snr)
+    rng = np.random.default_rng(1)
+    k, draws = 12, 400
+    first, second = (h.numpy() for h in gv.halves(k))
+    covered, errors, naive = 0, [], []
+    for _ in range(draws):
+        g = rng.normal(size=(k, a.shape[1])) @ a.T + mu
+        p = gv.crossfit_projected(torch.from_numpy(g))
+        truth = (_truth(g[first].mean(0), mu, sigma) + _truth(g[second].mean(0), mu, sigma)) / 2
+        covered += p.low <= truth <= p.high
+        errors.append(p.snr - truth)
+        naive.append(gv.naive_projected(torch.from_numpy(g)).snr - truth)
+    e, n = np.array(errors), np.array(naive)
+    assert covered / draws >= 0.93
+    assert abs(e.mean()) < 3 * e.std() / np.sqrt(draws)
+    assert n.mean() > 10 * n.std() / np.sqrt(draws)
+
+
+def test_standardized_mean_interval_and_hedges_factor():
+    # t = 0 gives a symmetric interval; its ends are the delta whose noncentral t puts t at 2.5% / 97.5%
+    low, high = gv.standardized_mean_interval(0.0, 6)
+    assert low == pytest.approx(-high)
+    nc = high * math.sqrt(6)
+    assert stats.nct.cdf(0.0, 5, nc) == pytest.approx(0.025, abs=1e-6)
+    # J(df) -> 1 as df grows, and J(10) from its closed form
+    assert gv.hedges_factor(10) == pytest.approx(1 - 3 / (4 * 10 - 1), abs=2e-3)
+    assert gv.hedges_factor(1000) == pytest.approx(1.0, abs=1e-3)
+    assert gv.crossfit_projected(torch.randn(5, 3)).snr is None  # needs three per half
+
+
+def test_noise_scale_is_the_unbiased_mccandlish_estimate():
+    """|G|^2 and tr Sigma per image from two batch sizes: with minibatches of B images of iid
+    per-image gradients N(b, I), |G|^2 -> ||b||^2 and tr Sigma -> P; B_simple = B / snr_unbiased."""
+    gen = torch.Generator().manual_seed(3)
+    p, b_images, k = 50, 4, 4000
+    b = torch.full((p,), 0.2, dtype=torch.float64)
+    g = b + torch.randn(k, p, generator=gen, dtype=torch.float64) / math.sqrt(b_images)
+    out = gv.noise_scale(g, b_images)
+    assert out["grad_sq_norm"] == pytest.approx(float(b.square().sum()), rel=0.1)
+    assert out["trace_sigma_per_image"] == pytest.approx(p, rel=0.05)
+    assert out["noise_scale"] == pytest.approx(p / float(b.square().sum()), rel=0.15)
+    assert out["noise_scale"] == pytest.approx(b_images / gv.gradient_snr_unbiased(g), rel=1e-9)
+    assert gv.noise_scale(torch.zeros(4, 3), 2)["noise_scale"] is None
+
+
+def test_cosine_to_reference_grows_with_the_batch_and_step_statistics_add_up():
+    a, mu, _ = _anisotropic_world(40, 10, 2.0)
+    g = torch.from_numpy(np.random.default_rng(2).normal(size=(16, 10)) @ a.T + mu * 3)
+    cos = gv.cosine_to_reference(g, (1, 2, 4, 8, 16))
+    assert cos[1] < cos[2] < cos[4] < cos[8] and cos[16] is None
+    steps = torch.randn(8, 3, 20, generator=torch.Generator().manual_seed(0))
+    steps[:, 2] *= 3  # the last step carries 9x the variance of each other
+    out = gv.step_statistics(steps)
+    assert all(len(v) == 3 for v in out.values())
+    assert sum(out["step_var_share"]) == pytest.approx(1.0)
+    assert out["step_var_share"][2] > 0.6
+    assert all(
+        lo <= s <= hi for lo, s, hi in zip(out["step_proj_snr_low"], out["step_proj_snr"], out["step_proj_snr_high"])
+    )
+
+
+def test_effective_sample_size():
+    assert gv.effective_sample_size(torch.zeros(10)) == pytest.approx(1.0)
+    assert gv.effective_sample_size(torch.tensor([0.0, -50.0, -50.0, -50.0])) == pytest.approx(0.25, abs=1e-6)

@@ -145,3 +145,29 @@ def test_the_probe_runs_for_losses_with_reference_terms(tiny_model, algorithm):
     assert row["budget"] == 0 and len(row["credit_share"]) == 3
     assert all(torch.isfinite(torch.tensor(row[k])) for k in ("trace_cov", "mean_sq_norm", "credit_gini"))
     assert row["trace_cov"] > 0
+
+
+def test_the_probe_reports_projected_per_step_and_off_policy_statistics(tiny_model):
+    """K = 6 groups (three per half): the cross-fitted projected SNR with an interval around it,
+    the per-step lists on the sampler's step index (None where no step is trained), and for a
+    method with 4 updates per round the off-policy probe after updates 1-3: ratios move off 1
+    (ESS <= 1, |log r| > 0), the loss's clip mask is counted, and the weights are restored."""
+    spec = _spec(tiny_model).replace(
+        algorithm="ddpo_is", algorithm_settings={"clip_range": 1e-4, "drop_last_step": True}, lr=1e-3
+    )
+    prober = Prober(spec, {"minibatches": 6, "seed": 3, "off_policy_minibatches": 6})
+    before = [p.detach().clone() for p in prober.policy.trainable_parameters()]
+    row = prober(0)
+    after = prober.policy.trainable_parameters()
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert row["proj_snr_low"] <= row["proj_snr"] <= row["proj_snr_high"]
+    assert row["noise_scale"] is None or row["noise_scale"] > 0
+    assert len(row["step_proj_snr"]) == 3 and row["step_proj_snr"][2] is None  # the last step: never trained
+    assert sum(v for v in row["step_var_share"] if v is not None) == pytest.approx(1.0)
+    assert row["updates_per_round"] == 4
+    for u in (1, 2, 3):
+        assert 0 < row[f"update{u}/ess"] <= 1 and row[f"update{u}/log_ratio_abs"] > 0
+        assert 0 <= row[f"update{u}/clip_fraction"] <= 1
+        assert row[f"update{u}/proj_snr_low"] <= row[f"update{u}/proj_snr_high"]
+    assert row["update3/clip_fraction"] > 0  # at clip range 1e-4, lr 1e-3 moves ratios past the clip
+    assert "update4/ess" not in row and "update0/ess" not in row

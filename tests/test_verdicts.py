@@ -225,3 +225,23 @@ def test_acceptance_counts_supported_findings_and_frontier_pairs_but_not_impleme
     )
     acc = verdicts.acceptance(cfg, pairs, frontier_pairs=front)
     assert acc["outcome"] == "difference" and "drift_at_gain quality/fid" in acc["sentence"]
+
+
+def test_a_declared_margin_turns_a_tight_null_into_equivalent():
+    """MEANS['inconclusive'] differ by 0.005 with a spread of 0.02: not significant, and its
+    interval (about +-0.03) lies inside a margin of 0.25 (equivalent) but not of 0.01."""
+    measure, tables = _tables("probe", "inconclusive")
+    measure = "probe:proj_snr"
+    tables.probe["metric"] = "proj_snr"
+    wide = verdicts.evaluate(_cfg(measure, at="all", margin=0.25), tables)
+    narrow = verdicts.evaluate(_cfg(measure, at="all", margin=0.01), tables)
+    plain = verdicts.evaluate(_cfg(measure, at="all"), tables)
+    assert list(wide["verdict"]) == ["equivalent"] and -0.25 < wide["ci_low"].iloc[0] < wide["ci_high"].iloc[0] < 0.25
+    assert list(narrow["verdict"]) == ["inconclusive"] and list(plain["verdict"]) == ["inconclusive"]
+    supported = verdicts.evaluate(_cfg(measure, at="all", margin=0.25), _retag(_tables("probe", "supported")[1]))
+    assert list(supported["verdict"]) == ["supported"]  # a significant difference is never 'equivalent'
+
+
+def _retag(tables: verdicts.Tables) -> verdicts.Tables:
+    tables.probe["metric"] = "proj_snr"
+    return tables

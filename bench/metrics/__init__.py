@@ -193,7 +193,28 @@ _register(
     "higher",
     gradient_variance.gradient_snr_unbiased,
     "(||mean g||^2 - tr Cov / K) / tr Cov: the SNR without its 1/K noise floor",
-    keys=("snr_unbiased",),
+    keys=("snr_unbiased", "update*/snr_unbiased", "step_snr_unbiased/*"),
+)
+_register(
+    "projected_snr",
+    "higher",
+    gradient_variance.crossfit_projected,
+    "cross-fitted SNR of the gradient projected on the other half's mean (docs/mechanisms.md#projected-snr)",
+    keys=("proj_snr", "update*/proj_snr", "step_proj_snr/*"),
+)
+_register(
+    "cosine_to_reference",
+    "higher",
+    gradient_variance.cosine_to_reference,
+    "cosine of minibatch gradients to the other half's mean, by batch size",
+    keys=("cosine_ref_b*",),
+)
+_register(
+    "importance_ess",
+    "higher",
+    gradient_variance.effective_sample_size,
+    "effective sample size of the importance ratios after an update of the round (off-policy probe)",
+    keys=("update*/ess", "update*/ess_trajectory"),
 )
 _register(
     "trace_covariance",
@@ -235,6 +256,13 @@ _register(
     gradient_variance.max_min_ratio,
     "max/min per-step credit share",
     keys=("credit_max_min",),
+)
+_register(
+    "loop_collapsed",
+    "lower",
+    collapse.loop_collapsed,
+    "self-consuming loop's collapse rule, calibrated on the fully synthetic loop (docs/mechanisms.md#collapse-rule)",
+    keys=("collapse/loop_collapsed",),
 )
 _register(
     "normalized_auc",

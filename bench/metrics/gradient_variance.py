@@ -1,5 +1,5 @@
 """Gradient variance of a policy-gradient loss, measured from K independent minibatch gradients
-g_k of the algorithm's own loss on the trainable parameters (DESIGN.md, "Measurements"), and the
+g_k of the algorithm's own loss on the trainable parameters (docs/mechanisms.md#the-gradient-probe), and the
 per-denoising-step "credit share" (the diagnosis of PCPO: a few timesteps carry most of the
 gradient).
 
@@ -9,14 +9,24 @@ the total variance of ONE minibatch gradient. It is scale-free (a loss multiplie
 unchanged), so methods with different loss scales compare fairly. The SNR of the K-average is K
 times larger. ||mean||^2 over-estimates ||E g||^2 by tr Cov / K, so under pure noise `snr` sits
 near 1/K; `snr_unbiased` subtracts that bias (and can be negative).
+
+The trace SNR is dominated by the many noise directions of ~0.3M parameters, so its precision
+shrinks only as 1/K. The projected SNR (`crossfit_projected`) measures the gradient along one
+fixed direction estimated from the other half of the minibatches (cross-fitting), which keeps it
+unbiased and gives it an exact interval under Gaussian gradients; the noise scale
+(`noise_scale`) is McCandlish et al.'s B_simple from two batch sizes. The math, the estimators
+and their measured coverage: docs/mechanisms.md#the-gradient-probe.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import optimize, special, stats
 
 
 def _rows(grads: torch.Tensor) -> torch.Tensor:
@@ -125,6 +135,233 @@ def gradient_statistics(grads: torch.Tensor) -> GradientStatistics:
         mean_pairwise_cosine=mean_pairwise_cosine(grads),
         norm_variance=norm_variance(grads),
     )
+
+
+# ---- the gradient projected on a fixed direction (docs/mechanisms.md#projected-snr) --------------
+
+
+@dataclass(frozen=True)
+class Projected:
+    """The projections x_k = <g_k, d> of n minibatch gradients on a unit direction d: their mean,
+    variance (d' Sigma d, the variance of one minibatch gradient along d) and the projected SNR
+    delta = mean / sd (signed: > 0 when the gradients agree with d on average; its square is the
+    power SNR along d), Hedges-corrected so that it is unbiased under Gaussian gradients, with an
+    exact noncentral-t interval. None where it is undefined (n < 3, zero variance, non-finite)."""
+
+    n: int
+    mean: float | None
+    variance: float | None
+    snr: float | None
+    low: float | None
+    high: float | None
+
+
+_UNDEFINED = Projected(0, None, None, None, None, None)
+
+
+def unit(v: torch.Tensor) -> torch.Tensor | None:
+    """v / ||v|| in float64, None for a zero or non-finite vector."""
+    v = torch.as_tensor(v).detach().to(torch.float64).flatten()
+    norm = float(v.norm())
+    return v / norm if math.isfinite(norm) and norm > 0 else None
+
+
+def hedges_factor(df: int) -> float:
+    """J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)): E[mean / s] = delta / J for Gaussian
+    samples with df = n - 1 degrees of freedom, so J x mean / s is unbiased (Hedges 1981)."""
+    if df < 2:
+        raise ValueError(f"the Hedges correction needs df >= 2, got {df}")
+    return float(math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2))
+
+
+def standardized_mean_interval(t: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact interval for delta = mu / sigma from t = sqrt(n) mean / s of n Gaussian values:
+    t follows a noncentral t with n - 1 degrees of freedom and noncentrality sqrt(n) delta, whose
+    cdf falls as the noncentrality grows, so each end solves cdf(t; nc) = (1 -+ confidence) / 2
+    (the inversion of Steiger & Fouladi 1997)."""
+    df, alpha = n - 1, 1 - confidence
+
+    def cdf(nc: float) -> float:
+        c = float(stats.nct.cdf(t, df, nc))
+        # scipy returns NaN deep in a tail (t far below nc), where the cdf is 0 to double precision
+        return c if math.isfinite(c) else (0.0 if nc > t else 1.0)
+
+    def solve(q: float) -> float:
+        f = lambda nc: cdf(nc) - q  # noqa: E731
+        lo, hi = t - 10 - abs(t), t + 10 + abs(t)
+        while f(lo) < 0:
+            lo -= 10 + abs(lo)
+        while f(hi) > 0:
+            hi += 10 + abs(hi)
+        return float(optimize.brentq(f, lo, hi, xtol=1e-10))
+
+    root_n = math.sqrt(n)
+    return solve(1 - alpha / 2) / root_n, solve(alpha / 2) / root_n
+
+
+def projected_snr(grads: torch.Tensor, direction: torch.Tensor, confidence: float = 0.95) -> Projected:
+    """The projected statistics of `grads` (n, P) on `direction` (P,), which must not depend on
+    these gradients (else the mean is biased up: see `naive_projected`)."""
+    d = unit(direction)
+    g = torch.as_tensor(grads).detach().to(torch.float64)
+    n = int(g.shape[0])
+    if d is None or n < 3:
+        return Projected(n, None, None, None, None, None)
+    x = (g.reshape(n, -1) @ d).numpy()
+    mean, var = float(x.mean()), float(x.var(ddof=1))
+    if not (np.isfinite(mean) and np.isfinite(var)) or var <= 0:
+        return Projected(n, mean if np.isfinite(mean) else None, var if np.isfinite(var) else None, None, None, None)
+    t = math.sqrt(n) * mean / math.sqrt(var)
+    low, high = standardized_mean_interval(t, n, confidence)
+    return Projected(n, mean, var, hedges_factor(n - 1) * mean / math.sqrt(var), low, high)
+
+
+def halves(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of K minibatches the cross-fit uses: the first floor(K/2) and the next
+    floor(K/2) (an odd K leaves its last one out, so both halves have the same size)."""
+    h = k // 2
+    return torch.arange(h), torch.arange(h, 2 * h)
+
+
+def crossfit_projected(grads: torch.Tensor, confidence: float = 0.95) -> Projected:
+    """The cross-fitted projected SNR of K minibatch gradients: the direction is the mean of one
+    half, the SNR is measured on the other half, and the two ways round are averaged (mean,
+    variance, SNR and the interval's ends). Each way is unbiased for the SNR along its own
+    direction (the measured half is independent of it); the average of the two intervals'
+    ends covers the average of the two targets at least at the stated rate when their errors
+    are not perfectly correlated (measured: docs/mechanisms.md#precision-and-coverage). Needs
+    K >= 6 (three per half)."""
+    g = _rows(grads)
+    a, b = halves(g.shape[0])
+    if len(a) < 3:
+        return Projected(2 * len(a), None, None, None, None, None)
+    ways = [projected_snr(g[b], g[a].mean(0), confidence), projected_snr(g[a], g[b].mean(0), confidence)]
+    fields = ("mean", "variance", "snr", "low", "high")
+    vals = {f: [getattr(w, f) for w in ways] for f in fields}
+    avg = {f: (sum(v) / 2 if all(x is not None for x in v) else None) for f, v in vals.items()}
+    return Projected(2 * len(a), **avg)
+
+
+def naive_projected(grads: torch.Tensor, confidence: float = 0.95) -> Projected:
+    """The projected SNR with the direction estimated from the same gradients it is measured on:
+    biased up (under pure noise its mean is ||mean g|| > 0). For the tests and the docs only: the
+    probe reports the cross-fitted one."""
+    g = _rows(grads)
+    return projected_snr(g, g.mean(0), confidence)
+
+
+def cosine_to_reference(grads: torch.Tensor, sizes: Iterable[int] = (1, 2, 4)) -> dict[int, float | None]:
+    """Mean cosine between minibatch gradients averaged over b minibatches and the reference
+    direction of the other half (cross-fitted both ways, non-overlapping blocks of b), for each
+    batch size b (in minibatches): it rises with b as signal accumulates (cos^2 ~ b rho / (1 + b rho)
+    with rho the SNR of one minibatch along the mean; docs/mechanisms.md#cosine-and-noise-scale).
+    None for a b larger than a half."""
+    g = _rows(grads)
+    a, b_ = halves(g.shape[0])
+    out: dict[int, float | None] = {}
+    for b in sizes:
+        if b > len(a) or b < 1:
+            out[b] = None
+            continue
+        cosines = []
+        for ref, meas in ((a, b_), (b_, a)):
+            d = unit(g[ref].mean(0))
+            if d is None:
+                continue
+            blocks = g[meas][: (len(meas) // b) * b].reshape(len(meas) // b, b, -1).mean(1)
+            norms = blocks.norm(dim=1).clamp_min(torch.finfo(blocks.dtype).tiny)
+            cosines.append(float((blocks @ d / norms).mean()))
+        out[b] = float(np.mean(cosines)) if cosines else None
+    return out
+
+
+def noise_scale(grads: torch.Tensor, batch_images: int) -> dict[str, float | None]:
+    """McCandlish et al. 2018 (App. A), from two batch sizes: B_small = one minibatch of
+    `batch_images` images and B_big = the K minibatches together. With |G_small|^2 the mean
+    squared norm of the K minibatch gradients and |G_big|^2 that of their mean,
+    |G|^2 = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small) and
+    S = (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big) are unbiased for |E g|^2 and
+    tr Sigma of ONE image's gradient; the noise scale B_simple = S / |G|^2 (in images) is the
+    batch size at which the gradient's noise equals its signal. Equal to batch_images /
+    snr_unbiased (docs/mechanisms.md#cosine-and-noise-scale). None when |G|^2 <= 0 (no signal
+    resolved) or non-finite."""
+    g = _rows(grads)
+    k = g.shape[0]
+    small, big = batch_images, k * batch_images
+    g_small = float(g.square().sum(1).mean())
+    g_big = float(g.mean(0).square().sum())
+    sq = (big * g_big - small * g_small) / (big - small)
+    trace = (g_small - g_big) / (1 / small - 1 / big)
+    ok = math.isfinite(sq) and math.isfinite(trace)
+    return {
+        "grad_sq_norm": sq if ok else None,
+        "trace_sigma_per_image": trace if ok else None,
+        "noise_scale": trace / sq if ok and sq > 0 else None,
+    }
+
+
+def step_statistics(step_grads: torch.Tensor, confidence: float = 0.95) -> dict[str, list[float | None]]:
+    """Per denoising step s, from the (K, S, P) per-step gradients g_{k,s}: the bias-corrected
+    trace SNR with its interval, the cross-fitted projected SNR with its interval (each step its
+    own direction), and the step's share of the summed trace variance sum_s tr Cov_s (scale-free:
+    where the noise sits; docs/mechanisms.md#per-step-variance)."""
+    x = torch.as_tensor(step_grads).detach()  # one step at a time in float64 (memory: K x P, not K x S x P)
+    if x.dim() != 3:
+        raise ValueError(f"expected (K, S, P) per-step gradients, got shape {tuple(x.shape)}")
+    out: dict[str, list[float | None]] = {
+        k: []
+        for k in (
+            "step_snr_unbiased",
+            "step_snr_unbiased_low",
+            "step_snr_unbiased_high",
+            "step_proj_snr",
+            "step_proj_snr_low",
+            "step_proj_snr_high",
+            "step_var_share",
+        )
+    }
+    traces = []
+    for s in range(x.shape[1]):
+        g = x[:, s].to(torch.float64)
+        tr = trace_covariance(g)
+        traces.append(tr)
+        low, high = snr_unbiased_interval(g, confidence)
+        out["step_snr_unbiased"].append(gradient_snr_unbiased(g) if tr > 0 else None)
+        out["step_snr_unbiased_low"].append(low)
+        out["step_snr_unbiased_high"].append(high)
+        p = crossfit_projected(g, confidence)
+        out["step_proj_snr"].append(p.snr)
+        out["step_proj_snr_low"].append(p.low)
+        out["step_proj_snr_high"].append(p.high)
+    total = sum(t for t in traces if math.isfinite(t))
+    out["step_var_share"] = [t / total if total > 0 and math.isfinite(t) else None for t in traces]
+    return out
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> float:
+    """Kish's effective sample size of importance weights w = exp(log_weights), as a fraction
+    of their number: (sum w)^2 / (n sum w^2), 1 when every weight is equal (on-policy), 1/n
+    when one weight takes all (docs/mechanisms.md#off-policy-probe)."""
+    lw = torch.as_tensor(log_weights).detach().to(torch.float64).flatten()
+    w = torch.exp(lw - lw.max())
+    return float(w.sum() ** 2 / (w.numel() * w.square().sum()))
+
+
+def projected_statistics(grads: torch.Tensor, batch_images: int, confidence: float = 0.95) -> dict[str, float | None]:
+    """The probe's row entries beside the trace statistics: the cross-fitted projected SNR with
+    its interval, the projection's mean and variance, the cosine to the reference at 1, 2, 4, 8
+    minibatches, and the noise scale."""
+    p = crossfit_projected(grads, confidence)
+    row: dict[str, float | None] = {
+        "proj_snr": p.snr,
+        "proj_snr_low": p.low,
+        "proj_snr_high": p.high,
+        "proj_mean": p.mean,
+        "proj_var": p.variance,
+    }
+    row.update({f"cosine_ref_b{b}": c for b, c in cosine_to_reference(grads, (1, 2, 4, 8)).items()})
+    row.update(noise_scale(grads, batch_images))
+    return row
 
 
 # ---- credit per denoising step ------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""PCPO's claim as a chain, followed link by link on the study's own tables (docs/mechanisms.md#the-chain):
+uneven per-step credit (before / after PCPO's reweighting) -> per-step and projected gradient
+variance -> convergence (images to the declared target) -> quality drift and collapse under
+recursive training. Each link shows the measure for PCPO and the reference with intervals and the
+verdict of the matching declared claim (verdicts.csv), and reads as *holds* (supported),
+*breaks* (contradicted), *inconclusive*, or *not measured* (the table or the claim is missing).
+The chain holds as far as its first link that does not hold.
+
+The self-consuming loop runs as its own preset (config/recursive.yaml); when the study's tables
+have no recursive tables, the section reads the preset's (results/studies/recursive/tables,
+beside results/tables) and says so.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# an 'equivalent' line (no difference beyond the claim's declared margin) means the claimed effect is absent
+READING = {
+    "supported": "holds",
+    "contradicted": "breaks",
+    "equivalent": "breaks",
+    "inconclusive": "inconclusive",
+    "not run": "not measured",
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    title: str
+    claims: tuple[str, ...]  # verdict ids that decide the link (all must hold)
+    measures: tuple[tuple[str, str, str], ...]  # (table, metric, at: "start" | "final") shown beside
+
+
+LINKS = (
+    Link(
+        "1. Per-step credit is uneven, and PCPO evens it (DDPO-IS: before reweighting; PCPO: after)",
+        ("pcpo_credit",),
+        (("probe", "credit_gini", "start"), ("probe", "credit_gini", "final")),
+    ),
+    Link(
+        "2. Even credit lowers the gradient's variance (per step and projected)",
+        ("pcpo_snr",),
+        (
+            ("probe", "proj_snr", "start"),
+            ("probe", "proj_snr", "final"),
+            ("probe", "snr_unbiased", "final"),
+            ("probe", "update1/proj_snr", "final"),  # off-policy: after the round's first update
+            ("probe", "update1/clip_fraction", "final"),
+            ("probe", "update1/ess", "final"),
+        ),
+    ),
+    Link(
+        "3. Lower variance converges faster (images and device-seconds to the declared target)",
+        ("pcpo_samples", "pcpo_seconds"),
+        (("derived", "convergence/rmst_samples_*", "final"), ("derived", "convergence/reached_samples_*", "final")),
+    ),
+    Link(
+        "4. ... and drifts less in quality, and collapses more slowly when trained on its own samples",
+        ("pcpo_fid", "pcpo_diversity", "pcpo_collapse"),
+        (
+            ("recursive_decay", "decay/quality/fid", "final"),
+            ("recursive_decay", "decay/diversity/vendi", "final"),
+            ("recursive_decay", "collapse/loop_collapsed", "final"),
+        ),
+    ),
+)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, comment="#") if path.is_file() else pd.DataFrame()
+
+
+def _fmt(v, digits: int = 3) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not np.isfinite(v) else f"{v:.{digits}g}"
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _interval(mean, low, high) -> str:
+    m, lo, hi = _float(mean), _float(low), _float(high)
+    if not np.isfinite(m):
+        return "–"
+    return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else _fmt(m)
+
+
+def _value(frame: pd.DataFrame, model: str, reward: str, algorithm: str, metric: str, at: str) -> str:
+    """A table's mean [interval] of one metric (a glob for derived keys) at the start or the final
+    budget; for the loop's decay table, the first variant (the fully synthetic loop)."""
+    if frame.empty or "metric" not in frame:
+        return "not measured"
+    part = frame[(frame["model"] == model) & (frame["reward"] == reward) & (frame["algorithm"] == algorithm)]
+    part = part[part["metric"].astype(str).str.fullmatch(metric.replace("*", ".*"))]
+    if "variant" in part and len(part):
+        part = part[part["variant"] == part["variant"].iloc[0]]
+    if "budget" in part and len(part):
+        part = part[part["budget"] == (part["budget"].min() if at == "start" else part["budget"].max())]
+    if part.empty:
+        return "not measured"
+    r = part.iloc[0]
+    low, high = r.get("ci_low"), r.get("ci_high")
+    if "budget" in frame and not (np.isfinite(_float(low)) and np.isfinite(_float(high))):
+        # measured once (the base model): the probe's own interval, where it has one
+        own = frame[
+            (frame["model"] == model)
+            & (frame["reward"] == reward)
+            & (frame["algorithm"] == algorithm)
+            & (frame["budget"] == r["budget"])
+        ].set_index("metric")["mean"]
+        low, high = own.get(f"{r['metric']}_low"), own.get(f"{r['metric']}_high")
+    return _interval(r["mean"], low, high)
+
+
+def _recursive_tables(tables: Path) -> tuple[pd.DataFrame, str]:
+    own = tables / "recursive_decay.csv"
+    if own.is_file():
+        return _read(own), ""
+    preset = tables.parent / "studies" / "recursive" / "tables" / "recursive_decay.csv"
+    if preset.is_file():
+        return _read(preset), "the self-consuming loop read from the recursive preset's tables (config/recursive.yaml)"
+    return pd.DataFrame(), ""
+
+
+def _link_reading(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, reward: str) -> tuple[str, list[dict]]:
+    """The link's reading: breaks if any of its claims is contradicted, holds if all are
+    supported, not measured if none was tested, else inconclusive; and the claim lines."""
+    lines = []
+    for claim in ids:
+        if verdicts.empty:
+            rows = pd.DataFrame()
+        else:
+            rows = verdicts[(verdicts["id"] == claim) & (verdicts["model"] == model) & (verdicts["reward"] == reward)]
+        if rows.empty:
+            lines.append({"id": claim, "verdict": "not run", "effect": "–", "note": "no verdict line"})
+            continue
+        for r in rows.itertuples():
+            lines.append(
+                {
+                    "id": claim,
+                    "verdict": r.verdict,
+                    "effect": _interval(
+                        getattr(r, "effect", None), getattr(r, "ci_low", None), getattr(r, "ci_high", None)
+                    ),
+                    "note": f"vs {r.over}" + (f"; {r.note}" if isinstance(r.note, str) and r.note else ""),
+                }
+            )
+    readings = [READING.get(str(line["verdict"]), "inconclusive") for line in lines]
+    if "breaks" in readings:
+        return "breaks", lines
+    if all(r == "holds" for r in readings):
+        return "holds", lines
+    if all(r == "not measured" for r in readings):
+        return "not measured", lines
+    return "inconclusive", lines
+
+
+def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is") -> str:
+    """The report's section: per (model, training reward), one row per link with the measures
+    for `method` and `reference`, the link's claims with their effect [interval] and verdict, and
+    a closing sentence on where the chain holds and where it breaks. Empty without verdict lines
+    on `method` (not in the study); `reference` is the one those lines compare with."""
+    verdicts = _read(tables / "verdicts.csv")
+    if verdicts.empty or "verdict" not in verdicts:
+        return ""
+    ran = verdicts[(verdicts["method"] == method) & (verdicts["verdict"] != "not run")]
+    if ran.empty:  # the method (or every method it is compared with) is not in this study
+        return ""
+    if "over" in ran and ran["over"].notna().any():  # the reference the declared claims compare with
+        reference = str(ran["over"].dropna().mode().iloc[0])
+    probe = pd.concat([_read(tables / f"{n}.csv") for n in ("probe", "probe_offpolicy", "probe_steps")])
+    frames = {"probe": probe, "derived": _read(tables / "derived.csv")}
+    frames["recursive_decay"], source = _recursive_tables(tables)
+    parts = [
+        "<h2>PCPO's claim, link by link</h2>",
+        "<p>PCPO claims a causal chain: uneven per-step credit &rarr; higher gradient variance &rarr; slower "
+        "convergence and quality collapse (worst when a model trains on its own samples). Each link below is "
+        "read from this study's tables: the measure for "
+        f"{html.escape(method)} and {html.escape(reference)} (mean over seeds [interval]; start = the base model, "
+        "final = the final budget; the loop's decay: the fully synthetic variant), and the declared claims "
+        "that decide it (effect [interval], verdict). A link <b>holds</b> when all its claims are supported, "
+        "<b>breaks</b> when one is contradicted, and is <b>not measured</b> when its table or claim is "
+        "missing (docs/mechanisms.md#the-chain).</p>",
+    ]
+    if source:
+        parts.append(f"<p class='prov'>{html.escape(source)}</p>")
+    pairs = sorted({(m, r) for m, r in verdicts[["model", "reward"]].itertuples(index=False)})
+    for model, reward in pairs:
+        rows, readings = [], []
+        for link in LINKS:
+            reading, lines = _link_reading(verdicts, link.claims, model, reward)
+            readings.append(reading)
+            shown = "<br>".join(
+                f"{html.escape(metric)} ({at}): {html.escape(method)} "
+                f"{_value(frames[t], model, reward, method, metric, at)}, {html.escape(reference)} "
+                f"{_value(frames[t], model, reward, reference, metric, at)}"
+                for t, metric, at in link.measures
+            )
+            claims = "<br>".join(
+                f"{html.escape(str(line['id']))}: {html.escape(str(line['verdict']))}, effect "
+                f"{html.escape(line['effect'])} ({html.escape(line['note'])})"
+                for line in lines
+            )
+            rows.append(
+                f"<tr><td>{html.escape(link.title)}</td><td>{shown}</td><td>{claims}</td><td><b>{reading}</b></td></tr>"
+            )
+        parts.append(
+            f"<h3>{html.escape(model)} / {html.escape(reward)}</h3><table><tr><th>link</th><th>measures</th>"
+            "<th>claims (verdict, effect [interval])</th><th>reading</th></tr>" + "".join(rows) + "</table>"
+        )
+        parts.append(f"<p>{html.escape(summary(readings))}</p>")
+    return "\n".join(parts)
+
+
+def summary(readings: list[str]) -> str:
+    """One sentence: how far the chain holds, and where it breaks or stops being measured."""
+    held = 0
+    for r in readings:
+        if r != "holds":
+            break
+        held += 1
+    if held == len(readings):
+        return "The chain holds end to end on this study's data."
+    where = f"link {held + 1}"
+    first = readings[held]
+    head = f"The chain holds through link {held}; " if held else "The chain does not get past its first link: "
+    tail = {
+        "breaks": f"it breaks at {where} (the claim is contradicted).",
+        "inconclusive": f"{where} is inconclusive at this study's precision.",
+        "not measured": f"{where} is not measured in this study.",
+    }[first]
+    later = [f"link {i + 1}: {r}" for i, r in enumerate(readings) if i > held]
+    return head + tail + (f" Further links: {', '.join(later)}." if later else "")

@@ -1,0 +1,109 @@
+"""The report's chain section (bench/chain.py) rendered from small synthetic tables: each link
+reads holds / breaks / inconclusive / not measured from its claims' verdicts, shows the measures
+with their intervals, and the closing sentence says where the chain stops."""
+
+import pandas as pd
+
+from t2i_rl_bench.chain import LINKS, chain_section, summary
+
+PAIR = {"model": "m", "reward": "r"}
+
+
+def _verdicts(**outcomes) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "id": claim,
+                **PAIR,
+                "method": "pcpo",
+                "over": "ddpo_is",
+                "effect": 0.5,
+                "ci_low": 0.1,
+                "ci_high": 0.9,
+                "note": "",
+                "verdict": verdict,
+            }
+            for claim, verdict in outcomes.items()
+        ]
+    )
+
+
+def _write(folder, name, frame, header="# synthetic\n"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.csv").write_text(header + frame.to_csv(index=False))
+
+
+def test_the_chain_holds_until_its_first_link_that_does_not(tmp_path):
+    tables = tmp_path / "results" / "tables"
+    _write(
+        tables,
+        "verdicts",
+        _verdicts(pcpo_credit="supported", pcpo_snr="supported", pcpo_samples="supported", pcpo_seconds="contradicted"),
+    )
+    probe = pd.DataFrame(
+        [
+            {
+                **PAIR,
+                "algorithm": a,
+                "budget": b,
+                "metric": "proj_snr",
+                "mean": m,
+                "ci_low": m - 0.2,
+                "ci_high": m + 0.2,
+            }
+            for a, m in (("pcpo", 0.8), ("ddpo_is", 0.3))
+            for b in (0, 512)
+        ]
+    )
+    _write(tables, "probe", probe)
+    html = chain_section(tables)
+    assert html.count("<tr>") == 1 + len(LINKS)
+    assert "proj_snr (final): pcpo 0.8 [0.6, 1], ddpo_is 0.3 [0.1, 0.5]" in html
+    assert "pcpo_credit: supported, effect 0.5 [0.1, 0.9]" in html
+    assert "<b>holds</b>" in html and "<b>breaks</b>" in html and "<b>not measured</b>" in html
+    assert "The chain holds through link 2; it breaks at link 3" in html
+    assert "link 4: not measured" in html
+    # the loop's decay read from the recursive preset's tables beside the study's
+    decay = pd.DataFrame(
+        [
+            {
+                **PAIR,
+                "variant": "replace-real0",
+                "algorithm": a,
+                "metric": "collapse/loop_collapsed",
+                "mean": v,
+                "ci_low": 0.0,
+                "ci_high": 1.0,
+            }
+            for a, v in (("pcpo", 0.0), ("ddpo_is", 1.0))
+        ]
+    )
+    _write(tmp_path / "results" / "studies" / "recursive" / "tables", "recursive_decay", decay)
+    html = chain_section(tables)
+    assert "recursive preset" in html and "collapse/loop_collapsed (final): pcpo 0 [0, 1], ddpo_is 1 [0, 1]" in html
+
+
+def test_summary_sentences_and_an_empty_section_without_verdicts(tmp_path):
+    assert summary(["holds"] * 4) == "The chain holds end to end on this study's data."
+    assert summary(["inconclusive", "holds", "holds", "breaks"]).startswith(
+        "The chain does not get past its first link: link 1 is inconclusive"
+    )
+    assert chain_section(tmp_path) == ""
+
+
+def test_a_probe_measured_once_shows_its_own_interval(tmp_path):
+    tables = tmp_path / "tables"
+    _write(tables, "verdicts", _verdicts(pcpo_snr="inconclusive"))
+    rows = [
+        {**PAIR, "algorithm": "pcpo", "budget": 0, "metric": m, "mean": v, "ci_low": None, "ci_high": None}
+        for m, v in (("proj_snr", 0.8), ("proj_snr_low", 0.2), ("proj_snr_high", 1.4))
+    ]
+    _write(tables, "probe", pd.DataFrame(rows))
+    assert "proj_snr (start): pcpo 0.8 [0.2, 1.4], ddpo_is not measured" in chain_section(tables)
+
+
+def test_no_section_when_pcpo_is_not_in_the_study(tmp_path):
+    tables = tmp_path / "tables"
+    lines = _verdicts(pcpo_snr="not run").assign(over="")
+    _write(tables, "verdicts", lines)
+    assert chain_section(tables) == ""
