@@ -18,7 +18,6 @@ import platform
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,22 @@ from t2i_rl_bench.metrics.statistics import (
     probability_of_improvement_tasks_ci,
     stratified_bootstrap,
 )
-from t2i_rl_bench.provenance import plugin_provenance
+from t2i_rl_bench.provenance import plugin_provenance, resolved_algorithms, versions, weight_hashes
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
-PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
+# the versions every table header names (citable.json names provenance.VERSIONED, a longer list)
+PACKAGES = (
+    "t2i-rl-bench",
+    "torch",
+    "torchmetrics",
+    "open_clip_torch",
+    "diffusers",
+    "transformers",
+    "numpy",
+    "scipy",
+    "snakemake",
+)
+CITABLE_FORMAT = 2  # results/citable.schema.json describes this format
 
 
 # the study's own outputs (rewritten by design; not code, so they leave the commit stamp clean)
@@ -74,19 +85,13 @@ def provenance(cfg: dict) -> dict:
         )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "absent"
     s = _stats(cfg)
     return {
         "study": cfg.get("study"),
         "commit": commit + ("+dirty" if dirty else ""),
         "config_hash": study.config_hash(cfg),
         "seeds": cfg["seeds"],
-        "packages": versions,
+        "packages": versions(PACKAGES),  # python first, then each package
         "plugins": plugin_provenance(cfg),  # file plugins by SHA-256, installed ones by package version
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "interval": {
@@ -109,6 +114,8 @@ def hardware() -> dict:
         import torch
 
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["cuda_version"] = torch.version.cuda
+        info["torch_threads"] = torch.get_num_threads()
     except Exception:  # noqa: BLE001  (hardware info is best effort)
         info["cuda"] = None
     return info
@@ -923,7 +930,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
             shown=headline_shown(head),
         )
     table = pd.concat(all_tables)
-    write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out)
+    write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out, derived_rows)
     return table
 
 
@@ -1048,10 +1055,14 @@ def write_citable(
     probe_rows: pd.DataFrame,
     runs_root: Path,
     out: Path,
+    derived_rows: pd.DataFrame | None = None,
 ) -> None:
+    """results/citable.json (format CITABLE_FORMAT, described by results/citable.schema.json):
+    provenance, versions, hardware, weight hashes, every method's resolved settings, the summary
+    of every table row and the per-seed value of every measured and derived quantity."""
     num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
     per_seed: dict[str, dict] = {}
-    for frame, prefix in ((seed_rows, ""), (probe_rows, "probe/")):
+    for frame, prefix in ((seed_rows, ""), (probe_rows, "probe/"), (derived_rows, "")):
         if frame is None or frame.empty:
             continue
         for keys, g in frame.groupby(["model", "reward", "algorithm", "budget", "metric"]):
@@ -1063,7 +1074,12 @@ def write_citable(
     ev, probe = cfg.get("evaluation", {}), cfg.get("probe", {})
     n_images = evaluated_images(cfg, runs_root)
     citable = {
+        "format": CITABLE_FORMAT,
+        "schema": "citable.schema.json",
         "provenance": prov,
+        "versions": versions(),
+        "weights": weight_hashes(cfg),
+        "methods": resolved_algorithms(cfg),
         "statistics": {
             **prov["interval"],
             "seed": _stats(cfg)["seed"],
