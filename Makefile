@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim
+.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim references constraints
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,9 @@ typecheck: setup        ## mypy on the core (the modules are listed in pyproject
 
 report: setup           ## re-render the default study's report from its tables and run files (seconds; nothing reruns)
 	$(PY) -m t2i_rl_bench report --tables results/tables --runs-root results/runs --out report/index.html --quote-in README.md
+
+references: setup       ## regenerate references.bib and CITATION.cff's references from each algorithm's `paper`
+	$(PY) -m t2i_rl_bench.citation
 
 snakemake-report: setup ## Snakemake's own report of the last run (provenance, runtimes, the report and tables)
 	$(SNAKEMAKE) --report report/snakemake.html

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 from t2i_rl_bench.losses import gaussian_kl_to_reference, ppo_clip_loss
 
 
@@ -28,6 +28,26 @@ class DanceGRPOSettings(AlgorithmSettings):
 
 class DanceGRPO(Algorithm):
     """Group-relative advantages inside the PPO clip; shared initial noise per group."""
+
+    paper = Paper(
+        "xue2025dancegrpo",
+        "DanceGRPO: Unleashing GRPO on Visual Generation",
+        (
+            "Xue, Zeyue",
+            "Wu, Jie",
+            "Gao, Yu",
+            "Kong, Fangyuan",
+            "Zhu, Lingting",
+            "Chen, Mengzhao",
+            "Liu, Zhiheng",
+            "Liu, Wei",
+            "Guo, Qiushan",
+            "Huang, Weilin",
+            "Luo, Ping",
+        ),
+        2025,
+        arxiv="2505.07818",
+    )
 
     Settings = DanceGRPOSettings
     settings: DanceGRPOSettings

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 from t2i_rl_bench.losses import ppo_clip_loss
 
 
@@ -60,6 +60,24 @@ def flowgrpo_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor, d
 class FlowGRPO(Algorithm):
     """PPO clip on per-step ratios with per-prompt advantages over the global std, plus the
     official per-step KL to the frozen base."""
+
+    paper = Paper(
+        "liu2025flowgrpo",
+        "Flow-GRPO: Training Flow Matching Models via Online RL",
+        (
+            "Liu, Jie",
+            "Liu, Gongye",
+            "Liang, Jiajun",
+            "Li, Yangguang",
+            "Liu, Jiaheng",
+            "Wang, Xintao",
+            "Wan, Pengfei",
+            "Zhang, Di",
+            "Ouyang, Wanli",
+        ),
+        2025,
+        arxiv="2505.05470",
+    )
 
     Settings = FlowGRPOSettings
     settings: FlowGRPOSettings

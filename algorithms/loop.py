@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 from t2i_rl_bench.losses import ppo_clip_loss
 
 
@@ -24,6 +24,22 @@ class LOOPSettings(AlgorithmSettings):
 
 class LOOP(Algorithm):
     """PPO clip with a leave-one-out baseline over the K samples of a prompt."""
+
+    paper = Paper(
+        "gupta2025loop",
+        "A Simple and Effective Reinforcement Learning Method for Text-to-Image Diffusion Fine-tuning",
+        (
+            "Gupta, Shashank",
+            "Ahuja, Chaitanya",
+            "Lin, Tsung-Yu",
+            "Dutta Roy, Sreya",
+            "Oosterhuis, Harrie",
+            "de Rijke, Maarten",
+            "Shukla, Satya Narayan",
+        ),
+        2025,
+        arxiv="2503.00897",
+    )
 
     Settings = LOOPSettings
     settings: LOOPSettings

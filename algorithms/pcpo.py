@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,15 @@ def sigma_tilde(ab_t: torch.Tensor, ab_prev: torch.Tensor, w_star: float | None 
 
 class PCPO(Algorithm):
     """Log-hinge PPO with per-step multipliers that flatten the sampler's native credit."""
+
+    paper = Paper(
+        "lee2026pcpo",
+        "PCPO: Proportionate Credit Policy Optimization for Aligning Image Generation Models",
+        ("Lee, Jeongjae", "Ye, Jong Chul"),
+        2026,
+        arxiv="2509.25774",
+        venue="International Conference on Learning Representations (ICLR)",
+    )
 
     Settings = PCPOSettings
     settings: PCPOSettings

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from t2i_rl_bench.advantages import reward_pairs
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class PRDPSettings(AlgorithmSettings):
 
 class PRDP(Algorithm):
     """Reward-difference regression on same-prompt pairs with a stepwise proximal clip."""
+
+    paper = Paper(
+        "deng2024prdp",
+        "PRDP: Proximal Reward Difference Prediction for Large-Scale Reward Finetuning of Diffusion Models",
+        ("Deng, Fei", "Wang, Qifei", "Wei, Wei", "Grundmann, Matthias", "Hou, Tingbo"),
+        2024,
+        arxiv="2402.08714",
+        venue="IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)",
+    )
 
     Settings = PRDPSettings
     settings: PRDPSettings

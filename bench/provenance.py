@@ -180,7 +180,7 @@ def resolved_algorithms(config: dict) -> dict[str, dict]:
         loop_keys = {k: v for k, v in settings.items() if k not in algorithm.describe() and k != "plugin"}
         out[label] = {
             "class": f"{cls.__module__}:{cls.__qualname__}",
-            "paper": getattr(cls, "paper", None),
+            "paper": getattr(getattr(cls, "paper", None), "key", None),  # its key in references.bib
             "settings": algorithm.describe(),
             "loop": loop_keys,
         }
