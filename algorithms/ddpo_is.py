@@ -1,5 +1,5 @@
 """DDPO-IS: PPO-clipped importance-sampled policy gradient over the denoising MDP
-(Black et al. 2023, arXiv 2305.13301, Sec. 4.3 and App. D; ALGORITHMS.md 2).
+(Black et al. 2023, arXiv 2305.13301, Sec. 4.3 and App. D; docs/algorithms.md#ddpo-is).
 
     loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)),
     rho_{i,t} = p_theta(x_{t-1} | x_t, c) / p_old(x_{t-1} | x_t, c)

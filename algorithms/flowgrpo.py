@@ -1,5 +1,7 @@
 """Flow-GRPO (Liu et al. 2025, arXiv 2505.05470; code yifan123/flow_grpo scripts/train_sd3.py,
-flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, config/grpo.py; ALGORITHMS.md 5.1, 5.3, 5.5).
+flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, config/grpo.py;
+docs/algorithms.md#group-relative-advantages, docs/algorithms.md#the-flow-grpo-sde,
+docs/algorithms.md#the-grpo-loss).
 
     A_i  = (r_i - mean_p r) / (std_all r + 1e-4),  mean per prompt, population std of the whole round
     loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)) + beta mean_{i,t} KL_t

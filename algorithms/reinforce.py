@@ -1,4 +1,4 @@
-"""REINFORCE over the denoising MDP: DDPO-SF (Black et al. 2023, eq. "DDPO_SF"; ALGORITHMS.md 1.3).
+"""REINFORCE over the denoising MDP: DDPO-SF (Black et al. 2023, eq. "DDPO_SF"; docs/algorithms.md#the-reinforce-loss).
 
     grad J = E[ sum_t grad log p_theta(x_{t-1} | x_t, c) * A ]
 

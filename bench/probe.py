@@ -1,6 +1,7 @@
 """The gradient-variance probe: at the start and at every budget, on fixed probe prompts and
 seeds (the same for every method), K independent minibatch gradients of the algorithm's own loss
-and the share of the gradient each denoising step contributes (DESIGN.md, "Measurements").
+and the share of the gradient each denoising step contributes
+(docs/measurements.md#gradient-signal-and-per-step-credit).
 
 Minibatch k is one prompt group of G images, its StepBatch built as training builds it
 (t2i_rl_bench.train.steps.step_batch), reference terms included. Its gradient is decomposed exactly by

@@ -1,7 +1,7 @@
 """Gradient variance of a policy-gradient loss, measured from K independent minibatch gradients
-g_k of the algorithm's own loss on the trainable parameters (DESIGN.md, "Measurements"), and the
-per-denoising-step "credit share" (the diagnosis of PCPO: a few timesteps carry most of the
-gradient).
+g_k of the algorithm's own loss on the trainable parameters
+(docs/measurements.md#gradient-signal-and-per-step-credit), and the per-denoising-step "credit
+share" (the diagnosis of PCPO: a few timesteps carry most of the gradient).
 
 Conventions. `grads` is (K, P), one flattened gradient per row; every statistic is computed in
 float64. The gradient SNR is ||mean||^2 / tr Cov: the squared length of the average gradient over
