@@ -132,6 +132,36 @@ def version_drift(recorded: dict[str, str], installed: dict[str, str] | None = N
     ]
 
 
+def recorded_versions(table: Path) -> dict[str, str]:
+    """{package: version} from a table's provenance header (its 'packages:' line); {} when the
+    file or the line is missing."""
+    try:
+        lines = Path(table).read_text().splitlines()[:20]
+    except OSError:
+        return {}
+    for line in lines:
+        text = line.lstrip("#%<!- ").removesuffix("-->").strip()
+        if text.startswith("packages:"):
+            pairs = (item.strip().rpartition(" ") for item in text[len("packages:") :].split(","))
+            return {name: version.removesuffix(" -->").strip() for name, _, version in pairs if name}
+    return {}
+
+
+def warn_version_drift(table: Path, what: str) -> list[str]:
+    """Print (stderr) and return the packages whose installed version differs from the one a
+    table's header records: numbers made with other versions are being extended or re-rendered."""
+    import sys
+
+    drift = version_drift(recorded_versions(table))
+    if drift:
+        print(
+            f"{what}: installed versions differ from those {table} was made with: {'; '.join(drift)} "
+            "(install with `pip install -c constraints.txt`, or rerun the study to remake the tables)",
+            file=sys.stderr,
+        )
+    return drift
+
+
 def folder_hashes(folder: str | Path) -> dict[str, str] | str:
     """The SHA-256 of every file of a model or judge folder as recorded beside it (the harness's
     manifest, or a pipeline's sha256.json; the study verifies them before it runs), else a

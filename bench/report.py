@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from t2i_rl_bench import calibration, failures  # noqa: E402
 from t2i_rl_bench.io import atomic_write_text  # noqa: E402
 from t2i_rl_bench.metrics import direction, gold_keys, lookup  # noqa: E402
+from t2i_rl_bench.provenance import warn_version_drift  # noqa: E402
 from t2i_rl_bench.tables import fmt_number  # noqa: E402
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1320px;margin:2em auto;padding:0 1em;color:#222}
@@ -752,10 +753,18 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
 def render(tables: Path, runs_root: Path, out: Path) -> Path:
     table, header = read_table(tables / "eval.csv")
     prompts = _prompts(tables)
+    drift = warn_version_drift(tables / "eval.csv", "report")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>t2i-rl-bench report</title>",
         f"<style>{CSS}</style></head><body><h1>t2i-rl-bench: comparative report</h1>",
         "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>",
+        (
+            "<p class='flag'>Installed versions differ from those the tables were made with: "
+            + html.escape("; ".join(drift))
+            + "</p>"
+        )
+        if drift
+        else "",
         _statistics_note(tables),
     ]
     parts.append(headline_section(tables))

@@ -37,7 +37,13 @@ from t2i_rl_bench.metrics.statistics import (
     probability_of_improvement_tasks_ci,
     stratified_bootstrap,
 )
-from t2i_rl_bench.provenance import plugin_provenance, resolved_algorithms, versions, weight_hashes
+from t2i_rl_bench.provenance import (
+    plugin_provenance,
+    resolved_algorithms,
+    versions,
+    warn_version_drift,
+    weight_hashes,
+)
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
 # the versions every table header names (citable.json names provenance.VERSIONED, a longer list)
@@ -794,6 +800,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     prov = provenance(cfg)
     s = _stats(cfg)
     rules = analysis.Rules.from_config(cfg)
+    warn_version_drift(out / "eval.csv", "aggregate")  # the tables this run replaces
     failures.prune_tables(out)  # every table below is written fresh; one this study does not make is gone
     failures.write_failed_runs(cfg, runs_root, out, _header(prov, "#"))
     seed_rows = collect(cfg, runs_root)
