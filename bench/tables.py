@@ -444,6 +444,34 @@ def headline(
     return pd.DataFrame(rows)
 
 
+def with_optimiser_steps(head: pd.DataFrame, cfg: dict, runs_root: Path) -> pd.DataFrame:
+    """The headline with `steps`: the optimiser steps a run took to its final budget (the sum of
+    its log.jsonl's per-round `optimiser_steps` up to that many images), mean over seeds; NaN
+    where no run left a log."""
+    if head.empty:
+        return head
+    final = {(r.model, r.reward, r.method): r.images for r in head.itertuples()}
+    steps: dict[tuple, list[int]] = {}
+    for key in study.runs(cfg):
+        budget = final.get((key.model, key.reward, key.algorithm))
+        log = runs_root / key.path / "log.jsonl"
+        if budget is None or not log.is_file():
+            continue
+        total = 0
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("images_seen", budget + 1) <= budget:
+                total += int(row.get("optimiser_steps") or 0)
+        steps.setdefault((key.model, key.reward, key.algorithm), []).append(total)
+    mean = [float(np.mean(steps[k])) if k in steps else np.nan for k in zip(head.model, head.reward, head.method)]
+    out = head.copy()
+    out.insert(out.columns.get_loc("images") + 1, "steps", mean)
+    return out
+
+
 def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
     """The headline as a paper shows it: 'mean [low, high]' cells, one column per gold metric."""
 
@@ -464,6 +492,7 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
                 "at device-s": _fmt(r["seconds_level"]),
                 **{f"Δ {g[len('change/') :]}": cell(r, g) for g in golds},
                 "images": r["images"],
+                **({"steps": _fmt(r["steps"])} if "steps" in r else {}),
                 "device-s": _fmt(r["device_seconds"]),
                 "hacked": r["hacked"] if isinstance(r["hacked"], str) and r["hacked"] else "none",
             }
@@ -510,7 +539,7 @@ def fmt_number(v: float, digits: int = DIGITS) -> str:
 
 def _fmt(v) -> str:
     """One cell: numbers by `fmt_number`, a missing value (None, NaN, 'nan') as MISSING."""
-    if v is None or (isinstance(v, str) and v.strip().lower() in ("nan", "none")):
+    if v is None or (isinstance(v, str) and v.strip().lower() == "nan"):
         return MISSING
     if isinstance(v, bool | np.bool_):
         return str(bool(v))
@@ -706,7 +735,7 @@ def headline_tex(head: pd.DataFrame, interval: str = "") -> list[str]:
     held-out training-reward gain, the change of every gold metric (each with its interval under
     it), images and optimiser steps (when the headline has them)."""
     golds = [c for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
-    steps = next((c for c in ("steps", "optimiser_steps", "optimizer_steps") if c in head.columns), None)
+    steps = "steps" if "steps" in head.columns and np.isfinite(head["steps"].astype(float)).any() else None
     out = []
     for (model, reward), part in head.groupby(["model", "reward"], sort=True):
         cols = ["method", "gain"] + [g[len("change/") :] for g in golds] + ["images"] + (["steps"] if steps else [])
@@ -922,7 +951,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     )
     if len(verdict):
         write_verdicts(verdict, prov, out, vnote)
-    head = headline(table, derived_rows, secs_levels, hack, verdict, s)
+    head = with_optimiser_steps(headline(table, derived_rows, secs_levels, hack, verdict, s), cfg, runs_root)
     if len(head):
         write_tables(
             head,

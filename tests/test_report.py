@@ -72,6 +72,9 @@ def _simulate(cfg: dict, root) -> None:
         )
         (run / "probe.json").write_text(json.dumps({"base_shared": True, "rows": probe_rows}))
         (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+        # two optimiser steps per round of 32 images (the headline sums them to the final budget)
+        log = [{"round": i, "images_seen": 32 * (i + 1), "optimiser_steps": 2} for i in range(BUDGETS[-1] // 32)]
+        (run / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log))
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,7 @@ def test_aggregate_writes_headline_verdicts_and_hacking(built):
     head = pd.read_csv(out / "headline.csv", comment="#").set_index(["reward", "method"])
     row = head.loc[("jpeg_compressibility", "pcpo")]
     assert row.gain == pytest.approx(0.10, abs=0.02) and row.gain_low > 0 and row.n_seeds == 5
+    assert row.steps == 2 * BUDGETS[-1] / 32  # optimiser steps to the final budget, from the runs' logs
     # prdp costs 8 s per image: at equal seconds (128 s) it has seen 16 images
     prdp = head.loc[("jpeg_compressibility", "prdp")]
     assert prdp.seconds_level == 128 and prdp.gain_at_seconds < prdp.gain
