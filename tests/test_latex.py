@@ -85,6 +85,33 @@ def test_a_studys_tables_compile_and_fit_the_page(simulated, tmp_path):
     _compile(files, tmp_path)
 
 
+def test_the_self_consuming_loops_tables_compile(tmp_path):
+    """recursive.tex and recursive_decay.tex (a variant column, generations instead of budgets)."""
+    import json
+
+    import numpy as np
+
+    from t2i_rl_bench import study
+
+    cfg = study.load(ROOT / "config" / "recursive.yaml", check_paths=False)
+    cfg = study.validate({**cfg, "seeds": [0, 1, 2], "algorithms": {"reinforce": {}, "pcpo": {}}}, check_paths=False)
+    runs_root, out = tmp_path / "runs", tmp_path / "tables"
+    rng = np.random.default_rng(0)
+    for key in study.runs(cfg):
+        run = runs_root / key.path
+        (run / "recursive").mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+        for variant in study.recursive_variants(cfg):
+            rows = [{"generation": g, "quality/fid": 30 + rng.normal(1, 0.5) * g} for g in range(4)]
+            decay = {"decay/quality/fid": float(rng.normal(1, 0.5))}
+            (run / "recursive" / f"{variant}.json").write_text(json.dumps({"rows": rows, "decay": decay}))
+    out.mkdir()
+    tables.recursive_tables(cfg, runs_root, out, tables.provenance(cfg))
+    files = sorted(out.glob("*.tex"))
+    assert [f.name for f in files] == ["recursive.tex", "recursive_decay.tex"]
+    _compile(files, tmp_path)
+
+
 def test_the_headline_is_one_compact_table_per_reward_and_the_base_is_shown_once(simulated):
     head = (simulated / "headline.tex").read_text()
     assert head.count("\\begin{table}") == 2 and "\\begin{longtable}" not in head  # two training rewards
