@@ -586,6 +586,7 @@ _TEX_CHARS = {
     "~": "\\textasciitilde{}",
     "^": "\\textasciicircum{}",
     "<": "$<$",
+    "|": "$|$",
     ">": "$>$",
     "Δ": "$\\Delta$",
     "±": "$\\pm$",
