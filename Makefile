@@ -3,12 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim
+.PHONY: setup study quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim references constraints
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package but torch, torchvision and their CUDA wheels (the platform
+# picks those) to the versions the committed tables were made with; `make constraints` rewrites it
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -34,6 +36,15 @@ typecheck: setup        ## mypy on the core (the modules are listed in pyproject
 
 report: setup           ## re-render the default study's report from its tables and run files (seconds; nothing reruns)
 	$(PY) -m t2i_rl_bench report --tables results/tables --runs-root results/runs --out report/index.html --quote-in README.md
+
+constraints:            ## rewrite constraints.txt from the installed .venv (on purpose: after an upgrade the tables are remade with)
+	( echo "# pip constraints: the versions of the installed .venv, written by \`make constraints\`; torch, torchvision and their"; \
+	  echo "# CUDA wheels are left to the platform. Used by \`make setup\` (pip install -c constraints.txt -e '.[dev]')."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -viE '^(torch|torchvision|triton|nvidia-[a-z0-9_-]+|cuda-[a-z0-9_-]+)==' \
+	) > constraints.txt
+
+references: setup       ## regenerate references.bib and CITATION.cff's references from each algorithm's `paper`
+	$(PY) -m t2i_rl_bench.citation
 
 snakemake-report: setup ## Snakemake's own report of the last run (provenance, runtimes, the report and tables)
 	$(SNAKEMAKE) --report report/snakemake.html

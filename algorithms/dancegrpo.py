@@ -1,11 +1,12 @@
 """DanceGRPO on DDIM/flow SDE samplers (Xue et al. 2025, arXiv 2505.07818; code XueZeyue/DanceGRPO
-fastvideo/train_grpo_sd.py, train_grpo_flux.py; ALGORITHMS.md 5.1, 5.2, 5.5).
+fastvideo/train_grpo_sd.py, train_grpo_flux.py; docs/algorithms.md#group-relative-advantages,
+docs/algorithms.md#dancegrpo-on-ddim-models, docs/algorithms.md#the-grpo-loss).
 
     A_i  = (r_i - mean_g r) / (std_g r + 1e-8),  std_g unbiased (torch.std), per prompt group
     loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)),  no KL
 
 With kl_beta > 0 it is Flow-GRPO's objective (Liu et al. 2025, yifan123/flow_grpo
-scripts/train_sd3.py; ALGORITHMS.md 5.3): + beta mean_{i,t} KL(pi_theta || pi_ref) of the Gaussian
+scripts/train_sd3.py; docs/algorithms.md#the-flow-grpo-sde): + beta mean_{i,t} KL(pi_theta || pi_ref) of the Gaussian
 transitions, the reference being the frozen base weights (LoRA: the adapters switched off).
 
 One x_T is shared by the group (members differ only by the SDE noise) and the last sampler step
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 from t2i_rl_bench.losses import gaussian_kl_to_reference, ppo_clip_loss
 
 
@@ -28,6 +29,26 @@ class DanceGRPOSettings(AlgorithmSettings):
 
 class DanceGRPO(Algorithm):
     """Group-relative advantages inside the PPO clip; shared initial noise per group."""
+
+    paper = Paper(
+        "xue2025dancegrpo",
+        "DanceGRPO: Unleashing GRPO on Visual Generation",
+        (
+            "Xue, Zeyue",
+            "Wu, Jie",
+            "Gao, Yu",
+            "Kong, Fangyuan",
+            "Zhu, Lingting",
+            "Chen, Mengzhao",
+            "Liu, Zhiheng",
+            "Liu, Wei",
+            "Guo, Qiushan",
+            "Huang, Weilin",
+            "Luo, Ping",
+        ),
+        2025,
+        arxiv="2505.07818",
+    )
 
     Settings = DanceGRPOSettings
     settings: DanceGRPOSettings

@@ -1,5 +1,5 @@
 """DDPO-IS: PPO-clipped importance-sampled policy gradient over the denoising MDP
-(Black et al. 2023, arXiv 2305.13301, Sec. 4.3 and App. D; ALGORITHMS.md 2).
+(Black et al. 2023, arXiv 2305.13301, Sec. 4.3 and App. D; docs/algorithms.md#ddpo-is).
 
     loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)),
     rho_{i,t} = p_theta(x_{t-1} | x_t, c) / p_old(x_{t-1} | x_t, c)
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 from t2i_rl_bench.losses import ppo_clip_loss
 
 
@@ -22,6 +22,15 @@ class DDPOISSettings(AlgorithmSettings):
 
 class DDPOIS(Algorithm):
     """PPO clip on per-step ratios with per-prompt normalised advantages."""
+
+    paper = Paper(
+        "black2024ddpo",
+        "Training Diffusion Models with Reinforcement Learning",
+        ("Black, Kevin", "Janner, Michael", "Du, Yilun", "Kostrikov, Ilya", "Levine, Sergey"),
+        2024,
+        arxiv="2305.13301",
+        venue="International Conference on Learning Representations (ICLR)",
+    )
 
     Settings = DDPOISSettings
     settings: DDPOISSettings

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from t2i_rl_bench.algorithm import AlgorithmSettings, ForwardAlgorithm, ForwardBatch, Loss, Recipe, setting
+from t2i_rl_bench.algorithm import AlgorithmSettings, ForwardAlgorithm, ForwardBatch, Loss, Paper, Recipe, setting
 
 ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
 # return_decay of train_nft_sd3.py: (flat, uprate, uphold) by decay_type
@@ -63,6 +63,26 @@ def adaptive_x0_loss(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, x0: to
 
 class DiffusionNFT(ForwardAlgorithm):
     """Negative-aware fine-tuning on the forward process (flow models)."""
+
+    paper = Paper(
+        "zheng2026diffusionnft",
+        "DiffusionNFT: Online Diffusion Reinforcement with Forward Process",
+        (
+            "Zheng, Kaiwen",
+            "Chen, Huayu",
+            "Ye, Haotian",
+            "Wang, Haoxiang",
+            "Zhang, Qinsheng",
+            "Jiang, Kai",
+            "Su, Hang",
+            "Ermon, Stefano",
+            "Zhu, Jun",
+            "Liu, Ming-Yu",
+        ),
+        2026,
+        arxiv="2509.16117",
+        venue="International Conference on Learning Representations (ICLR)",
+    )
 
     Settings = DiffusionNFTSettings
     settings: DiffusionNFTSettings

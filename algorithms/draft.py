@@ -20,7 +20,15 @@ from dataclasses import dataclass
 
 import torch
 
-from t2i_rl_bench.algorithm import AlgorithmSettings, DifferentiableRewardAlgorithm, Loss, Recipe, RewardBatch, setting
+from t2i_rl_bench.algorithm import (
+    AlgorithmSettings,
+    DifferentiableRewardAlgorithm,
+    Loss,
+    Paper,
+    Recipe,
+    RewardBatch,
+    setting,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,15 @@ class ReFLSettings(AlgorithmSettings):
 class DRaFT(DifferentiableRewardAlgorithm):
     """Reward gradient through the last K sampling steps."""
 
+    paper = Paper(
+        "clark2024draft",
+        "Directly Fine-Tuning Diffusion Models on Differentiable Rewards",
+        ("Clark, Kevin", "Vicol, Paul", "Swersky, Kevin", "Fleet, David J."),
+        2024,
+        arxiv="2309.17400",
+        venue="International Conference on Learning Representations (ICLR)",
+    )
+
     Settings = DRaFTSettings
     settings: DRaFTSettings
     recipe = Recipe(advantages="none", inner_epochs=1, updates_per_round=1)
@@ -51,6 +68,24 @@ class DRaFT(DifferentiableRewardAlgorithm):
 
 class ReFL(DifferentiableRewardAlgorithm):
     """Reward feedback learning: the reward of the x0 prediction at one random late step."""
+
+    paper = Paper(
+        "xu2023imagereward",
+        "ImageReward: Learning and Evaluating Human Preferences for Text-to-Image Generation",
+        (
+            "Xu, Jiazheng",
+            "Liu, Xiao",
+            "Wu, Yuchen",
+            "Tong, Yuxuan",
+            "Li, Qinkai",
+            "Ding, Ming",
+            "Tang, Jie",
+            "Dong, Yuxiao",
+        ),
+        2023,
+        arxiv="2304.05977",
+        venue="Advances in Neural Information Processing Systems (NeurIPS)",
+    )
 
     Settings = ReFLSettings
     settings: ReFLSettings

@@ -1,5 +1,7 @@
 """Flow-GRPO (Liu et al. 2025, arXiv 2505.05470; code yifan123/flow_grpo scripts/train_sd3.py,
-flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, config/grpo.py; ALGORITHMS.md 5.1, 5.3, 5.5).
+flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, config/grpo.py;
+docs/algorithms.md#group-relative-advantages, docs/algorithms.md#the-flow-grpo-sde,
+docs/algorithms.md#the-grpo-loss).
 
     A_i  = (r_i - mean_p r) / (std_all r + 1e-4),  mean per prompt, population std of the whole round
     loss = mean_{i,t} max(-A_i rho_{i,t}, -A_i clip(rho_{i,t}, 1 - eps, 1 + eps)) + beta mean_{i,t} KL_t
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 from t2i_rl_bench.losses import ppo_clip_loss
 
 
@@ -60,6 +62,24 @@ def flowgrpo_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor, d
 class FlowGRPO(Algorithm):
     """PPO clip on per-step ratios with per-prompt advantages over the global std, plus the
     official per-step KL to the frozen base."""
+
+    paper = Paper(
+        "liu2025flowgrpo",
+        "Flow-GRPO: Training Flow Matching Models via Online RL",
+        (
+            "Liu, Jie",
+            "Liu, Gongye",
+            "Liang, Jiajun",
+            "Li, Yangguang",
+            "Liu, Jiaheng",
+            "Wang, Xintao",
+            "Wan, Pengfei",
+            "Zhang, Di",
+            "Ouyang, Wanli",
+        ),
+        2025,
+        arxiv="2505.05470",
+    )
 
     Settings = FlowGRPOSettings
     settings: FlowGRPOSettings

@@ -45,7 +45,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from t2i_rl_bench.algorithm import Loss, StepBatch, setting
+from t2i_rl_bench.algorithm import Loss, Paper, StepBatch, setting
 from t2i_rl_bench.algorithms.flowgrpo import FlowGRPO, FlowGRPOSettings, flowgrpo_kl
 from t2i_rl_bench.losses import ppo_clip_loss
 
@@ -86,6 +86,28 @@ def reweight_factors(sampler) -> torch.Tensor:
 
 class GRPOGuard(FlowGRPO):
     """Flow-GRPO with RatioNorm and per-step gradient reweighting."""
+
+    paper = Paper(
+        "wang2025grpoguard",
+        "GRPO-Guard: Mitigating Implicit Over-Optimization in Flow Matching via Regulated Clipping",
+        (
+            "Wang, Jing",
+            "Liang, Jiajun",
+            "Liu, Jie",
+            "Liu, Henglin",
+            "Liu, Gongye",
+            "Zheng, Jun",
+            "Pang, Wanyuan",
+            "Ma, Ao",
+            "Xie, Zhenyu",
+            "Wang, Xintao",
+            "Wang, Meng",
+            "Wan, Pengfei",
+            "Liang, Xiaodan",
+        ),
+        2025,
+        arxiv="2510.22319",
+    )
 
     Settings = GRPOGuardSettings
     settings: GRPOGuardSettings

@@ -1,11 +1,13 @@
 """PCPO: Proportionate Credit Policy Optimization (Lee & Ye, ICLR 2026, arXiv 2509.25774;
-ALGORITHMS.md 6). The official code (jaylee2000/pcpo) could not be read: what follows comes from
+docs/algorithms.md#pcpo). The official code (jaylee2000/pcpo) could not be read: what follows comes from
 paper notes [note] and our derivations [derived]; uncertain choices are settings.
 
-1. Log-hinge objective (6.2) [note]: PPO's clipped loss has the gradient of the hinge
+1. Log-hinge objective (docs/algorithms.md#the-log-hinge-objective) [note]: PPO's clipped loss has
+the gradient of the hinge
    max(0, xi|A| - A(rho - 1)); PCPO replaces rho - 1 by log rho (never exponentiated):
        loss_t = m_t * relu(xi |A| - A log rho_t),  log rho_t = logp - logp_old.
-2. Proportionate credit (6.3-6.5): at theta_old the gradient of log rho_t is an epsilon/velocity
+2. Proportionate credit (docs/algorithms.md#per-step-credit): at theta_old the gradient of log rho_t
+is an epsilon/velocity
    matching signal scaled by the sampler's native weight w(t) = C(t)/sigma_t (DDIM, Prop. 1) or
    sqrt(dt)/g (1 + (1-t) g^2/(2t)) (flow SDE, Prop. 2), read from `sampler.native_weights()`.
    credit='reweight' (default; 6.4 option B for DDIM, 6.5 option F1 for flow):
@@ -18,7 +20,7 @@ paper notes [note] and our derivations [derived]; uncertain choices are settings
        b = 1 - ab_prev, used for sampling and log-probs (declared by `sampler_noise`), m_t = 1.
        The root exists iff w* >= w_min(t) = sqrt((1-alpha_t)/(alpha_t b)) (= w(t) at eta = 1),
        so w* defaults to max_t w_min(t) (3.27 on SD-1.x), not the mean (0.517) [unverified]; the
-       paper note quotes w* ~ 4.5, an open discrepancy (6.4).
+       paper note quotes w* ~ 4.5, an open discrepancy (docs/algorithms.md#proportionate-credit-on-ddim).
    credit='none': the log-hinge alone (the paper's ablation).
 Weights are indexed by the actual sampler step of each trained step (pitfall iv). Framework
 settings default to DDPO-IS (per-prompt advantages, clip 1e-4, 4 updates per round); xi = the base
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,15 @@ def sigma_tilde(ab_t: torch.Tensor, ab_prev: torch.Tensor, w_star: float | None 
 class PCPO(Algorithm):
     """Log-hinge PPO with per-step multipliers that flatten the sampler's native credit."""
 
+    paper = Paper(
+        "lee2026pcpo",
+        "PCPO: Proportionate Credit Policy Optimization for Aligning Image Generation Models",
+        ("Lee, Jeongjae", "Ye, Jong Chul"),
+        2026,
+        arxiv="2509.25774",
+        venue="International Conference on Learning Representations (ICLR)",
+    )
+
     Settings = PCPOSettings
     settings: PCPOSettings
     recipe = Recipe(
@@ -89,7 +100,10 @@ class PCPO(Algorithm):
         if self.settings.credit != "sigma":
             return None
         if sampler.family != "ddim":
-            raise ValueError("PCPO credit='sigma' reshapes a DDIM variance; flow samplers use 'reweight' (6.5)")
+            raise ValueError(
+                "PCPO credit='sigma' reshapes a DDIM variance; flow samplers use 'reweight' "
+                "(docs/algorithms.md#proportionate-credit-on-flow-models)"
+            )
         ab_t, ab_prev = sampler.alpha_bars(sampler.timesteps)
         return sigma_tilde(ab_t, ab_prev, self.settings.w_star)
 

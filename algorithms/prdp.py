@@ -1,5 +1,5 @@
 """PRDP: Proximal Reward Difference Prediction (Deng et al., CVPR 2024, arXiv 2402.08714;
-ALGORITHMS.md 4; loss transcribed from the paper's App. G JAX code, 4.3).
+docs/algorithms.md#prdp; loss transcribed from the paper's App. G JAX code, docs/algorithms.md#the-prdp-loss).
 
 For two trajectories a, b of the same prompt with r_a > r_b (ties dropped):
     lr_t     = log p_theta(x_{t-1}|x_t,c) - log p_ref(x_{t-1}|x_t,c)       implied reward of step t
@@ -12,7 +12,7 @@ The loss is zero iff pi_theta = pi_ref exp(r/beta)/Z on the trajectories (App. A
 
 Defaults: the small-scale column of App. E Table 4 (45 prompts, SD-1.4): beta 3e-5, eps 1e-6,
 K = 10 gradient updates per epoch, DDPM sampling (eta 1), 16 images per prompt (left to the
-study's group size here). beta is convention-dependent (ALGORITHMS.md 4.4): App. C quotes
+study's group size here). beta is convention-dependent (docs/algorithms.md#prdps-beta): App. C quotes
 beta in {0.1, 1, 10} for another log-prob scaling, and mean vs sum over steps (and over pixels)
 rescales it. We keep 3e-5 because the official loss (App. G) averages over steps, as `step_reduce`
 'mean' does here; with per-dim-mean log-probs dr/beta is far larger than any reachable implied
@@ -28,18 +28,28 @@ from dataclasses import dataclass
 import torch
 
 from t2i_rl_bench.advantages import reward_pairs
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
 
 
 @dataclass(frozen=True)
 class PRDPSettings(AlgorithmSettings):
     beta: float = setting(3e-5, gt=0)  # KL weight, App. E Table 4 small-scale (convention-dependent, see above)
     clip_range: float = setting(1e-6, gt=0)  # stepwise clip eps on the implied reward, Table 4 small-scale
-    step_reduce: str = setting("mean", choices=("mean", "sum"))  # 'mean' over steps (App. G code) or 'sum' (4.1)
+    # 'mean' over steps (App. G code) or 'sum' (docs/algorithms.md#the-prdp-loss)
+    step_reduce: str = setting("mean", choices=("mean", "sum"))
 
 
 class PRDP(Algorithm):
     """Reward-difference regression on same-prompt pairs with a stepwise proximal clip."""
+
+    paper = Paper(
+        "deng2024prdp",
+        "PRDP: Proximal Reward Difference Prediction for Large-Scale Reward Finetuning of Diffusion Models",
+        ("Deng, Fei", "Wang, Qifei", "Wei, Wei", "Grundmann, Matthias", "Hou, Tingbo"),
+        2024,
+        arxiv="2402.08714",
+        venue="IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)",
+    )
 
     Settings = PRDPSettings
     settings: PRDPSettings

@@ -1,4 +1,4 @@
-"""REINFORCE over the denoising MDP: DDPO-SF (Black et al. 2023, eq. "DDPO_SF"; ALGORITHMS.md 1.3).
+"""REINFORCE over the denoising MDP: DDPO-SF (Black et al. 2023, eq. "DDPO_SF"; docs/algorithms.md#the-reinforce-loss).
 
     grad J = E[ sum_t grad log p_theta(x_{t-1} | x_t, c) * A ]
 
@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from t2i_rl_bench.algorithm import Algorithm, Loss, Recipe, StepBatch
+from t2i_rl_bench.algorithm import Algorithm, Loss, Paper, Recipe, StepBatch
 
 
 class Reinforce(Algorithm):
     """Score-function policy gradient with a normalised advantage (DDPO-SF)."""
+
+    paper = Paper(
+        "black2024ddpo",
+        "Training Diffusion Models with Reinforcement Learning",
+        ("Black, Kevin", "Janner, Michael", "Du, Yilun", "Kostrikov, Ilya", "Levine, Sergey"),
+        2024,
+        arxiv="2305.13301",
+        venue="International Conference on Learning Representations (ICLR)",
+    )
 
     recipe = Recipe(
         advantages="per_prompt",  # DDPO's per-prompt stat tracker (ddpo-pytorch stat_tracking.py)

@@ -1,4 +1,4 @@
-"""Advantage estimators of the six methods, in one place (ALGORITHMS.md 7.2).
+"""Advantage estimators of the six methods, in one place (docs/algorithms.md#advantage-estimators).
 
 All take rewards (B,) and group ids (B,) (the samples of one prompt share an id) and return
 advantages (B,); the training loop clamps them afterwards.

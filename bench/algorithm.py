@@ -187,10 +187,25 @@ class Loss:
     clipped: torch.Tensor | None = None  # (B, S) bool, the steps whose gradient the clip removed
 
 
+@dataclass(frozen=True)
+class Paper:
+    """The publication an algorithm implements: `references.bib` is generated from these
+    (`python -m t2i_rl_bench.citation`), so a table's method is cited as \\cite{key}."""
+
+    key: str  # the BibTeX key
+    title: str
+    authors: tuple[str, ...]  # "Last, First" each
+    year: int
+    arxiv: str | None = None  # e.g. "2305.13301"
+    venue: str | None = None  # the proceedings it appeared in; None: an arXiv preprint
+    url: str | None = None
+
+
 class Algorithm:
     """Subclass, set `Settings` (and `recipe`), implement `loss`. Register in an entry point
     `t2i_rl_bench.algorithms`."""
 
+    paper: ClassVar[Paper | None] = None  # the publication it implements (references.bib)
     Settings: ClassVar[type[AlgorithmSettings]] = AlgorithmSettings
     recipe: Recipe = Recipe()  # the class's defaults; an instance holds the config's overrides
     # True when the loss couples the steps of a sample (it gets all of them at once) or the

@@ -1,5 +1,6 @@
 """A figure of a base model's samples with the prompt under each image, at a study's sampler
-settings: what a person checks before trusting accuracy numbers (README, report)."""
+settings: what a person checks before trusting accuracy numbers
+(docs/usage.md#the-embedded-world-default-offline-cpu, the report)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class Sampler(Protocol):
         ...
 
     def native_weights(self) -> torch.Tensor:
-        """(K,) the per-step credit of the step rule (PCPO, ALGORITHMS.md 6.3)."""
+        """(K,) the per-step credit of the step rule (PCPO, docs/algorithms.md#per-step-credit)."""
         ...
 
     def with_std(self, std: torch.Tensor) -> Sampler:

@@ -88,3 +88,130 @@ def plugin_provenance(config: dict) -> dict[str, str]:
             if pin:
                 out[f"models.{name}.family"] = pin
     return out
+
+
+# ---- what a citation of the tables needs beyond the commit ------------------------------------
+
+VERSIONED = (
+    "t2i-rl-bench",
+    "torch",
+    "torchvision",
+    "torchmetrics",
+    "open_clip_torch",
+    "diffusers",
+    "transformers",
+    "peft",
+    "numpy",
+    "scipy",
+    "pandas",
+    "snakemake",
+)
+
+
+def versions(packages: tuple[str, ...] = VERSIONED) -> dict[str, str]:
+    """Python's and each package's installed version ('absent' when not installed)."""
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def version_drift(recorded: dict[str, str], installed: dict[str, str] | None = None) -> list[str]:
+    """'name recorded -> installed' for every package whose installed version differs from the one
+    recorded in a table's provenance (empty when they agree); packages not recorded are ignored."""
+    installed = versions(tuple(k for k in recorded if k != "python")) if installed is None else installed
+    return [
+        f"{name} {want} -> {installed.get(name, 'absent')}"
+        for name, want in sorted(recorded.items())
+        if name in installed and installed[name] != want
+    ]
+
+
+def recorded_versions(table: Path) -> dict[str, str]:
+    """{package: version} from a table's provenance header (its 'packages:' line); {} when the
+    file or the line is missing."""
+    try:
+        lines = Path(table).read_text().splitlines()[:20]
+    except OSError:
+        return {}
+    for line in lines:
+        text = line.lstrip("#%<!- ").removesuffix("-->").strip()
+        if text.startswith("packages:"):
+            pairs = (item.strip().rpartition(" ") for item in text[len("packages:") :].split(","))
+            return {name: version.removesuffix(" -->").strip() for name, _, version in pairs if name}
+    return {}
+
+
+def warn_version_drift(table: Path, what: str) -> list[str]:
+    """Print (stderr) and return the packages whose installed version differs from the one a
+    table's header records: numbers made with other versions are being extended or re-rendered."""
+    import sys
+
+    drift = version_drift(recorded_versions(table))
+    if drift:
+        print(
+            f"{what}: installed versions differ from those {table} was made with: {'; '.join(drift)} "
+            "(install with `pip install -c constraints.txt`, or rerun the study to remake the tables)",
+            file=sys.stderr,
+        )
+    return drift
+
+
+def folder_hashes(folder: str | Path) -> dict[str, str] | str:
+    """The SHA-256 of every file of a model or judge folder as recorded beside it (the harness's
+    manifest, or a pipeline's sha256.json; the study verifies them before it runs), else a
+    sentence saying why there are none."""
+    from t2i_rl_bench.models.checkpoint import HASHES, MANIFEST
+
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        import json
+
+        recorded = json.loads(manifest.read_text()).get("sha256")
+        if recorded:
+            return dict(recorded)
+    if (folder / HASHES).is_file():
+        import json
+
+        return dict(json.loads((folder / HASHES).read_text()))
+    return f"no recorded hashes in {folder}" if folder.exists() else f"{folder} (missing)"
+
+
+def weight_hashes(config: dict) -> dict[str, dict[str, str] | str]:
+    """{config key: {file: sha256}} of every model and of the evaluation's feature network."""
+    out: dict[str, dict[str, str] | str] = {}
+    for name, model in config.get("models", {}).items():
+        if isinstance(model, dict) and model.get("path"):
+            out[f"models.{name}"] = folder_hashes(model["path"])
+    judge = config.get("evaluation", {}).get("clip_model")
+    if judge:
+        out["evaluation.clip_model"] = folder_hashes(judge)
+    return out
+
+
+def resolved_algorithms(config: dict) -> dict[str, dict]:
+    """Per method label: the class, its paper, and every field of its recipe and loss settings as
+    the study resolved them (defaults filled in, the config's overrides applied), plus the loop's
+    own keys the config set (lr, micro_batch, flow_variant, ...)."""
+    from t2i_rl_bench.registry import ALGORITHMS
+    from t2i_rl_bench.study import check_algorithm
+
+    out = {}
+    for label, settings in config.get("algorithms", {}).items():
+        settings = dict(settings or {})
+        algorithm = check_algorithm(label, settings)
+        cls = ALGORITHMS.get(settings.get("plugin", label))
+        loop_keys = {k: v for k, v in settings.items() if k not in algorithm.describe() and k != "plugin"}
+        out[label] = {
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "paper": getattr(getattr(cls, "paper", None), "key", None),  # its key in references.bib
+            "settings": algorithm.describe(),
+            "loop": loop_keys,
+        }
+    return out

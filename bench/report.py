@@ -26,13 +26,17 @@ from t2i_rl_bench import calibration, failures, frontier, mechanisms  # noqa: E4
 from t2i_rl_bench.chain import chain_section  # noqa: E402
 from t2i_rl_bench.io import atomic_write_text  # noqa: E402
 from t2i_rl_bench.metrics import direction, gold_keys, lookup  # noqa: E402
+from t2i_rl_bench.provenance import warn_version_drift  # noqa: E402
+from t2i_rl_bench.tables import fmt_number  # noqa: E402
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1350px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:12.5px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;
-text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}.prov{color:#555;font-size:13px}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1320px;margin:2em auto;padding:0 1em;color:#222}
+.scroll{overflow-x:auto;max-width:100%;margin:.5em 0}table{border-collapse:collapse;font-size:12px;margin:0}
+td,th{border:1px solid #ccc;padding:3px 5px;text-align:right;vertical-align:top}th{background:#f3f3f3;
+font-weight:600}td.l,th.l{text-align:left}td.wrap{min-width:11em;max-width:22em}td small{color:#444}
+img{max-width:100%}.prov{color:#555;font-size:13px;overflow-wrap:anywhere}
 figure{margin:1.2em 0}figcaption{font-size:13px;color:#333}.supported{background:#d9f2d9}
 .contradicted{background:#f8d7d7}.inconclusive{background:#f3f3f3}.notrun{color:#888}.flag{color:#b00;font-weight:600}
-.prompts{font-size:12px;color:#444;margin:.2em 0 0 0;padding-left:1.2em}"""
+.prompts{font-size:12px;color:#444;margin:.2em 0 0 0;padding-left:1.2em}code{overflow-wrap:anywhere}"""
 
 
 def _png(fig) -> str:
@@ -51,33 +55,52 @@ def read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.read_csv(path, comment="#"), header
 
 
+MISSING = "–"  # a value that does not exist (never 'nan')
+
+
 def _f(v, digits: int = 3) -> str:
+    """`digits` significant digits, as the tables print them (tables.fmt_number); MISSING for
+    a missing value."""
     try:
         v = float(v)
     except (TypeError, ValueError):
-        return html.escape(str(v))
-    return "–" if not np.isfinite(v) else f"{v:.{digits}g}"
+        return MISSING if v is None or str(v).lower() == "nan" else html.escape(str(v))
+    return MISSING if not np.isfinite(v) else fmt_number(v, digits)
 
 
 def _ci(m, lo, hi, stacked: bool = False) -> str:
-    """'mean [low, high]'; stacked: the interval small, under the mean (narrow table columns)."""
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    """'mean [low, high]'; stacked: the interval small, under the mean (narrow table columns), as
+    '±half-width' when it is symmetric (Student-t), else '[low, high]'."""
+    try:
+        m, lo, hi = float(m), float(lo), float(hi)
+    except (TypeError, ValueError):
         return _f(m)
-    return f"{_f(m)}<br><small>[{_f(lo)}, {_f(hi)}]</small>" if stacked else f"{_f(m)} [{_f(lo)}, {_f(hi)}]"
+    if not (np.isfinite(m) and np.isfinite(lo) and np.isfinite(hi)):
+        return _f(m)
+    if not stacked:
+        return f"{_f(m)} [{_f(lo)}, {_f(hi)}]"
+    if np.isclose(m - lo, hi - m, rtol=0.02, atol=1e-12):
+        return f"{_f(m)}<br><small>±{_f((hi - lo) / 2)}</small>"
+    return f"{_f(m)}<br><small>[{_f(lo)}, {_f(hi)}]</small>"
 
 
 def _html_table(
     header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None, last_left: bool = False
 ) -> str:
+    """A table in its own horizontally scrolling box (a wide table never widens the page); the
+    last column, when left-aligned text, wraps."""
+
     def align(i: int) -> str:
-        return "l" if i < left or (last_left and i == len(header) - 1) else ""
+        if last_left and i == len(header) - 1:
+            return "l wrap"
+        return "l" if i < left else ""
 
     th = "".join(f"<th class='{align(i)}'>{h}</th>" for i, h in enumerate(header))
     body = []
     for j, row in enumerate(rows):
         cls = f" class='{classes[j]}'" if classes else ""
         body.append(f"<tr{cls}>" + "".join(f"<td class='{align(i)}'>{c}</td>" for i, c in enumerate(row)) + "</tr>")
-    return f"<table><tr>{th}</tr>{''.join(body)}</table>"
+    return f"<div class='scroll'><table><tr>{th}</tr>{''.join(body)}</table></div>"
 
 
 def _arrow(key: str) -> str:
@@ -108,7 +131,7 @@ def headline_section(tables: Path) -> str:
             "reward gain at the final budget",
             "reward gain at equal device-seconds",
         ]
-        + [f"Δ {g}{_arrow(g)}" for g in golds]
+        + [f"Δ {html.escape(g).replace('/', '/<wbr>')}{_arrow(g)}" for g in golds]
         + ["images", "device-s", "reward hacking", "verdicts (details below)"]
     )
     rows = []
@@ -117,7 +140,7 @@ def headline_section(tables: Path) -> str:
         verdict = _verdict_summary(r["verdicts"]) if isinstance(r["verdicts"], str) else ""
         rows.append(
             [
-                f"{r['model']} / {r['reward']}",
+                f"{html.escape(r['model'])} /<br>{html.escape(r['reward'])}",
                 r["method"],
                 str(int(r["n_seeds"]))
                 + (  # the seeds in no mean (failed, killed, diverged before the final budget), marked
@@ -369,7 +392,9 @@ def calibration_section(tables: Path, runs_root: Path) -> str:
     shown = table[["method", "lr", "mean_train_reward", *budgets, "chosen"]].copy()
     shown.columns = ["method", "lr", "mean training reward", *[f"held-out @{c[8:]}" for c in budgets], "chosen"]
     parts = ["<h2>Learning-rate calibration</h2>", *(f"<p>{html.escape(n)}</p>" for n in notes)]
-    parts.append(shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+    parts.append(
+        "<div class='scroll'>" + shown.to_html(index=False, float_format=_f, na_rep=MISSING, border=0) + "</div>"
+    )
     methods = sorted(table["method"].unique())
     fig, axes = plt.subplots(2, len(methods), figsize=(2.9 * len(methods), 5.4), squeeze=False)
     for col, method in enumerate(methods):
@@ -736,10 +761,18 @@ def recursive_section(tables: Path, table: pd.DataFrame) -> str:
 def render(tables: Path, runs_root: Path, out: Path) -> Path:
     table, header = read_table(tables / "eval.csv")
     prompts = _prompts(tables)
+    drift = warn_version_drift(tables / "eval.csv", "report")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>t2i-rl-bench report</title>",
         f"<style>{CSS}</style></head><body><h1>t2i-rl-bench: comparative report</h1>",
         "<div class='prov'>" + "<br>".join(html.escape(h) for h in header) + "</div>",
+        (
+            "<p class='flag'>Installed versions differ from those the tables were made with: "
+            + html.escape("; ".join(drift))
+            + "</p>"
+        )
+        if drift
+        else "",
         _statistics_note(tables),
     ]
     parts.append(headline_section(tables))

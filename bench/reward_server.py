@@ -13,7 +13,7 @@ answers `{"scores": [...], "info": {key: [...]}}`, or an HTTP error with `{"erro
 `GET /health` answers `{"reward": name}`. Images travel as 8 bits per channel (what a reward model
 reading a saved PNG sees), so the remote scores equal the local reward's on `quantize(images)`.
 The server answers one request at a time in its main thread (a torch op in a side thread slows
-the whole process, MEASURED.md) and refuses NaN/inf scores like the harness does.
+the whole process, docs/design.md#measured-choices) and refuses NaN/inf scores like the harness does.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 `(x_next, logp, mean, std)`, for the DDIM family and for flow-matching SDEs.
 
 Every step rule is a pure function of its inputs (no hidden state), computes the log-density in
-fp32, and follows the per-dimension-mean convention of the official code (ALGORITHMS.md 0):
-`logp = mean over C,H,W of log N(x_next; mean, std^2)`, with the sum as an option. Passing
-`prev` (the stored x_next) recomputes the log-prob of a recorded transition instead of sampling.
+fp32, and follows the per-dimension-mean convention of the official code
+(docs/algorithms.md#conventions-shared-by-every-method): `logp = mean over C,H,W of log N(x_next;
+mean, std^2)`, with the sum as an option. Passing `prev` (the stored x_next) recomputes the log-prob
+of a recorded transition instead of sampling.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class DDIMSampler:
 
     def __init__(self, scheduler, num_steps: int, eta: float = 1.0, logp_reduce: str = "mean"):
         if eta < 0:
-            raise ValueError(f"eta must be >= 0 (got {eta}); RL needs eta > 0, ALGORITHMS.md P4")
+            raise ValueError(f"eta must be >= 0 (got {eta}); RL needs eta > 0 (docs/algorithms.md#stochastic-sampling)")
         scheduler.set_timesteps(num_steps)
         self.num_steps = num_steps
         self.eta = eta
@@ -149,7 +150,7 @@ class DDIMSampler:
         return StepResult(x_next.to(x.dtype), gaussian_logp(x_next, mean, std, self.logp_reduce), mean, std)
 
     def native_weights(self) -> torch.Tensor:
-        """PCPO's per-step credit w(t) = C(t)/sigma_t (ALGORITHMS.md 6.3, Proposition 1), (K,)."""
+        """PCPO's per-step credit w(t) = C(t)/sigma_t (docs/algorithms.md#per-step-credit, Proposition 1), (K,)."""
         t = self.timesteps
         ab_t, ab_prev = self._alpha_bars(t)
         alpha = ab_t / ab_prev
@@ -177,8 +178,9 @@ def diffusers_flow_sigmas(num_steps: int, shift: float = 3.0, num_train_timestep
 
 
 class FlowSDESampler:
-    """Stochastic steps of the flow ODE's reverse process (ALGORITHMS.md 5.3-5.4). Model output is
-    the velocity v ~ eps - x0; time runs from sigma = 1 (noise) to 0.
+    """Stochastic steps of the flow ODE's reverse process (docs/algorithms.md#the-flow-grpo-sde,
+    docs/algorithms.md#the-dancegrpo-sde). Model output is the velocity v ~ eps - x0; time runs from
+    sigma = 1 (noise) to 0.
 
     variant 'flowgrpo': Euler-Maruyama of the marginal-preserving SDE with std_dev_t = a sqrt(t / (1 - t))
     (Flow-GRPO; t = 1 uses sigmas[1]); 'dancegrpo': the same SDE with constant diffusion a
@@ -378,7 +380,7 @@ class FlowSDESampler:
         return StepResult(x_next.to(x.dtype), torch.where(noisy, logp, torch.zeros_like(logp)), mean, std)
 
     def native_weights(self) -> torch.Tensor:
-        """The per-step credit w(t_i) (ALGORITHMS.md 6.3): the scale of d logp / d v = -w eps at
+        """The per-step credit w(t_i) (docs/algorithms.md#per-step-credit): the scale of d logp / d v = -w eps at
         the sampling weights. Flow-GRPO / DanceGRPO SDEs (Proposition 2):
         sqrt(dt_i)/g_i (1 + (1 - t_i) g_i^2/(2 t_i)). CPS [derived]: the mean's velocity
         coefficient is -C with C = t(1 - t') - (1 - t) sqrt(t'^2 - std^2), and its log-prob has no

@@ -15,9 +15,9 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +39,28 @@ from t2i_rl_bench.metrics.statistics import (
     proportion_interval,
     stratified_bootstrap,
 )
-from t2i_rl_bench.provenance import plugin_provenance
+from t2i_rl_bench.provenance import (
+    plugin_provenance,
+    resolved_algorithms,
+    versions,
+    warn_version_drift,
+    weight_hashes,
+)
 
 KEYS = ["model", "reward", "algorithm", "budget", "metric"]
-PACKAGES = ("t2i-rl-bench", "torch", "diffusers", "transformers", "numpy", "scipy", "snakemake")
+# the versions every table header names (citable.json names provenance.VERSIONED, a longer list)
+PACKAGES = (
+    "t2i-rl-bench",
+    "torch",
+    "torchmetrics",
+    "open_clip_torch",
+    "diffusers",
+    "transformers",
+    "numpy",
+    "scipy",
+    "snakemake",
+)
+CITABLE_FORMAT = 2  # results/citable.schema.json describes this format
 
 
 # the study's own outputs (rewritten by design; not code, so they leave the commit stamp clean)
@@ -75,19 +93,13 @@ def provenance(cfg: dict) -> dict:
         )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "absent"
     s = _stats(cfg)
     return {
         "study": cfg.get("study"),
         "commit": commit + ("+dirty" if dirty else ""),
         "config_hash": study.config_hash(cfg),
         "seeds": cfg["seeds"],
-        "packages": versions,
+        "packages": versions(PACKAGES),  # python first, then each package
         "plugins": plugin_provenance(cfg),  # file plugins by SHA-256, installed ones by package version
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "interval": {
@@ -110,6 +122,8 @@ def hardware() -> dict:
         import torch
 
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["cuda_version"] = torch.version.cuda
+        info["torch_threads"] = torch.get_num_threads()
     except Exception:  # noqa: BLE001  (hardware info is best effort)
         info["cuda"] = None
     return info
@@ -449,13 +463,39 @@ def headline(
     return pd.DataFrame(rows)
 
 
+def with_optimiser_steps(head: pd.DataFrame, cfg: dict, runs_root: Path) -> pd.DataFrame:
+    """The headline with `steps`: the optimiser steps a run took to its final budget (the sum of
+    its log.jsonl's per-round `optimiser_steps` up to that many images), mean over seeds; NaN
+    where no run left a log."""
+    if head.empty:
+        return head
+    final = {(r.model, r.reward, r.method): r.images for r in head.itertuples()}
+    steps: dict[tuple, list[int]] = {}
+    for key in study.runs(cfg):
+        budget = final.get((key.model, key.reward, key.algorithm))
+        log = runs_root / key.path / "log.jsonl"
+        if budget is None or not log.is_file():
+            continue
+        total = 0
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("images_seen", budget + 1) <= budget:
+                total += int(row.get("optimiser_steps") or 0)
+        steps.setdefault((key.model, key.reward, key.algorithm), []).append(total)
+    mean = [float(np.mean(steps[k])) if k in steps else np.nan for k in zip(head.model, head.reward, head.method)]
+    out = head.copy()
+    out.insert(out.columns.get_loc("images") + 1, "steps", mean)
+    return out
+
+
 def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
     """The headline as a paper shows it: 'mean [low, high]' cells, one column per gold metric."""
 
     def cell(r: dict, k: str) -> str:
-        if not np.isfinite(r[f"{k}_low"]):
-            return _fmt(r[k])
-        return f"{_fmt(r[k])} [{_fmt(r[f'{k}_low'])}, {_fmt(r[f'{k}_high'])}]"
+        return fmt_interval(r[k], r[f"{k}_low"], r[f"{k}_high"])
 
     golds = [c for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
     rows = []
@@ -467,14 +507,15 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
                 "method": r["method"],
                 "n": r["n_seeds"],
                 "gain": cell(r, "gain"),
-                f"gain at {_fmt(r['seconds_level'])} s": cell(r, "gain_at_seconds"),
+                "gain at equal device-s": cell(r, "gain_at_seconds"),
+                "at device-s": _fmt(r["seconds_level"]),
                 **{f"Δ {g[len('change/') :]}": cell(r, g) for g in golds},
                 "images": r["images"],
                 "opt. steps": _fmt(r.get("optimiser_steps", np.nan)),
                 "lr x steps": _fmt(r.get("lr_x_steps", np.nan)),
                 "CPU-s": _fmt(r.get("cpu_seconds", np.nan)),
                 "device-s": _fmt(r["device_seconds"]),
-                "hacked": r["hacked"] or "-",
+                "hacked": r["hacked"] if isinstance(r["hacked"], str) and r["hacked"] else "none",
                 "not finished": f"⚠ {r['not_finished']}" if r.get("not_finished") else "-",
             }
         )
@@ -498,46 +539,159 @@ def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
     return "".join(f"{comment} {line}\n" for line in lines)
 
 
+MISSING = "--"  # a value that does not exist (no interval, a method that never reached a level)
+DIGITS = 3  # significant digits of every number a table shows (the CSV keeps 6)
+
+
+def fmt_number(v: float, digits: int = DIGITS) -> str:
+    """`digits` significant digits, trailing zeros kept (0.0310), whole numbers as integers,
+    |v| >= 10^digits in whole units, |v| < 1e-4 in exponent form; MISSING when not finite."""
+    v = float(v)
+    if not np.isfinite(v):
+        return MISSING
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    a = abs(v)
+    if a >= 10**digits:
+        return f"{v:.0f}"
+    if a < 1e-4:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:#.{digits}g}".rstrip(".")
+
+
 def _fmt(v) -> str:
+    """One cell: numbers by `fmt_number`, a missing value (None, NaN, 'nan') as MISSING."""
+    if v is None or (isinstance(v, str) and v.strip().lower() == "nan"):
+        return MISSING
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, int | np.integer):
+        return str(int(v))
     if isinstance(v, float | np.floating):
-        return "nan" if not np.isfinite(v) else f"{v:.4g}"
+        return fmt_number(v)
     return str(v)
+
+
+def fmt_interval(m, lo, hi) -> str:
+    """'mean [low, high]', or the mean alone where there is no interval (one measurement)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return _fmt(m)
+    return f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
     """The human-readable columns: 'mean [low, high]' plus n and the registry's direction."""
     if {"mean", "ci_low", "ci_high"} <= set(table.columns):
-        value = [
-            f"{_fmt(m)}" if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
-            for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])
-        ]
+        value = [fmt_interval(m, lo, hi) for m, lo, hi in zip(table["mean"], table["ci_low"], table["ci_high"])]
         cols = [c for c in KEYS if c in table.columns]
         shown = table[cols].assign(value=value, n_seeds=table["n_seeds"])
         if "better" in table:
-            shown["better"] = table["better"]
+            shown["better"] = table["better"].fillna("")
         if "scale_free" in table and not table["scale_free"].all():
             shown["comparable"] = np.where(table["scale_free"], "yes", "per method only")
         return shown
     return table
 
 
+# ---- LaTeX: pdflatex with \usepackage{booktabs,longtable,array}, ASCII only -------------------
+
+TEX_PACKAGES = "\\usepackage{booktabs,longtable,array}"
+_TEX_CHARS = {
+    "\\": "\\textbackslash{}",
+    "_": "\\_",
+    "%": "\\%",
+    "&": "\\&",
+    "#": "\\#",
+    "$": "\\$",
+    "{": "\\{",
+    "}": "\\}",
+    "~": "\\textasciitilde{}",
+    "^": "\\textasciicircum{}",
+    "<": "$<$",
+    "|": "$|$",
+    ">": "$>$",
+    "Δ": "$\\Delta$",
+    "±": "$\\pm$",
+    "×": "$\\times$",
+    "≥": "$\\geq$",
+    "≤": "$\\leq$",
+    "→": "$\\to$",
+    "↑": "$\\uparrow$",
+    "↓": "$\\downarrow$",
+    "−": "-",
+    "–": "--",
+    "—": "---",
+    "σ": "$\\sigma$",
+    "β": "$\\beta$",
+    "η": "$\\eta$",
+    "ξ": "$\\xi$",
+}
+
+
 def _tex(text: str) -> str:
-    return (
-        str(text)
-        .replace("\\", "\\textbackslash{}")
-        .replace("_", "\\_")
-        .replace("%", "\\%")
-        .replace("&", "\\&")
-        .replace("#", "\\#")
-    )
+    """Text for a LaTeX cell: special characters escaped, the few non-ASCII ones the tables use
+    in math mode, anything else non-ASCII replaced by '?' (pdflatex stops on it)."""
+    out = "".join(_TEX_CHARS.get(c, c if ord(c) < 128 else "?") for c in str(text))
+    return out.replace("/", "/\\allowbreak{}")  # long metric names may break after a slash
 
 
-def _longtable(shown: pd.DataFrame, caption: str) -> list[str]:
-    cols = "l" * len(shown.columns)
+def _tex_cell(v) -> str:
+    return _tex(_fmt(v))
+
+
+def _tex_caption(text: str) -> str:
+    return "".join(_TEX_CHARS.get(c, c if ord(c) < 128 else "?") for c in str(text))
+
+
+def _label(*parts: str) -> str:
+    return "tab:" + "-".join("".join(c if c.isalnum() else "-" for c in str(p)) for p in parts)
+
+
+CHARS_PER_LINE = 72  # a page's text width (6.5 in) in \small characters, with a margin
+
+
+def _colspec(shown: pd.DataFrame) -> tuple[str, bool]:
+    """'l'/'r' for short columns (numbers right), a ragged-right p{} column for long text, sized
+    so the row fits CHARS_PER_LINE and no word (split at spaces and slashes) sticks out; and
+    whether the table needs the smaller font to fit."""
+    widths, numeric, words = [], [], []
+    for c in shown.columns:
+        cells = [_fmt(v) for v in shown[c]]
+        widths.append(max([len(str(c))] + [len(x) for x in cells]))
+        numeric.append(bool(cells) and all(_looks_numeric(x) for x in cells))
+        words.append(max(len(w) for x in [str(c), *cells] for w in re.split(r"[ /]", x)))
+    budget = CHARS_PER_LINE - 2 * len(widths)
+    wrap = [i for i, w in enumerate(widths) if w > 20 and not numeric[i]]  # numbers never wrap
+    fixed = sum(w for i, w in enumerate(widths) if i not in wrap)
+    tight = budget - fixed < 18 * len(wrap) or (not wrap and fixed > budget)
+    spare = max(budget - fixed, 18 * len(wrap))
+    out = []
+    for i, w in enumerate(widths):
+        if i in wrap:
+            share = max(min(spare * w / sum(widths[j] for j in wrap), w), 18, words[i] + 2)
+            out.append(f">{{\\raggedright\\arraybackslash}}p{{{share * 0.5:.1f}em}}")
+        else:
+            out.append("r" if numeric[i] else "l")
+    return "".join(out), tight
+
+
+def _looks_numeric(text: str) -> bool:
+    head = text.split(" [")[0]
+    try:
+        float(head)
+        return True
+    except ValueError:
+        return head == MISSING
+
+
+def _longtable(shown: pd.DataFrame, caption: str, label: str = "") -> list[str]:
     head = " & ".join(_tex(c) for c in shown.columns) + " \\\\"
+    cap = f"\\caption{{{_tex_caption(caption)}}}" + (f"\\label{{{label}}}" if label else "") + "\\\\"
+    spec, tight = _colspec(shown)
     out = [
-        f"\\begin{{longtable}}{{{cols}}}",
-        f"\\caption{{{_tex(caption)}}}\\\\",
+        "{" + ("\\footnotesize" if tight else "\\small") + "\\setlength{\\tabcolsep}{4pt}",
+        f"\\begin{{longtable}}{{{spec}}}",
+        cap,
         "\\toprule",
         head,
         "\\midrule",
@@ -549,27 +703,124 @@ def _longtable(shown: pd.DataFrame, caption: str) -> list[str]:
         "\\bottomrule",
         "\\endfoot",
     ]
-    out += [" & ".join(_tex(_fmt(v)) for v in row) + " \\\\" for row in shown.itertuples(index=False)]
-    return out + ["\\end{longtable}", ""]
+    out += [" & ".join(_tex_cell(v) for v in row) + " \\\\" for row in shown.itertuples(index=False)]
+    return out + ["\\end{longtable}}", ""]
+
+
+def _without_repeated_base(part: pd.DataFrame) -> pd.DataFrame:
+    """Long per-budget rows of one (model, reward): per metric the base (budget 0) once, as method
+    'base', when every method shows the same base value, then each method's budgets; the metric
+    named on its first row only."""
+    groups = []
+    for metric, m in part.groupby("metric", sort=True):
+        m = m.sort_values(["algorithm", "budget"], kind="stable")
+        base = m[m["budget"] == 0]
+        if len(base) > 1 and base["value"].nunique() == 1:
+            m = pd.concat([base.iloc[[0]].assign(algorithm="base"), m[m["budget"] != 0]])
+        groups.append(m.assign(metric=[metric] + [""] * (len(m) - 1)))
+    out = pd.concat(groups) if groups else part
+    return out.rename(columns={"algorithm": "method"})
+
+
+def _supplementary(shown: pd.DataFrame, name: str, model: str, reward: str) -> list[str]:
+    part = shown.drop(columns=["model", "reward"])
+    if {"metric", "algorithm", "budget", "value"} <= set(part.columns):
+        part = part.sort_values(["metric", "algorithm", "budget"], kind="stable")
+        part = _without_repeated_base(part)
+        part = part[
+            ["metric", "method", "budget", *[c for c in part.columns if c not in ("metric", "method", "budget")]]
+        ]
+    return _longtable(part, f"{name}: {model}, trained on {reward}", _label(name, model, reward))
+
+
+def _head_cell(name: str) -> str:
+    """A stacked header cell: '$\\Delta$' / family / measure, so narrow number columns stay narrow."""
+    lines = [_tex(x) for x in name.split("\n") if x]
+    return "\\begin{tabular}[b]{@{}c@{}}" + "\\\\".join(lines) + "\\end{tabular}"
+
+
+def _stacked(m, lo, hi) -> str:
+    """A main-table cell: the mean, and under it the interval's half-width (symmetric) or ends."""
+    if not np.isfinite(m):
+        return MISSING
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return _tex(_fmt(m))
+    half = (hi - lo) / 2
+    if np.isclose(m - lo, hi - m, rtol=0.02, atol=1e-12):
+        below = f"$\\pm${_tex(fmt_number(half))}"
+    else:
+        below = f"[{_tex(fmt_number(lo))}, {_tex(fmt_number(hi))}]"
+    return f"\\begin{{tabular}}[t]{{@{{}}r@{{}}}}{_tex(_fmt(m))}\\\\[-1pt]{{\\scriptsize {below}}}\\end{{tabular}}"
+
+
+def headline_tex(head: pd.DataFrame, interval: str = "") -> list[str]:
+    """One compact main table per (model, training reward), a page wide at most: per method the
+    held-out training-reward gain, the change of every gold metric (each with its interval under
+    it), images and optimiser steps (when the headline has them)."""
+    golds = [c for c in head.columns if c.startswith("change/") and not c.endswith(("_low", "_high"))]
+    steps = "steps" if "steps" in head.columns and np.isfinite(head["steps"].astype(float)).any() else None
+    out = []
+    for (model, reward), part in head.groupby(["model", "reward"], sort=True):
+        cols = ["method", "gain"] + [g[len("change/") :] for g in golds] + ["images"] + (["steps"] if steps else [])
+        header = [_head_cell("method"), _head_cell("reward\ngain")]
+        for g in golds:
+            family, _, measure = g[len("change/") :].rpartition("/")
+            header.append(_head_cell("\n".join(["Δ", *([family + "/"] if family else []), measure])))
+        header += [_head_cell("images")] + ([_head_cell("steps")] if steps else [])
+        rows = []
+        for r in part.to_dict("records"):
+            cells = [_tex(r["method"]), _stacked(r["gain"], r["gain_low"], r["gain_high"])]
+            cells += [_stacked(r[g], r[f"{g}_low"], r[f"{g}_high"]) for g in golds]
+            cells += [_tex_cell(r["images"])] + ([_tex_cell(r[steps])] if steps else [])
+            rows.append(" & ".join(cells) + " \\\\[2pt]")
+        n = sorted({int(v) for v in part["n_seeds"] if np.isfinite(v)})
+        caption = (
+            f"{model}, trained on {reward}: held-out reward gain over the base and change (final - base) of each "
+            f"gold metric at the final budget; mean over {'/'.join(map(str, n)) or '--'} seeds, under it the "
+            f"{interval or 'interval over seeds'}."
+        )
+        out += [
+            "\\begin{table}[tbp]",
+            "\\centering\\small\\setlength{\\tabcolsep}{3pt}",
+            f"\\caption{{{_tex_caption(caption)}}}\\label{{{_label('headline', model, reward)}}}",
+            f"\\begin{{tabular}}{{l{'r' * (len(cols) - 1)}}}",
+            "\\toprule",
+            " & ".join(header) + " \\\\",
+            "\\midrule",
+            *rows,
+            "\\bottomrule",
+            "\\end{tabular}",
+            "\\end{table}",
+            "",
+        ]
+    return out
+
+
+def _md_cell(v) -> str:
+    return _fmt(v).replace("|", "\\|").replace("\n", " ")
 
 
 def write_tables(
     table: pd.DataFrame, prov: dict, out: Path, name: str, notes: list[str] = (), shown: pd.DataFrame | None = None
 ) -> None:
-    """CSV (all columns), Markdown and LaTeX (shown columns; one longtable per model x training
-    reward, needs \\usepackage{booktabs,longtable}), each with the provenance header."""
+    """CSV (all columns), Markdown and LaTeX (shown columns), each with the provenance header.
+    LaTeX (needs \\usepackage{booktabs,longtable,array}): the headline as one compact main table
+    per model x training reward; every other table as a supplementary longtable per model x
+    training reward, the base row shown once."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{name}.csv", _header(prov, "#", notes) + table.to_csv(index=False, float_format="%.6g"))
     shown = _shown(table) if shown is None else shown
     md = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    md += "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    md += "".join("| " + " | ".join(_md_cell(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
     atomic_write_text(out / f"{name}.md", _header(prov, "<!--", notes).replace("\n", " -->\n") + "\n" + md)
-    tex = [_header(prov, "%", notes) + "% needs \\usepackage{booktabs,longtable}"]
-    if {"model", "reward"} <= set(shown.columns) and len(shown):
+    tex = [_header(prov, "%", notes) + f"% needs {TEX_PACKAGES}"]
+    if {"gain", "gain_low", "gain_high", "method", "model", "reward"} <= set(table.columns) and len(table):
+        tex += headline_tex(table, prov["interval"]["description"])
+    elif {"model", "reward"} <= set(shown.columns) and len(shown):
         for (model, reward), part in shown.groupby(["model", "reward"], sort=True):
-            tex += _longtable(part.drop(columns=["model", "reward"]), f"{name}: {model}, trained on {reward}")
+            tex += _supplementary(part, name, model, reward)
     else:
-        tex += _longtable(shown, name)
+        tex += _longtable(shown, name, _label(name))
     atomic_write_text(out / f"{name}.tex", "\n".join(tex))
 
 
@@ -601,6 +852,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     prov = provenance(cfg)
     s = _stats(cfg)
     rules = analysis.Rules.from_config(cfg)
+    warn_version_drift(out / "eval.csv", "aggregate")  # the tables this run replaces
     failures.prune_tables(out)  # every table below is written fresh; one this study does not make is gone
     failures.write_failed_runs(cfg, runs_root, out, _header(prov, "#"))
     seed_rows = failures.mask_unfinished(collect(cfg, runs_root))  # a failed or killed run: in no mean
@@ -751,7 +1003,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     if len(verdict):
         notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]
         write_verdicts(verdict, prov, out, vnote, notes)
-    head = headline(table, derived_rows, secs_levels, hack, verdict, s)
+    head = with_optimiser_steps(headline(table, derived_rows, secs_levels, hack, verdict, s), cfg, runs_root)
     if len(mech):
         write_tables(mech, prov, out, "mechanisms", [*mechanisms.NOTES, *mechanisms.inactive(mech)])
     if len(head):
@@ -769,7 +1021,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
             shown=headline_shown(head),
         )
     table = pd.concat(all_tables)
-    write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out)
+    write_citable(cfg, prov, table, seed_rows, probe_rows, runs_root, out, derived_rows)
     return table
 
 
@@ -807,10 +1059,7 @@ def recursive_tables(
     )
 
     def shown(part: pd.DataFrame, with_generation: bool) -> pd.DataFrame:
-        value = [
-            _fmt(m) if not np.isfinite(lo) else f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
-            for m, lo, hi in zip(part["mean"], part["ci_low"], part["ci_high"])
-        ]
+        value = [fmt_interval(m, lo, hi) for m, lo, hi in zip(part["mean"], part["ci_low"], part["ci_high"])]
         cols = ["variant", "model", "reward", "algorithm"] + (["budget"] if with_generation else []) + ["metric"]
         return (
             part[cols]
@@ -853,19 +1102,15 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str, note
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in verdict.itertuples():
-        eff = (
-            ""
-            if not np.isfinite(getattr(r, "effect", np.nan))
-            else f"{_fmt(r.effect)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
-        )
+        eff = fmt_interval(getattr(r, "effect", np.nan), r.ci_low, r.ci_high)
         n = (
-            ""
+            MISSING
             if not np.isfinite(getattr(r, "n_method", np.nan))
             else (f"{int(r.n_method)} vs {int(r.n_over)}" if r.n_over else f"{int(r.n_method)}")
         )
         lines.append(
             f"| {r.claim} | {r.model} / {r.reward} | {r.over or ''} | **{r.verdict}** | {eff} | {n} | "
-            f"{_fmt(r.p_holm)} | {r.note if isinstance(r.note, str) else ''} |"
+            f"{_fmt(r.p_holm)} | {_md_cell(r.note) if isinstance(r.note, str) else ''} |"
         )
     atomic_write_text(
         out / "verdicts.md",
@@ -874,19 +1119,22 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str, note
     shown = pd.DataFrame(
         {
             "claim": verdict["claim"],
-            "model / reward": verdict["model"] + " / " + verdict["reward"],
+            **(
+                {"model / reward": verdict["model"] + " / " + verdict["reward"]}
+                if verdict["model"].nunique() > 1
+                else {"reward": verdict["reward"]}
+            ),
             "vs": verdict["over"].fillna(""),
             "verdict": verdict["verdict"],
             "effect [interval]": [
-                _fmt(e) if not np.isfinite(lo) else f"{_fmt(e)} [{_fmt(lo)}, {_fmt(hi)}]"
-                for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])
+                fmt_interval(e, lo, hi) for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])
             ],
             "p (Holm)": [_fmt(v) for v in verdict["p_holm"]],
         }
     )
     tex = [
-        _header(prov, "%", [note, *notes]) + "% needs \\usepackage{booktabs,longtable}",
-        *_longtable(shown, "What the study says about each claim"),
+        _header(prov, "%", [note, *notes]) + f"% needs {TEX_PACKAGES}",
+        *_longtable(shown, "What the study says about each claim", _label("verdicts")),
     ]
     atomic_write_text(out / "verdicts.tex", "\n".join(tex))
 
@@ -899,10 +1147,14 @@ def write_citable(
     probe_rows: pd.DataFrame,
     runs_root: Path,
     out: Path,
+    derived_rows: pd.DataFrame | None = None,
 ) -> None:
+    """results/citable.json (format CITABLE_FORMAT, described by results/citable.schema.json):
+    provenance, versions, hardware, weight hashes, every method's resolved settings, the summary
+    of every table row and the per-seed value of every measured and derived quantity."""
     num = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
     per_seed: dict[str, dict] = {}
-    for frame, prefix in ((seed_rows, ""), (probe_rows, "probe/")):
+    for frame, prefix in ((seed_rows, ""), (probe_rows, "probe/"), (derived_rows, "")):
         if frame is None or frame.empty:
             continue
         for keys, g in frame.groupby(["model", "reward", "algorithm", "budget", "metric"]):
@@ -914,7 +1166,12 @@ def write_citable(
     ev, probe = cfg.get("evaluation", {}), cfg.get("probe", {})
     n_images = evaluated_images(cfg, runs_root)
     citable = {
+        "format": CITABLE_FORMAT,
+        "schema": "citable.schema.json",
         "provenance": prov,
+        "versions": versions(),
+        "weights": weight_hashes(cfg),
+        "methods": resolved_algorithms(cfg),
         "statistics": {
             **prov["interval"],
             "seed": _stats(cfg)["seed"],

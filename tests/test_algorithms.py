@@ -1,4 +1,4 @@
-"""Conformance of the five algorithms to the formulas in ALGORITHMS.md (known answers), and the
+"""Conformance of the five algorithms to the formulas of docs/algorithms.md (known answers), and the
 algorithm registry's handling of plugins."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def make_batch(logp, logp_old=None, advantages=None, rewards=None, group_ids=Non
 
 
 def sd1_sampler(eta: float = 1.0) -> DDIMSampler:
-    """SD-1.x scheduler (ALGORITHMS.md 0), 50 steps."""
+    """SD-1.x scheduler (docs/algorithms.md#conventions-shared-by-every-method), 50 steps."""
     scheduler = DDIMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
@@ -55,7 +55,8 @@ def sd1_sampler(eta: float = 1.0) -> DDIMSampler:
 
 
 def flowgrpo_sampler() -> FlowSDESampler:
-    """Flow-GRPO training sampler: SD3 scheduler with shift 3, 10 steps, a = 0.7 (ALGORITHMS.md 5.3)."""
+    """Flow-GRPO training sampler: SD3 scheduler with shift 3, 10 steps, a = 0.7
+    (docs/algorithms.md#the-flow-grpo-sde)."""
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler.set_timesteps(10)
     return FlowSDESampler(scheduler.sigmas.float(), noise_level=0.7, variant="flowgrpo")
@@ -89,7 +90,8 @@ def test_ddpo_is_clips_ratios_outside_the_range():
 
 
 def test_ppo_clip_and_hinge_have_identical_gradients():
-    """ALGORITHMS.md 6.2: max(-A rho, -A clip(rho)) and max(0, xi|A| - A(rho - 1)) share gradients."""
+    """docs/algorithms.md#the-log-hinge-objective: max(-A rho, -A clip(rho)) and max(0, xi|A| -
+    A(rho - 1)) share gradients."""
     xi = 1e-4
     g = torch.Generator().manual_seed(1)
     logr = (torch.rand(64, 8, generator=g) * 6 - 3) * xi
@@ -241,7 +243,7 @@ def test_prdp_defaults():
 
 # ---- PCPO weights -----------------------------------------------------------------------------
 def test_ddim_native_weights_sd1():
-    """ALGORITHMS.md 6.3: SD-1.x, DDIM eta 1, 50 steps: w from 0.374 to 3.275, mean 0.517."""
+    """docs/algorithms.md#per-step-credit: SD-1.x, DDIM eta 1, 50 steps: w from 0.374 to 3.275, mean 0.517."""
     sampler = sd1_sampler()
     w = sampler.native_weights()
     assert sampler.timesteps[0] == 981 and sampler.timesteps[-1] == 1
@@ -257,7 +259,7 @@ def test_ddim_native_weights_sd1():
 
 
 def test_flowgrpo_schedule_and_native_weights():
-    """ALGORITHMS.md 6.3: Flow-GRPO, 10 steps, shift 3, a = 0.7."""
+    """docs/algorithms.md#per-step-credit: Flow-GRPO, 10 steps, shift 3, a = 0.7."""
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler.set_timesteps(10)
     torch.testing.assert_close(diffusers_flow_sigmas(10, 3.0), scheduler.sigmas.float(), rtol=0, atol=1e-6)
@@ -272,8 +274,8 @@ def test_flowgrpo_schedule_and_native_weights():
     closed = dt.sqrt() * (1 + 0.7**2 / 2) / (0.7 * (t / (1 - t)).sqrt())
     torch.testing.assert_close(w[1:], closed[1:], rtol=1e-5, atol=0)
     # t = 1: Flow-GRPO's std replaces only the denominator's sigma by sigmas[1]
-    # (sqrt(sigma / (1 - where(sigma == 1, sigma_max, sigma)))), giving 0.0570; ALGORITHMS.md's 0.0581
-    # substitutes sigmas[1] in the numerator too.
+    # (sqrt(sigma / (1 - where(sigma == 1, sigma_max, sigma)))), giving 0.0570; an earlier note's
+    # 0.0581 (docs/algorithms.md#per-step-credit) substitutes sigmas[1] in the numerator too.
     first = math.sqrt(dt[0]) / (0.7 * math.sqrt(1 / (1 - t[1].item())))
     assert w[0].item() == pytest.approx(first, rel=1e-5) and w[0].item() == pytest.approx(0.0570, abs=1e-4)
     assert w.sum().item() == pytest.approx(5.71, abs=5e-3)
@@ -315,7 +317,7 @@ def test_pcpo_sigma_route_reshapes_the_ddim_variance():
     pcpo.setup(ddim)
     assert torch.all(pcpo.multipliers == 1)
     torch.testing.assert_close(ddim.native_weights(), torch.full((50,), 4.5), rtol=1e-4, atol=0)
-    # ALGORITHMS.md 6.4: at t = 981 sigma goes 0.4545 -> 0.0275 for w* = 4.5
+    # docs/algorithms.md#proportionate-credit-on-ddim: at t = 981 sigma goes 0.4545 -> 0.0275 for w* = 4.5
     assert ddim.sigma_override[0].item() == pytest.approx(0.0275, abs=2e-4)
     assert ddim.eta * ddim.variance(ddim.timesteps[:1]).sqrt().item() == pytest.approx(0.4545, abs=2e-4)
     # the step rule samples and scores with sigma tilde

@@ -181,7 +181,7 @@ def test_a_label_may_train_in_micro_batches_of_its_own():
 
 
 def test_the_default_study_trains_prdp_alone_in_smaller_micro_batches():
-    """PRDP's micro-batches of whole groups keep its job under 2 GiB (README, Speed); every other
+    """PRDP's micro-batches of whole groups keep its job under 2 GiB (docs/usage.md#speed-benchmark); every other
     method keeps the study's micro-batch, so its runs are the ones they were."""
     cfg = study.load(ROOT / "config" / "config.yaml", check_paths=False)
     specs = {k.algorithm: study.run_spec(cfg, k) for k in study.runs(cfg) if k.seed == cfg["seeds"][0]}

@@ -1,6 +1,7 @@
 """The embedded base model pretrained with the rectified-flow objective (the shipped dit16-flow's
 family at toy size): it samples with the flow SDEs, every registered algorithm trains two RL
-rounds on it, and PCPO's flow weights (ALGORITHMS.md 6.5, option F1) apply to its schedule."""
+rounds on it, and PCPO's flow weights (docs/algorithms.md#proportionate-credit-on-flow-models,
+option F1) apply to its schedule."""
 
 import json
 

@@ -138,7 +138,7 @@ def test_flowgrpo_loss_matches_the_official_training_step(seed):
 
 def test_flowgrpo_kl_is_the_exact_gaussian_kl_times_dt():
     """The official KL differs from the per-dimension Gaussian KL of the transition by dt per step
-    (ALGORITHMS.md 5.3): at 10 SD3 steps the factor runs from 0.025 to 0.16, so a constant beta
+    (docs/algorithms.md#the-flow-grpo-sde): at 10 SD3 steps the factor runs from 0.025 to 0.16, so a constant beta
     cannot stand in for it."""
     sampler, ours, _ = random_transitions(3)
     b, s = ours["std"].shape

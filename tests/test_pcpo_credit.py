@@ -56,7 +56,8 @@ def test_pcpo_multipliers_times_effective_credit_follow_dt_on_a_real_flow_rollou
 def test_pcpo_ddim_multipliers_flatten_the_effective_credit_without_x0_clipping():
     """DDIM (6.4 B): m_t w_eff(t) = w* at every step when the sampler does not clip x0; with
     clipping the effective credit of clipped elements is no longer C(t)/sigma_t, so the DDIM
-    preset's PCPO rows are proportionate only up to the clipped share (stated in the README)."""
+    preset's PCPO rows are proportionate only up to the clipped share (stated in
+    docs/usage.md#the-embedded-world-default-offline-cpu)."""
     from diffusers import DDIMScheduler
 
     from t2i_rl_bench.sampling import DDIMSampler

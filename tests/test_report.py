@@ -72,6 +72,9 @@ def _simulate(cfg: dict, root) -> None:
         )
         (run / "probe.json").write_text(json.dumps({"base_shared": True, "rows": probe_rows}))
         (run / "summary.json").write_text(json.dumps({"status": "finished"}))
+        # two optimiser steps per round of 32 images (the headline sums them to the final budget)
+        log = [{"round": i, "images_seen": 32 * (i + 1), "optimiser_steps": 2} for i in range(BUDGETS[-1] // 32)]
+        (run / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log))
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,7 @@ def test_aggregate_writes_headline_verdicts_and_hacking(built):
     head = pd.read_csv(out / "headline.csv", comment="#").set_index(["reward", "method"])
     row = head.loc[("jpeg_compressibility", "pcpo")]
     assert row.gain == pytest.approx(0.10, abs=0.02) and row.gain_low > 0 and row.n_seeds == 5
+    assert row.steps == 2 * BUDGETS[-1] / 32  # optimiser steps to the final budget, from the runs' logs
     # prdp costs 8 s per image: at equal seconds (128 s) it has seen 16 images
     prdp = head.loc[("jpeg_compressibility", "prdp")]
     assert prdp.seconds_level == 128 and prdp.gain_at_seconds < prdp.gain
@@ -145,3 +149,44 @@ def test_the_readme_quotes_the_generated_headline_and_verdict_tables(built, tmp_
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
     assert not report.quote_tables(plain, tmp / "results" / "tables") and plain.read_text() == "no markers\n"
+
+
+def test_the_report_reads_at_1366_px_without_widening_the_page(built, tmp_path):
+    """A laptop's width: the page never scrolls sideways (a wide table scrolls inside its own box),
+    the headline table fits, no number is printed as 'nan'. Needs Debian's chromium and its driver
+    (installed by .ci/run, which sets REQUIRE_BROWSER=1; skipped locally without them)."""
+    import os
+    import shutil
+
+    cfg, tmp = built
+    page = report.render(tmp / "results" / "tables", tmp / "runs", tmp / "report" / "index.html")
+    text = page.read_text()
+    assert ">nan<" not in text.lower() and " nan " not in text.lower()
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium/chromedriver missing: apt-get install chromium chromium-driver")
+        pytest.skip("chromium/chromedriver not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1366,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        driver.set_window_size(1366, 900)
+        driver.get(page.as_uri())
+        width = driver.execute_script("return window.innerWidth")
+        page_width = driver.execute_script("return document.documentElement.scrollWidth")
+        headline = driver.execute_script(
+            "const h = [...document.querySelectorAll('h2')].find(e => e.textContent === 'Headline');"
+            "let b = h.nextElementSibling; while (!b.classList.contains('scroll')) b = b.nextElementSibling;"
+            "return [b.scrollWidth, b.clientWidth];"
+        )
+        assert driver.save_screenshot(str(tmp_path / "report-1366.png"))
+    finally:
+        driver.quit()
+    assert width <= 1366 and page_width <= width, f"the page is {page_width} px wide in a {width} px window"
+    assert headline[0] <= headline[1], f"the headline table needs {headline[0]} px of {headline[1]}"
+    assert (tmp_path / "report-1366.png").stat().st_size > 10_000

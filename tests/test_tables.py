@@ -142,3 +142,19 @@ def test_the_commit_stamp_is_dirty_for_changed_code_not_for_rewritten_outputs(tm
     assert not tables.provenance({"study": "t", "seeds": [0]})["commit"].endswith("+dirty")
     (tmp_path / "code.py").write_text("v2")
     assert tables.provenance({"study": "t", "seeds": [0]})["commit"].endswith("+dirty")
+
+
+def test_installed_versions_that_differ_from_a_tables_are_named(tmp_path, capsys):
+    from t2i_rl_bench import provenance
+
+    prov = tables.provenance({"study": "t", "seeds": [0, 1, 2]})
+    table = tables.summarise(_seed_rows({"a": [1.0, 2.0, 3.0]}), STATS)
+    tables.write_tables(table, prov, tmp_path, "eval")
+    for ext in ("csv", "md", "tex"):  # every format's header parses back to what was recorded
+        assert provenance.recorded_versions(tmp_path / f"eval.{ext}") == prov["packages"]
+    assert provenance.warn_version_drift(tmp_path / "eval.csv", "aggregate") == []
+    older = dict(prov["packages"], numpy="0.0.1")
+    (tmp_path / "eval.csv").write_text(tables._header({**prov, "packages": older}, "#") + "x\n1\n")
+    drift = provenance.warn_version_drift(tmp_path / "eval.csv", "aggregate")
+    assert drift == [f"numpy 0.0.1 -> {prov['packages']['numpy']}"]
+    assert "numpy 0.0.1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The measurements of the study (DESIGN.md, "Measurements"), as pure functions in one module per
+"""The measurements of the study (docs/measurements.md), as pure functions in one module per
 kind: statistics (over seeds), gradient_variance, convergence, quality (FID/KID/CLIP score),
 diversity, collapse. The scalar ones are registered in `t2i_rl_bench.registry.METRICS` under their
 function's name, each with the direction in which it is better, the table keys it appears under

@@ -2,7 +2,7 @@
 encoder and the world's word-level tokenizer, all diffusers/transformers classes, so the same
 folder layout and loading code serve real checkpoints.
 
-Size and resolution were chosen by measurement (MEASURED.md): a 0.3M-parameter DiT at 16x16
+Size and resolution were chosen by measurement (docs/design.md#measured-choices): a 0.3M-parameter DiT at 16x16
 samples and trains 3-4x faster than a small UNet or a 32x32 model on 2 CPU cores.
 """
 
@@ -65,7 +65,7 @@ def build_scheduler(spec: EmbeddedSpec):
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     # Stable Diffusion 1.x's schedule (scaled-linear betas 0.00085-0.012, "leading" spacing with
     # steps_offset 1, set_alpha_to_one False): the sampler then has SD's per-step credit structure
-    # (ALGORITHMS.md 6.3), so what the study measures about credit transfers to real models. A
+    # (docs/algorithms.md#per-step-credit), so what the study measures about credit transfers to real models. A
     # cosine schedule with alpha_bar(T) ~ 0 was tried first: its first DDIM step takes ~98% of the
     # gradient norm, a pathology SD does not have. x0 is clipped to the data range (pixel space).
     return DDIMScheduler(

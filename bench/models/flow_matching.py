@@ -1,6 +1,7 @@
 """Rectified-flow models from a local diffusers folder (`StableDiffusion3Pipeline` layout: SD3 /
 SD3.5 transformer, VAE with shift_factor, two CLIP text encoders with projection, optional T5),
-sampled by the flow SDEs of ALGORITHMS.md 5.3-5.4 (`t2i_rl_bench.rollout.make_sampler`, objective 'flow').
+sampled by the flow SDEs of docs/algorithms.md#the-flow-grpo-sde,
+docs/algorithms.md#the-dancegrpo-sde (`t2i_rl_bench.rollout.make_sampler`, objective 'flow').
 
 - Velocity objective: the transformer predicts v ~ eps - x0 with x_t = (1 - t) x0 + t eps.
 - Time: the model gets t * 1000 (`FlowMatchEulerDiscreteScheduler.timesteps` = sigmas x

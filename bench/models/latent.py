@@ -3,7 +3,8 @@ decodes latents to images, a device, optional mixed precision, and the guided pr
 
 The rollout engine keeps latents and the sampler's arithmetic where the caller puts them (the
 CPU by default); `predict` moves its inputs to the model's device and returns the model output
-in fp32 on the caller's device, so the samplers' log-probs are always fp32 (ALGORITHMS.md P4).
+in fp32 on the caller's device, so the samplers' log-probs are always fp32
+(docs/algorithms.md#log-probabilities-per-dimension-mean-in-fp32).
 
 Mixed precision (`mixed_precision: bf16 | fp16`) follows ddpo-pytorch / Flow-GRPO: the frozen
 text encoders (and, under LoRA, the frozen base denoiser) are cast to the half dtype, trainable

@@ -1,6 +1,8 @@
 """Stable Diffusion 1.x/2.x from a local diffusers folder (`StableDiffusionPipeline` layout: unet,
 vae, text_encoder, tokenizer, scheduler): epsilon- or v-prediction UNet on 4 x H/8 x W/8 latents,
-sampled by DDIM with eta > 0 as in ddpo-pytorch and DanceGRPO-SD (ALGORITHMS.md 1.1, 5.2).
+sampled by DDIM with eta > 0 as in ddpo-pytorch and DanceGRPO-SD
+(docs/algorithms.md#the-ddim-step-and-its-log-probability,
+docs/algorithms.md#dancegrpo-on-ddim-models).
 
 - The scheduler is rebuilt as `DDIMScheduler.from_config(...)` whatever the folder ships (SD-1.5
   ships PNDM), exactly as ddpo-pytorch does; `clip_sample` etc. come from that config.

@@ -2,7 +2,7 @@
 
 A scene is a frozen dataclass of attributes; `render` turns it into an RGB image (3, H, W) in
 [0, 1] with hard edges, so the attribute checker can be exact on clean renders. The working size
-is 16x16 pixels (see DESIGN.md, "The embedded world": the small DiT learns it in minutes).
+is 16x16 pixels (see docs/design.md#the-embedded-world: the small DiT learns it in minutes).
 """
 
 from __future__ import annotations
