@@ -689,7 +689,7 @@ def _longtable(shown: pd.DataFrame, caption: str, label: str = "") -> list[str]:
     cap = f"\\caption{{{_tex_caption(caption)}}}" + (f"\\label{{{label}}}" if label else "") + "\\\\"
     spec, tight = _colspec(shown)
     out = [
-        "{" + ("\\footnotesize" if tight else "\\small") + "\\setlength{\\tabcolsep}{4pt}",
+        "{" + ("\\footnotesize\\setlength{\\tabcolsep}{3pt}" if tight else "\\small\\setlength{\\tabcolsep}{4pt}"),
         f"\\begin{{longtable}}{{{spec}}}",
         cap,
         "\\toprule",

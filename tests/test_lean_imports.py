@@ -1,5 +1,5 @@
-"""What a training job imports (docs/performance.md#start-up): a trainer of the default study's
-embedded model is built without the scoring libraries (open_clip, torchmetrics, matplotlib) and
+"""What a training job imports (docs/performance.md#start-up-the-embedded-policys-imports): a trainer
+of the default study's embedded model is built without the scoring libraries (open_clip, torchmetrics, matplotlib) and
 without the diffusers models it does not use (diffusers.models.transformers' __init__ imports them
 all, and peft with them). An invariant, checked in a fresh interpreter; the seconds are the
 benchmark's (tests/benchmarks/rl_step.py prints them)."""

@@ -1,5 +1,5 @@
 """The diffusers classes of the embedded family, imported from their own modules
-(docs/performance.md#start-up).
+(docs/performance.md#start-up-the-embedded-policys-imports).
 
 `from diffusers import PixArtTransformer2DModel` runs diffusers.models.transformers' __init__,
 which imports every transformer diffusers ships (and through them peft and more of transformers):
