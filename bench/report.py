@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -804,11 +805,25 @@ def render(tables: Path, runs_root: Path, out: Path) -> Path:
     return out
 
 
-QUOTED = ("headline", "verdicts")  # the tables a README quotes between markers, in this order
+QUOTED = ("acceptance", "headline", "verdicts")  # what a README quotes between markers, in this order
+
+
+def acceptance_sentence(tables: Path) -> str:
+    """The headline's one sentence: the acceptance rule's outcome as verdicts.md's header states it
+    (docs/study.md#acceptance); '' when the study wrote none."""
+    source = tables / "verdicts.md"
+    if not source.is_file():
+        return ""
+    for line in source.read_text().splitlines():
+        m = re.match(r"<!-- acceptance \((\w+)\): (.*) -->$", line.strip())
+        if m:
+            return f"**Headline ({m.group(1)}, by the rule in docs/study.md#acceptance):** {m.group(2)}"
+    return ""
 
 
 def markers(name: str) -> tuple[str, str]:
-    return f"<!-- {name}:begin (generated from results/tables/{name}.md) -->", f"<!-- {name}:end -->"
+    source = "verdicts.md's acceptance line" if name == "acceptance" else f"{name}.md"
+    return f"<!-- {name}:begin (generated from results/tables/{source}) -->", f"<!-- {name}:end -->"
 
 
 def quote_tables(readme: Path, tables: Path) -> bool:
@@ -819,11 +834,18 @@ def quote_tables(readme: Path, tables: Path) -> bool:
     for name in QUOTED:
         begin, end = markers(name)
         source = tables / f"{name}.md"
-        if begin not in text or end not in text or not source.is_file():
+        body = (
+            acceptance_sentence(tables)
+            if name == "acceptance"
+            else source.read_text().strip()
+            if source.is_file()
+            else ""
+        )
+        if begin not in text or end not in text or not body:
             continue
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)
-        text, quoted = f"{head}{begin}\n{source.read_text().strip()}\n{end}{tail}", True
+        text, quoted = f"{head}{begin}\n{body}\n{end}{tail}", True
     if quoted:
         atomic_write_text(readme, text)
     return quoted

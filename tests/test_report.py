@@ -146,6 +146,16 @@ def test_the_readme_quotes_the_generated_headline_and_verdict_tables(built, tmp_
     assert "typed" not in text and "| claim |" in text and "| method |" in text
     assert text.index(hb) < text.index("| method |") < text.index(he) < text.index("between") < text.index(vb)
     assert text.endswith(f"{ve}\nafter\n")
+    # the headline's one sentence: the acceptance rule's outcome from the verdict table's header
+    ab, ae = report.markers("acceptance")
+    verdicts_md = (tmp / "results" / "tables" / "verdicts.md").read_text()
+    stated = [line for line in verdicts_md.splitlines() if line.startswith("<!-- acceptance (")]
+    assert len(stated) == 1
+    readme.write_text(f"# x\n{ab}\nall methods differ (typed)\n{ae}\n")
+    assert report.quote_tables(readme, tmp / "results" / "tables")
+    quoted = readme.read_text().split(ab)[1].split(ae)[0].strip()
+    assert "typed" not in quoted and quoted.startswith("**Headline (")
+    assert quoted.split(":** ", 1)[1] == stated[0].split("): ", 1)[1].removesuffix(" -->")
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
     assert not report.quote_tables(plain, tmp / "results" / "tables") and plain.read_text() == "no markers\n"
