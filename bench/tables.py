@@ -515,19 +515,28 @@ def headline_shown(head: pd.DataFrame) -> pd.DataFrame:
                 "lr x steps": _fmt(r.get("lr_x_steps", np.nan)),
                 "CPU-s": _fmt(r.get("cpu_seconds", np.nan)),
                 "device-s": _fmt(r["device_seconds"]),
-                "hacked": r["hacked"] if isinstance(r["hacked"], str) and r["hacked"] else "none",
-                "not finished": f"⚠ {r['not_finished']}" if r.get("not_finished") else "-",
+                "hacked": _flag(r, "hacked", "none"),
+                "not finished": _flag(r, "not_finished", "-", "⚠ "),
             }
         )
     return pd.DataFrame(rows)
 
 
+def _flag(r: dict, key: str, none: str, mark: str = "") -> str:
+    """A text column of the headline: `none` where empty, MISSING where the table lacks the column
+    (a re-rendered older table)."""
+    if key not in r:
+        return MISSING
+    v = r[key]
+    return f"{mark}{v}" if isinstance(v, str) and v else none
+
+
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
+def _header_lines(prov: dict, notes: list[str] = ()) -> list[str]:
     plugins = ", ".join(f"{k} {v}" for k, v in (prov.get("plugins") or {}).items())
-    lines = [
+    return [
         f"t2i-rl-bench results, study '{prov['study']}'",
         f"commit {prov['commit']}, config hash {prov['config_hash']}, seeds {prov['seeds']}, date {prov['date']}",
         "packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
@@ -536,7 +545,16 @@ def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
         "(the base model) have n_seeds 1 and no interval",
         *notes,
     ]
-    return "".join(f"{comment} {line}\n" for line in lines)
+
+
+def _comment(lines: list[str], comment: str) -> str:
+    """Header lines as comments: '# line' (CSV), '% line' (LaTeX), '<!-- line -->' (Markdown)."""
+    end = " -->" if comment == "<!--" else ""
+    return "".join(f"{comment} {line}{end}\n" for line in lines)
+
+
+def _header(prov: dict, comment: str, notes: list[str] = ()) -> str:
+    return _comment(_header_lines(prov, notes), comment)
 
 
 MISSING = "--"  # a value that does not exist (no interval, a method that never reached a level)
@@ -809,13 +827,20 @@ def write_tables(
     training reward, the base row shown once."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{name}.csv", _header(prov, "#", notes) + table.to_csv(index=False, float_format="%.6g"))
+    _write_views(table, out, name, _header_lines(prov, notes), prov["interval"]["description"], shown)
+
+
+def _write_views(
+    table: pd.DataFrame, out: Path, name: str, header: list[str], interval: str, shown: pd.DataFrame | None = None
+) -> None:
+    """`name`.md and `name`.tex of a table (write_tables; `rerender` from a committed CSV)."""
     shown = _shown(table) if shown is None else shown
     md = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     md += "".join("| " + " | ".join(_md_cell(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-    atomic_write_text(out / f"{name}.md", _header(prov, "<!--", notes).replace("\n", " -->\n") + "\n" + md)
-    tex = [_header(prov, "%", notes) + f"% needs {TEX_PACKAGES}"]
+    atomic_write_text(out / f"{name}.md", _comment(header, "<!--") + "\n" + md)
+    tex = [_comment(header, "%") + f"% needs {TEX_PACKAGES}"]
     if {"gain", "gain_low", "gain_high", "method", "model", "reward"} <= set(table.columns) and len(table):
-        tex += headline_tex(table, prov["interval"]["description"])
+        tex += headline_tex(table, interval)
     elif {"model", "reward"} <= set(shown.columns) and len(shown):
         for (model, reward), part in shown.groupby(["model", "reward"], sort=True):
             tex += _supplementary(part, name, model, reward)
@@ -1097,25 +1122,29 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str, note
     atomic_write_text(
         out / "verdicts.csv", _header(prov, "#", [note, *notes]) + verdict.to_csv(index=False, float_format="%.6g")
     )
+    _write_verdict_views(verdict, out, _header_lines(prov, [note, *notes]))
+
+
+def _write_verdict_views(verdict: pd.DataFrame, out: Path, header: list[str]) -> None:
+    """verdicts.md and verdicts.tex (write_verdicts; `rerender` from a committed verdicts.csv)."""
+    text = lambda v: v if isinstance(v, str) else ""  # noqa: E731  (an empty CSV cell reads as NaN)
     lines = [
         "| claim | model / reward | vs | verdict | effect [interval] | n | p (Holm) | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in verdict.itertuples():
         eff = fmt_interval(getattr(r, "effect", np.nan), r.ci_low, r.ci_high)
+        n_method, n_over = getattr(r, "n_method", np.nan), getattr(r, "n_over", np.nan)
         n = (
             MISSING
-            if not np.isfinite(getattr(r, "n_method", np.nan))
-            else (f"{int(r.n_method)} vs {int(r.n_over)}" if r.n_over else f"{int(r.n_method)}")
+            if not np.isfinite(n_method)
+            else (f"{int(n_method)} vs {int(n_over)}" if np.isfinite(n_over) and n_over else f"{int(n_method)}")
         )
         lines.append(
-            f"| {r.claim} | {r.model} / {r.reward} | {r.over or ''} | **{r.verdict}** | {eff} | {n} | "
-            f"{_fmt(r.p_holm)} | {_md_cell(r.note) if isinstance(r.note, str) else ''} |"
+            f"| {r.claim} | {r.model} / {r.reward} | {text(r.over)} | **{r.verdict}** | {eff} | {n} | "
+            f"{_fmt(r.p_holm)} | {_md_cell(text(r.note))} |"
         )
-    atomic_write_text(
-        out / "verdicts.md",
-        _header(prov, "<!--", [note, *notes]).replace("\n", " -->\n") + "\n" + "\n".join(lines) + "\n",
-    )
+    atomic_write_text(out / "verdicts.md", _comment(header, "<!--") + "\n" + "\n".join(lines) + "\n")
     shown = pd.DataFrame(
         {
             "claim": verdict["claim"],
@@ -1133,7 +1162,7 @@ def write_verdicts(verdict: pd.DataFrame, prov: dict, out: Path, note: str, note
         }
     )
     tex = [
-        _header(prov, "%", [note, *notes]) + f"% needs {TEX_PACKAGES}",
+        _comment(header, "%") + f"% needs {TEX_PACKAGES}",
         *_longtable(shown, "What the study says about each claim", _label("verdicts")),
     ]
     atomic_write_text(out / "verdicts.tex", "\n".join(tex))
@@ -1211,3 +1240,85 @@ def write_citable(
         dumps_json(json.loads(json.dumps(citable, default=lambda o: o.item() if hasattr(o, "item") else str(o))))
         + "\n",
     )
+
+
+# ---- re-rendering committed tables ---------------------------------------------------------------
+
+RERENDERED = ("eval", "derived", "probe", "probe_steps", "probe_offpolicy", "mechanisms", "headline", "verdicts")
+
+
+def _read_csv(path: Path) -> tuple[list[str], pd.DataFrame]:
+    """A table's CSV: its '# ' provenance header lines (verbatim, without '# ') and its rows."""
+    text = path.read_text()
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line[2:] if line.startswith("# ") else line[1:])
+    return header, pd.read_csv(path, skiprows=len(header))
+
+
+def _interval_of(header: list[str], path: Path) -> str:
+    """The interval's description from the header line 'mean over seeds with a <description>; ...'."""
+    for line in header:
+        m = re.match(r"mean over seeds with an? (.+?); rows measured once", line)
+        if m:
+            return m.group(1)
+    raise ValueError(f"{path}: no 'mean over seeds with a ...' line in its header; not a table this harness wrote")
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def rerender(folder: Path, commit: str | None = None) -> list[Path]:
+    """Rewrite the .md and .tex of a study's committed tables from their CSVs with the current
+    writers (for a study whose runs are gone, so `aggregate` cannot run again). The CSVs are only
+    read: their numbers and headers stay as they are. Each .md/.tex keeps the CSV's provenance
+    header and adds one line naming the commit of the writer that re-rendered it; a column the
+    older CSV lacks shows MISSING. Returns the files written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such tables folder")
+    commit = commit or _git_commit()
+    written = []
+    for name in RERENDERED:
+        path = folder / f"{name}.csv"
+        if not path.exists():
+            continue
+        header, table = _read_csv(path)
+        interval = _interval_of(header, path)
+        header = [
+            *header,
+            f"{name}.md and {name}.tex re-rendered from {name}.csv (numbers and header above unchanged) by the "
+            f"table writer of t2i-rl-bench commit {commit} (t2i_rl_bench.tables rerender)",
+        ]
+        if name == "verdicts":
+            _write_verdict_views(table, folder, header)
+        elif name == "headline":
+            _write_views(table, folder, name, header, interval, shown=headline_shown(table))
+        else:
+            _write_views(table, folder, name, header, interval)
+        written += [folder / f"{name}.md", folder / f"{name}.tex"]
+    if not written:
+        raise FileNotFoundError(f"{folder}: none of {', '.join(n + '.csv' for n in RERENDERED)}")
+    return written
+
+
+if __name__ == "__main__":  # python -m t2i_rl_bench.tables rerender <tables folder>...
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m t2i_rl_bench.tables")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("rerender", help="rewrite a study's .md/.tex tables from its committed CSVs")
+    p.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args()
+    for f in args.folders:
+        for path in rerender(f):
+            print(path)
