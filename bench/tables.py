@@ -604,7 +604,7 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
         cols = [c for c in KEYS if c in table.columns]
         shown = table[cols].assign(value=value, n_seeds=table["n_seeds"])
         if "better" in table:
-            shown["better"] = table["better"].fillna("")
+            shown["better"] = table["better"].astype(object).fillna("")  # all empty: read as float
         if "scale_free" in table and not table["scale_free"].all():
             shown["comparable"] = np.where(table["scale_free"], "yes", "per method only")
         return shown
@@ -1153,7 +1153,7 @@ def _write_verdict_views(verdict: pd.DataFrame, out: Path, header: list[str]) ->
                 if verdict["model"].nunique() > 1
                 else {"reward": verdict["reward"]}
             ),
-            "vs": verdict["over"].fillna(""),
+            "vs": [text(v) for v in verdict["over"]],
             "verdict": verdict["verdict"],
             "effect [interval]": [
                 fmt_interval(e, lo, hi) for e, lo, hi in zip(verdict["effect"], verdict["ci_low"], verdict["ci_high"])
