@@ -285,14 +285,25 @@ def section(tables: Path) -> str:
     return "\n".join(parts)
 
 
-def confounds(mech: pd.DataFrame, reward: str) -> dict[tuple[str, str], str]:
+def confounds(mech: pd.DataFrame, reward: str, rates_calibrated: bool = False) -> dict[tuple[str, str], str]:
     """Pairs of methods (sorted) on `reward` for which a mechanism that both have on acted on
     every seed of one and on no seed of the other: a difference between them may come from that
-    mechanism's activity, not from the methods' design (the acceptance rule's named confounds)."""
+    mechanism's activity, not from the methods' design (the acceptance rule's named confounds).
+    Unless the study declares its learning rates calibrated (`analysis.learning_rates`), a pair
+    trained at different rates also names the learning rate: the difference may be the rate's
+    (docs/study.md#calibration)."""
     out: dict[tuple[str, str], str] = {}
     if mech is None or mech.empty:
         return out
     part = mech[mech["reward"] == reward].set_index("method")
+    if not rates_calibrated and "lr" in part:
+        lrs = pd.to_numeric(part["lr"], errors="coerce")
+        methods = sorted(str(m) for m in part.index)
+        for i, a in enumerate(methods):
+            for b in methods[i + 1 :]:
+                la, lb = float(lrs.get(a, float("nan"))), float(lrs.get(b, float("nan")))
+                if la == la and lb == lb and not np.isclose(la, lb, rtol=1e-6, atol=0):
+                    out[(a, b)] = f"learning rate ({a} {la:g}, {b} {lb:g}; rates not declared calibrated)"
     state: dict[str, dict[str, str]] = {}
     for method, row in part.iterrows():
         state[str(method)] = {}
@@ -308,7 +319,6 @@ def confounds(mech: pd.DataFrame, reward: str) -> dict[tuple[str, str], str]:
                 name for name in state[a] if name in state[b] and {state[a][name], state[b][name]} == {"all", "none"}
             ]
             if split:
-                out[(a, b)] = "; ".join(
-                    f"{name} active in {a if state[a][name] == 'all' else b} only" for name in split
-                )
+                named = "; ".join(f"{name} active in {a if state[a][name] == 'all' else b} only" for name in split)
+                out[(a, b)] = f"{out[(a, b)]}; {named}" if (a, b) in out else named
     return out

@@ -72,3 +72,22 @@ def test_a_mechanism_active_in_one_arm_only_is_a_named_confound():
     named = mechanisms.confounds(mech, "r")
     assert named == {("a", "b"): "clip active in a only"}  # c has no clip: a design difference, not a confound
     assert mechanisms.confounds(mech, "s") == {}
+
+
+def test_a_learning_rate_difference_is_a_named_confound_unless_the_rates_are_declared_calibrated():
+    mech = pd.DataFrame(
+        [
+            {"reward": "r", "method": "a", "lr": 3e-4, "clip": "0.0001; active 4/4"},
+            {"reward": "r", "method": "b", "lr": 1e-4, "clip": "0.0001; active 0/4"},
+            {"reward": "r", "method": "c", "lr": 1e-4, "clip": "0.0001; active 4/4"},
+        ]
+    )
+    named = mechanisms.confounds(mech, "r")
+    assert set(named) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert (
+        named[("a", "b")].startswith("learning rate (a 0.0003, b 0.0001")
+        and "clip active in a only" in named[("a", "b")]
+    )
+    assert named[("b", "c")] == "clip active in c only"  # equal rates: only the clip
+    calibrated = mechanisms.confounds(mech, "r", rates_calibrated=True)
+    assert calibrated == {("a", "b"): "clip active in a only", ("b", "c"): "clip active in c only"}
