@@ -702,10 +702,10 @@ def _looks_numeric(text: str) -> bool:
         return head == MISSING
 
 
-def _longtable(shown: pd.DataFrame, caption: str, label: str = "") -> list[str]:
+def _longtable(shown: pd.DataFrame, caption: str, label: str = "", spec: tuple[str, bool] | None = None) -> list[str]:
     head = " & ".join(_tex(c) for c in shown.columns) + " \\\\"
     cap = f"\\caption{{{_tex_caption(caption)}}}" + (f"\\label{{{label}}}" if label else "") + "\\\\"
-    spec, tight = _colspec(shown)
+    spec, tight = _colspec(shown) if spec is None else spec
     out = [
         "{" + ("\\footnotesize\\setlength{\\tabcolsep}{3pt}" if tight else "\\small\\setlength{\\tabcolsep}{4pt}"),
         f"\\begin{{longtable}}{{{spec}}}",
@@ -830,6 +830,25 @@ def write_tables(
     _write_views(table, out, name, _header_lines(prov, notes), prov["interval"]["description"], shown)
 
 
+# tables whose CSV and Markdown carry more than a page holds: the LaTeX view's columns, each with a
+# short header and a fixed wrapped width in em (the mechanism table's diagnostics: clip fraction,
+# mean |log ratio|, step-weight CV, ... stay in mechanisms.csv / .md)
+TEX_COLUMNS = {
+    "mechanisms": {
+        "method": ("method", 5.5),
+        "advantage": ("advantage", 6.5),
+        "updates_per_round": ("updates", 3.5),
+        "IS (ratios != 1 on later updates)": ("IS", 4.0),
+        "clip": ("clip", 4.5),
+        "step weights vary": ("step weights", 4.5),
+        "KL / reference term": ("KL / ref.", 4.0),
+        "SDE": ("SDE", 5.5),
+        "lr": ("lr", 4.0),
+        "optimiser_steps": ("steps", 3.0),
+    }
+}
+
+
 def _write_views(
     table: pd.DataFrame, out: Path, name: str, header: list[str], interval: str, shown: pd.DataFrame | None = None
 ) -> None:
@@ -842,8 +861,15 @@ def _write_views(
     if {"gain", "gain_low", "gain_high", "method", "model", "reward"} <= set(table.columns) and len(table):
         tex += headline_tex(table, interval)
     elif {"model", "reward"} <= set(shown.columns) and len(shown):
+        fixed = {c: v for c, v in TEX_COLUMNS.get(name, {}).items() if c in shown.columns}
         for (model, reward), part in shown.groupby(["model", "reward"], sort=True):
-            tex += _supplementary(part, name, model, reward)
+            if fixed:
+                caption, label = f"{name}: {model}, trained on {reward}", _label(name, model, reward)
+                spec = "".join(f">{{\\raggedright\\arraybackslash}}p{{{w:g}em}}" for _, w in fixed.values())
+                narrow = part[list(fixed)].rename(columns={c: h for c, (h, _) in fixed.items()})
+                tex += _longtable(narrow, caption, label, spec=(spec, True))
+            else:
+                tex += _supplementary(part, name, model, reward)
     else:
         tex += _longtable(shown, name, _label(name))
     atomic_write_text(out / f"{name}.tex", "\n".join(tex))
