@@ -310,6 +310,19 @@ def figure(band: pd.DataFrame, metric: str, title: str):
     return fig
 
 
+def _interval_cell(m: float, lo: float, hi: float) -> str:
+    """A report cell as the tables print it: 3 significant digits, the interval when there is one,
+    the report's missing mark when there is no value (a method that never reached the level)."""
+    from t2i_rl_bench.report import MISSING  # both import this module
+    from t2i_rl_bench.tables import fmt_number
+
+    if not np.isfinite(m):
+        return MISSING
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return fmt_number(m)
+    return f"{fmt_number(m)} [{fmt_number(lo)}, {fmt_number(hi)}]"
+
+
 def section(tables: Path) -> str:
     """The report's section: the readings at the declared levels per method (mean [interval],
     seeds reaching the level), the Holm-significant pairs, and a figure per (model, reward,
@@ -336,7 +349,7 @@ def section(tables: Path) -> str:
     if len(summ):
         rows = []
         for r in summ.itertuples():
-            cell = "nan" if not np.isfinite(r.mean) else f"{r.mean:.4g} [{r.ci_low:.4g}, {r.ci_high:.4g}]"
+            cell = _interval_cell(r.mean, r.ci_low, r.ci_high)
             rows.append(
                 f"<tr><td>{html.escape(r.model)} / {html.escape(r.reward)}</td><td>{html.escape(r.reading)}</td>"
                 f"<td>{html.escape(r.metric)}</td><td>{r.level:g}</td><td>{html.escape(r.method)}</td>"

@@ -978,7 +978,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
         "(Kaplan-Meier restricted mean); reached_* = fraction of seeds that got there",
         "seconds/*: reward at the largest device-seconds level every finished run reached (linear interpolation)",
         f"matched/*: gold metrics where a run first reaches base + {rules.matched_fraction:g} x the smallest mean "
-        "gain of the methods (NaN level: a method did not improve, not comparable)",
+        "gain of the methods (no level, shown --, when a method did not improve: not comparable)",
         f"collapse/*: diversity's distance above its floor (Vendi 1, distance 0) fell by {rules.collapse_drop:g}",
     ]
     write_tables(derived_table, prov, out, "derived", derived_notes)

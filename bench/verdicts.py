@@ -389,8 +389,12 @@ def acceptance(
         outcome = "neither"
         confounded = [f"{t} [confound: {c}]" for t, c in found if c]
         sentence = (
-            f"On {reward}, no Holm-significant difference free of a named confound and no equivalence of every pair "
-            f"within {margin:g}"
+            f"On {reward}, no Holm-significant difference free of a named confound and "
+            + (
+                f"no equivalence of every pair within {margin:g}"
+                if np.isfinite(margin)
+                else "no equivalence margin declared"
+            )
             + (f" ({int(held['equivalent'].astype(bool).sum())} of {n_pairs} pairs equivalent)" if n_pairs else "")
             + f"; {power}"
             + (f"; confounded: {'; '.join(confounded)}" if confounded else "")

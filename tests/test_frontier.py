@@ -1,10 +1,12 @@
 """The reward-quality frontier reads each run's curve at declared levels (docs/study.md#the-reward-quality-frontier)."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from t2i_rl_bench import frontier
+from t2i_rl_bench import frontier, report
 
 STATS = {"confidence": 0.95, "interval": "t"}
 
@@ -42,12 +44,15 @@ def _rows(slopes: dict[str, float], seeds=range(6)) -> pd.DataFrame:
 def test_a_method_that_drifts_less_wins_at_matched_gain_and_drift(tmp_path):
     cfg = {
         "analysis": {
-            "frontier": {"drift_levels": {"quality/fid": [2.0]}, "gain_levels": {"r": [0.015]}},
+            "frontier": {
+                "drift_levels": {"quality/fid": [2.0]},
+                "gain_levels": {"r": [0.015, 0.5]},
+            },  # 0.5: a level no run reaches
         }
     }
     rows = _rows({"calm": 50.0, "wild": 500.0})
     summ = frontier.write(cfg, rows, STATS, tmp_path, lambda notes: "".join(f"# {n}\n" for n in notes))
-    s = summ.set_index(["reading", "metric", "method"])
+    s = summ[summ["level"] != 0.5].set_index(["reading", "metric", "method"])
     # calm: FID +0.5 per 0.01 gain; at drift <= 2 it keeps its whole 0.03; wild reaches drift 2 at gain 0.004
     assert s.loc[("gain_at_drift", "quality/fid", "calm"), "mean"] == pytest.approx(0.03, abs=2e-3)
     assert s.loc[("gain_at_drift", "quality/fid", "wild"), "mean"] < 0.01
@@ -56,10 +61,13 @@ def test_a_method_that_drifts_less_wins_at_matched_gain_and_drift(tmp_path):
         < s.loc[("drift_at_gain", "quality/fid", "wild"), "mean"]
     )
     pairs = pd.read_csv(tmp_path / "frontier_pairs.csv", comment="#")
-    fid = pairs[(pairs["metric"] == "quality/fid")]
+    fid = pairs[(pairs["metric"] == "quality/fid") & (pairs["level"] != 0.5)]
     assert fid["significant"].all() and (fid["test"] == "paired t").all()
     html = frontier.section(tmp_path)
     assert "Reward-quality frontier" in html and "data:image/png;base64" in html and "Holm-significant" in html
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    assert cells and not [c for c in cells if "nan" in c.lower()]  # a level never reached shows the missing mark
+    assert summ["mean"].isna().any() and report.MISSING in cells
 
 
 def test_no_curve_no_frontier(tmp_path):
