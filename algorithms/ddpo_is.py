@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Paper, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithm import Algorithm, AlgorithmSettings, Loss, Recipe, StepBatch, setting
+from t2i_rl_bench.algorithms.reinforce import DDPO_PAPER
 from t2i_rl_bench.losses import ppo_clip_loss
 
 
@@ -23,14 +24,7 @@ class DDPOISSettings(AlgorithmSettings):
 class DDPOIS(Algorithm):
     """PPO clip on per-step ratios with per-prompt normalised advantages."""
 
-    paper = Paper(
-        "black2024ddpo",
-        "Training Diffusion Models with Reinforcement Learning",
-        ("Black, Kevin", "Janner, Michael", "Du, Yilun", "Kostrikov, Ilya", "Levine, Sergey"),
-        2024,
-        arxiv="2305.13301",
-        venue="International Conference on Learning Representations (ICLR)",
-    )
+    paper = DDPO_PAPER  # the same paper as DDPO-SF
 
     Settings = DDPOISSettings
     settings: DDPOISSettings

@@ -11,18 +11,21 @@ import torch
 
 from t2i_rl_bench.algorithm import Algorithm, Loss, Paper, Recipe, StepBatch
 
+# the paper of both DDPO variants (DDPO-SF here, DDPO-IS in ddpo_is.py)
+DDPO_PAPER = Paper(
+    "black2024ddpo",
+    "Training Diffusion Models with Reinforcement Learning",
+    ("Black, Kevin", "Janner, Michael", "Du, Yilun", "Kostrikov, Ilya", "Levine, Sergey"),
+    2024,
+    arxiv="2305.13301",
+    venue="International Conference on Learning Representations (ICLR)",
+)
+
 
 class Reinforce(Algorithm):
     """Score-function policy gradient with a normalised advantage (DDPO-SF)."""
 
-    paper = Paper(
-        "black2024ddpo",
-        "Training Diffusion Models with Reinforcement Learning",
-        ("Black, Kevin", "Janner, Michael", "Du, Yilun", "Kostrikov, Ilya", "Levine, Sergey"),
-        2024,
-        arxiv="2305.13301",
-        venue="International Conference on Learning Representations (ICLR)",
-    )
+    paper = DDPO_PAPER
 
     recipe = Recipe(
         advantages="per_prompt",  # DDPO's per-prompt stat tracker (ddpo-pytorch stat_tracking.py)
