@@ -279,6 +279,7 @@ def test_proportion_interval_refuses_non_binary_values():
     ci = st.proportion_interval([1, 1, 1, 1, 1, 1, 1, 0])
     assert ci.statistic == "proportion" and 0 <= ci.low <= ci.high <= 1
     assert st.is_proportion("gold/pass") and st.is_proportion("convergence/reached_80")
+    assert st.is_proportion("collapse/loop_collapsed")  # the recursive loop's collapse rule, one 0/1 per seed
     assert not st.is_proportion("quality/fid")
     with pytest.raises(ValueError, match="0/1"):
         st.proportion_interval([0.5, 1.0])

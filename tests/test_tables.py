@@ -158,3 +158,9 @@ def test_installed_versions_that_differ_from_a_tables_are_named(tmp_path, capsys
     drift = provenance.warn_version_drift(tmp_path / "eval.csv", "aggregate")
     assert drift == [f"numpy 0.0.1 -> {prov['packages']['numpy']}"]
     assert "numpy 0.0.1" in capsys.readouterr().err
+
+
+def test_the_recursive_collapse_rate_gets_an_interval_inside_the_unit_interval():
+    # one of three seeds' loops collapsed: a Student-t interval would be 0.333 [-1.10, 1.77]
+    row = tables.summarise(_seed_rows({"a": [1.0, 0.0, 0.0]}, metric="collapse/loop_collapsed"), STATS).iloc[0]
+    assert row["mean"] == pytest.approx(1 / 3) and 0.0 <= row["ci_low"] < 1 / 3 < row["ci_high"] <= 1.0

@@ -70,6 +70,8 @@ def test_training_changes_the_weights_and_logs_every_round(tiny_model, tmp_path)
     assert any(not torch.equal(first[k], last[k]) for k in first)
     state = json.loads((tmp_path / "checkpoints" / "16" / "state.json").read_text())
     assert state["images_seen"] == 16 and state["device_seconds"] > 0
+    # on a CPU the device-seconds are the rounds' CPU time, not their wall time (docs/measurements.md#device-seconds)
+    assert state["device_seconds"] == pytest.approx(sum(line["seconds_cpu"] for line in lines))
 
 
 def test_trained_steps_subsets_per_sample_and_drops_the_last():

@@ -415,7 +415,7 @@ def power_of_test(delta: float, sd: float, n: int, alpha: float = 0.05, tests: i
 
 # ---- proportions ----------------------------------------------------------------------------
 
-PROPORTIONS = ("gold/pass", "convergence/reached_", "collapse/collapsed/")
+PROPORTIONS = ("gold/pass", "convergence/reached_", "collapse/collapsed/", "collapse/loop_collapsed")
 
 
 def is_proportion(metric: str) -> bool:

@@ -244,7 +244,11 @@ class Trainer:
         if window is not None:
             extra["sde_window"] = list(window)
         self.images_seen += len(scored.group_ids_all)
-        self.seconds += clock.total
+        cpu = time.process_time() - cpu
+        # device-seconds (docs/measurements.md#device-seconds): on a CPU the process's CPU time, which
+        # other jobs on a shared machine do not inflate; on an accelerator the round's wall time
+        on_cpu = next(iter(self.params)).device.type == "cpu" if self.params else True
+        self.seconds += cpu if on_cpu else clock.total
         return {
             "images_seen": self.images_seen,
             **scored.line(self.world),
@@ -252,7 +256,7 @@ class Trainer:
             **extra,
             **stats.line(),
             **clock.laps,
-            "seconds_cpu": time.process_time() - cpu,
+            "seconds_cpu": cpu,
             "seconds_total": self.seconds,
             "peak_memory_mb": peak_memory_mb(),
         }
