@@ -316,6 +316,7 @@ class PixArtDiT(nn.Module):
         folder = Path(folder)
         model = cls(_read_config(folder, PIXART_MIRRORED, "PixArt transformer"))
         _load_weights(model, folder / DENOISER_WEIGHTS)
+        model.config["_name_or_path"] = str(folder)  # diffusers records where a model came from
         return model.eval()
 
     def save_pretrained(self, folder: str | Path) -> None:
