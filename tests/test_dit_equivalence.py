@@ -83,6 +83,29 @@ def test_the_lean_denoiser_equals_diffusers_at_random_init(spec):
         _assert_same_forward_backward(reference, lean, inputs, train)
 
 
+def test_the_lean_text_encoder_equals_transformers_at_random_init():
+    spec = EmbeddedSpec(text_width=32, text_layers=3)
+    torch.manual_seed(4)
+    reference = build_text_encoder(spec, vocab_size=40)
+    lean = CLIPText(reference.config.to_dict())
+    lean.load_state_dict(reference.state_dict())
+    g = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 40, (9, 16), generator=g)
+    mask = (torch.arange(16)[None] < torch.randint(1, 17, (9, 1), generator=g)).long()  # row lengths 1-16
+    for model in (reference, lean):
+        model.train()
+    for m in (mask, torch.ones_like(mask)):
+        out_ref = reference(ids, attention_mask=m).last_hidden_state
+        out_lean = lean(ids, attention_mask=m).last_hidden_state
+        assert torch.equal(out_ref, out_lean), (out_ref - out_lean).abs().max()
+        (out_ref * out_ref.detach()).sum().backward()
+        (out_lean * out_lean.detach()).sum().backward()
+    named_lean = dict(lean.named_parameters())
+    assert list(dict(reference.named_parameters())) == list(named_lean)
+    for name, param in reference.named_parameters():
+        assert torch.equal(param.grad, named_lean[name].grad), name
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_the_lean_model_equals_diffusers_on_the_shipped_checkpoint(folder):
     objective = json.loads((folder / "bench_model.json").read_text())["spec"]["objective"]
