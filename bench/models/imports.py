@@ -1,5 +1,8 @@
 """The diffusers classes of the embedded family, imported from their own modules
-(docs/performance.md#start-up-the-embedded-policys-imports).
+(docs/performance.md#start-up-the-embedded-policys-imports), for pretraining and for the
+diffusers path of loading (T2I_RL_BENCH_LEAN_MODELS=0); and `defer_dynamo`, which keeps AdamW
+from importing torch._dynamo in a job that loads the lean classes instead
+(docs/performance.md#start-up-the-lean-embedded-model).
 
 `from diffusers import PixArtTransformer2DModel` runs diffusers.models.transformers' __init__,
 which imports every transformer diffusers ships (and through them peft and more of transformers):
