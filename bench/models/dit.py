@@ -117,13 +117,14 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=(patch_size, patch_size), stride=patch_size, bias=True)
         self.patch_size = patch_size
-        grid = size // patch_size
+        self.grid = grid = size // patch_size
         pos = sincos_pos_embed_2d(dim, grid, base_size=grid, interpolation_scale=interpolation_scale)
         self.register_buffer("pos_embed", pos.float().unsqueeze(0), persistent=False)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        if latent.shape[-2] * latent.shape[-1] != self.pos_embed.shape[1] * self.patch_size**2:
-            raise ValueError(f"input of {tuple(latent.shape[-2:])} pixels; the model was built for its sample_size")
+        if latent.shape[-2] // self.patch_size != self.grid or latent.shape[-1] // self.patch_size != self.grid:
+            size = self.grid * self.patch_size
+            raise ValueError(f"input of {tuple(latent.shape[-2:])} pixels; the model's sample_size is {size}")
         latent = self.proj(latent).flatten(2).transpose(1, 2)  # (B, N, D)
         return (latent + self.pos_embed).to(latent.dtype)
 
