@@ -1,41 +1,77 @@
-"""What a training job imports (docs/performance.md#start-up-the-embedded-policys-imports): a trainer
-of the default study's embedded model is built without the scoring libraries (open_clip, torchmetrics, matplotlib) and
-without the diffusers models it does not use (diffusers.models.transformers' __init__ imports them
-all, and peft with them). An invariant, checked in a fresh interpreter; the seconds are the
-benchmark's (tests/benchmarks/rl_step.py prints them)."""
+"""What a training job imports (docs/performance.md#start-up-the-lean-embedded-model): a trainer of the
+default study's embedded model is built, and trains a round, without diffusers, transformers,
+torch._dynamo (and sympy), the scoring libraries (open_clip, torchmetrics, matplotlib) or peft,
+and that round trains the same weights bit for bit as the diffusers/transformers classes do
+(T2I_RL_BENCH_LEAN_MODELS=0). On that path the diffusers model modules it does not use stay out
+too, and a later package import finds the very class the policy uses. Invariants, checked in fresh
+interpreters; the seconds are the benchmark's (tests/benchmarks/rl_step.py prints them)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NAMES = ["open_clip", "torchmetrics", "matplotlib", "peft", "diffusers.models.transformers.transformer_sd3"]
+LEAN_ABSENT = ["diffusers", "transformers", "torch._dynamo", "sympy", "open_clip", "torchmetrics", "matplotlib", "peft"]
+DIFFUSERS_ABSENT = ["open_clip", "torchmetrics", "matplotlib", "peft", "diffusers.models.transformers.transformer_sd3"]
 
 SCRIPT = """
-import json, os, sys, tempfile
+import hashlib, json, os, sys, tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 from t2i_rl_bench import study
 from t2i_rl_bench.train import Trainer
 cfg = study.load("config/config.yaml")
 key = next(k for k in study.runs(cfg) if k.algorithm == "ddpo_is")
+def digest(model):
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode() + value.numpy().tobytes())
+    return h.hexdigest()
 with tempfile.TemporaryDirectory() as out:
     trainer = Trainer(study.run_spec(cfg, key), out)
-built = {n: n in sys.modules for n in NAMES}
-from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel  # a later import still works
-from diffusers.models.transformers import PixArtTransformer2DModel as Again
-same = type(trainer.policy.denoiser) is PixArtTransformer2DModel is Again
-print(json.dumps({"built": built, "same_class": same}))
+    built = {n: n in sys.modules for n in NAMES}
+    before = digest(trainer.policy.denoiser)
+    line = trainer.round() if ROUND else {}
+after = {n: n in sys.modules for n in NAMES}
+same = None
+if not LEAN:
+    from diffusers import PixArtTransformer2DModel, SD3Transformer2DModel  # a later import still works
+    from diffusers.models.transformers import PixArtTransformer2DModel as Again
+    same = type(trainer.policy.denoiser) is PixArtTransformer2DModel is Again
+line = {k: v for k, v in line.items() if not k.startswith(("seconds", "peak_memory"))}
+weights = digest(trainer.policy.denoiser)
+denoiser = type(trainer.policy.denoiser).__name__
+result = dict(built=built, after=after, same_class=same, before=before, weights=weights, line=line)
+print(json.dumps(dict(result, denoiser=denoiser)))
 """
 
 
-def test_a_trainer_imports_no_scoring_library_and_one_diffusers_model():
-    script = f"NAMES = {NAMES!r}\n{SCRIPT}"
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _job(lean: bool, names: list[str], round_: bool) -> dict:
+    script = f"NAMES = {names!r}\nLEAN = {lean}\nROUND = {round_}\n{SCRIPT}"
+    env = dict(os.environ, T2I_RL_BENCH_LEAN_MODELS="1" if lean else "0", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert not any(result["built"].values()), result["built"]  # what building the trainer imported
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_lean_trainer_imports_neither_diffusers_nor_transformers_and_trains_the_same_round():
+    lean = _job(True, LEAN_ABSENT, round_=True)
+    assert lean["denoiser"] == "PixArtDiT"
+    assert not any(lean["built"].values()), lean["built"]  # what building the trainer imported
+    assert not any(lean["after"].values()), lean["after"]  # and a round (optimiser steps included)
+    reference = _job(False, LEAN_ABSENT, round_=True)
+    assert reference["denoiser"] == "PixArtTransformer2DModel" and reference["built"]["diffusers"]
+    assert lean["before"] == reference["before"] != reference["weights"]  # the round trained
+    assert lean["weights"] == reference["weights"] and lean["line"] == reference["line"]
+
+
+def test_the_diffusers_path_imports_no_scoring_library_and_one_diffusers_model():
+    result = _job(False, DIFFUSERS_ABSENT, round_=False)
+    assert not any(result["built"].values()), result["built"]
     assert result["same_class"]  # a later package import finds the very class the policy uses

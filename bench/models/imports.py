@@ -1,5 +1,8 @@
 """The diffusers classes of the embedded family, imported from their own modules
-(docs/performance.md#start-up-the-embedded-policys-imports).
+(docs/performance.md#start-up-the-embedded-policys-imports), for pretraining and for the
+diffusers path of loading (T2I_RL_BENCH_LEAN_MODELS=0); and `defer_dynamo`, which keeps AdamW
+from importing torch._dynamo in a job that loads the lean classes instead
+(docs/performance.md#start-up-the-lean-embedded-model).
 
 `from diffusers import PixArtTransformer2DModel` runs diffusers.models.transformers' __init__,
 which imports every transformer diffusers ships (and through them peft and more of transformers):
@@ -43,3 +46,77 @@ def scheduler_class(objective: str) -> Any:
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     return DDIMScheduler
+
+
+OPTIMIZER_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def defer_dynamo() -> None:
+    """Keep AdamW from importing torch._dynamo (~1 s of CPU, sympy with it) in a process that
+    never compiles (docs/performance.md#start-up-the-lean-embedded-model).
+
+    torch wraps `Optimizer.add_param_group`, `zero_grad`, `state_dict` and `load_state_dict` so
+    that their first call imports torch._dynamo to wrap them in `torch._dynamo.disable`, and
+    `Adam.step` (AdamW's) so that every call imports it for `torch._dynamo.graph_break()`. Outside
+    a compiled region both only set and restore a frame hook, or do nothing: the optimiser's
+    arithmetic is the same either way. Here the methods run plain until torch._dynamo is imported
+    by anything else; from then on torch's own wrappers run, as before. Nothing is changed if
+    torch._dynamo is already loaded, an AdamW already exists, or the methods are not the lazy
+    wrappers this was written against (another torch version)."""
+    if "torch._dynamo" in sys.modules:
+        return
+    import torch
+
+    for name in OPTIMIZER_METHODS:
+        wrapper = getattr(torch.optim.Optimizer, name, None)
+        code = getattr(wrapper, "__code__", None)
+        if code is None or set(code.co_freevars) != {"fn", "recursive"} or wrapper.__closure__ is None:
+            continue
+        cells = dict(zip(code.co_freevars, (c.cell_contents for c in wrapper.__closure__), strict=True))
+        fn, recursive = cells["fn"], cells["recursive"]
+        if getattr(fn, "__dynamo_disable", None) is None:
+            setattr(fn, "__dynamo_disable", _plain_until_dynamo(fn, recursive))
+    step = torch.optim.Adam.__dict__.get("step")
+    if (
+        "step" not in torch.optim.AdamW.__dict__  # no AdamW made yet (the first one hooks its step)
+        and getattr(step, "__name__", None) == "step"
+        and getattr(getattr(step, "__code__", None), "co_name", None) == "_use_grad"
+        and callable(getattr(step, "__wrapped__", None))
+    ):
+        torch.optim.Adam.step = _step_until_dynamo(step)
+
+
+def _plain_until_dynamo(fn: Any, recursive: bool) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" in sys.modules:  # loaded since: torch's own wrapper from now on
+            import torch._dynamo
+
+            disabled = torch._dynamo.disable(fn, recursive, wrapping=False)
+            setattr(fn, "__dynamo_disable", disabled)
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def _step_until_dynamo(original: Any) -> Any:
+    """torch's `_use_grad_for_differentiable(step)` without its graph breaks while torch._dynamo
+    is not loaded: grad mode set to the optimiser's `differentiable` around the step, restored after."""
+    import functools
+
+    import torch
+
+    step = original.__wrapped__
+
+    @functools.wraps(step)
+    def plain_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" in sys.modules:
+            return original(self, *args, **kwargs)
+        previous = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(self.defaults["differentiable"])
+            return step(self, *args, **kwargs)
+        finally:
+            torch.set_grad_enabled(previous)
+
+    return plain_step

@@ -68,21 +68,11 @@ class Policy(nn.Module):
         """The embedded family: PixArt-style DiT, CLIP text encoder, word-level tokenizer."""
         if options:
             raise ValueError(f"the embedded model family takes no model options, got {sorted(options)}")
-        from transformers.models.clip.modeling_clip import CLIPTextModel
-        from transformers.tokenization_utils_fast import PreTrainedTokenizerFast
-
-        from t2i_rl_bench.models.imports import denoiser_class, scheduler_class
+        from t2i_rl_bench.models.embedded import load_components
 
         folder = Path(folder)
         info = read_manifest(folder)
-        scheduler_cls = scheduler_class(info.get("spec", {}).get("objective", "epsilon"))
-        return cls(
-            denoiser_class().from_pretrained(folder / "transformer"),
-            CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer"),
-            scheduler_cls.from_pretrained(folder / "scheduler"),
-            info,
-        )
+        return cls(*load_components(folder, info.get("spec", {}).get("objective", "epsilon")), info)
 
     def save_denoiser(self, folder: str | Path) -> None:
         """The trained weights: the whole denoiser, or only the LoRA adapter and its settings."""
@@ -110,9 +100,7 @@ class Policy(nn.Module):
                 self.enable_lora(**json.loads((folder / "adapter" / "lora.json").read_text()))
             set_peft_model_state_dict(self.denoiser, load_file(folder / "adapter" / "adapter_model.safetensors"))
             return
-        from t2i_rl_bench.models.imports import denoiser_class
-
-        loaded = denoiser_class().from_pretrained(folder / "transformer")
+        loaded = type(self.denoiser).from_pretrained(folder / "transformer")
         self.denoiser.load_state_dict(loaded.state_dict())
 
     # ---- LoRA ----------------------------------------------------------------------------
