@@ -287,3 +287,16 @@ def test_validate_prints_one_line_per_error_and_the_traceback_only_with_debug(tm
     ]
     with pytest.raises(study.ConfigError):
         main(["validate", str(path), "--debug"])
+
+
+def test_the_replication_preset_is_the_default_study_on_other_seeds():
+    """docs/study.md#replication-on-unseen-seeds: the same design exactly, on seeds no other study uses."""
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
+    calibration = study.load(ROOT / "config" / "calibration.yaml", check_paths=False)
+    assert not set(replication["seeds"]) & (set(default["seeds"]) | set(calibration["seeds"]))
+    assert len(replication["seeds"]) == len(default["seeds"])
+    strip = {"study", "seeds"}
+    assert {k: v for k, v in replication.items() if k not in strip} == {
+        k: v for k, v in default.items() if k not in strip
+    }
