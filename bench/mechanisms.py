@@ -27,6 +27,7 @@ Rows: one per (model, training reward, method), over its seeds. Columns, on / ac
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -285,25 +286,36 @@ def section(tables: Path) -> str:
     return "\n".join(parts)
 
 
-def confounds(mech: pd.DataFrame, reward: str, rates_calibrated: bool = False) -> dict[tuple[str, str], str]:
+def confounds(
+    mech: pd.DataFrame, reward: str, rates_calibrated: bool = False, unbracketed: Iterable[str] = ()
+) -> dict[tuple[str, str], str]:
     """Pairs of methods (sorted) on `reward` for which a mechanism that both have on acted on
     every seed of one and on no seed of the other: a difference between them may come from that
     mechanism's activity, not from the methods' design (the acceptance rule's named confounds).
     Unless the study declares its learning rates calibrated (`analysis.learning_rates`), a pair
     trained at different rates also names the learning rate: the difference may be the rate's
-    (docs/study.md#calibration)."""
+    (docs/study.md#calibration); with calibrated rates, so does a pair with a method in
+    `unbracketed` (its chosen rate sits at an edge of the calibration grid)."""
     out: dict[tuple[str, str], str] = {}
     if mech is None or mech.empty:
         return out
     part = mech[mech["reward"] == reward].set_index("method")
-    if not rates_calibrated and "lr" in part:
+    edge = {str(m) for m in unbracketed}
+    if "lr" in part:
         lrs = pd.to_numeric(part["lr"], errors="coerce")
         methods = sorted(str(m) for m in part.index)
         for i, a in enumerate(methods):
             for b in methods[i + 1 :]:
                 la, lb = float(lrs.get(a, float("nan"))), float(lrs.get(b, float("nan")))
-                if la == la and lb == lb and not np.isclose(la, lb, rtol=1e-6, atol=0):
-                    out[(a, b)] = f"learning rate ({a} {la:g}, {b} {lb:g}; rates not declared calibrated)"
+                if not (la == la and lb == lb) or np.isclose(la, lb, rtol=1e-6, atol=0):
+                    continue
+                if not rates_calibrated:
+                    why = "rates not declared calibrated"
+                elif edge & {a, b}:
+                    why = " and ".join(sorted(edge & {a, b})) + "'s rate not bracketed by the calibration"
+                else:
+                    continue
+                out[(a, b)] = f"learning rate ({a} {la:g}, {b} {lb:g}; {why})"
     state: dict[str, dict[str, str]] = {}
     for method, row in part.iterrows():
         state[str(method)] = {}

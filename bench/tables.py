@@ -1050,7 +1050,8 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     runs = mechanisms.per_run(cfg, runs_root)  # what each method had on, and what acted (bench/mechanisms.py)
     mech = mechanisms.table(runs)
     calibrated = (cfg.get("analysis") or {}).get("learning_rates") == "calibrated"
-    named = mechanisms.confounds(mech, verdicts.primary_reward(cfg), rates_calibrated=calibrated)
+    unbracketed = (cfg.get("analysis") or {}).get("unbracketed_rates") or ()
+    named = mechanisms.confounds(mech, verdicts.primary_reward(cfg), calibrated, unbracketed)
     accepted = verdicts.acceptance(cfg, poi, named, verdict=verdict, frontier_pairs=frontier.read_pairs(out))
     if len(verdict):
         notes = [*verdicts.header_notes(cfg, poi), f"acceptance ({accepted['outcome']}): {accepted['sentence']}"]

@@ -91,3 +91,7 @@ def test_a_learning_rate_difference_is_a_named_confound_unless_the_rates_are_dec
     assert named[("b", "c")] == "clip active in c only"  # equal rates: only the clip
     calibrated = mechanisms.confounds(mech, "r", rates_calibrated=True)
     assert calibrated == {("a", "b"): "clip active in a only", ("b", "c"): "clip active in c only"}
+    # a method whose calibrated rate sits at the grid's edge keeps its rate differences named
+    edge = mechanisms.confounds(mech, "r", rates_calibrated=True, unbracketed=["a"])
+    assert edge[("a", "c")] == "learning rate (a 0.0003, c 0.0001; a's rate not bracketed by the calibration)"
+    assert edge[("a", "b")].startswith("learning rate (a 0.0003") and edge[("b", "c")] == "clip active in c only"
