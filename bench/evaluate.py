@@ -22,7 +22,7 @@ from t2i_rl_bench.study import reward_label
 from t2i_rl_bench.tracking import flatten, open_tracker
 from t2i_rl_bench.train.allocator import keep_freed_memory
 from t2i_rl_bench.world.captions import eval_prompts
-from t2i_rl_bench.world.checker import accuracy
+from t2i_rl_bench.world.checker import accuracy, reading_once
 
 __all__ = ["Evaluator", "QualityJudge", "evaluate_base", "evaluate_run", "eval_prompts", "sample_images"]
 
@@ -112,10 +112,11 @@ class Evaluator:
     def __call__(self, budget: int, device_seconds: float, grid: Path) -> dict[str, Any]:
         images = sample_images(self.policy, self.sampler, self.prompts, self.spec.guidance, self.evaluation["seed"])
         row = {"budget": budget, "device_seconds": device_seconds}
-        for name, fn in self.rewards.items():
-            scores, _ = fn(images, self.prompts, {})
-            row[f"reward/{reward_label(name)}"] = float(scores.mean())  # the training reward's label
-        acc = accuracy(images.numpy(), self.prompts)
+        with reading_once():  # the checker reads each image once for attribute_match and accuracy
+            for name, fn in self.rewards.items():
+                scores, _ = fn(images, self.prompts, {})
+                row[f"reward/{reward_label(name)}"] = float(scores.mean())  # the training reward's label
+            acc = accuracy(images.numpy(), self.prompts)
         row.update({f"attribute/{k}": v for k, v in acc.items()})
         if self.quality is not None:
             row.update(self.quality(images))

@@ -40,7 +40,12 @@ def trace_covariance(grads: torch.Tensor) -> float:
     """tr Cov = 1/(K-1) sum_k ||g_k - mean||^2: the unbiased total variance of one minibatch
     gradient (the quantity of variance-reduction papers, e.g. Greensmith et al. 2004)."""
     g = _rows(grads)
-    return float((g - g.mean(0)).square().sum() / (g.shape[0] - 1))
+    return _trace(g - g.mean(0))
+
+
+def _trace(centred: torch.Tensor) -> float:
+    """tr Cov from the centred rows g - mean."""
+    return float(centred.square().sum() / (centred.shape[0] - 1))
 
 
 def mean_sq_norm(grads: torch.Tensor) -> float:
@@ -51,16 +56,22 @@ def mean_sq_norm(grads: torch.Tensor) -> float:
 def gradient_snr(grads: torch.Tensor) -> float:
     """||mean||^2 / tr Cov (see the module docstring): signal over the noise of one minibatch
     gradient, scale-free; the SNR of the K-average is K times this. inf when tr Cov = 0."""
-    tr = trace_covariance(grads)
-    return mean_sq_norm(grads) / tr if tr > 0 else float("inf")
+    return _snr(mean_sq_norm(grads), trace_covariance(grads))
 
 
 def gradient_snr_unbiased(grads: torch.Tensor) -> float:
     """(||mean||^2 - tr Cov / K) / tr Cov: `gradient_snr` with the unbiased estimate of ||E g||^2
     (E ||mean||^2 = ||E g||^2 + tr Cov / K), near 0 rather than 1/K under pure noise."""
-    k = _rows(grads).shape[0]
-    tr = trace_covariance(grads)
-    return (mean_sq_norm(grads) - tr / k) / tr if tr > 0 else float("inf")
+    g = _rows(grads)
+    return _snr_unbiased(mean_sq_norm(g), trace_covariance(g), g.shape[0])
+
+
+def _snr(sq: float, tr: float) -> float:
+    return sq / tr if tr > 0 else float("inf")
+
+
+def _snr_unbiased(sq: float, tr: float, k: int) -> float:
+    return (sq - tr / k) / tr if tr > 0 else float("inf")
 
 
 def snr_unbiased_interval(grads: torch.Tensor, confidence_level: float = 0.95) -> tuple[float | None, float | None]:
@@ -74,11 +85,15 @@ def snr_unbiased_interval(grads: torch.Tensor, confidence_level: float = 0.95) -
     a conservative call), 0.92 at 0.3, 0.91 at 1.0. (None, None) when K < 3 or tr S = 0 (JSON
     has no NaN; the tables skip it)."""
     g = _rows(grads)
-    k = g.shape[0]
-    if k < 3:
+    if g.shape[0] < 3:
         return None, None
     m = g.mean(0)
-    c = g - m
+    return _interval(m, g - m, confidence_level)
+
+
+def _interval(m: torch.Tensor, c: torch.Tensor, confidence_level: float) -> tuple[float | None, float | None]:
+    """`snr_unbiased_interval` from the mean m and the centred rows c = g - m (K >= 3)."""
+    k = c.shape[0]
     gram = c @ c.T  # (K, K)
     tr_s = float(gram.trace() / (k - 1))
     if tr_s <= 0:
@@ -122,18 +137,24 @@ class GradientStatistics:
 
 
 def gradient_statistics(grads: torch.Tensor) -> GradientStatistics:
-    """All of the above for one (K, P) stack of gradients."""
-    low, high = snr_unbiased_interval(grads)
+    """All of the above for one (K, P) stack of gradients (converted to float64 once, each trace
+    and norm computed once: the same numbers as the functions one by one)."""
+    g = _rows(grads)
+    k = int(g.shape[0])
+    m = g.mean(0)
+    c = g - m  # the centred rows, shared by the trace and the interval
+    tr, sq = _trace(c), float(m.square().sum())
+    low, high = _interval(m, c, 0.95) if k >= 3 else (None, None)
     return GradientStatistics(
-        k=int(_rows(grads).shape[0]),
-        trace_cov=trace_covariance(grads),
-        mean_sq_norm=mean_sq_norm(grads),
-        snr=gradient_snr(grads),
-        snr_unbiased=gradient_snr_unbiased(grads),
+        k=k,
+        trace_cov=tr,
+        mean_sq_norm=sq,
+        snr=_snr(sq, tr),
+        snr_unbiased=_snr_unbiased(sq, tr, k),
         snr_unbiased_low=low,
         snr_unbiased_high=high,
-        mean_pairwise_cosine=mean_pairwise_cosine(grads),
-        norm_variance=norm_variance(grads),
+        mean_pairwise_cosine=mean_pairwise_cosine(g),
+        norm_variance=norm_variance(g),
     )
 
 
@@ -259,13 +280,13 @@ def cosine_to_reference(grads: torch.Tensor, sizes: Iterable[int] = (1, 2, 4)) -
     g = _rows(grads)
     a, b_ = halves(g.shape[0])
     out: dict[int, float | None] = {}
+    ways = [(unit(g[ref].mean(0)), meas) for ref, meas in ((a, b_), (b_, a))]  # each direction once
     for b in sizes:
         if b > len(a) or b < 1:
             out[b] = None
             continue
         cosines = []
-        for ref, meas in ((a, b_), (b_, a)):
-            d = unit(g[ref].mean(0))
+        for d, meas in ways:
             if d is None:
                 continue
             blocks = g[meas][: (len(meas) // b) * b].reshape(len(meas) // b, b, -1).mean(1)
@@ -322,11 +343,13 @@ def step_statistics(step_grads: torch.Tensor, confidence: float = 0.95) -> dict[
     }
     traces = []
     for s in range(x.shape[1]):
-        g = x[:, s].to(torch.float64)
-        tr = trace_covariance(g)
+        g = _rows(x[:, s])
+        m = g.mean(0)
+        c = g - m  # the centred rows, shared by the trace and the interval
+        tr = _trace(c)
         traces.append(tr)
-        low, high = snr_unbiased_interval(g, confidence)
-        out["step_snr_unbiased"].append(gradient_snr_unbiased(g) if tr > 0 else None)
+        low, high = _interval(m, c, confidence) if g.shape[0] >= 3 else (None, None)
+        out["step_snr_unbiased"].append(_snr_unbiased(float(m.square().sum()), tr, g.shape[0]) if tr > 0 else None)
         out["step_snr_unbiased_low"].append(low)
         out["step_snr_unbiased_high"].append(high)
         p = crossfit_projected(g, confidence)
@@ -351,6 +374,7 @@ def projected_statistics(grads: torch.Tensor, batch_images: int, confidence: flo
     """The probe's row entries beside the trace statistics: the cross-fitted projected SNR with
     its interval, the projection's mean and variance, the cosine to the reference at 1, 2, 4, 8
     minibatches, and the noise scale."""
+    grads = _rows(grads)  # float64 once for the three below
     p = crossfit_projected(grads, confidence)
     row: dict[str, float | None] = {
         "proj_snr": p.snr,

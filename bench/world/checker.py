@@ -9,6 +9,8 @@ generated images it is a GenEval-like judge that no network can fool.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,9 +85,37 @@ def read(image: np.ndarray) -> Reading:
     return Reading(count, size, colour, shape, position, background)
 
 
+_readings: dict[tuple, Reading] | None = None  # inside `reading_once`: each image's reading, by its bytes
+
+
+@contextmanager
+def reading_once() -> Iterator[None]:
+    """Inside, `score` reads each distinct image (the same array bytes) once and keeps its
+    `Reading`: an evaluation scores every image with the attribute_match reward and again with
+    `accuracy`, and the second pass then costs no segmentation (the same readings, so the same
+    numbers; docs/performance.md#where-an-assess-jobs-time-goes)."""
+    global _readings
+    previous, _readings = _readings, {}
+    try:
+        yield
+    finally:
+        _readings = previous
+
+
+def _read_once(image: np.ndarray) -> Reading:
+    if _readings is None:
+        return read(image)
+    arr = np.asarray(image)
+    key = (arr.dtype.str, arr.shape, arr.tobytes())
+    reading = _readings.get(key)
+    if reading is None:
+        reading = _readings[key] = read(arr)
+    return reading
+
+
 def score(image: np.ndarray, prompt: str) -> dict[str, bool]:
     """For each attribute the prompt names: does the image show it?"""
-    reading = read(image)
+    reading = _read_once(image)
     return {attr: getattr(reading, attr) == value for attr, value in parse(prompt).items()}
 
 
