@@ -175,10 +175,14 @@ def probe_rollout(
     return traj, group_ids, rewards, algorithm.advantages(rewards, group_ids, all_prompts).float()
 
 
-def _off_policy_parts(group_ids: torch.Tensor, updates_per_round: int, inner_epochs: int) -> list[torch.Tensor]:
+def _off_policy_parts(
+    group_ids: torch.Tensor, updates_per_round: int, inner_epochs: int, round_groups: int
+) -> list[torch.Tensor]:
     """The samples of each update of a round, as training splits it: the round's groups in
-    `updates_per_round` even parts of whole groups, `inner_epochs` passes."""
-    n_groups = int(group_ids.max()) + 1
+    `updates_per_round` even parts of whole groups, `inner_epochs` passes. The round is the
+    probe's first `round_groups` groups (a training round's images / G), so a probe with more
+    minibatches than a round updates on a round's samples as training does."""
+    n_groups = min(int(group_ids.max()) + 1, max(1, round_groups))
     chunks = torch.tensor_split(torch.arange(n_groups), updates_per_round)
     parts = [torch.nonzero(torch.isin(group_ids, c)).flatten() for c in chunks if len(c)]
     return parts * inner_epochs
@@ -217,7 +221,7 @@ def off_policy_probe(
     minibatches: int,
 ) -> dict[str, Any]:
     """For a method that makes several updates per round (inner_epochs x updates_per_round > 1):
-    the probe's samples taken as one round, updated as training updates it (a fresh AdamW with the
+    the probe's first round of samples (a training round's groups), updated as training updates it (a fresh AdamW with the
     run's settings, the round's parts in order), and after the u-th update (u = 1 .. U-1, the
     updates that train on samples of an older policy): the effective sample size of the
     importance ratios r = exp(logp - logp_old) per (sample, step) and per trajectory (the product
@@ -229,12 +233,12 @@ def off_policy_probe(
     updates = r.inner_epochs * r.updates_per_round
     if algorithm.family != "step" or updates < 2 or minibatches < 2:
         return {}
-    parts = _off_policy_parts(group_ids, r.updates_per_round, r.inner_epochs)
+    group_size = int((group_ids == 0).sum())
+    parts = _off_policy_parts(group_ids, r.updates_per_round, r.inner_epochs, spec.images_per_round // group_size)
     updates = len(parts)  # fewer probe groups than updates per round: one update per group
     if updates < 2:
         return {}
     name = type(algorithm).__name__
-    group_size = int((group_ids == 0).sum())
     k = min(minibatches, len(on_policy))
     out: dict[str, Any] = {"updates_per_round": updates, **_update_row(0, on_policy[:k], group_size)}
     params = policy.trainable_parameters()
@@ -324,13 +328,17 @@ def probe_gradients(
             "reward_mean": float(rewards.mean()),
         }
     trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
-    per_group, norms = [], torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
+    norms = torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
+    steps = None  # (K, S, P), filled in place: one copy of the per-step gradients in memory
     for g in range(n_groups):
         rows = torch.nonzero(group_ids == g).flatten()
-        per_step = torch.stack(step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance))
-        norms[g, trained] = per_step.norm(dim=1).double()
-        per_group.append(per_step)
-    steps = torch.stack(per_group)  # (K, S, P)
+        per_step = step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance)
+        if steps is None:
+            steps = torch.empty(n_groups, len(per_step), per_step[0].numel(), dtype=per_step[0].dtype)
+        for s, grad in enumerate(per_step):
+            steps[g, s] = grad
+        norms[g, trained] = steps[g].norm(dim=1).double()
+        del per_step
     grads = steps.sum(1)
     stats = gradient_statistics(grads)
     shares = credit_share(norms[:, trained])
@@ -352,7 +360,7 @@ def probe_gradients(
         "reward_mean": float(rewards.mean()),
     }
     if spec is not None and off_policy_minibatches:
-        del steps, per_group
+        del steps
         row.update(
             off_policy_probe(
                 policy, sampler, algorithm, spec, traj, group_ids, advantages, rewards, grads, off_policy_minibatches
@@ -431,6 +439,14 @@ def probe_base(spec: RunSpec, probe: dict[str, Any], out: str | Path, threads: i
     return result
 
 
+def probed_budgets(spec: RunSpec, probe: dict[str, Any]) -> list[int]:
+    """The checkpoints a run's probe measures besides the base model: every budget, or with
+    `at: final` the final one only (more minibatches there for the same cost:
+    docs/mechanisms.md#the-probe-at-the-final-budget)."""
+    budgets = sorted(spec.budgets)
+    return budgets[-1:] if probe.get("at", "every") == "final" else budgets
+
+
 def probe_run(
     run_dir: str | Path, spec: RunSpec, probe: dict[str, Any], threads: int = 1, base: str | Path | None = None
 ) -> dict[str, Any]:
@@ -440,10 +456,10 @@ def probe_run(
     prober = Prober(spec, probe, threads)
     shared = read_shared(base, base_key(spec, probe))
     rows = [shared["row"]] if shared is not None else [prober(0)]
-    for budget in tqdm(sorted(spec.budgets), desc="probe checkpoints", unit="checkpoint"):
+    for budget in tqdm(probed_budgets(spec, probe), desc="probe checkpoints", unit="checkpoint"):
         folder = run_dir / "checkpoints" / str(budget)
         if not (folder / "state.json").is_file():
-            break  # a diverged run stops at its last good checkpoint
+            break  # a diverged run stops at its last good checkpoint (and has no final one)
         prober.policy.load_denoiser_state(folder)
         rows.append(prober(budget))
     out = {"minibatches": probe["minibatches"], "seed": probe["seed"], "base_shared": shared is not None, "rows": rows}

@@ -10,7 +10,7 @@ import torch
 from t2i_rl_bench.factory import open_algorithm, open_run
 from t2i_rl_bench.metrics.gradient_variance import gradient_statistics
 from t2i_rl_bench.models.policy import Policy
-from t2i_rl_bench.probe import Prober, probe_gradients, probe_prompts, probe_rollout, step_gradients
+from t2i_rl_bench.probe import Prober, _off_policy_parts, probe_gradients, probe_prompts, probe_rollout, step_gradients
 from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.reward import build_reward
 from t2i_rl_bench.rollout import make_sampler, recompute, rollout
@@ -153,7 +153,11 @@ def test_the_probe_reports_projected_per_step_and_off_policy_statistics(tiny_mod
     method with 4 updates per round the off-policy probe after updates 1-3: ratios move off 1
     (ESS <= 1, |log r| > 0), the loss's clip mask is counted, and the weights are restored."""
     spec = _spec(tiny_model).replace(
-        algorithm="ddpo_is", algorithm_settings={"clip_range": 1e-4, "drop_last_step": True}, lr=1e-3
+        algorithm="ddpo_is",
+        algorithm_settings={"clip_range": 1e-4, "drop_last_step": True},
+        lr=1e-3,
+        images_per_round=12,  # a training round of 6 groups: the probe's 6 groups are one round
+        budgets=(12,),
     )
     prober = Prober(spec, {"minibatches": 6, "seed": 3, "off_policy_minibatches": 6})
     before = [p.detach().clone() for p in prober.policy.trainable_parameters()]
@@ -171,3 +175,14 @@ def test_the_probe_reports_projected_per_step_and_off_policy_statistics(tiny_mod
         assert row[f"update{u}/proj_snr_low"] <= row[f"update{u}/proj_snr_high"]
     assert row["update3/clip_fraction"] > 0  # at clip range 1e-4, lr 1e-3 moves ratios past the clip
     assert "update4/ess" not in row and "update0/ess" not in row
+
+
+def test_the_off_policy_round_is_a_training_rounds_groups():
+    """A probe of 6 groups of 2 with training rounds of 8 images (4 groups) and 2 updates per round
+    over 2 epochs: the updates take the first 4 groups, halved, as training splits its round; a
+    probe smaller than a round updates on all of its groups."""
+    group_ids = torch.arange(6).repeat_interleave(2)
+    parts = _off_policy_parts(group_ids, 2, 2, 8 // 2)
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
+    small = _off_policy_parts(torch.arange(3).repeat_interleave(2), 2, 1, 4)
+    assert [p.tolist() for p in small] == [[0, 1, 2, 3], [4, 5]]

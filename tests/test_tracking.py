@@ -268,3 +268,17 @@ def test_tracking_is_bookkeeping_not_the_runs_identity(tmp_path):
     assert tracked.tracking == {"wandb": True}
     assert RunSpec.from_json(tracked.to_json()) == tracked
     assert tracked.identity() == plain.identity() == plain.to_dict()
+
+
+def test_a_probe_at_the_final_budget_only_repeats_that_checkpoints_row(run, tmp_path):
+    """`at: final` probes the base model and the last checkpoint; its rows are the every-budget
+    probe's rows at those budgets, number for number (each checkpoint's probe starts afresh)."""
+    out, spec = run
+    every = json.loads((out / "probe.json").read_text())["rows"]
+    copy = tmp_path / "run"
+    (copy / "checkpoints").mkdir(parents=True)
+    for budget in spec.budgets:
+        (copy / "checkpoints" / str(budget)).symlink_to((out / "checkpoints" / str(budget)).resolve())
+    final = probe_run(copy, spec, {**PROBE, "at": "final"})["rows"]
+    assert [r["budget"] for r in final] == [0, 16]
+    assert final == [every[0], every[-1]]
