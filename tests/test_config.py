@@ -300,3 +300,20 @@ def test_the_replication_preset_is_the_default_study_on_other_seeds():
     assert {k: v for k, v in replication.items() if k not in strip} == {
         k: v for k, v in default.items() if k not in strip
     }
+
+
+def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget():
+    """config/gradient.yaml: the default study's run specs exactly (its runs can be copied in and its
+    evaluation repeats the default study's), every method of the default study on its primary
+    reward, and only the probe changed: more minibatches, at the final budget."""
+    cfg = study.load(ROOT / "config" / "gradient.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    assert set(cfg["algorithms"]) == set(default["algorithms"]) and cfg["seeds"] == default["seeds"]
+    assert cfg["rewards"] == [default["analysis"]["primary"]]
+    for key in study.runs(cfg):
+        assert key in study.runs(default)
+        assert study.run_spec(cfg, key) == study.run_spec(default, key)
+    assert cfg["evaluation"] == default["evaluation"]
+    assert cfg["probe"]["at"] == "final" and cfg["probe"]["minibatches"] > default["probe"]["minibatches"]
+    claims = {c["id"]: c for c in cfg["verdicts"]["claims"]}
+    assert {"pcpo_snr", "loop_variance"} <= set(claims) and all(c["at"] == "final" for c in claims.values())
