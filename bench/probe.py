@@ -57,9 +57,17 @@ from t2i_rl_bench.train.steps import reference_terms, step_batch, trainable_step
 from t2i_rl_bench.world.captions import prompt_sets
 
 
-def probe_prompts(k: int, seed: int) -> list[str]:
+def probe_prompts(k: int, seed: int, draw: str = "distinct") -> list[str]:
+    """The probe's K prompts from the training set: `distinct` (K different prompts, drawn without
+    replacement) or `independent` (K independent draws, with replacement). Only independent draws
+    make the K group gradients independent, as the SNR estimators assume: distinct prompts from a
+    set of N bias ||mean g||^2 by -V / (N - 1), V the variance of the per-prompt expected gradients
+    (docs/mechanisms.md#independent-prompt-draws)."""
+    if draw not in ("distinct", "independent"):
+        raise ValueError(f"probe.prompt_draw: expected 'distinct' or 'independent', got {draw!r}")
     prompts = prompt_sets()["train"]
-    return [prompts[i] for i in np.random.default_rng(seed).choice(len(prompts), size=k, replace=False)]
+    rng = np.random.default_rng(seed)
+    return [prompts[i] for i in rng.choice(len(prompts), size=k, replace=draw == "independent")]
 
 
 def _flat(grads: tuple[torch.Tensor | None, ...], params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -404,7 +412,7 @@ class Prober:
         self.spec, self.probe = spec, probe
         run = open_run(spec)  # as training opens it: seed, policy (+ LoRA), sampler noise, reference
         self.policy, self.sampler, self.reward = run.policy, run.sampler, run.reward
-        self.prompts = probe_prompts(probe["minibatches"], probe["seed"])
+        self.prompts = probe_prompts(probe["minibatches"], probe["seed"], probe.get("prompt_draw", "distinct"))
 
     def __call__(self, budget: int) -> dict[str, Any]:
         algorithm = open_algorithm(self.spec)  # fresh: no tracker history

@@ -237,3 +237,32 @@ def test_cosine_to_reference_grows_with_the_batch_and_step_statistics_add_up():
 def test_effective_sample_size():
     assert gv.effective_sample_size(torch.zeros(10)) == pytest.approx(1.0)
     assert gv.effective_sample_size(torch.tensor([0.0, -50.0, -50.0, -50.0])) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_distinct_prompts_bias_the_signal_by_the_between_prompt_variance_and_independent_ones_do_not():
+    """K groups on prompts drawn from a set of N: the U-statistic ||mean g||^2 - tr S / K estimates
+    ||mean over the set of the prompts' expected gradients||^2 only when the draws are independent
+    (with replacement); drawn without replacement it is low by V / (N - 1), V the variance of the
+    per-prompt expected gradients (docs/mechanisms.md#independent-prompt-draws). The probe's two
+    draws: `distinct` never repeats a prompt, `independent` does."""
+    from t2i_rl_bench.probe import probe_prompts
+
+    rng = np.random.default_rng(0)
+    n, p, k, draws = 6, 40, 4, 4000
+    means = rng.normal(size=(n, p))
+    centre = means.mean(0)
+    v = float(((means - centre) ** 2).sum(1).mean())
+    target = float((centre**2).sum())
+    for replace, expected in ((True, target), (False, target - v / (n - 1))):
+        est = []
+        for _ in range(draws):
+            idx = rng.choice(n, size=k, replace=replace)
+            g = torch.as_tensor(means[idx] + 0.5 * rng.normal(size=(k, p)))
+            s = gv.gradient_statistics(g)
+            est.append(s.snr_unbiased * s.trace_cov)
+        est = np.asarray(est)
+        assert abs(est.mean() - expected) < 4 * est.std() / np.sqrt(draws), (replace, est.mean(), expected)
+    assert abs(target - (target - v / (n - 1))) > 8 * est.std() / np.sqrt(draws)  # the two differ, visibly
+    assert len(set(probe_prompts(64, 3, "distinct"))) == 64
+    assert len(set(probe_prompts(64, 3, "independent"))) < 64  # 64 draws from 288 repeat (p > 0.999)
+    assert probe_prompts(8, 99) == probe_prompts(8, 99, "distinct")  # the committed studies' draw
