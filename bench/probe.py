@@ -337,7 +337,7 @@ def probe_gradients(
         }
     trained = trainable_steps(sampler, algorithm.recipe.drop_last_step)
     norms = torch.zeros(n_groups, sampler.num_steps, dtype=torch.float64)
-    steps = None  # (K, S, P), filled in place: one copy of the per-step gradients in memory
+    steps: torch.Tensor | None = None  # (K, S, P), filled in place: one copy of the per-step gradients
     for g in range(n_groups):
         rows = torch.nonzero(group_ids == g).flatten()
         per_step = step_gradients(policy, sampler, algorithm, traj, rows, advantages, rewards, guidance)
@@ -347,6 +347,8 @@ def probe_gradients(
             steps[g, s] = grad
         norms[g, trained] = steps[g].norm(dim=1).double()
         del per_step
+    if steps is None:
+        raise ValueError("the probe needs at least one prompt group")
     grads = steps.sum(1)
     stats = gradient_statistics(grads)
     shares = credit_share(norms[:, trained])
@@ -403,6 +405,18 @@ def base_key(spec: RunSpec, probe: dict[str, Any]) -> dict[str, Any]:
     return {"run": run, "probe": probe}
 
 
+def draw_seed(probe: dict[str, Any], run_seed: int, budget: int) -> int:
+    """The seed of a probe's prompts and noise. By default `probe.seed` for every run: common
+    random numbers across methods and, as the committed studies have it, across seeds too, so a
+    mean over seeds does not average the probe's own sampling noise away
+    (docs/mechanisms.md#one-probe-draw-shared-by-every-seed). With `per_seed_draw` each run seed
+    probes its checkpoints on a draw of its own, which the methods of that seed share (pairing
+    kept); the base model (budget 0, shared by the seeds) stays on `probe.seed`."""
+    if not probe.get("per_seed_draw", False) or budget == 0:
+        return int(probe["seed"])
+    return int(probe["seed"]) + 7919 * (int(run_seed) + 1)
+
+
 class Prober:
     """The probe of one run's policy at its checkpoints; starts as the base model with the
     run's trainable parameters (LoRA adapters drawn from the run's seed, as in training)."""
@@ -412,7 +426,6 @@ class Prober:
         self.spec, self.probe = spec, probe
         run = open_run(spec)  # as training opens it: seed, policy (+ LoRA), sampler noise, reference
         self.policy, self.sampler, self.reward = run.policy, run.sampler, run.reward
-        self.prompts = probe_prompts(probe["minibatches"], probe["seed"], probe.get("prompt_draw", "distinct"))
 
     def __call__(self, budget: int) -> dict[str, Any]:
         algorithm = open_algorithm(self.spec)  # fresh: no tracker history
@@ -420,6 +433,8 @@ class Prober:
         self.sampler = sampler_at_round(self.sampler, budget // self.spec.images_per_round)
         algorithm.setup(self.sampler)
         group = algorithm.recipe.group_size or self.spec.group_size
+        seed = draw_seed(self.probe, self.spec.seed, budget)
+        prompts = probe_prompts(self.probe["minibatches"], seed, self.probe.get("prompt_draw", "distinct"))
         return {
             "budget": budget,
             **probe_gradients(
@@ -427,10 +442,10 @@ class Prober:
                 self.sampler,
                 algorithm,
                 self.reward,
-                self.prompts,
+                prompts,
                 group,
                 self.spec.guidance,
-                self.probe["seed"],
+                seed,
                 self.spec,
                 # the off-policy probe at the base model and the final budget only (its cost:
                 # docs/mechanisms.md#cost-of-the-probe)

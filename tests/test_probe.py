@@ -186,3 +186,26 @@ def test_the_off_policy_round_is_a_training_rounds_groups():
     assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
     small = _off_policy_parts(torch.arange(3).repeat_interleave(2), 2, 1, 4)
     assert [p.tolist() for p in small] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_each_run_seed_probes_its_own_draw_only_when_asked(tiny_model):
+    """On the same weights (full fine-tuning: the seed does not change the base model), two run
+    seeds give the same probe row at a budget when the draw is shared (probe.seed, the committed
+    studies'), and different rows with per_seed_draw; the base model's row (budget 0) stays on
+    probe.seed either way, and the methods of one seed share their draw."""
+    from t2i_rl_bench.probe import draw_seed
+
+    shared = {"minibatches": 6, "seed": 3}
+    own = {**shared, "per_seed_draw": True}
+    assert draw_seed(shared, 0, 4) == draw_seed(shared, 1, 4) == 3
+    assert draw_seed(own, 0, 0) == draw_seed(own, 1, 0) == 3
+    assert len({draw_seed(own, s, 4) for s in range(8)}) == 8 and 3 not in {draw_seed(own, s, 4) for s in range(8)}
+    spec = _spec(tiny_model).replace(algorithm="ddpo_is", algorithm_settings={"drop_last_step": True})
+    rows = {
+        (name, seed): Prober(spec.replace(seed=seed), probe)(4)
+        for name, probe in (("shared", shared), ("own", own))
+        for seed in (0, 1)
+    }
+    assert rows[("shared", 0)]["snr_unbiased"] == rows[("shared", 1)]["snr_unbiased"]
+    assert rows[("own", 0)]["snr_unbiased"] != rows[("own", 1)]["snr_unbiased"]
+    assert Prober(spec.replace(seed=0), own)(0)["snr_unbiased"] == Prober(spec.replace(seed=1), own)(0)["snr_unbiased"]
