@@ -35,6 +35,11 @@ class Link:
     title: str
     claims: tuple[str, ...]  # verdict ids that decide the link (all must hold)
     measures: tuple[tuple[str, str, str], ...]  # (table, metric, at: "start" | "final") shown beside
+    preset: str = ""  # a committed preset that measures this link at more power: its lines decide too
+
+
+# the presets a link may read beside the study's own tables (results/studies/<name>/tables)
+PRESETS = {"gradient": "the gradient probe at K = 64 (config/gradient.yaml)"}
 
 
 LINKS = (
@@ -53,7 +58,10 @@ LINKS = (
             ("probe", "update1/proj_snr", "final"),  # off-policy: after the round's first update
             ("probe", "update1/clip_fraction", "final"),
             ("probe", "update1/ess", "final"),
+            ("gradient:probe", "proj_snr", "final"),
+            ("gradient:probe", "snr_unbiased", "final"),
         ),
+        preset="gradient",
     ),
     Link(
         "3. Lower variance converges faster (images and device-seconds to the declared target)",
@@ -135,9 +143,15 @@ def _recursive_tables(tables: Path) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(), ""
 
 
-def _link_reading(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, reward: str) -> tuple[str, list[dict]]:
-    """The link's reading: breaks if any of its claims is contradicted, holds if all are
-    supported, not measured if none was tested, else inconclusive; and the claim lines."""
+def _preset_tables(tables: Path, name: str) -> Path | None:
+    """A committed preset's tables beside the study's (none when the study is that preset)."""
+    folder = tables.parent / "studies" / name / "tables"
+    return folder if folder.is_dir() and folder.resolve() != tables.resolve() else None
+
+
+def _claim_lines(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, reward: str, source: str = "") -> list[dict]:
+    """The verdict lines of claims `ids` on one (model, reward); a claim with none reads 'not run'
+    (for a preset's claims: only where the preset has a line on this model and reward)."""
     lines = []
     for claim in ids:
         if verdicts.empty:
@@ -145,12 +159,13 @@ def _link_reading(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, rewa
         else:
             rows = verdicts[(verdicts["id"] == claim) & (verdicts["model"] == model) & (verdicts["reward"] == reward)]
         if rows.empty:
-            lines.append({"id": claim, "verdict": "not run", "effect": "–", "note": "no verdict line"})
+            if not source:
+                lines.append({"id": claim, "verdict": "not run", "effect": "–", "note": "no verdict line"})
             continue
         for r in rows.itertuples():
             lines.append(
                 {
-                    "id": claim,
+                    "id": f"{claim} ({source})" if source else claim,
                     "verdict": r.verdict,
                     "effect": _interval(
                         getattr(r, "effect", None), getattr(r, "ci_low", None), getattr(r, "ci_high", None)
@@ -158,6 +173,22 @@ def _link_reading(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, rewa
                     "note": f"vs {r.over}" + (f"; {r.note}" if isinstance(r.note, str) and r.note else ""),
                 }
             )
+    return lines
+
+
+def _link_reading(
+    verdicts: pd.DataFrame,
+    ids: tuple[str, ...],
+    model: str,
+    reward: str,
+    preset: tuple[pd.DataFrame, str] | None = None,
+) -> tuple[str, list[dict]]:
+    """The link's reading: breaks if any of its claims is contradicted (or shown equivalent), holds
+    if all are supported, not measured if none was tested, else inconclusive; and the claim lines.
+    `preset`: a preset's verdicts and its name, whose lines on the same claims decide alongside."""
+    lines = _claim_lines(verdicts, ids, model, reward)
+    if preset is not None:
+        lines += _claim_lines(preset[0], ids, model, reward, preset[1])
     readings = [READING.get(str(line["verdict"]), "inconclusive") for line in lines]
     if "breaks" in readings:
         return "breaks", lines
@@ -184,6 +215,12 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
     probe = pd.concat([_read(tables / f"{n}.csv") for n in ("probe", "probe_offpolicy", "probe_steps")])
     frames = {"probe": probe, "derived": _read(tables / "derived.csv")}
     frames["recursive_decay"], source = _recursive_tables(tables)
+    presets: dict[str, pd.DataFrame] = {}
+    for name in {link.preset for link in LINKS if link.preset}:
+        folder = _preset_tables(tables, name)
+        if folder is not None:
+            presets[name] = _read(folder / "verdicts.csv")
+            frames[f"{name}:probe"] = _read(folder / "probe.csv")
     parts = [
         "<h2>PCPO's claim, link by link</h2>",
         "<p>PCPO claims a causal chain: uneven per-step credit &rarr; higher gradient variance &rarr; slower "
@@ -197,17 +234,26 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
     ]
     if source:
         parts.append(f"<p class='prov'>{html.escape(source)}</p>")
+    for name in sorted(presets):
+        parts.append(
+            f"<p class='prov'>Lines marked ({html.escape(name)}) and the measures {html.escape(name)}:probe are read "
+            f"from the committed preset results/studies/{html.escape(name)}: {html.escape(PRESETS[name])}; "
+            "they decide their link alongside this study's own lines.</p>"
+        )
     pairs = sorted({(m, r) for m, r in verdicts[["model", "reward"]].itertuples(index=False)})
     for model, reward in pairs:
         rows, readings = [], []
         for link in LINKS:
-            reading, lines = _link_reading(verdicts, link.claims, model, reward)
+            preset = (presets[link.preset], link.preset) if link.preset in presets else None
+            reading, lines = _link_reading(verdicts, link.claims, model, reward, preset)
             readings.append(reading)
             shown = "<br>".join(
-                f"{html.escape(metric)} ({at}): {html.escape(method)} "
+                f"{html.escape(t.split(':')[0] + ': ' if ':' in t else '')}{html.escape(metric)} ({at}): "
+                f"{html.escape(method)} "
                 f"{_value(frames[t], model, reward, method, metric, at)}, {html.escape(reference)} "
                 f"{_value(frames[t], model, reward, reference, metric, at)}"
                 for t, metric, at in link.measures
+                if t in frames
             )
             claims = "<br>".join(
                 f"{html.escape(str(line['id']))}: {html.escape(str(line['verdict']))}, effect "

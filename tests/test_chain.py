@@ -107,3 +107,36 @@ def test_no_section_when_pcpo_is_not_in_the_study(tmp_path):
     lines = _verdicts(pcpo_snr="not run").assign(over="")
     _write(tables, "verdicts", lines)
     assert chain_section(tables) == ""
+
+
+def test_a_preset_at_more_power_decides_its_link_beside_the_studys_lines(tmp_path):
+    """Link 2 reads the gradient preset's pcpo_snr line too: the study's own inconclusive line and
+    the preset's 'equivalent' one make the link break (the claimed effect is absent), and the
+    preset's measures are shown under its name. Without the preset the link stays inconclusive."""
+    tables = tmp_path / "results" / "tables"
+    _write(tables, "verdicts", _verdicts(pcpo_credit="supported", pcpo_snr="inconclusive"))
+    before = chain_section(tables)
+    assert "it breaks at link 2" not in before and "link 2 is inconclusive" in before
+    preset = tmp_path / "results" / "studies" / "gradient" / "tables"
+    _write(preset, "verdicts", _verdicts(pcpo_snr="equivalent"))
+    probe = pd.DataFrame(
+        [
+            {
+                **PAIR,
+                "algorithm": a,
+                "budget": 512,
+                "metric": "proj_snr",
+                "mean": m,
+                "ci_low": m - 0.1,
+                "ci_high": m + 0.1,
+            }
+            for a, m in (("pcpo", 0.25), ("ddpo_is", 0.2))
+        ]
+    )
+    _write(preset, "probe", probe)
+    html = chain_section(tables)
+    assert "pcpo_snr (gradient): equivalent" in html and "pcpo_snr: inconclusive" in html
+    assert "gradient: proj_snr (final): pcpo 0.25 [0.15, 0.35], ddpo_is 0.2 [0.1, 0.3]" in html
+    assert "The chain holds through link 1; it breaks at link 2" in html
+    # the preset's own report does not read itself as a preset
+    assert "(gradient)" not in chain_section(preset)
