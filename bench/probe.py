@@ -230,8 +230,9 @@ def off_policy_probe(
 ) -> dict[str, Any]:
     """For a method that makes several updates per round (inner_epochs x updates_per_round > 1):
     the probe's first round of samples (a training round's groups), updated as training updates
-    it (a fresh AdamW with the run's settings, the round's parts in order), and after the u-th update (u = 1 .. U-1, the
-    updates that train on samples of an older policy): the effective sample size of the
+    it (a fresh AdamW with the run's settings, the round's parts in order), and after the u-th
+    update (u = 1 .. U-1, the updates that train on samples of an older policy): the effective
+    sample size of the
     importance ratios r = exp(logp - logp_old) per (sample, step) and per trajectory (the product
     over steps), the fraction of (sample, step) terms the loss clips (`Loss.clipped`), and the
     trace and projected SNR of the gradients of the loss at the updated weights, all on the first
