@@ -232,12 +232,12 @@ def off_policy_probe(
     the probe's first round of samples (a training round's groups), updated as training updates
     it (a fresh AdamW with the run's settings, the round's parts in order), and after the u-th
     update (u = 1 .. U-1, the updates that train on samples of an older policy): the effective
-    sample size of the
-    importance ratios r = exp(logp - logp_old) per (sample, step) and per trajectory (the product
-    over steps), the fraction of (sample, step) terms the loss clips (`Loss.clipped`), and the
-    trace and projected SNR of the gradients of the loss at the updated weights, all on the first
-    `minibatches` groups (update 0: the on-policy gradients `on_policy`, ratio 1). The weights are restored
-    after. Empty for the other methods and families (docs/mechanisms.md#off-policy-probe)."""
+    sample size of the importance ratios r = exp(logp - logp_old) per (sample, step) and per
+    trajectory (the product over steps), the fraction of (sample, step) terms the loss clips
+    (`Loss.clipped`), and the trace and projected SNR of the gradients of the loss at the updated
+    weights, all on the first `minibatches` groups (update 0: the on-policy gradients `on_policy`,
+    ratio 1). The weights are restored after. Empty for the other methods and families
+    (docs/mechanisms.md#off-policy-probe)."""
     r = algorithm.recipe
     updates = r.inner_epochs * r.updates_per_round
     if algorithm.family != "step" or updates < 2 or minibatches < 2:
