@@ -35,11 +35,17 @@ class Link:
     title: str
     claims: tuple[str, ...]  # verdict ids that decide the link (all must hold)
     measures: tuple[tuple[str, str, str], ...]  # (table, metric, at: "start" | "final") shown beside
-    preset: str = ""  # a committed preset that measures this link at more power: its lines decide too
+    # a committed preset that measures this link (at more power, or a loop the study does not run):
+    # its lines decide too
+    preset: str = ""
+    preset_claims: tuple[str, ...] = ()  # the claims read from the preset (empty: all of `claims`)
 
 
 # the presets a link may read beside the study's own tables (results/studies/<name>/tables)
-PRESETS = {"gradient": "the gradient probe at K = 64 (config/gradient.yaml)"}
+PRESETS = {
+    "gradient": "the gradient probe at K = 64 (config/gradient.yaml)",
+    "recursive": "the self-consuming loop, 6 methods x 3 seeds x 5 generations (config/recursive.yaml)",
+}
 
 
 LINKS = (
@@ -76,6 +82,8 @@ LINKS = (
             ("recursive_decay", "decay/diversity/vendi", "final"),
             ("recursive_decay", "collapse/loop_collapsed", "final"),
         ),
+        preset="recursive",
+        preset_claims=("pcpo_collapse",),  # its loop; its own pcpo_fid / pcpo_diversity lines are 3-seed RL runs
     ),
 )
 
@@ -181,14 +189,18 @@ def _link_reading(
     ids: tuple[str, ...],
     model: str,
     reward: str,
-    preset: tuple[pd.DataFrame, str] | None = None,
+    preset: tuple[pd.DataFrame, str, tuple[str, ...]] | None = None,
 ) -> tuple[str, list[dict]]:
     """The link's reading: breaks if any of its claims is contradicted (or shown equivalent), holds
     if all are supported, not measured if none was tested, else inconclusive; and the claim lines.
-    `preset`: a preset's verdicts and its name, whose lines on the same claims decide alongside."""
+    `preset`: a preset's verdicts, its name and the claims read from it (empty: all of `ids`), whose
+    lines decide alongside (replacing the study's 'not run' placeholder for a claim it answers)."""
     lines = _claim_lines(verdicts, ids, model, reward)
     if preset is not None:
-        lines += _claim_lines(preset[0], ids, model, reward, preset[1])
+        extra = _claim_lines(preset[0], preset[2] or ids, model, reward, preset[1])
+        answered = {str(line["id"]).split(" (")[0] for line in extra}
+        # a claim the study does not run but the preset does is decided by the preset's line alone
+        lines = [line for line in lines if not (line["verdict"] == "not run" and line["id"] in answered)] + extra
     readings = [READING.get(str(line["verdict"]), "inconclusive") for line in lines]
     if "breaks" in readings:
         return "breaks", lines
@@ -220,7 +232,8 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
         folder = _preset_tables(tables, name)
         if folder is not None:
             presets[name] = _read(folder / "verdicts.csv")
-            frames[f"{name}:probe"] = _read(folder / "probe.csv")
+            if (folder / "probe.csv").is_file():
+                frames[f"{name}:probe"] = _read(folder / "probe.csv")
     parts = [
         "<h2>PCPO's claim, link by link</h2>",
         "<p>PCPO claims a causal chain: uneven per-step credit &rarr; higher gradient variance &rarr; slower "
@@ -236,7 +249,9 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
         parts.append(f"<p class='prov'>{html.escape(source)}</p>")
     for name in sorted(presets):
         parts.append(
-            f"<p class='prov'>Lines marked ({html.escape(name)}) and the measures {html.escape(name)}:probe are read "
+            f"<p class='prov'>Lines marked ({html.escape(name)})"
+            + (f" and the measures {html.escape(name)}:probe" if f"{name}:probe" in frames else "")
+            + " are read "
             f"from the committed preset results/studies/{html.escape(name)}: {html.escape(PRESETS[name])}; "
             "they decide their link alongside this study's own lines.</p>"
         )
@@ -244,7 +259,7 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
     for model, reward in pairs:
         rows, readings = [], []
         for link in LINKS:
-            preset = (presets[link.preset], link.preset) if link.preset in presets else None
+            preset = (presets[link.preset], link.preset, link.preset_claims) if link.preset in presets else None
             reading, lines = _link_reading(verdicts, link.claims, model, reward, preset)
             readings.append(reading)
             shown = "<br>".join(

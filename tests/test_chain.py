@@ -140,3 +140,20 @@ def test_a_preset_at_more_power_decides_its_link_beside_the_studys_lines(tmp_pat
     assert "The chain holds through link 1; it breaks at link 2" in html
     # the preset's own report does not read itself as a preset
     assert "(gradient)" not in chain_section(preset)
+
+
+def test_the_recursive_preset_decides_the_collapse_claim_alone(tmp_path):
+    """Link 4 reads pcpo_collapse from the recursive preset when the study does not run the loop:
+    the study's 'not run' placeholder gives way to the preset's line (which decides the link with
+    the study's own pcpo_fid), and the preset's pcpo_fid line (3-seed RL runs) is not read."""
+    tables = tmp_path / "results" / "tables"
+    _write(tables, "verdicts", _verdicts(pcpo_credit="supported", pcpo_fid="supported"))
+    before = chain_section(tables)
+    assert "pcpo_collapse: not run" in before and "link 4: inconclusive" in before
+    preset = tmp_path / "results" / "studies" / "recursive" / "tables"
+    _write(preset, "verdicts", _verdicts(pcpo_collapse="contradicted", pcpo_fid="inconclusive"))
+    html = chain_section(tables)
+    assert "pcpo_collapse: not run" not in html and "pcpo_collapse (recursive): contradicted" in html
+    assert "pcpo_fid (recursive)" not in html and "pcpo_fid: supported" in html
+    assert "link 4: breaks" in html
+    assert "Lines marked (recursive) are read from the committed preset results/studies/recursive" in html
