@@ -317,3 +317,24 @@ def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget(
     assert cfg["probe"]["at"] == "final" and cfg["probe"]["minibatches"] > default["probe"]["minibatches"]
     claims = {c["id"]: c for c in cfg["verdicts"]["claims"]}
     assert {"pcpo_snr", "loop_variance"} <= set(claims) and all(c["at"] == "final" for c in claims.values())
+
+
+def test_the_full_preset_extends_the_default_study_and_the_ablation_run_for_run():
+    """config/full.yaml: every run the default study or the credit ablation also has is specified
+    exactly as there (so their runs can be copied in, as the committed full study did), and its
+    evaluation is the default's; what it adds is seeds and the pcpo-nocredit arm."""
+    cfg = study.load(ROOT / "config" / "full.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    ablation = study.load(ROOT / "config" / "ablation.yaml", check_paths=False)
+    shared = 0
+    for other in (default, ablation):
+        keys = set(study.runs(other))
+        for key in study.runs(cfg):
+            if key in keys:
+                assert study.run_spec(cfg, key) == study.run_spec(other, key), key
+                shared += 1
+    # the ablation's three arms on seeds 0-7 (its pcpo and ddpo_is runs are the default's too)
+    assert shared == 96 + 3 * 8
+    assert set(default["seeds"]) < set(cfg["seeds"])
+    assert set(cfg["algorithms"]) == set(default["algorithms"]) | {"pcpo-nocredit"}
+    assert cfg["evaluation"] == default["evaluation"]
