@@ -72,7 +72,7 @@ LINKS = (
     Link(
         "3. Lower variance converges faster (images and device-seconds to the declared target)",
         ("pcpo_samples", "pcpo_seconds"),
-        (("derived", "convergence/rmst_samples_*", "final"), ("derived", "convergence/reached_samples_*", "final")),
+        (("derived", "convergence/rmst_samples_*", "final"), ("derived", "convergence/reached_*", "final")),
     ),
     Link(
         "4. ... and drifts less in quality, and collapses more slowly when trained on its own samples",

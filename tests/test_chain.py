@@ -157,3 +157,21 @@ def test_the_recursive_preset_decides_the_collapse_claim_alone(tmp_path):
     assert "pcpo_fid (recursive)" not in html and "pcpo_fid: supported" in html
     assert "link 4: breaks" in html
     assert "Lines marked (recursive) are read from the committed preset results/studies/recursive" in html
+
+
+def test_link_3_shows_the_convergence_measures_by_the_names_the_analysis_writes(tmp_path):
+    """bench/analysis.py writes convergence/rmst_samples_<tag> and convergence/reached_<tag>; link 3
+    shows both (a pattern that matches neither would read 'not measured')."""
+    tables = tmp_path / "tables"
+    _write(tables, "verdicts", _verdicts(pcpo_samples="inconclusive"))
+    derived = pd.DataFrame(
+        [
+            {**PAIR, "algorithm": a, "budget": 512, "metric": m, "mean": v, "ci_low": v / 2, "ci_high": v}
+            for a in ("pcpo", "ddpo_is")
+            for m, v in (("convergence/rmst_samples_80", 200.0), ("convergence/reached_80", 0.5))
+        ]
+    )
+    _write(tables, "derived", derived)
+    html = chain_section(tables)
+    assert "convergence/rmst_samples_* (final): pcpo 200 [100, 200]" in html
+    assert "(final): pcpo 0.5 [0.25, 0.5], ddpo_is 0.5 [0.25, 0.5]" in html
