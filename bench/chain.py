@@ -168,12 +168,15 @@ def _claim_lines(verdicts: pd.DataFrame, ids: tuple[str, ...], model: str, rewar
             rows = verdicts[(verdicts["id"] == claim) & (verdicts["model"] == model) & (verdicts["reward"] == reward)]
         if rows.empty:
             if not source:
-                lines.append({"id": claim, "verdict": "not run", "effect": "–", "note": "no verdict line"})
+                lines.append(
+                    {"id": claim, "claim": claim, "verdict": "not run", "effect": "–", "note": "no verdict line"}
+                )
             continue
         for r in rows.itertuples():
             lines.append(
                 {
                     "id": f"{claim} ({source})" if source else claim,
+                    "claim": claim,
                     "verdict": r.verdict,
                     "effect": _interval(
                         getattr(r, "effect", None), getattr(r, "ci_low", None), getattr(r, "ci_high", None)
@@ -198,9 +201,9 @@ def _link_reading(
     lines = _claim_lines(verdicts, ids, model, reward)
     if preset is not None:
         extra = _claim_lines(preset[0], preset[2] or ids, model, reward, preset[1])
-        answered = {str(line["id"]).split(" (")[0] for line in extra}
+        answered = {line["claim"] for line in extra}
         # a claim the study does not run but the preset does is decided by the preset's line alone
-        lines = [line for line in lines if not (line["verdict"] == "not run" and line["id"] in answered)] + extra
+        lines = [line for line in lines if not (line["verdict"] == "not run" and line["claim"] in answered)] + extra
     readings = [READING.get(str(line["verdict"]), "inconclusive") for line in lines]
     if "breaks" in readings:
         return "breaks", lines

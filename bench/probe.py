@@ -408,8 +408,8 @@ def base_key(spec: RunSpec, probe: dict[str, Any]) -> dict[str, Any]:
 
 def draw_seed(probe: dict[str, Any], run_seed: int, budget: int) -> int:
     """The seed of a probe's prompts and noise. By default `probe.seed` for every run: common
-    random numbers across methods and, as the committed studies have it, across seeds too, so a
-    mean over seeds does not average the probe's own sampling noise away
+    random numbers across methods and across seeds too, so a mean over seeds does not average
+    the probe's own sampling noise away
     (docs/mechanisms.md#one-probe-draw-shared-by-every-seed). With `per_seed_draw` each run seed
     probes its checkpoints on a draw of its own, which the methods of that seed share (pairing
     kept); the base model (budget 0, shared by the seeds) stays on `probe.seed`."""

@@ -190,8 +190,8 @@ def test_the_off_policy_round_is_a_training_rounds_groups():
 
 def test_each_run_seed_probes_its_own_draw_only_when_asked(tiny_model):
     """On the same weights (full fine-tuning: the seed does not change the base model), two run
-    seeds give the same probe row at a budget when the draw is shared (probe.seed, the committed
-    studies'), and different rows with per_seed_draw; the base model's row (budget 0) stays on
+    seeds give the same probe row at a budget when the draw is shared (probe.seed, the default),
+    and different rows with per_seed_draw; the base model's row (budget 0) stays on
     probe.seed either way, and the methods of one seed share their draw."""
     from t2i_rl_bench.probe import draw_seed
 
