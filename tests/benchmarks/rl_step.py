@@ -9,7 +9,7 @@ measure on a shared machine) beside the wall-clock split (sample, reward, train)
 core-second (images over those CPU seconds), the fraction of the one-thread GEMM rate a round
 achieves (its forward and backward FLOPs, counted by torch's FLOP counter, over its CPU seconds,
 against an fp32 matmul timed in the same process), the process's peak RSS, and a digest of the
-trained weights and the rounds' logged numbers. Then per algorithm: the ratio of images per
+trained weights (`weights_sha256`). Then per algorithm: the ratio of images per
 core-second, this checkout over the baseline (the median of the repeats of each), and whether
 every process trained the same weights and logged the same rounds bit for bit. The baseline is a
 commit checked out into a temporary `git worktree` (default: the commit before the speed work)
@@ -69,6 +69,34 @@ def gemm_rate(n: int = 512, repeats: int = 20) -> float:
     return 2 * n**3 / max(best, 1e-9)
 
 
+def known_keys(value: object, schema: dict, dropped: list[str], root: dict | None = None, where: str = "") -> object:
+    """`value` without the mapping keys that `schema` (a JSON schema, `$ref`s into its root)
+    forbids as additional properties; each key left out is appended to `dropped`."""
+    root = schema if root is None else root
+    while "$ref" in schema:
+        node: dict = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = node
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [known_keys(item, schema["items"], dropped, root, f"{where}{i}.") for i, item in enumerate(value)]
+    if not isinstance(value, dict):
+        return value
+    properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties", True)
+    out = {}
+    for key, item in value.items():
+        if key in properties:
+            out[key] = known_keys(item, properties[key], dropped, root, f"{where}{key}.")
+        elif isinstance(extra, dict):
+            out[key] = known_keys(item, extra, dropped, root, f"{where}{key}.")
+        elif extra is False:
+            dropped.append(f"{where}{key}")
+        else:
+            out[key] = item
+    return out
+
+
 def worker(args: argparse.Namespace) -> dict:
     """Time `args.rounds` rounds of one algorithm in this process; one more under the FLOP counter."""
     if args.source:
@@ -80,7 +108,12 @@ def worker(args: argparse.Namespace) -> dict:
     from t2i_rl_bench.train import Trainer
 
     torch.set_num_threads(args.threads)
-    cfg = study.load(args.config)
+    import yaml
+
+    # an older baseline's schema may not know every key of today's config; the keys it does not
+    # know are left out (listed in the output: check that none of them reaches a training round)
+    dropped: list[str] = []
+    cfg = study.validate(known_keys(yaml.safe_load(Path(args.config).read_text()), study.load_schema(), dropped))
     key = next(k for k in study.runs(cfg) if k.seed == cfg["seeds"][0] and k.algorithm == args.algorithm)
     spec = study.run_spec(cfg, key)
     if args.reuse_sampling_graph != "auto":
@@ -97,15 +130,11 @@ def worker(args: argparse.Namespace) -> dict:
             lines.append(trainer.round())
             cpu.append(time.process_time() - start)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the counter's round
-        digest = hashlib.sha256()  # the trained weights and the rounds' numbers, bit for bit
+        digest = hashlib.sha256()  # the trained weights, bit for bit
         for p in trainer.params:
             digest.update(p.detach().contiguous().numpy().tobytes())
-        digest.update(
-            json.dumps(
-                [{k: v for k, v in line.items() if "seconds" not in k and "memory" not in k} for line in lines],
-                sort_keys=True,
-            ).encode()
-        )
+        # the rounds' logged numbers; compared with another version's on the keys both log
+        logged = [{k: v for k, v in line.items() if "seconds" not in k and "memory" not in k} for line in lines]
         with FlopCounterMode(display=False) as counter:
             trainer.round()
         flops = counter.get_total_flops()
@@ -123,7 +152,9 @@ def worker(args: argparse.Namespace) -> dict:
         "reuse_sampling_graph": bool(getattr(trainer, "reuse_graph", False)),
         "peak_rss_mb": round(rss),
         "startup_cpu_seconds": round(startup, 2),
-        "result_sha256": digest.hexdigest()[:16],
+        "weights_sha256": digest.hexdigest()[:16],
+        "logged": logged,
+        "config_sections_left_out": dropped,
     }
 
 
@@ -140,6 +171,16 @@ def run_worker(args: argparse.Namespace, algorithm: str, source: str | None) -> 
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bit_identical(rows: list[dict]) -> bool:
+    """Every process trained the same weights and logged the same numbers, bit for bit, on the
+    keys every version logs (a newer version may log more)."""
+    if len({r["weights_sha256"] for r in rows}) != 1:
+        return False
+    shared = set.intersection(*(set(line) for r in rows for line in r["logged"]))
+    numbers = {json.dumps([{k: line[k] for k in sorted(shared)} for line in r["logged"]]) for r in rows}
+    return len(numbers) == 1
 
 
 def median_row(rows: list[dict]) -> dict:
@@ -192,7 +233,8 @@ def main() -> None:
                     rows[name].append(run_worker(args, algorithm, source))
             result = {name: median_row(r) for name, r in rows.items()}
             for name, row in result.items():
-                print(json.dumps({"algorithm": algorithm, "version": name, **row}), flush=True)
+                shown = {k: v for k, v in row.items() if k != "logged"}
+                print(json.dumps({"algorithm": algorithm, "version": name, **shown}), flush=True)
             if tree:
                 b, c = result["baseline"], result["current"]
                 ratio = c["images_per_core_second"] / b["images_per_core_second"]
@@ -206,7 +248,7 @@ def main() -> None:
                             "peak_rss_mb": [b["peak_rss_mb"], c["peak_rss_mb"]],
                             "startup_cpu_seconds": [b["startup_cpu_seconds"], c["startup_cpu_seconds"]],
                             # the same trained weights and round lines bit for bit (every repeat)
-                            "bit_identical": len({r["result_sha256"] for r in rows["baseline"] + rows["current"]}) == 1,
+                            "bit_identical": bit_identical(rows["baseline"] + rows["current"]),
                         }
                     ),
                     flush=True,
