@@ -319,6 +319,26 @@ def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget(
     assert {"pcpo_snr", "loop_variance"} <= set(claims) and all(c["at"] == "final" for c in claims.values())
 
 
+def test_the_power_preset_is_the_full_study_on_its_primary_reward_with_more_seeds():
+    """config/power.yaml: every run the full study also has (shape_iou, seeds 0-9) is specified
+    exactly as there (so those runs can be copied in), its analysis and claims are the full
+    study's, and what it adds is seeds only, none of the replication's or the calibration's."""
+    cfg = study.load(ROOT / "config" / "power.yaml", check_paths=False)
+    full = study.load(ROOT / "config" / "full.yaml", check_paths=False)
+    replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
+    calibration = study.load(ROOT / "config" / "calibration.yaml", check_paths=False)
+    keys = set(study.runs(full))
+    shared = [key for key in study.runs(cfg) if key in keys]
+    for key in shared:
+        assert study.run_spec(cfg, key) == study.run_spec(full, key), key
+    assert len(shared) == 7 * 10
+    assert cfg["rewards"] == ["shape_iou"] and cfg["analysis"]["primary"] == "shape_iou"
+    assert set(full["seeds"]) < set(cfg["seeds"])
+    assert not set(cfg["seeds"]) & (set(replication["seeds"]) | set(calibration["seeds"]))
+    for section in ("algorithms", "sampling", "train", "evaluation", "probe", "analysis", "verdicts"):
+        assert cfg[section] == full[section], section
+
+
 def test_the_full_preset_extends_the_default_study_and_the_ablation_run_for_run():
     """config/full.yaml: every run the default study or the credit ablation also has is specified
     exactly as there (so their runs can be copied in, as the committed full study did), and its

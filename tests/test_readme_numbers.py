@@ -1,0 +1,134 @@
+"""The README's reading of the headline is typed by hand (the blocks below it are generated): every
+number it quotes is recomputed here from the committed tables it links, to the digits it prints,
+so that a re-run that moves a table fails here until the sentence is rewritten."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = ROOT / "results" / "tables"
+STUDIES = ROOT / "results" / "studies"
+N = r"([-+]?\d+(?:\.\d+)?)"  # a typed number
+
+
+def reading() -> str:
+    """The hand-typed paragraph, whitespace collapsed."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("How to read the headline")
+    end = text.index("<!-- acceptance:begin", start)
+    return " ".join(text[start:end].split())
+
+
+def typed(pattern: str) -> tuple[str, ...]:
+    """The groups of the one match of `pattern` in the paragraph."""
+    found = re.findall(pattern, reading())
+    assert len(found) == 1, f"the README's reading should quote {pattern!r} once, found {len(found)}"
+    return found[0] if isinstance(found[0], tuple) else (found[0],)
+
+
+def agrees(value: float, text: str) -> bool:
+    """`value` printed with as many decimals as `text` has reads `text` (signs included)."""
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return f"{value:.{decimals}f}" == f"{float(text):.{decimals}f}"
+
+
+def table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, comment="#")
+
+
+def frontier_fid2(folder: Path) -> pd.DataFrame:
+    pairs = table(folder / "frontier_pairs.csv")
+    return pairs[
+        (pairs["reward"] == "shape_iou")
+        & (pairs["reading"] == "gain_at_drift")
+        & (pairs["metric"] == "quality/fid")
+        & (pairs["level"] == 2)
+    ]
+
+
+def pair(rows: pd.DataFrame, a: str, b: str) -> pd.Series:
+    hit = rows[((rows["method"] == a) & (rows["over"] == b)) | ((rows["method"] == b) & (rows["over"] == a))]
+    assert len(hit), f"no {a} / {b} row"
+    return hit.iloc[0]
+
+
+def final_budget_pairs(folder: Path, reward: str) -> pd.DataFrame:
+    rows = table(folder / "improvement.csv")
+    rows = rows[(rows["reward"] == reward) & (rows["metric"] == f"reward/{reward}")]
+    return rows[rows["budget"] == rows["budget"].max()]
+
+
+def test_the_default_studys_frontier_difference_and_its_final_budget_reading():
+    holm, pairs = typed(rf"Holm p {N} over that reading's {N} pairs")
+    rows = frontier_fid2(TABLES)
+    assert agrees(pair(rows, "pcpo", "ddpo_is")["p_holm"], holm)
+    assert len(rows) == int(pairs)
+    gap, holm_final = typed(rf"at the final budget the same gap \({N}\) has Holm p {N},")
+    row = pair(final_budget_pairs(TABLES, "shape_iou"), "pcpo", "ddpo_is")
+    assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm_final)
+    (verdict,) = typed(rf"as a declared verdict line {N}\.")
+    verdicts = table(TABLES / "verdicts.csv")
+    line = verdicts[(verdicts["id"] == "pcpo_gain") & (verdicts["reward"] == "shape_iou")]
+    assert len(line) == 1 and agrees(line["p_holm"].iloc[0], verdict)
+
+
+def test_the_minimum_detectable_difference_and_its_share_of_the_spread():
+    mdd, share = typed(rf"minimum detectable difference after Holm \({N}\) is {N} of the spread")
+    rows = final_budget_pairs(TABLES, "shape_iou")
+    spread = rows["difference"].abs().max()  # as the verdict table's header computes it
+    assert agrees(rows["mdd"].iloc[0], mdd)
+    assert agrees(rows["mdd"].iloc[0] / spread, share)
+
+
+def test_every_attribute_match_pair_is_equivalent_within_the_quoted_margin():
+    (margin,) = typed(rf"On attribute_match every pair is equivalent within {N}\.")
+    rows = final_budget_pairs(TABLES, "attribute_match")
+    assert len(rows) and rows["equivalent"].astype(bool).all()
+    assert (rows["margin"] == float(margin)).all()
+
+
+def test_the_replication_numbers():
+    kept, total = typed(rf"\[{N} of {N}\]\(results/replication/replication.md\)")
+    findings = table(ROOT / "results" / "replication" / "replication.csv")
+    assert len(findings) == int(total) and (findings["outcome"] == "replicated").sum() == int(kept)
+    gap, holm = typed(rf"Holm-significant there on its own \({N}, Holm p {N}\)")
+    row = pair(final_budget_pairs(STUDIES / "replication" / "tables", "shape_iou"), "pcpo", "ddpo_is")
+    assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm) and bool(row["significant"])
+
+
+def test_the_full_studys_difference():
+    gap, holm, pairs = typed(rf"again this difference \({N}, Holm p {N} over {N} pairs\)")
+    rows = frontier_fid2(STUDIES / "full" / "tables")
+    row = pair(rows, "pcpo", "ddpo_is")
+    assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm)
+    assert len(rows) == int(pairs)
+
+
+def test_the_gradient_presets_snr_verdict():
+    effect, low, high = typed(rf"inconclusive here \({N} \[{N}, {N}\] against DDPO-IS\)")
+    verdicts = table(STUDIES / "gradient" / "tables" / "verdicts.csv")
+    line = verdicts[verdicts["id"] == "pcpo_snr"]
+    assert len(line) == 1
+    row = line.iloc[0]
+    assert agrees(row["effect"], effect) and agrees(row["ci_low"], low) and agrees(row["ci_high"], high)
+    assert row["verdict"] == "inconclusive"
+
+
+def test_the_default_probes_cells_that_exclude_zero():
+    excluded, cells = typed(rf"{N} of its {N} trained cells exclude zero")
+    probe = table(TABLES / "probe.csv")
+    snr = probe[(probe["metric"] == "proj_snr") & (probe["budget"] > 0)]
+    assert len(snr) == int(cells)
+    assert int(((snr["ci_low"] > 0) | (snr["ci_high"] < 0)).sum()) == int(excluded)
+
+
+@pytest.mark.parametrize(
+    "text, value, ok", [("0.036", 0.0356733, True), ("0.04", 0.0356733, True), ("0.03", 0.0356733, False)]
+)
+def test_agrees_reads_the_typed_digits(text, value, ok):
+    assert agrees(value, text) is ok
