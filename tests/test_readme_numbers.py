@@ -86,7 +86,7 @@ def test_the_minimum_detectable_difference_and_its_share_of_the_spread():
 
 
 def test_every_attribute_match_pair_is_equivalent_within_the_quoted_margin():
-    (margin,) = typed(rf"On attribute_match every pair is equivalent within {N}\.")
+    (margin,) = typed(rf"[Oo]n attribute_match every pair is equivalent within {N}\.")
     rows = final_budget_pairs(TABLES, "attribute_match")
     assert len(rows) and rows["equivalent"].astype(bool).all()
     assert (rows["margin"] == float(margin)).all()
@@ -96,9 +96,24 @@ def test_the_replication_numbers():
     kept, total = typed(rf"\[{N} of {N}\]\(results/replication/replication.md\)")
     findings = table(ROOT / "results" / "replication" / "replication.csv")
     assert len(findings) == int(total) and (findings["outcome"] == "replicated").sum() == int(kept)
-    gap, holm = typed(rf"Holm-significant there on its own \({N}, Holm p {N}\)")
-    row = pair(final_budget_pairs(STUDIES / "replication" / "tables", "shape_iou"), "pcpo", "ddpo_is")
-    assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm) and bool(row["significant"])
+
+
+def test_the_power_studys_numbers():
+    folder = STUDIES / "power" / "tables"
+    rows = final_budget_pairs(folder, "shape_iou")
+    share, differ, pairs = typed(rf"the minimum detectable difference is {N} of the spread and {N} of {N} pairs differ")
+    assert agrees(rows["mdd"].iloc[0] / rows["difference"].abs().max(), share)
+    assert rows["significant"].sum() == 2 * int(differ) and len(rows) == 2 * int(pairs)  # each pair both ways
+    gap, holm = typed(rf"PCPO gains more than DDPO-IS \({N}, Holm p {N}\)")
+    row = pair(rows, "pcpo", "ddpo_is")
+    assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm)
+    images, holm = typed(rf"improvement {N} images sooner \(Holm p {N}\)")
+    verdicts = table(folder / "verdicts.csv")
+    line = verdicts[verdicts["id"] == "pcpo_samples"].iloc[0]
+    assert agrees(-line["effect"], images) and agrees(line["p_holm"], holm) and line["verdict"] == "supported"
+    gap, holm = typed(rf"without the reweighting \({N}, about half\) misses Holm there \({N}\)")
+    row = pair(rows, "pcpo", "pcpo-nocredit")
+    assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm) and not bool(row["significant"])
 
 
 def test_the_full_studys_difference():
