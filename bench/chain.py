@@ -45,6 +45,7 @@ class Link:
 PRESETS = {
     "gradient": "the gradient probe at K = 64 (config/gradient.yaml)",
     "recursive": "the self-consuming loop, 6 methods x 3 seeds x 5 generations (config/recursive.yaml)",
+    "power": "the full study's seven arms on shape_iou with 26 seeds (config/power.yaml)",
 }
 
 
@@ -73,6 +74,7 @@ LINKS = (
         "3. Lower variance converges faster (images and device-seconds to the declared target)",
         ("pcpo_samples", "pcpo_seconds"),
         (("derived", "convergence/rmst_samples_*", "final"), ("derived", "convergence/reached_*", "final")),
+        preset="power",  # the same claims on 26 seeds (shape_iou only)
     ),
     Link(
         "4. ... and drifts less in quality, and collapses more slowly when trained on its own samples",
