@@ -319,6 +319,21 @@ def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget(
     assert {"pcpo_snr", "loop_variance"} <= set(claims) and all(c["at"] == "final" for c in claims.values())
 
 
+def test_the_rate_check_shares_the_controlled_studys_runs_and_adds_ddpo_is_at_3e_4():
+    """config/ratecheck.yaml: its runs that the controlled study also has are specified exactly as
+    there (copied in), and the one arm it adds is DDPO-IS at 3e-4, otherwise DDPO-IS's settings."""
+    cfg = study.load(ROOT / "config" / "ratecheck.yaml", check_paths=False)
+    controlled = study.load(ROOT / "config" / "controlled.yaml", check_paths=False)
+    keys = set(study.runs(controlled))
+    shared = [key for key in study.runs(cfg) if key in keys]
+    for key in shared:
+        assert study.run_spec(cfg, key) == study.run_spec(controlled, key), key
+    assert len(shared) == 3 * 8
+    added = set(cfg["algorithms"]) - set(controlled["algorithms"])
+    assert added == {"ddpo_is-lr3e-4"}
+    assert cfg["algorithms"]["ddpo_is-lr3e-4"] == {**cfg["algorithms"]["ddpo_is"], "plugin": "ddpo_is", "lr": 3.0e-4}
+
+
 def test_the_power_preset_is_the_full_study_on_its_primary_reward_with_more_seeds():
     """config/power.yaml: every run the full study also has (shape_iou, seeds 0-9) is specified
     exactly as there (so those runs can be copied in), its analysis and claims are the full
