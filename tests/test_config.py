@@ -319,19 +319,27 @@ def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget(
     assert {"pcpo_snr", "loop_variance"} <= set(claims) and all(c["at"] == "final" for c in claims.values())
 
 
-def test_the_rate_check_shares_the_controlled_studys_runs_and_adds_ddpo_is_at_3e_4():
-    """config/ratecheck.yaml: its runs that the controlled study also has are specified exactly as
-    there (copied in), and the one arm it adds is DDPO-IS at 3e-4, otherwise DDPO-IS's settings."""
+def test_the_rate_check_shares_the_controlled_and_default_runs_and_adds_higher_rates():
+    """config/ratecheck.yaml: its runs that the controlled or the default study also has are
+    specified exactly as there (copied in); each arm it adds is a method at a higher rate, otherwise
+    that method's settings."""
     cfg = study.load(ROOT / "config" / "ratecheck.yaml", check_paths=False)
-    controlled = study.load(ROOT / "config" / "controlled.yaml", check_paths=False)
-    keys = set(study.runs(controlled))
-    shared = [key for key in study.runs(cfg) if key in keys]
-    for key in shared:
-        assert study.run_spec(cfg, key) == study.run_spec(controlled, key), key
-    assert len(shared) == 3 * 8
-    added = set(cfg["algorithms"]) - set(controlled["algorithms"])
-    assert added == {"ddpo_is-lr3e-4"}
-    assert cfg["algorithms"]["ddpo_is-lr3e-4"] == {**cfg["algorithms"]["ddpo_is"], "plugin": "ddpo_is", "lr": 3.0e-4}
+    shared = 0
+    for name in ("controlled.yaml", "config.yaml"):
+        other = study.load(ROOT / "config" / name, check_paths=False)
+        keys = set(study.runs(other))
+        for key in study.runs(cfg):
+            if key in keys:
+                assert study.run_spec(cfg, key) == study.run_spec(other, key), key
+                shared += 1
+    # the control's three arms (its ddpo_is and pcpo are the default's too) and the default's reinforce and loop
+    assert shared == 3 * 8 + 2 * 8 + 2 * 8
+    for label, (plugin, lr) in {
+        "ddpo_is-lr3e-4": ("ddpo_is", 3.0e-4),
+        "reinforce-lr1e-4": ("reinforce", 1.0e-4),
+        "loop-lr3e-4": ("loop", 3.0e-4),
+    }.items():
+        assert cfg["algorithms"][label] == {**cfg["algorithms"][plugin], "plugin": plugin, "lr": lr}, label
 
 
 def test_the_power_preset_is_the_full_study_on_its_primary_reward_with_more_seeds():
