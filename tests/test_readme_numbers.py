@@ -147,3 +147,15 @@ def test_the_default_probes_cells_that_exclude_zero():
 )
 def test_agrees_reads_the_typed_digits(text, value, ok):
     assert agrees(value, text) is ok
+
+
+def test_the_rate_checks_reading():
+    (fid,) = typed(rf"REINFORCE at PCPO's 1e-4 gains as much as PCPO, with FID {N}")
+    folder = STUDIES / "ratecheck" / "tables"
+    headline = table(folder / "headline.csv").set_index("method")
+    assert agrees(headline.loc["reinforce-lr1e-4", "change/quality/fid"], fid)
+    rows = final_budget_pairs(folder, "shape_iou")
+    assert pair(rows, "pcpo", "reinforce-lr1e-4")["p_value"] > 0.05  # "as much": no difference even unadjusted
+    for slower in ("ddpo_is-lr1e-4", "ddpo_is-lr3e-4"):  # "DDPO-IS gains no more at 1e-4 or 3e-4"
+        assert headline.loc[slower, "gain"] < headline.loc["pcpo", "gain"]
+        assert pair(rows, "ddpo_is", slower)["p_value"] > 0.05
