@@ -381,3 +381,25 @@ def test_the_full_preset_extends_the_default_study_and_the_ablation_run_for_run(
     assert set(default["seeds"]) < set(cfg["seeds"])
     assert set(cfg["algorithms"]) == set(default["algorithms"]) | {"pcpo-nocredit"}
     assert cfg["evaluation"] == default["evaluation"]
+
+
+def test_the_collapse_preset_loops_the_default_studys_primary_reward_runs():
+    """config/collapse.yaml: its RL runs are the default study's shape_iou runs, specified exactly
+    as there (so they can be copied in), with the default's evaluation; its loop is the recursive
+    preset's (two of its variants, the fully synthetic one first, which the verdicts read); its
+    claims declare equivalence margins."""
+    cfg = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    recursive = study.load(ROOT / "config" / "recursive.yaml", check_paths=False)
+    keys = set(study.runs(default))
+    runs = study.runs(cfg)
+    assert len(runs) == 6 * 8 and all(key in keys for key in runs)
+    for key in runs:
+        assert study.run_spec(cfg, key) == study.run_spec(default, key), key
+    assert cfg["evaluation"] == default["evaluation"] and cfg["rewards"] == ["shape_iou"]
+    loops, theirs = study.recursive_variants(cfg), study.recursive_variants(recursive)
+    assert list(loops) == ["replace-real0", "replace-real0.5"]
+    assert all(loops[name] == theirs[name] for name in loops)
+    claims = {c["id"]: c for c in cfg["verdicts"]["claims"]}
+    assert set(claims) == {"pcpo_collapse", "pcpo_collapse_fid"}
+    assert all(c["measure"].startswith("recursive:") and c["margin"] > 0 for c in claims.values())
