@@ -6,9 +6,9 @@ verdict of the matching declared claim (verdicts.csv), and reads as *holds* (sup
 *breaks* (contradicted), *inconclusive*, or *not measured* (the table or the claim is missing).
 The chain holds as far as its first link that does not hold.
 
-The self-consuming loop runs as its own preset (config/recursive.yaml); when the study's tables
-have no recursive tables, the section reads the preset's (results/studies/recursive/tables,
-beside results/tables) and says so.
+The self-consuming loop runs as its own presets (config/recursive.yaml on attribute_match,
+config/collapse.yaml on shape_iou); when the study's tables have no recursive tables, the section
+reads the presets' (results/studies/<preset>/tables, beside results/tables) and says so.
 """
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ class Link:
     title: str
     claims: tuple[str, ...]  # verdict ids that decide the link (all must hold)
     measures: tuple[tuple[str, str, str], ...]  # (table, metric, at: "start" | "final") shown beside
-    # a committed preset that measures this link (at more power, or a loop the study does not run):
-    # its lines decide too
-    preset: str = ""
-    preset_claims: tuple[str, ...] = ()  # the claims read from the preset (empty: all of `claims`)
+    # committed presets that measure this link (at more power, or a loop the study does not run),
+    # each with the claims read from it (empty: all of `claims`): their lines decide too
+    presets: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 # the presets a link may read beside the study's own tables (results/studies/<name>/tables)
 PRESETS = {
     "gradient": "the gradient probe at K = 64 (config/gradient.yaml)",
-    "recursive": "the self-consuming loop, 6 methods x 3 seeds x 5 generations (config/recursive.yaml)",
+    "recursive": "the self-consuming loop on attribute_match, 6 methods x 3 seeds x 5 generations "
+    "(config/recursive.yaml)",
+    "collapse": "the self-consuming loop on shape_iou, 6 methods x 8 seeds x 5 generations (config/collapse.yaml)",
     "power": "the full study's seven arms on shape_iou with 26 seeds (config/power.yaml)",
 }
 
@@ -68,13 +69,13 @@ LINKS = (
             ("gradient:probe", "proj_snr", "final"),
             ("gradient:probe", "snr_unbiased", "final"),
         ),
-        preset="gradient",
+        presets=(("gradient", ()),),
     ),
     Link(
         "3. Lower variance converges faster (images and device-seconds to the declared target)",
         ("pcpo_samples", "pcpo_seconds"),
         (("derived", "convergence/rmst_samples_*", "final"), ("derived", "convergence/reached_*", "final")),
-        preset="power",  # the same claims on 26 seeds (shape_iou only)
+        presets=(("power", ()),),  # the same claims on 26 seeds (shape_iou only)
     ),
     Link(
         "4. ... and drifts less in quality, and collapses more slowly when trained on its own samples",
@@ -84,8 +85,8 @@ LINKS = (
             ("recursive_decay", "decay/diversity/vendi", "final"),
             ("recursive_decay", "collapse/loop_collapsed", "final"),
         ),
-        preset="recursive",
-        preset_claims=("pcpo_collapse",),  # its loop; its own pcpo_fid / pcpo_diversity lines are 3-seed RL runs
+        # their loops; the recursive preset's own pcpo_fid / pcpo_diversity lines are 3-seed RL runs
+        presets=(("recursive", ("pcpo_collapse",)), ("collapse", ("pcpo_collapse", "pcpo_collapse_fid"))),
     ),
 )
 
@@ -143,13 +144,20 @@ def _value(frame: pd.DataFrame, model: str, reward: str, algorithm: str, metric:
     return _interval(r["mean"], low, high)
 
 
+LOOP_PRESETS = ("recursive", "collapse")  # the presets that run the self-consuming loop
+
+
 def _recursive_tables(tables: Path) -> tuple[pd.DataFrame, str]:
+    """The loop's decay table: the study's own, else the loop presets' (each on its own training
+    reward, so at most one of them has rows for a given model and reward)."""
     own = tables / "recursive_decay.csv"
     if own.is_file():
         return _read(own), ""
-    preset = tables.parent / "studies" / "recursive" / "tables" / "recursive_decay.csv"
-    if preset.is_file():
-        return _read(preset), "the self-consuming loop read from the recursive preset's tables (config/recursive.yaml)"
+    found = {name: tables.parent / "studies" / name / "tables" / "recursive_decay.csv" for name in LOOP_PRESETS}
+    found = {name: path for name, path in found.items() if path.is_file() and path.parent.resolve() != tables.resolve()}
+    if found:
+        names = " and ".join(f"the {name} preset's (config/{name}.yaml)" for name in found)
+        return pd.concat([_read(path) for path in found.values()]), f"the self-consuming loop read from {names} tables"
     return pd.DataFrame(), ""
 
 
@@ -194,15 +202,17 @@ def _link_reading(
     ids: tuple[str, ...],
     model: str,
     reward: str,
-    preset: tuple[pd.DataFrame, str, tuple[str, ...]] | None = None,
+    presets: list[tuple[pd.DataFrame, str, tuple[str, ...]]] = (),
 ) -> tuple[str, list[dict]]:
     """The link's reading: breaks if any of its claims is contradicted (or shown equivalent), holds
     if all are supported, not measured if none was tested, else inconclusive; and the claim lines.
-    `preset`: a preset's verdicts, its name and the claims read from it (empty: all of `ids`), whose
-    lines decide alongside (replacing the study's 'not run' placeholder for a claim it answers)."""
+    `presets`: each a preset's verdicts, its name and the claims read from it (empty: all of `ids`;
+    a preset may add claims of its own), whose lines decide alongside, replacing the study's 'not
+    run' placeholder for a claim it answers (a preset without a line on this model and reward adds
+    nothing)."""
     lines = _claim_lines(verdicts, ids, model, reward)
-    if preset is not None:
-        extra = _claim_lines(preset[0], preset[2] or ids, model, reward, preset[1])
+    for frame, name, claims in presets:
+        extra = _claim_lines(frame, claims or ids, model, reward, name)
         answered = {line["claim"] for line in extra}
         # a claim the study does not run but the preset does is decided by the preset's line alone
         lines = [line for line in lines if not (line["verdict"] == "not run" and line["claim"] in answered)] + extra
@@ -233,7 +243,7 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
     frames = {"probe": probe, "derived": _read(tables / "derived.csv")}
     frames["recursive_decay"], source = _recursive_tables(tables)
     presets: dict[str, pd.DataFrame] = {}
-    for name in {link.preset for link in LINKS if link.preset}:
+    for name in {name for link in LINKS for name, _ in link.presets}:
         folder = _preset_tables(tables, name)
         if folder is not None:
             presets[name] = _read(folder / "verdicts.csv")
@@ -264,8 +274,8 @@ def chain_section(tables: Path, method: str = "pcpo", reference: str = "ddpo_is"
     for model, reward in pairs:
         rows, readings = [], []
         for link in LINKS:
-            preset = (presets[link.preset], link.preset, link.preset_claims) if link.preset in presets else None
-            reading, lines = _link_reading(verdicts, link.claims, model, reward, preset)
+            read = [(presets[name], name, ids) for name, ids in link.presets if name in presets]
+            reading, lines = _link_reading(verdicts, link.claims, model, reward, read)
             readings.append(reading)
             shown = "<br>".join(
                 f"{html.escape(t.split(':')[0] + ': ' if ':' in t else '')}{html.escape(metric)} ({at}): "

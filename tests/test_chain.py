@@ -2,6 +2,8 @@
 reads holds / breaks / inconclusive / not measured from its claims' verdicts, shows the measures
 with their intervals, and the closing sentence says where the chain stops."""
 
+from html import unescape
+
 import pandas as pd
 
 from t2i_rl_bench.chain import LINKS, chain_section, summary
@@ -175,3 +177,54 @@ def test_link_3_shows_the_convergence_measures_by_the_names_the_analysis_writes(
     html = chain_section(tables)
     assert "convergence/rmst_samples_* (final): pcpo 200 [100, 200]" in html
     assert "(final): pcpo 0.5 [0.25, 0.5], ddpo_is 0.5 [0.25, 0.5]" in html
+
+
+def test_each_loop_preset_decides_link_4_on_its_own_training_reward(tmp_path):
+    """The recursive preset (attribute_match) and the collapse preset (shape_iou) both sit beside
+    the study: each one's lines decide link 4 only on the reward it ran, the collapse preset's
+    extra claim (pcpo_collapse_fid) is shown where it has a line, and the loop measures come from
+    whichever preset ran that reward."""
+    tables = tmp_path / "results" / "tables"
+    rows = [
+        {**v, "reward": reward}
+        for reward in ("attribute_match", "shape_iou")
+        for v in _verdicts(pcpo_credit="supported", pcpo_fid="supported", pcpo_diversity="supported").to_dict("records")
+    ]
+    _write(tables, "verdicts", pd.DataFrame(rows))
+    studies = tmp_path / "results" / "studies"
+    _write(
+        studies / "recursive" / "tables",
+        "verdicts",
+        _verdicts(pcpo_collapse="supported").assign(reward="attribute_match"),
+    )
+    _write(
+        studies / "collapse" / "tables",
+        "verdicts",
+        _verdicts(pcpo_collapse="equivalent", pcpo_collapse_fid="inconclusive").assign(reward="shape_iou"),
+    )
+    for name, reward, slope in (("recursive", "attribute_match", 11.0), ("collapse", "shape_iou", 7.0)):
+        decay = pd.DataFrame(
+            [
+                {
+                    **PAIR,
+                    "reward": reward,
+                    "algorithm": a,
+                    "variant": "replace-real0",
+                    "metric": "decay/quality/fid",
+                    "mean": slope,
+                    "ci_low": slope - 1,
+                    "ci_high": slope + 1,
+                }
+                for a in ("pcpo", "ddpo_is")
+            ]
+        )
+        _write(studies / name / "tables", "recursive_decay", decay)
+    html = chain_section(tables)
+    am, si = html.split("<h3>m / shape_iou</h3>")
+    assert "pcpo_collapse (recursive): supported" in am and "(collapse)" not in am.split("<h3>")[-1]
+    assert "decay/quality/fid (final): pcpo 11 [10, 12]" in am
+    assert "pcpo_collapse (collapse): equivalent" in si and "pcpo_collapse_fid (collapse): inconclusive" in si
+    assert "(recursive)" not in si and "decay/quality/fid (final): pcpo 7 [6, 8]" in si
+    # an equivalent loop line means PCPO does not collapse more slowly: link 4 breaks on shape_iou only
+    assert "link 4: breaks" in si and "link 4: breaks" not in am
+    assert "the recursive preset's (config/recursive.yaml) and the collapse preset's" in unescape(html)
