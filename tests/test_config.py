@@ -403,3 +403,23 @@ def test_the_collapse_preset_loops_the_default_studys_primary_reward_runs():
     claims = {c["id"]: c for c in cfg["verdicts"]["claims"]}
     assert set(claims) == {"pcpo_collapse", "pcpo_collapse_fid"}
     assert all(c["measure"].startswith("recursive:") and c["margin"] > 0 for c in claims.values())
+
+
+def test_the_collapse_rate_control_reuses_the_controlled_and_rate_check_runs():
+    """config/collapse_rate.yaml: each of its runs is specified exactly as in the learning-rate
+    control, the rate check or the default study (so their runs can be copied in), its loop is
+    the collapse preset's fully synthetic variant, and every claim compares two of its arms."""
+    cfg = study.load(ROOT / "config" / "collapse_rate.yaml", check_paths=False)
+    sources = [study.load(ROOT / "config" / f"{name}.yaml", check_paths=False) for name in ("controlled", "ratecheck")]
+    for key in study.runs(cfg):
+        matching = [other for other in sources if key in set(study.runs(other))]
+        assert matching, key
+        assert all(study.run_spec(cfg, key) == study.run_spec(other, key) for other in matching), key
+    collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
+    loops = study.recursive_variants(cfg)
+    assert (
+        list(loops) == ["replace-real0"]
+        and loops["replace-real0"] == study.recursive_variants(collapse)["replace-real0"]
+    )
+    for claim in cfg["verdicts"]["claims"]:
+        assert {claim["method"], claim["over"]} <= set(cfg["algorithms"]), claim["id"]
