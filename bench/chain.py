@@ -46,6 +46,8 @@ PRESETS = {
     "recursive": "the self-consuming loop on attribute_match, 6 methods x 3 seeds x 5 generations "
     "(config/recursive.yaml)",
     "collapse": "the self-consuming loop on shape_iou, 6 methods x 8 seeds x 5 generations (config/collapse.yaml)",
+    "collapse_rate": "the loop on shape_iou for PCPO's and DDPO-IS's losses each at 1e-4 and 3e-5, 8 seeds "
+    "(config/collapse_rate.yaml)",
     "power": "the full study's seven arms on shape_iou with 26 seeds (config/power.yaml)",
 }
 
@@ -86,7 +88,12 @@ LINKS = (
             ("recursive_decay", "collapse/loop_collapsed", "final"),
         ),
         # their loops; the recursive preset's own pcpo_fid / pcpo_diversity lines are 3-seed RL runs
-        presets=(("recursive", ("pcpo_collapse",)), ("collapse", ("pcpo_collapse", "pcpo_collapse_fid"))),
+        presets=(
+            ("recursive", ("pcpo_collapse",)),
+            ("collapse", ("pcpo_collapse", "pcpo_collapse_fid")),
+            # the same loop at equal learning rates: is a difference the loss or the rate?
+            ("collapse_rate", tuple(f"loop_loss_{m}_at_{r}" for r in ("1e-4", "3e-5") for m in ("vendi", "fid"))),
+        ),
     ),
 )
 

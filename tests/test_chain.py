@@ -228,3 +228,20 @@ def test_each_loop_preset_decides_link_4_on_its_own_training_reward(tmp_path):
     # an equivalent loop line means PCPO does not collapse more slowly: link 4 breaks on shape_iou only
     assert "link 4: breaks" in si and "link 4: breaks" not in am
     assert "the recursive preset's (config/recursive.yaml) and the collapse preset's" in unescape(html)
+
+
+def test_the_loop_rate_controls_equal_rate_lines_decide_link_4_beside_the_loop(tmp_path):
+    """The collapse preset's rate control (the loop at equal learning rates) sits beside the study:
+    its equal-rate lines are shown in link 4 and decide it with the others; its rate lines are not
+    read (they compare one loss at two rates, not PCPO with its reference)."""
+    tables = tmp_path / "results" / "tables"
+    _write(tables, "verdicts", _verdicts(pcpo_credit="supported", pcpo_fid="supported", pcpo_diversity="supported"))
+    control = tmp_path / "results" / "studies" / "collapse_rate" / "tables"
+    _write(control, "verdicts", _verdicts(**{"loop_loss_vendi_at_1e-4": "supported", "loop_rate_pcpo": "contradicted"}))
+    html = chain_section(tables)
+    assert "loop_loss_vendi_at_1e-4 (collapse_rate): supported" in html and "loop_rate_pcpo" not in html
+    # pcpo_collapse itself has no line here (no loop preset), so link 4 cannot hold ...
+    assert "pcpo_collapse: not run" in html and "link 4: inconclusive" in html
+    # ... but an equal-rate line showing no difference breaks it
+    _write(control, "verdicts", _verdicts(**{"loop_loss_vendi_at_1e-4": "equivalent"}))
+    assert "link 4: breaks" in chain_section(tables)
