@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from t2i_rl_bench import study
+
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "results" / "tables"
 STUDIES = ROOT / "results" / "studies"
@@ -159,3 +161,25 @@ def test_the_rate_checks_reading():
     for slower in ("ddpo_is-lr1e-4", "ddpo_is-lr3e-4"):  # "DDPO-IS gains no more at 1e-4 or 3e-4"
         assert headline.loc[slower, "gain"] < headline.loc["pcpo", "gain"]
         assert pair(rows, "ddpo_is", slower)["p_value"] > 0.05
+
+
+def test_the_loop_on_the_primary_reward_and_its_rate_control():
+    """The self-consuming loop's sentence: every fully synthetic loop collapses (the collapse rule
+    fires on every seed of every method), PCPO's FID slope exceeds DDPO-IS's by the quoted amount
+    at the quoted Holm p, and at equal rate (both rates) their Vendi decay is equivalent within the
+    quoted margin, the one the rate control declared."""
+    assert "every fully synthetic loop collapses" in reading()
+    decay = table(STUDIES / "collapse" / "tables" / "recursive_decay.csv")
+    fired = decay[(decay["variant"] == "replace-real0") & (decay["metric"] == "collapse/loop_collapsed")]
+    assert len(fired) == 6 and (fired["mean"] == 1).all()
+    slope, holm = typed(rf"PCPO's faster than DDPO-IS's \(FID {N} per generation, Holm p {N}\)")
+    verdicts = table(STUDIES / "collapse" / "tables" / "verdicts.csv")
+    line = verdicts[verdicts["id"] == "pcpo_collapse_fid"].iloc[0]
+    assert line["verdict"] == "contradicted" and agrees(line["effect"], slope) and agrees(line["p_holm"], holm)
+    (margin,) = typed(rf"at equal rate their Vendi decay is equivalent within {N} ")
+    control = table(STUDIES / "collapse_rate" / "tables" / "verdicts.csv")
+    equal_rate = control[control["id"].str.startswith("loop_loss_vendi_at_")]
+    assert len(equal_rate) == 2 and (equal_rate["verdict"] == "equivalent").all()
+    cfg = study.load(ROOT / "config" / "collapse_rate.yaml", check_paths=False)
+    margins = {c["margin"] for c in cfg["verdicts"]["claims"] if c["id"].startswith("loop_loss_vendi_at_")}
+    assert margins == {float(margin)}
