@@ -423,3 +423,21 @@ def test_the_collapse_rate_control_reuses_the_controlled_and_rate_check_runs():
     )
     for claim in cfg["verdicts"]["claims"]:
         assert {claim["method"], claim["over"]} <= set(cfg["algorithms"]), claim["id"]
+
+
+def test_the_collapse_replication_is_the_collapse_preset_on_the_replication_seeds():
+    """config/collapse_replication.yaml: the collapse preset's loop and claims on seeds that preset
+    never used, each run specified exactly as in the replication study (so its runs can be copied in)."""
+    cfg = study.load(ROOT / "config" / "collapse_replication.yaml", check_paths=False)
+    collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
+    replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
+    keys = set(study.runs(replication))
+    runs = study.runs(cfg)
+    assert len(runs) == 6 * 8 and all(key in keys for key in runs)
+    for key in runs:
+        assert study.run_spec(cfg, key) == study.run_spec(replication, key), key
+    assert not set(cfg["seeds"]) & set(collapse["seeds"])
+    assert list(study.recursive_variants(cfg)) == ["replace-real0"]
+    assert study.recursive_variants(cfg)["replace-real0"] == study.recursive_variants(collapse)["replace-real0"]
+    for section in ("algorithms", "sampling", "train", "evaluation", "analysis", "verdicts"):
+        assert cfg[section] == collapse[section], section
