@@ -172,7 +172,12 @@ def test_the_loop_on_the_primary_reward_and_its_rate_control():
     decay = table(STUDIES / "collapse" / "tables" / "recursive_decay.csv")
     fired = decay[(decay["variant"] == "replace-real0") & (decay["metric"] == "collapse/loop_collapsed")]
     assert len(fired) == 6 and (fired["mean"] == 1).all()
-    slope, holm = typed(rf"PCPO's faster than DDPO-IS's \(FID {N} per generation, Holm p {N}\)")
+    slope, holm = typed(rf"PCPO's faster than DDPO-IS's \(FID {N} per generation, Holm p {N};")
+    # "again on seeds 30-37": the replication check of the collapse preset found it replicated
+    assert "(results/studies/collapse/replication/replication.md) on seeds 30-37)" in reading()
+    replicated = table(STUDIES / "collapse" / "replication" / "replication.csv")
+    row = replicated[replicated["finding"].str.startswith("pcpo_collapse_fid:")]
+    assert len(row) == 1 and row["outcome"].iloc[0] == "replicated"
     verdicts = table(STUDIES / "collapse" / "tables" / "verdicts.csv")
     line = verdicts[verdicts["id"] == "pcpo_collapse_fid"].iloc[0]
     assert line["verdict"] == "contradicted" and agrees(line["effect"], slope) and agrees(line["p_holm"], holm)
