@@ -383,6 +383,17 @@ def test_the_full_preset_extends_the_default_study_and_the_ablation_run_for_run(
     assert cfg["evaluation"] == default["evaluation"]
 
 
+def _every_run_specified_as_in(cfg: dict, *others: dict) -> int:
+    """Assert that each run of `cfg` is a run of one of `others`, specified exactly as in every one
+    that has it (so that their run folders can be copied in); returns the number of runs."""
+    runs = study.runs(cfg)
+    for key in runs:
+        having = [other for other in others if key in set(study.runs(other))]
+        assert having, key
+        assert all(study.run_spec(cfg, key) == study.run_spec(other, key) for other in having), key
+    return len(runs)
+
+
 def test_the_collapse_preset_loops_the_default_studys_primary_reward_runs():
     """config/collapse.yaml: its RL runs are the default study's shape_iou runs, specified exactly
     as there (so they can be copied in), with the default's evaluation; its loop is the recursive
@@ -391,11 +402,7 @@ def test_the_collapse_preset_loops_the_default_studys_primary_reward_runs():
     cfg = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
     default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
     recursive = study.load(ROOT / "config" / "recursive.yaml", check_paths=False)
-    keys = set(study.runs(default))
-    runs = study.runs(cfg)
-    assert len(runs) == 6 * 8 and all(key in keys for key in runs)
-    for key in runs:
-        assert study.run_spec(cfg, key) == study.run_spec(default, key), key
+    assert _every_run_specified_as_in(cfg, default) == 6 * 8
     assert cfg["evaluation"] == default["evaluation"] and cfg["rewards"] == ["shape_iou"]
     loops, theirs = study.recursive_variants(cfg), study.recursive_variants(recursive)
     assert list(loops) == ["replace-real0", "replace-real0.5"]
@@ -411,10 +418,7 @@ def test_the_collapse_rate_control_reuses_the_controlled_and_rate_check_runs():
     the collapse preset's fully synthetic variant, and every claim compares two of its arms."""
     cfg = study.load(ROOT / "config" / "collapse_rate.yaml", check_paths=False)
     sources = [study.load(ROOT / "config" / f"{name}.yaml", check_paths=False) for name in ("controlled", "ratecheck")]
-    for key in study.runs(cfg):
-        matching = [other for other in sources if key in set(study.runs(other))]
-        assert matching, key
-        assert all(study.run_spec(cfg, key) == study.run_spec(other, key) for other in matching), key
+    assert _every_run_specified_as_in(cfg, *sources) == 6 * 8
     collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
     loops = study.recursive_variants(cfg)
     assert (
@@ -431,11 +435,7 @@ def test_the_collapse_replication_is_the_collapse_preset_on_the_replication_seed
     cfg = study.load(ROOT / "config" / "collapse_replication.yaml", check_paths=False)
     collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
     replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
-    keys = set(study.runs(replication))
-    runs = study.runs(cfg)
-    assert len(runs) == 6 * 8 and all(key in keys for key in runs)
-    for key in runs:
-        assert study.run_spec(cfg, key) == study.run_spec(replication, key), key
+    assert _every_run_specified_as_in(cfg, replication) == 6 * 8
     assert not set(cfg["seeds"]) & set(collapse["seeds"])
     assert list(study.recursive_variants(cfg)) == ["replace-real0"]
     assert study.recursive_variants(cfg)["replace-real0"] == study.recursive_variants(collapse)["replace-real0"]
