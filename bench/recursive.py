@@ -13,8 +13,10 @@ sampling bias), adds real rendered scenes so that they make `real_fraction` of t
 data (the same fixed real set every generation: MAD's synthetic augmentation loop), and then
 fine-tunes the denoiser with the pretraining objective on the training set of `mode`:
 `replace` the newest generation's data only, `accumulate` every generation's data so far (the
-real share stays `real_fraction` in both modes, so the mode is the only difference). Every
-generation, the start (g = 0) included, is measured like an evaluation checkpoint: FID/KID,
+real share stays `real_fraction` in both modes, so the mode is the only difference). The loop
+samples with the run's training sampler (each method's own SDE) unless `sampler` is
+"evaluation" (the study's evaluation sampler for every method). Every generation, the start
+(g = 0) included, is measured with the same metrics as an evaluation checkpoint: FID/KID,
 precision/recall/density/coverage against rendered references, per-prompt diversity, attribute
 accuracy. The decay rate of a measure is its least-squares slope per generation
 (`t2i_rl_bench.metrics.collapse.decay_rate`); the tables give it with an interval over seeds.
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2i_rl_bench.evaluate import QualityJudge
+from t2i_rl_bench.evaluate import QualityJudge, evaluation_spec
 from t2i_rl_bench.factory import open_policy, open_reward, open_sampler
 from t2i_rl_bench.interfaces import Sampler
 from t2i_rl_bench.io import atomic_write_json
@@ -73,12 +75,17 @@ class RecursiveSettings:
     batch_size: int = 64
     lr: float = 1e-4
     seed: int = 0  # combined with the run's seed: every seed of a method runs its own loop
+    # the sampler of the generations and their measurement: "training", the run's own (each method's
+    # SDE), or "evaluation", the study's evaluation sampler for every method
+    sampler: str = "training"
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"recursive mode must be one of {MODES}, got {self.mode!r}")
         if not 0 <= self.real_fraction < 1:
             raise ValueError(f"real_fraction must be in [0, 1), got {self.real_fraction}")
+        if self.sampler not in ("training", "evaluation"):
+            raise ValueError(f"recursive sampler must be 'training' or 'evaluation', got {self.sampler!r}")
 
     @classmethod
     def from_dict(cls, section: dict) -> RecursiveSettings:
@@ -203,7 +210,7 @@ def recursive_run(
     if (final / "state.json").is_file():
         policy.load_denoiser_state(final)
         start = f"checkpoint {final.name}"
-    sampler = open_sampler(spec, policy)
+    sampler = open_sampler(evaluation_spec(spec, evaluation) if settings.sampler == "evaluation" else spec, policy)
     reward = open_reward(spec)
     eval_set = [
         p

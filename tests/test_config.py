@@ -441,3 +441,17 @@ def test_the_collapse_replication_is_the_collapse_preset_on_the_replication_seed
     assert study.recursive_variants(cfg)["replace-real0"] == study.recursive_variants(collapse)["replace-real0"]
     for section in ("algorithms", "sampling", "train", "evaluation", "analysis", "verdicts"):
         assert cfg[section] == collapse[section], section
+
+
+def test_the_collapse_ode_preset_is_the_collapse_preset_at_the_evaluation_sampler():
+    """config/collapse_ode.yaml: the collapse preset's runs, fully synthetic loop and claims, with
+    the loop drawn and measured at the evaluation sampler (the only difference in the loop)."""
+    cfg = study.load(ROOT / "config" / "collapse_ode.yaml", check_paths=False)
+    collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    assert _every_run_specified_as_in(cfg, default) == 6 * 8
+    loops = study.recursive_variants(cfg)
+    assert list(loops) == ["replace-real0"]
+    assert loops["replace-real0"] == {**study.recursive_variants(collapse)["replace-real0"], "sampler": "evaluation"}
+    for section in ("algorithms", "sampling", "train", "evaluation", "analysis", "verdicts"):
+        assert cfg[section] == collapse[section], section

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -238,6 +239,39 @@ def test_self_consuming_loop_measures_every_generation_and_reproduces(tiny_model
     )
     assert [r["train_images"] for r in replace["rows"][1:]] == [6, 6]
     assert replace["rows"][1] == out["rows"][1]  # generation 1: the same data in both modes
+
+
+def test_the_evaluation_sampler_makes_the_loop_independent_of_the_runs_training_sampler(tiny_model, tmp_path):
+    """sampler 'training' draws and measures with the run's own sampler (its eta); 'evaluation' with
+    the study's evaluation sampler, the same for every run: two runs that differ only in their
+    training eta then give the same loop, value for value."""
+    run = tmp_path / "run"
+    spec = RunSpec(
+        model_path=str(tiny_model),
+        algorithm="reinforce",
+        reward="attribute_match",
+        num_steps=3,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
+    )
+    train(spec, run)
+    settings = dict(generations=1, images_per_generation=4, finetune_steps=1, batch_size=4)
+    evaluation = {**EVALUATION, "eta": 0.0}
+    loops = {
+        (sampler, eta): recursive_run(
+            run,
+            dataclasses.replace(RunSpec.read(run), eta=eta),
+            RecursiveSettings(name=f"{sampler}-{eta}", sampler=sampler, **settings),
+            evaluation,
+        )["rows"]
+        for sampler in ("training", "evaluation")
+        for eta in (0.3, 1.0)
+    }
+    assert loops[("evaluation", 0.3)] == loops[("evaluation", 1.0)]
+    assert loops[("training", 0.3)][0] != loops[("training", 1.0)][0]
+    with pytest.raises(ValueError, match="sampler"):
+        RecursiveSettings(sampler="ode")
 
 
 def test_finetune_fits_its_data(tiny_model):
