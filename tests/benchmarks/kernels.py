@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tests.benchmarks.rl_step import gemm_rate
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "results" / "models" / "dit16-flow" / "transformer"
 KINDS = {  # profiler operator name (after "aten::") -> kind
@@ -103,8 +105,7 @@ def main() -> None:
     def emit(what: str, **row: object) -> None:
         print(json.dumps({"what": what, **row}), flush=True)
 
-    a, b = torch.randn(512, 512), torch.randn(512, 512)
-    gemm = 2 * 512**3 / best_cpu(lambda: a @ b, 20)
+    gemm = gemm_rate()  # the same reference rate as rl_step's
     emit("gemm", gflops=round(gemm / 1e9, 1), threads=args.threads)
 
     model = PixArtDiT.from_pretrained(MODEL).train()
