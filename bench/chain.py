@@ -45,7 +45,10 @@ PRESETS = {
     "gradient": "the gradient probe at K = 64 (config/gradient.yaml)",
     "recursive": "the self-consuming loop on attribute_match, 6 methods x 3 seeds x 5 generations "
     "(config/recursive.yaml)",
-    "collapse": "the self-consuming loop on shape_iou, 6 methods x 8 seeds x 5 generations (config/collapse.yaml)",
+    "collapse": "the self-consuming loop on shape_iou, 6 methods x 8 seeds x 5 generations, each at its training SDE "
+    "(config/collapse.yaml)",
+    "collapse_ode": "the loop on shape_iou drawn and measured at the evaluation ODE for every method "
+    "(config/collapse_ode.yaml)",
     "collapse_rate": "the loop on shape_iou for PCPO's and DDPO-IS's losses each at 1e-4 and 3e-5, 8 seeds "
     "(config/collapse_rate.yaml)",
     "power": "the full study's seven arms on shape_iou with 26 seeds (config/power.yaml)",
@@ -91,6 +94,7 @@ LINKS = (
         presets=(
             ("recursive", ("pcpo_collapse",)),
             ("collapse", ("pcpo_collapse", "pcpo_collapse_fid")),
+            ("collapse_ode", ("pcpo_collapse", "pcpo_collapse_fid")),  # the same at one sampler for every method
             # the same loop at equal learning rates: is a difference the loss or the rate?
             ("collapse_rate", tuple(f"loop_loss_{m}_at_{r}" for r in ("1e-4", "3e-5") for m in ("vendi", "fid"))),
         ),
