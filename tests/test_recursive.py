@@ -198,20 +198,23 @@ def test_recursive_tables_give_each_variants_decay_with_an_interval_and_the_repo
 # ---- the loop itself, on a tiny model ----------------------------------------------------------
 
 
-def test_self_consuming_loop_measures_every_generation_and_reproduces(tiny_model, tmp_path):
-    run = tmp_path / "run"
-    train(
-        RunSpec(
-            model_path=str(tiny_model),
-            algorithm="reinforce",
-            reward="attribute_match",
-            num_steps=3,
-            images_per_round=4,
-            group_size=2,
-            budgets=[4],
-        ),
-        run,
+def _trained_run(tiny_model, folder: Path) -> Path:
+    """A tiny REINFORCE run of one round (4 images), its final checkpoint the loop's start."""
+    spec = RunSpec(
+        model_path=str(tiny_model),
+        algorithm="reinforce",
+        reward="attribute_match",
+        num_steps=3,
+        images_per_round=4,
+        group_size=2,
+        budgets=[4],
     )
+    train(spec, folder)
+    return folder
+
+
+def test_self_consuming_loop_measures_every_generation_and_reproduces(tiny_model, tmp_path):
+    run = _trained_run(tiny_model, tmp_path / "run")
     run_cfg = RunSpec.read(run)
     settings = RecursiveSettings(
         name="acc",
@@ -245,17 +248,7 @@ def test_the_evaluation_sampler_makes_the_loop_independent_of_the_runs_training_
     """sampler 'training' draws and measures with the run's own sampler (its eta); 'evaluation' with
     the study's evaluation sampler, the same for every run: two runs that differ only in their
     training eta then give the same loop, value for value."""
-    run = tmp_path / "run"
-    spec = RunSpec(
-        model_path=str(tiny_model),
-        algorithm="reinforce",
-        reward="attribute_match",
-        num_steps=3,
-        images_per_round=4,
-        group_size=2,
-        budgets=[4],
-    )
-    train(spec, run)
+    run = _trained_run(tiny_model, tmp_path / "run")
     settings = dict(generations=1, images_per_generation=4, finetune_steps=1, batch_size=4)
     evaluation = {**EVALUATION, "eta": 0.0}
     loops = {
