@@ -3,8 +3,12 @@
 
 A study calibrates when it runs one method under several labels that differ only in their own
 learning rate (`algorithms.<label>: {plugin: <method>, lr: ...}`, config/calibration.yaml). Each
-run scores its mean training reward over all its rounds (fast and durable learning both count; a
-rate that learns and then collapses loses). For each method the rule takes, among the rates whose
+run has one score (`analysis.calibration_score`): `training`, its mean training reward over all its
+rounds (fast and durable learning both count; a rate that learns and then collapses loses), or
+`evaluation`, the mean of its evaluation reward over the calibration's budgets (the same, read at
+the study's evaluation sampler, one for every method, and on the evaluation's prompts; a preset
+that scores this way evaluates on the training prompts, config/calibration_ode.yaml, so no rate is
+chosen on the prompts a study reports). For each method the rule takes, among the rates whose
 score (mean over the calibration seeds) lies within one standard error of the best rate's score
 (the one-standard-error rule, Breiman et al. 1984), the lowest: a tie within noise goes to the
 gentler rate, never to the last decimal of one seed. The chosen rate is *bracketed* when the grid
@@ -19,6 +23,7 @@ only the calibration study's own seeds (never the study's) and treat every metho
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +32,23 @@ import pandas as pd
 
 from t2i_rl_bench import study
 
-SELECTION_RULE = (
-    "per method, the lowest learning rate whose mean training reward over all its rounds (mean over the "
-    "calibration seeds) is within one standard error (over those seeds) of the best rate's; bracketed: a grid rate "
-    "lies on each side of the chosen one (else extend the grid on the flagged side); recommended final budget: the "
-    "first calibration budget after the latest budget at which a chosen rate's held-out reward peaks"
-)
+SCORES = {
+    "training": "mean training reward over all its rounds",
+    "evaluation": "mean evaluation reward over the calibration's budgets",
+}
+
+
+def selection_rule(score: str = "training", prompts: str = "heldout") -> str:
+    """The rule as the calibration table's header states it."""
+    return (
+        f"per method, the lowest learning rate whose {SCORES[score]} (mean over the calibration seeds) is within "
+        "one standard error (over those seeds) of the best rate's; bracketed: a grid rate lies on each side of the "
+        "chosen one (else extend the grid on the flagged side); recommended final budget: the first calibration "
+        f"budget after the latest budget at which a chosen rate's evaluation reward ({prompts} prompts) peaks"
+    )
+
+
+SELECTION_RULE = selection_rule()  # the committed calibrations' rule
 
 
 @dataclass(frozen=True)
@@ -74,13 +90,33 @@ def training_curve(run_dir: Path) -> pd.DataFrame:
     )
 
 
+def score_kind(cfg: dict) -> str:
+    return str(cfg.get("analysis", {}).get("calibration_score", "training"))
+
+
+def curve_prefix(cfg: dict) -> str:
+    """The evaluation curve's column prefix: the evaluation's prompt set (`heldout_512`, `train_512`)."""
+    return str(cfg.get("evaluation", {}).get("prompts", "heldout"))
+
+
+def curve_columns(columns) -> list[str]:
+    """The evaluation curve's columns of a calibration table, in budget order."""
+    found = [c for c in columns if re.fullmatch(r"(heldout|train)_\d+", str(c))]
+    return sorted(found, key=lambda c: int(c.rsplit("_", 1)[1]))
+
+
 def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
-    """One row per grid point: mean training reward, held-out training reward at each budget (mean
-    over the calibration seeds), and whether the rule chose it; plus the recommended final budget
-    (None without a grid)."""
+    """One row per grid point: mean training reward, the evaluation reward at each budget (mean over
+    the calibration seeds; columns named by the evaluation's prompt set), the rule's score and its
+    standard error, and whether the rule chose it; plus the recommended final budget (None without a
+    grid)."""
     grid = lr_grid(cfg)
     if not grid:
         return pd.DataFrame(), None
+    kind = score_kind(cfg)
+    if kind not in SCORES:
+        raise ValueError(f"analysis.calibration_score: {kind!r} is not one of {sorted(SCORES)}")
+    prefix = curve_prefix(cfg)
     budgets = sorted(int(b) for b in cfg["train"]["budgets"])
     rows = []
     for key in study.runs(cfg):
@@ -102,21 +138,30 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
                 "lr": point.lr,
                 "seed": key.seed,
                 "mean_train_reward": training_reward(runs_root / key.path),
-                **{f"heldout_{b}": float(held.get(b, np.nan)) for b in [0, *budgets]},
+                **{f"{prefix}_{b}": float(held.get(b, np.nan)) for b in [0, *budgets]},
             }
         )
     per_seed = pd.DataFrame(rows)
     if per_seed.empty:
         return per_seed, None
+    if kind == "training":
+        per_seed["score"] = per_seed["mean_train_reward"]
+    else:  # the mean over the trained budgets (budget 0 is the base, the same for every rate)
+        per_seed["score"] = per_seed[[f"{prefix}_{b}" for b in budgets]].to_numpy(dtype=float).mean(axis=1)
     keys = ["model", "reward", "method", "label", "lr"]
     table = per_seed.drop(columns="seed").groupby(keys, as_index=False).mean(numeric_only=True)
-    spread = per_seed.groupby(keys)["mean_train_reward"].agg(lambda v: v.std(ddof=1) / np.sqrt(v.notna().sum()))
-    table["train_reward_se"] = table.set_index(keys).index.map(spread).to_numpy(dtype=float)
+
+    def se(column: str) -> np.ndarray:
+        spread = per_seed.groupby(keys)[column].agg(lambda v: v.std(ddof=1) / np.sqrt(v.notna().sum()))
+        return table.set_index(keys).index.map(spread).to_numpy(dtype=float)
+
+    table["train_reward_se"] = se("mean_train_reward")
+    table["score_se"] = se("score")
     table["n_seeds"] = table.set_index(keys).index.map(per_seed.groupby(keys)["seed"].nunique()).to_numpy()
     table["chosen"] = False
     table["edge"] = ""
     for _, part in table.groupby(["model", "reward", "method"]):
-        label = choose(part)
+        label = choose(part, "score", "score_se")
         if label is None:
             continue
         i = part.index[part["label"] == label][0]
@@ -125,29 +170,30 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
         lr = float(table.loc[i, "lr"])
         table.loc[i, "edge"] = "lowest" if lr <= lrs.min() else ("highest" if lr >= lrs.max() else "")
     table["bracketed"] = table["chosen"] & (table["edge"] == "")
-    return table.sort_values(["model", "reward", "method", "lr"]).reset_index(drop=True), final_budget(table, budgets)
+    table = table.sort_values(["model", "reward", "method", "lr"]).reset_index(drop=True)
+    return table, final_budget(table, budgets, prefix)
 
 
-def choose(part: pd.DataFrame) -> str | None:
-    """The one-standard-error rule on one method's grid points (columns label, lr,
-    mean_train_reward, train_reward_se): the lowest rate within one standard error of the best
-    (the best's own se; NaN with one seed: the best itself)."""
-    scored = part[part["mean_train_reward"].notna()]
+def choose(part: pd.DataFrame, score: str = "mean_train_reward", se_column: str = "train_reward_se") -> str | None:
+    """The one-standard-error rule on one method's grid points (columns label, lr, the score and
+    its standard error): the lowest rate within one standard error of the best (the best's own se;
+    NaN with one seed: the best itself)."""
+    scored = part[part[score].notna()]
     if scored.empty:
         return None
-    best = scored.loc[scored["mean_train_reward"].idxmax()]
-    se = float(best["train_reward_se"]) if np.isfinite(best["train_reward_se"]) else 0.0
-    close = scored[scored["mean_train_reward"] >= best["mean_train_reward"] - se]
+    best = scored.loc[scored[score].idxmax()]
+    se = float(best[se_column]) if np.isfinite(best[se_column]) else 0.0
+    close = scored[scored[score] >= best[score] - se]
     return str(close.sort_values("lr").iloc[0]["label"])
 
 
-def final_budget(table: pd.DataFrame, budgets: list[int]) -> int | None:
-    """The first calibration budget after the latest peak of the chosen rates' held-out curves;
+def final_budget(table: pd.DataFrame, budgets: list[int], prefix: str = "heldout") -> int | None:
+    """The first calibration budget after the latest peak of the chosen rates' evaluation curves;
     None when some curve peaks at the last budget (it has not been passed) or there is none."""
     chosen = table[table["chosen"]]
     peaks = []
     for _, row in chosen.iterrows():
-        curve = row[[f"heldout_{b}" for b in budgets]].to_numpy(dtype=float)
+        curve = row[[f"{prefix}_{b}" for b in budgets]].to_numpy(dtype=float)
         if np.isfinite(curve).any():
             peaks.append(int(np.nanargmax(curve)))
     if not peaks or max(peaks) + 1 >= len(budgets):

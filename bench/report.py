@@ -389,9 +389,17 @@ def calibration_section(tables: Path, runs_root: Path) -> str:
         return ""
     table, header = read_table(path)
     notes = [h for h in header if h.startswith(("selection rule", "recommended"))]
-    budgets = [c for c in table.columns if c.startswith("heldout_")]
-    shown = table[["method", "lr", "mean_train_reward", *budgets, "chosen"]].copy()
-    shown.columns = ["method", "lr", "mean training reward", *[f"held-out @{c[8:]}" for c in budgets], "chosen"]
+    budgets = calibration.curve_columns(table.columns)
+    scored = ["score"] if "score" in table.columns else []  # calibrations before the score option
+    shown = table[["method", "lr", "mean_train_reward", *scored, *budgets, "chosen"]].copy()
+    shown.columns = [
+        "method",
+        "lr",
+        "mean training reward",
+        *["the rule's score"] * len(scored),
+        *[f"{c.split('_')[0].replace('heldout', 'held-out')} @{c.rsplit('_', 1)[1]}" for c in budgets],
+        "chosen",
+    ]
     parts = ["<h2>Learning-rate calibration</h2>", *(f"<p>{html.escape(n)}</p>" for n in notes)]
     parts.append(
         "<div class='scroll'>" + shown.to_html(index=False, float_format=_f, na_rep=MISSING, border=0) + "</div>"
@@ -409,7 +417,7 @@ def calibration_section(tables: Path, runs_root: Path) -> str:
                 curve = pd.concat(curves).groupby("images_seen")["reward_mean"].mean()
                 smooth = curve.rolling(4, min_periods=1).mean()
                 axes[0, col].plot(smooth.index, smooth.to_numpy(), label=f"lr {row['lr']:g}", **style)
-            x = [int(c[8:]) for c in budgets]
+            x = [int(c.rsplit("_", 1)[1]) for c in budgets]
             axes[1, col].plot(x, row[budgets].to_numpy(dtype=float), marker="o", ms=3, **style)
         axes[0, col].set_title(f"{method}", fontsize=10)
         axes[0, col].legend(fontsize=7)
@@ -417,9 +425,10 @@ def calibration_section(tables: Path, runs_root: Path) -> str:
         for ax in axes[:, col]:
             ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("training reward\n(4-round moving mean)", fontsize=8)
-    axes[1, 0].set_ylabel("held-out reward", fontsize=8)
+    on = "held-out" if not budgets or budgets[0].startswith("heldout") else "training-prompt"
+    axes[1, 0].set_ylabel(f"{on} reward", fontsize=8)
     fig.tight_layout()
-    title = "Training reward per round (top) and held-out reward at each budget (bottom); thick: chosen rate"
+    title = f"Training reward per round (top) and {on} reward at each budget (bottom); thick: chosen rate"
     alt = html.escape(title)
     parts.append(f"<figure><img alt='{alt}' src='{_png(fig)}'><figcaption>{alt}</figcaption></figure>")
     return "\n".join(parts)

@@ -913,7 +913,8 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
     calib, final = calibration.calibrate(cfg, runs_root, seed_rows)
     if len(calib):  # a learning-rate grid (config/calibration.yaml): the rule's choice per method
-        notes = [f"selection rule: {calibration.SELECTION_RULE}", f"recommended final budget: {final}"]
+        rule = calibration.selection_rule(calibration.score_kind(cfg), calibration.curve_prefix(cfg))
+        notes = [f"selection rule: {rule}", f"recommended final budget: {final}"]
         atomic_write_text(
             out / "calibration.csv", _header(prov, "#", notes) + calib.to_csv(index=False, float_format="%.6g")
         )

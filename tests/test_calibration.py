@@ -124,3 +124,35 @@ def test_no_final_budget_while_a_curve_still_peaks_at_the_last_budget():
     assert calibration.final_budget(table, [64, 128]) is None
     table.loc[0, "heldout_128"] = 0.5
     assert calibration.final_budget(table, [64, 128]) == 128
+
+
+def test_the_evaluation_score_sees_what_a_flat_training_reward_does_not(tmp_path):
+    """analysis.calibration_score: evaluation scores each run by the mean of its evaluation curve
+    over the trained budgets (not budget 0); a training reward flat across rates (DanceGRPO's on
+    its own SDE) sends the training rule to the lowest rate, the evaluation rule to the rate whose
+    evaluation rises; the columns are named by the evaluation's prompt set."""
+    flat = [0.5, 0.5, 0.5, 0.5]
+    train = {"a-slow": flat, "a-fast": flat, "b-slow": flat, "b": flat, "c": flat}
+    held = {
+        "a-slow": {0: 0.5, 64: 0.50, 128: 0.52},  # mean over 64, 128: 0.51
+        "a-fast": {0: 0.5, 64: 0.60, 128: 0.58},  # 0.59
+        "b-slow": {0: 0.5, 64: 0.55, 128: 0.55},
+        "b": {0: 0.5, 64: 0.55, 128: 0.55},  # a tie: the gentler rate
+        "c": {0: 0.5, 64: 0.9, 128: 0.9},
+    }
+    cfg, seed_rows = _write_runs(tmp_path, train, held)
+    by_training, _ = calibration.calibrate(cfg, tmp_path, seed_rows)
+    assert by_training[by_training["chosen"]].set_index("method")["label"].to_dict() == {"a": "a-slow", "b": "b-slow"}
+    cfg["analysis"] = {"calibration_score": "evaluation"}
+    cfg["evaluation"] = {"prompts": "train"}
+    table, final = calibration.calibrate(cfg, tmp_path, seed_rows)
+    assert table[table["chosen"]].set_index("method")["label"].to_dict() == {"a": "a-fast", "b": "b-slow"}
+    t = table.set_index("label")
+    assert t.loc["a-fast", "score"] == pytest.approx(0.59) and t.loc["a-slow", "score"] == pytest.approx(0.51)
+    assert t.loc["a-fast", "score_se"] == pytest.approx(0.0)  # both seeds equal
+    assert calibration.curve_columns(table.columns) == ["train_0", "train_64", "train_128"]
+    assert final == 128  # a-fast peaks at 64, b-slow ties at 64 (its first maximum)
+    assert "mean evaluation reward" in calibration.selection_rule("evaluation", "train")
+    cfg["analysis"] = {"calibration_score": "held-out"}
+    with pytest.raises(ValueError, match="calibration_score"):
+        calibration.calibrate(cfg, tmp_path, seed_rows)

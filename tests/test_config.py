@@ -455,3 +455,17 @@ def test_the_collapse_ode_preset_is_the_collapse_preset_at_the_evaluation_sample
     assert loops["replace-real0"] == {**study.recursive_variants(collapse)["replace-real0"], "sampler": "evaluation"}
     for section in ("algorithms", "sampling", "train", "evaluation", "analysis", "verdicts"):
         assert cfg[section] == collapse[section], section
+
+
+def test_the_calibration_at_the_evaluation_sampler_rescores_the_calibrations_runs():
+    """config/calibration_ode.yaml: every run is config/calibration.yaml's, specified exactly as
+    there (its runs are copied in); it evaluates on the training prompts at the ODE and scores
+    each run by that evaluation's curve, everything else of the calibration unchanged."""
+    cfg = study.load(ROOT / "config" / "calibration_ode.yaml", check_paths=False)
+    calibration = study.load(ROOT / "config" / "calibration.yaml", check_paths=False)
+    assert _every_run_specified_as_in(cfg, calibration) == len(study.runs(calibration)) == 50
+    assert cfg["evaluation"]["prompts"] == "train" and cfg["evaluation"]["eta"] == 0.0
+    assert cfg["analysis"]["calibration_score"] == "evaluation"
+    assert calibration["analysis"].get("calibration_score", "training") == "training"
+    rest = {k: v for k, v in cfg["evaluation"].items() if k != "prompts"}
+    assert rest == {k: v for k, v in calibration["evaluation"].items() if k != "prompts"}
