@@ -2,6 +2,7 @@ import copy
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -469,3 +470,26 @@ def test_the_calibration_at_the_evaluation_sampler_rescores_the_calibrations_run
     assert calibration["analysis"].get("calibration_score", "training") == "training"
     rest = {k: v for k, v in cfg["evaluation"].items() if k != "prompts"}
     assert rest == {k: v for k, v in calibration["evaluation"].items() if k != "prompts"}
+
+
+def test_the_study_at_the_evaluation_samplers_rates_reuses_the_runs_both_rules_share():
+    """config/ode_rates.yaml: the default study's shape_iou design at config/calibration_ode.yaml's
+    rates; each run that another study made at the same rate is specified exactly as there (so it
+    is copied in), the rest are PRDP's and DanceGRPO's new rates; every rate is that calibration's
+    chosen rate for its method."""
+    cfg = study.load(ROOT / "config" / "ode_rates.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    ratecheck = study.load(ROOT / "config" / "ratecheck.yaml", check_paths=False)
+    shared = {k: v for k, v in cfg["algorithms"].items() if k in ("reinforce-lr1e-4", "ddpo_is", "loop", "pcpo")}
+    assert _every_run_specified_as_in({**cfg, "algorithms": shared}, default, ratecheck) == 4 * 8
+    rates = {(v.get("plugin", k)): v["lr"] for k, v in cfg["algorithms"].items()}
+    assert rates == {"reinforce": 1e-4, "ddpo_is": 3e-5, "loop": 3e-5, "prdp": 3e-5, "dancegrpo": 1e-4, "pcpo": 1e-4}
+    chosen = pd.read_csv(ROOT / "results/studies/calibration_ode/tables/calibration.csv", comment="#")
+    chosen = chosen[chosen["chosen"]]
+    assert chosen["bracketed"].all() and dict(zip(chosen["method"], chosen["lr"], strict=True)) == pytest.approx(rates)
+    for section in ("sampling", "train", "evaluation"):
+        assert cfg[section] == default[section], section
+    prdp = {k: v for k, v in cfg["algorithms"]["prdp-lr3e-5"].items() if k not in ("plugin", "lr")}
+    assert prdp == {k: v for k, v in default["algorithms"]["prdp"].items() if k != "lr"}
+    assert cfg["seeds"] == default["seeds"] and cfg["rewards"] == ["shape_iou"]
+    assert not cfg["analysis"].get("unbracketed_rates")
