@@ -381,6 +381,9 @@ def curve_figures(table: pd.DataFrame) -> list[tuple[str, str]]:
     return figures
 
 
+CURVE_NAMES = {"heldout": "held-out", "train": "training prompts"}  # a calibration curve's prompt set
+
+
 def calibration_section(tables: Path, runs_root: Path) -> str:
     """The learning-rate calibration (tables/calibration.csv, written when a study runs a method at
     several rates): the rule, its choice per method, and each method's training and held-out curves."""
@@ -397,7 +400,7 @@ def calibration_section(tables: Path, runs_root: Path) -> str:
         "lr",
         "mean training reward",
         *["the rule's score"] * len(scored),
-        *[f"{c.split('_')[0].replace('heldout', 'held-out')} @{c.rsplit('_', 1)[1]}" for c in budgets],
+        *[f"{CURVE_NAMES[c.split('_')[0]]} @{c.rsplit('_', 1)[1]}" for c in budgets],
         "chosen",
     ]
     parts = ["<h2>Learning-rate calibration</h2>", *(f"<p>{html.escape(n)}</p>" for n in notes)]

@@ -200,3 +200,20 @@ def test_the_report_reads_at_1366_px_without_widening_the_page(built, tmp_path):
     assert width <= 1366 and page_width <= width, f"the page is {page_width} px wide in a {width} px window"
     assert headline[0] <= headline[1], f"the headline table needs {headline[0]} px of {headline[1]}"
     assert (tmp_path / "report-1366.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("prefix", "score", "shown"),
+    [("heldout", False, "held-out @128"), ("train", True, "training prompts @128")],
+)
+def test_the_calibration_section_names_the_curves_prompt_set_and_the_rules_score(tmp_path, prefix, score, shown):
+    """A calibration table (bench/calibration.py) names its evaluation curve by the prompt set it
+    was measured on; one written before the score option has no score column and still renders."""
+    row = {"model": "m", "reward": "r", "method": "a", "label": "a", "lr": 1e-4, "mean_train_reward": 0.5}
+    row |= {f"{prefix}_0": 0.5, f"{prefix}_128": 0.6, "train_reward_se": 0.01, "chosen": True}
+    if score:
+        row |= {"score": 0.6, "score_se": 0.01}
+    (tmp_path / "calibration.csv").write_text("# selection rule: x\n" + pd.DataFrame([row]).to_csv(index=False))
+    html_text = report.calibration_section(tmp_path, tmp_path)
+    assert shown in html_text and "train_reward_se" not in html_text
+    assert ("the rule&#x27;s score" in html_text or "the rule's score" in html_text) == score
