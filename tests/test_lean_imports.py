@@ -77,10 +77,11 @@ def test_the_diffusers_path_imports_no_scoring_library_and_one_diffusers_model()
     assert result["same_class"]  # a later package import finds the very class the policy uses
 
 
-SCORING_ABSENT = ["open_clip", "transformers", "torchvision", "torch._dynamo", "sympy", "torchmetrics"]
+SCORING_ABSENT = ["open_clip", "transformers", "torchvision", "torch._dynamo", "sympy", "torchmetrics", "scipy.stats"]
 SCORING = """
 import json, os, sys
 import torch
+import t2i_rl_bench.evaluate, t2i_rl_bench.probe  # the assess job's modules: scipy.stats only where used
 from t2i_rl_bench.judges.clip import image_features, load_clip
 from t2i_rl_bench.metrics.quality import fid, kid
 g = torch.Generator().manual_seed(0)
@@ -110,9 +111,10 @@ def _scoring(lean: bool) -> dict:
 
 
 def test_scoring_loads_neither_open_clip_nor_torchmetrics_package_and_computes_the_same_numbers():
-    """The assess job's scoring (docs/performance.md#start-up-the-lean-clip-judge): the judge and
-    torchmetrics' FID and KID without open_clip, transformers, torchvision, torch._dynamo or
-    torchmetrics' package __init__, and the same FID, KID and cosines as the packages' own path."""
+    """The assess job's scoring (docs/performance.md#start-up-the-assess-job): its modules, the judge
+    and torchmetrics' FID and KID without open_clip, transformers, torchvision, torch._dynamo,
+    torchmetrics' package __init__ or scipy.stats, and the same FID, KID and cosines as the
+    packages' own path."""
     lean, reference = _scoring(True), _scoring(False)
     assert not any(lean["loaded"].values()), lean["loaded"]
     assert reference["loaded"]["open_clip"] and reference["loaded"]["torchmetrics"]

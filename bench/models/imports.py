@@ -241,3 +241,18 @@ def _fid_kid_from_modules() -> tuple[Any, Any]:
     fid = importlib.import_module(f"{METRICS_SUBPACKAGE}.fid")
     kid = importlib.import_module(f"{METRICS_SUBPACKAGE}.kid")
     return fid.FrechetInceptionDistance, kid.KernelInceptionDistance
+
+
+class LazyModule:
+    """A module imported on its first attribute access (docs/performance.md#start-up-the-assess-job):
+    `stats = LazyModule("scipy.stats")` at the top of a module keeps `stats.t.ppf(...)` as it reads,
+    and a job that never calls it never imports it (scipy.stats, optimize and special: ~0.5 s of CPU)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazily imported {self._name}>"
