@@ -3,8 +3,11 @@ default study's embedded model is built, and trains a round, without diffusers, 
 torch._dynamo (and sympy), the scoring libraries (open_clip, torchmetrics, matplotlib) or peft,
 and that round trains the same weights bit for bit as the diffusers/transformers classes do
 (T2I_RL_BENCH_LEAN_MODELS=0). On that path the diffusers model modules it does not use stay out
-too, and a later package import finds the very class the policy uses. Invariants, checked in fresh
-interpreters; the seconds are the benchmark's (tests/benchmarks/rl_step.py prints them)."""
+too, and a later package import finds the very class the policy uses. The assess job's scoring
+(docs/performance.md#start-up-the-assess-job) loads the CLIP judge and computes FID and KID without
+open_clip, transformers, torchvision, torch._dynamo, torchmetrics' package or scipy.stats, to the
+same numbers. Invariants, checked in fresh interpreters; the seconds are the benchmark's
+(tests/benchmarks/rl_step.py prints them) and docs/performance.md's."""
 
 from __future__ import annotations
 
