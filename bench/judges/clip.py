@@ -19,6 +19,11 @@ Loss: the symmetric InfoNCE of CLIP (Radford et al. 2021) with a learned tempera
 batch can hold several captions true of one image (captions leave attributes out, scenes repeat),
 so each row's target spreads evenly over every caption whose named attributes the scene has (and
 each column's over every such image), instead of counting true pairs as negatives.
+
+Loading (`load_clip`) gives the plain-torch mirror of bench/judges/lean_clip.py (the same numbers
+bit for bit, without importing open_clip or transformers: docs/performance.md#start-up-the-lean-clip-judge);
+T2I_RL_BENCH_LEAN_MODELS=0 loads open_clip's `CLIP` and transformers' tokenizer instead. Training
+builds open_clip's.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ from tqdm import tqdm
 
 from t2i_rl_bench.world.captions import caption, parse, prompt_sets, random_omissions
 from t2i_rl_bench.world.scenes import Scene, all_scenes, render, sample_jitter
-from t2i_rl_bench.world.tokenizer import MAX_LENGTH, build_tokenizer
 
 WEIGHTS = "model.safetensors"
 FAMILY = "judge_clip"
@@ -55,9 +59,15 @@ class ClipSpec:
     embed_dim: int = 64
 
 
-def build_clip(spec: ClipSpec, vocab_size: int, pad_id: int = 0, eos_id: int = 3):
-    """An open_clip `CLIP` with tiny towers, built offline (no pretrained weights)."""
-    from open_clip import CLIP
+def clip_configs(
+    spec: ClipSpec, vocab_size: int, pad_id: int = 0, eos_id: int = 3, context_length: int | None = None
+) -> tuple[int, dict, dict]:
+    """(embed_dim, vision_cfg, text_cfg) of open_clip's `CLIP` for the in-house judge (context
+    length: the world tokenizer's MAX_LENGTH unless given)."""
+    if context_length is None:
+        from t2i_rl_bench.world.tokenizer import MAX_LENGTH
+
+        context_length = MAX_LENGTH
 
     vision_cfg = dict(
         image_size=spec.resolution,
@@ -68,7 +78,7 @@ def build_clip(spec: ClipSpec, vocab_size: int, pad_id: int = 0, eos_id: int = 3
         mlp_ratio=2.0,
     )
     text_cfg = dict(
-        context_length=MAX_LENGTH,
+        context_length=context_length,
         vocab_size=vocab_size,
         width=spec.text_width,
         heads=spec.text_width // spec.head_width,
@@ -78,7 +88,27 @@ def build_clip(spec: ClipSpec, vocab_size: int, pad_id: int = 0, eos_id: int = 3
         eos_id=eos_id,
         pool_type="eos",
     )
-    return CLIP(embed_dim=spec.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    return spec.embed_dim, vision_cfg, text_cfg
+
+
+def build_clip(
+    spec: ClipSpec,
+    vocab_size: int,
+    pad_id: int = 0,
+    eos_id: int = 3,
+    lean: bool = False,
+    context_length: int | None = None,
+):
+    """An open_clip `CLIP` with tiny towers, built offline (no pretrained weights); lean=True: the
+    plain-torch mirror (bench/judges/lean_clip.py), the same parameters from the same seed."""
+    embed_dim, vision_cfg, text_cfg = clip_configs(spec, vocab_size, pad_id, eos_id, context_length)
+    if lean:
+        from t2i_rl_bench.judges.lean_clip import LeanCLIP
+
+        return LeanCLIP(embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    from open_clip import CLIP
+
+    return CLIP(embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -99,8 +129,9 @@ class ClipJudge(torch.nn.Module):
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
 
     def tokens(self, prompts: list[str]) -> torch.Tensor:
+        length = self.model.context_length  # the tokenizer's MAX_LENGTH
         enc = self.tokenizer(
-            list(prompts), padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+            list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         )
         return enc.input_ids.to(self.model.logit_scale.device)
 
@@ -166,6 +197,8 @@ def pretrain_clip(
     out = Path(out)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    from t2i_rl_bench.world.tokenizer import build_tokenizer
+
     tokenizer = build_tokenizer()
     model = build_clip(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     judge = ClipJudge(model, tokenizer, spec)
@@ -229,13 +262,16 @@ def save_clip(judge: ClipJudge, out: str | Path, info: dict) -> None:
     write_manifest(out, info)
 
 
-def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> ClipJudge:
-    """The in-house CLIP saved by `pretrain_clip`, in eval mode. Raises FileNotFoundError naming the
-    folder when it is not an in-house CLIP folder."""
+def load_clip(folder: str | Path, device: str | torch.device = "cpu", lean: bool | None = None) -> ClipJudge:
+    """The in-house CLIP saved by `pretrain_clip`, in eval mode: the plain-torch mirror
+    (lean=None: unless T2I_RL_BENCH_LEAN_MODELS=0) or open_clip's `CLIP` with transformers'
+    tokenizer (the same numbers bit for bit: tests/test_clip_equivalence.py). Raises
+    FileNotFoundError naming the folder when it is not an in-house CLIP folder, ValueError naming
+    the key when its settings or weights are outside what the mirror computes."""
     from safetensors.torch import load_file
-    from transformers import PreTrainedTokenizerFast
 
     from t2i_rl_bench.models.checkpoint import read_manifest
+    from t2i_rl_bench.models.embedded import lean_models
 
     folder = Path(folder)
     info = read_manifest(folder)
@@ -244,10 +280,28 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> ClipJud
             f"{folder} is not an in-house CLIP folder (family {info.get('family')!r}, "
             f"{WEIGHTS} {'present' if (folder / WEIGHTS).is_file() else 'missing'})"
         )
+    unknown = sorted(set(info.get("spec", {})) - set(ClipSpec.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{folder / 'bench_model.json'}: spec key {unknown[0]!r} is not a ClipSpec setting")
     spec = ClipSpec(**info["spec"])
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
-    model = build_clip(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
-    model.load_state_dict(load_file(folder / WEIGHTS))
+    if lean_models() if lean is None else lean:
+        from t2i_rl_bench.judges.lean_clip import JudgeTokenizer
+
+        tokenizer = JudgeTokenizer(folder / "tokenizer")
+        ids = (len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        model = build_clip(spec, *ids, lean=True, context_length=tokenizer.model_max_length)
+        missing, unexpected = model.load_state_dict(load_file(folder / WEIGHTS), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{folder / WEIGHTS}: weights the lean CLIP does not mirror: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]} (load it with T2I_RL_BENCH_LEAN_MODELS=0)"
+            )
+    else:
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer", local_files_only=True)
+        model = build_clip(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        model.load_state_dict(load_file(folder / WEIGHTS))
     return ClipJudge(model, tokenizer, spec).to(device).eval().requires_grad_(False)
 
 

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import optimize, special, stats
+
+from t2i_rl_bench.models.imports import LazyModule
+
+# scipy imported where first used, not by every job importing this (docs/performance.md#start-up-the-assess-job)
+optimize = LazyModule("scipy.optimize")
+special = LazyModule("scipy.special")
+stats = LazyModule("scipy.stats")
 
 
 def _rows(grads: torch.Tensor) -> torch.Tensor:

@@ -75,8 +75,9 @@ def fid(real: torch.Tensor, fake: torch.Tensor, feature: torch.nn.Module, batch_
     of `feature`, by `torchmetrics.image.fid.FrechetInceptionDistance(feature=module,
     normalize=True)`; statistics accumulate in float64. Needs N >= 2 per set (and N > D for a
     full-rank covariance, else the number is still defined but noisy)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    from t2i_rl_bench.models.imports import fid_kid_classes
 
+    FrechetInceptionDistance = fid_kid_classes()[0]  # torchmetrics' class (docs/performance.md#start-up-fid-and-kid)
     real, fake = _check_images(real, "real"), _check_images(fake, "fake")
     with _eval_mode(feature):
         if not hasattr(feature, "num_features"):
@@ -100,8 +101,9 @@ def kid(
     by `torchmetrics.image.kid.KernelInceptionDistance(feature=module)`. Returns (mean, std over
     subsets). The subsets are drawn from a forked, seeded torch generator, so KID reproduces and the
     caller's random state is untouched. `subset_size` must not exceed either set's size."""
-    from torchmetrics.image.kid import KernelInceptionDistance
+    from t2i_rl_bench.models.imports import fid_kid_classes
 
+    KernelInceptionDistance = fid_kid_classes()[1]  # torchmetrics' class (docs/performance.md#start-up-fid-and-kid)
     real, fake = _check_images(real, "real"), _check_images(fake, "fake")
     with _eval_mode(feature), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer")

@@ -25,7 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+
+from t2i_rl_bench.models.imports import LazyModule
+
+# scipy imported where first used, not by every job importing this (docs/performance.md#start-up-the-assess-job)
+optimize = LazyModule("scipy.optimize")
+stats = LazyModule("scipy.stats")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 (docs/performance.md#start-up-the-embedded-policys-imports), for pretraining and for the
 diffusers path of loading (T2I_RL_BENCH_LEAN_MODELS=0); and `defer_dynamo`, which keeps AdamW
 from importing torch._dynamo in a job that loads the lean classes instead
-(docs/performance.md#start-up-the-lean-embedded-model).
+(docs/performance.md#start-up-the-lean-embedded-model); and `fid_kid_classes`, torchmetrics' FID
+and KID without the rest of torchmetrics (docs/performance.md#start-up-fid-and-kid).
 
 `from diffusers import PixArtTransformer2DModel` runs diffusers.models.transformers' __init__,
 which imports every transformer diffusers ships (and through them peft and more of transformers):
@@ -14,6 +15,7 @@ then finds the module already loaded (the same class object)."""
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from typing import Any
@@ -120,3 +122,137 @@ def _step_until_dynamo(original: Any) -> Any:
             torch.set_grad_enabled(previous)
 
     return plain_step
+
+
+# ------------------------------------------------------------------------------------------------
+# torchmetrics' FID and KID without the package's __init__ (docs/performance.md#start-up-fid-and-kid)
+
+METRICS_PACKAGE = "torchmetrics"
+METRICS_SUBPACKAGE = "torchmetrics.image"
+
+
+def fid_kid_classes() -> tuple[Any, Any]:
+    """torchmetrics' `FrechetInceptionDistance` and `KernelInceptionDistance`, from their modules.
+
+    `import torchmetrics.image.fid` runs torchmetrics' __init__, which imports every metric it
+    ships and through them transformers (BERTScore), torchvision and `torch._dynamo`: ~2.5 s of
+    CPU to compute two metrics. Here `torchmetrics` and `torchmetrics.image` are present in
+    sys.modules with their __init__ not run (the first with the `_logger` its utilities read), the
+    utilities are imported first (the order the package's own __init__ reaches them in), then the
+    two metric modules; the two stand-ins are taken away again, so a later `import torchmetrics`
+    runs the package's __init__ as usual and finds the same classes. The classes and their
+    arithmetic are torchmetrics' own. If anything in this fails (another torchmetrics version),
+    every torchmetrics module it loaded is forgotten and the classes come from the normal import,
+    as they do with T2I_RL_BENCH_LEAN_MODELS=0."""
+    fid, kid = sys.modules.get(f"{METRICS_SUBPACKAGE}.fid"), sys.modules.get(f"{METRICS_SUBPACKAGE}.kid")
+    if fid is not None and kid is not None:  # loaded already (either way)
+        return fid.FrechetInceptionDistance, kid.KernelInceptionDistance
+    from t2i_rl_bench.models.embedded import lean_models
+
+    if METRICS_PACKAGE in sys.modules or not lean_models():  # T2I_RL_BENCH_LEAN_MODELS=0: the package's import
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        return FrechetInceptionDistance, KernelInceptionDistance
+    loaded = set(sys.modules)
+    try:
+        return _fid_kid_from_modules()
+    except Exception:  # noqa: BLE001 - any failure: the normal import, which raises what is wrong
+        for name in [m for m in sys.modules if m not in loaded and m.split(".")[0] == METRICS_PACKAGE]:
+            del sys.modules[name]
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        return FrechetInceptionDistance, KernelInceptionDistance
+    finally:
+        removed = []
+        for name in (METRICS_SUBPACKAGE, METRICS_PACKAGE):
+            module = sys.modules.get(name)
+            if module is not None and getattr(module, "__bench_stand_in__", False):
+                del sys.modules[name]
+                removed.append(name)
+        if removed:
+            sys.meta_path.insert(0, _LinkLoadedSubmodules(removed))
+
+
+class _LinkLoadedSubmodules:
+    """A finder that finds nothing itself: when a package whose stand-in was taken away is imported
+    for real, its loader runs as usual and the submodules loaded meanwhile become the package's
+    attributes, as a normal import would have left them (`torchmetrics.image.fid`)."""
+
+    def __init__(self, names: list[str]):
+        self.names = set(names)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self.names:
+            return None
+        self.names.discard(fullname)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Linking(spec.loader)
+                return spec
+        return None
+
+
+class _Linking:
+    """A package's own loader, which afterwards sets the submodules already in sys.modules as the
+    package's attributes."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        prefix = module.__name__ + "."
+        for name, child in list(sys.modules.items()):
+            if name.startswith(prefix) and "." not in name[len(prefix) :] and not hasattr(module, name[len(prefix) :]):
+                setattr(module, name[len(prefix) :], child)
+
+
+def _stand_in(name: str, spec: Any) -> Any:
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        raise ImportError(f"{name} not found as a package")
+    module = importlib.util.module_from_spec(spec)  # present, its __init__ not run
+    module.__bench_stand_in__ = True
+    sys.modules[name] = module
+    return module
+
+
+def _fid_kid_from_modules() -> tuple[Any, Any]:
+    import logging
+
+    package = _stand_in(METRICS_PACKAGE, importlib.util.find_spec(METRICS_PACKAGE))
+    package._logger = logging.getLogger(METRICS_PACKAGE)  # what torchmetrics.utilities.prints reads
+    importlib.import_module(f"{METRICS_PACKAGE}.utilities")
+    locations = list(package.__spec__.submodule_search_locations)
+    image = importlib.machinery.PathFinder.find_spec(METRICS_SUBPACKAGE, locations)
+    _stand_in(METRICS_SUBPACKAGE, image)
+    fid = importlib.import_module(f"{METRICS_SUBPACKAGE}.fid")
+    kid = importlib.import_module(f"{METRICS_SUBPACKAGE}.kid")
+    return fid.FrechetInceptionDistance, kid.KernelInceptionDistance
+
+
+class LazyModule:
+    """A module imported on its first attribute access (docs/performance.md#start-up-the-assess-job):
+    `stats = LazyModule("scipy.stats")` at the top of a module keeps `stats.t.ppf(...)` as it reads,
+    and a job that never calls it never imports it (scipy.stats, optimize and special: ~0.5 s of CPU)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazily imported {self._name}>"
