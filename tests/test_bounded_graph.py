@@ -5,6 +5,8 @@ recomputing round's on the same trajectory to float rounding, for k = 0, a middl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -135,3 +137,19 @@ def test_graph_bound_defaults_and_validation(tiny_sd, tiny_model, tmp_path):
     assert traj.graph is not None and traj.graph.samples == 3 and traj.graph.means.shape[0] == 3
     with pytest.raises(ValueError, match="holds samples"):
         traj.graph.select(torch.tensor([3]), torch.tensor([[0]]))
+
+
+def test_the_bound_is_a_config_key_checked_before_any_job():
+    import yaml
+
+    from t2i_rl_bench import study
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = yaml.safe_load((root / "config" / "quick.yaml").read_text())
+    cfg["train"] = {**cfg.get("train", {}), "reuse_graph_samples": 4}
+    valid = study.validate(cfg)
+    assert study.run_spec(valid, study.runs(valid)[0]).reuse_graph_samples == 4
+    for bad in (-1, 2.5, True):
+        cfg["train"]["reuse_graph_samples"] = bad
+        with pytest.raises(study.ConfigError, match=r"train\.reuse_graph_samples"):
+            study.validate(cfg)

@@ -35,7 +35,7 @@ from t2i_rl_bench.rollout import StepGraph, Trajectory, recompute, rollout
 from t2i_rl_bench.sampling import sampler_at_round
 from t2i_rl_bench.spec import RUN_SPEC_FILE, RunSpec
 from t2i_rl_bench.tracking import flatten, open_tracker
-from t2i_rl_bench.train.allocator import keep_freed_memory
+from t2i_rl_bench.train.allocator import keep_freed_memory, release_freed_memory
 from t2i_rl_bench.train.differentiable import backprop_sample
 from t2i_rl_bench.train.forward import OldPolicy, forward_batch
 from t2i_rl_bench.train.state import RunState, peak_memory_mb
@@ -154,7 +154,7 @@ def whole_group_batches(group_ids: torch.Tensor, size: int) -> list[torch.Tensor
 # samples of a round that keep the sampling graph, chosen by measurement on the tiny Stable
 # Diffusion pipeline so that the default epoch's peak memory stays within 1.5x the plain DDPO
 # loop's (docs/performance.md#the-reused-graph-bounded)
-LATENT_GRAPH_SAMPLES = 8
+LATENT_GRAPH_SAMPLES = 4
 
 
 def graph_sample_bound(spec: RunSpec, policy: Any) -> int | None:
@@ -463,7 +463,11 @@ class Trainer:
         graph, traj.graph = traj.graph, None  # only the round's first update still has the sampling weights
 
         def batches() -> Iterator[tuple[Any, float]]:
+            after_graph = False
             for mb, cols, on_graph in self._micro_batches(chunk, steps, graph, traj.group_ids):
+                if after_graph and not on_graph:  # the bounded graph's memory, freed by its backward
+                    release_freed_memory()  # back to the system, so that the recompute adds to no more
+                after_graph = on_graph
                 current = (
                     graph.select(mb, cols)
                     if on_graph
