@@ -465,16 +465,20 @@ class Trainer:
         def batches() -> Iterator[tuple[Any, float]]:
             after_graph = False
             for mb, cols, on_graph in self._micro_batches(chunk, steps, graph, traj.group_ids):
-                if after_graph and not on_graph:  # the bounded graph's memory, freed by its backward
-                    release_freed_memory()  # back to the system, so that the recompute adds to no more
+                # the bounded graph's memory, freed by its backward, back to the system: the recompute
+                # does not reuse it (heap fragmentation), and the peak is then the larger phase, not the sum
+                if after_graph and not on_graph:
+                    release_freed_memory()
                 after_graph = on_graph
                 current = (
                     graph.select(mb, cols)
-                    if on_graph
+                    if on_graph and graph is not None
                     else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance)
                 )
                 batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
                 yield batch, self._share(mb, cols, part, steps.shape[1], scored, traj.group_ids)
+            if graph is not None and graph.samples < len(traj):  # and the recompute's, before the next graph
+                release_freed_memory()
 
         return self.optimiser_step(batches(), stats)
 
