@@ -396,6 +396,7 @@ _NOT_BASE = (
     "max_grad_norm",
     "images_per_round",
     "reuse_sampling_graph",
+    "reuse_graph_samples",
     "tracking",
 )
 

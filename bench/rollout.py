@@ -18,16 +18,28 @@ class StepGraph:
     itself: while the weights are still the sampling weights (the first optimiser step of a round)
     they are what `recompute` would return, so training needs only the backward pass. It holds the
     steps the round trains (`steps`; default all), so an untrained step (the dropped last one, the
-    ODE steps outside an SDE window) costs no backward."""
+    ODE steps outside an SDE window) costs no backward. It may hold only the trajectory's first
+    `samples` samples (bounded reuse, docs/performance.md#the-reused-graph-bounded): the others
+    are recomputed."""
 
-    logp: torch.Tensor  # (B, S), requires grad
-    means: torch.Tensor  # (B, S, C, H, W) fp32, requires grad
-    stds: torch.Tensor  # (B, S)
+    logp: torch.Tensor  # (b, S), requires grad: the first b samples of the trajectory
+    means: torch.Tensor  # (b, S, C, H, W) fp32, requires grad
+    stds: torch.Tensor  # (b, S)
     steps: torch.Tensor | None = None  # (S,) the sampler steps held, ascending; None: all K in order
+
+    @property
+    def samples(self) -> int:
+        """How many samples the graph holds: the trajectory's samples 0 .. samples - 1."""
+        return len(self.logp)
 
     def select(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logp (b, S'), mean (b, S', C, H, W), std (b, S')) of samples (b,) at sampler steps
         (b, S'), as `recompute`."""
+        if len(samples) and int(samples.max()) >= self.samples:
+            raise ValueError(
+                f"the sampling graph holds samples 0 .. {self.samples - 1}, "
+                f"not {samples[samples >= self.samples].tolist()}"
+            )
         if self.steps is not None:
             cols = torch.searchsorted(self.steps, steps.contiguous())
             if bool((cols >= len(self.steps)).any()) or not torch.equal(
@@ -109,6 +121,7 @@ def rollout(
     same_noise_per_group: bool = False,
     keep_graph: bool = False,
     graph_steps: torch.Tensor | None = None,
+    graph_samples: int | None = None,
 ) -> Trajectory:
     """Sample one trajectory per prompt (repeat a prompt G times for a group of G).
 
@@ -116,9 +129,19 @@ def rollout(
     the same samples, and training can backpropagate without a second forward. Each step's input
     is detached, so no gradient flows through the chain of steps (as in recompute). graph_steps:
     the sampler steps whose graph is kept (default all); the others run without autograd. The
-    samples are the same either way: each step's output does not depend on autograd."""
+    samples are the same either way: each step's output does not depend on autograd.
+    graph_samples: keep the graph of the first graph_samples samples only (default all): at the
+    kept steps the denoiser runs in two forwards, with autograd over those samples and without it
+    over the rest, so the graph's memory scales with graph_samples. The two forwards give the one
+    forward's output to float rounding (bit for bit where the kernels do not depend on the batch
+    size); the sampler's step, and so its noise, is one call over all samples as before."""
     n = len(prompts)
     group_ids = torch.arange(n) if group_ids is None else group_ids
+    held = n if graph_samples is None else min(int(graph_samples), n)
+    if keep_graph and held < 1:
+        raise ValueError(
+            f"graph_samples={graph_samples}: a kept graph holds at least one sample (keep_graph=False for none)"
+        )
     cond, uncond = policy.encode(prompts), policy.encode([""] * n)
     shape = policy.sample_shape
     if same_noise_per_group:  # DanceGRPO: one x_T per group, members differ by the SDE noise
@@ -136,16 +159,22 @@ def rollout(
     for k in range(sampler.num_steps):
         t = sampler.timesteps[k]
         with torch.set_grad_enabled(bool(kept[k])):
-            out = policy.predict(x, model_t[k], cond, uncond, guidance)
+            if kept[k] and held < n:  # the graph of the first `held` samples only
+                out_held = policy.predict(x[:held], model_t[k], cond[:held], uncond[:held], guidance)
+                with torch.no_grad():
+                    out_rest = policy.predict(x[held:], model_t[k], cond[held:], uncond[held:], guidance)
+                out = torch.cat([out_held, out_rest])
+            else:
+                out = policy.predict(x, model_t[k], cond, uncond, guidance)
             res = sampler.step(out, x, t.expand(n), step_index=torch.full((n,), k), generator=generator)
+            if kept[k]:  # the held samples' slice, while autograd records
+                graph_means.append(res.mean if held == n else res.mean[:held])
+                graph_logps.append(res.logp if held == n else res.logp[:held])
         x = res.x_next.detach()
         latents.append(x)
         means.append(res.mean.detach())
         step_stds.append(res.std.expand(n))
         logps.append(res.logp.detach())
-        if kept[k]:
-            graph_means.append(res.mean)
-            graph_logps.append(res.logp)
     stds = torch.stack(step_stds, 1)
     graph = None
     if keep_graph:
@@ -154,7 +183,7 @@ def rollout(
             graph = StepGraph(
                 torch.stack(graph_logps, 1),
                 torch.stack(graph_means, 1),
-                stds if steps is None else stds[:, steps],
+                (stds if steps is None else stds[:, steps])[:held],
                 steps,
             )
     return Trajectory(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_SPEC_FILE = "run_config.json"
-_OMITTED_WHEN_UNSET = ("sde_window", "sde_window_shift", "sde_window_range")
+_OMITTED_WHEN_UNSET = ("sde_window", "sde_window_shift", "sde_window_range", "reuse_graph_samples")
 
 # a reward spec (t2i_rl_bench.reward): a registered name, or {name: weight} for a weighted sum
 RewardSpec = str | dict[str, float]
@@ -63,6 +63,12 @@ class RunSpec:
     # step_chunk already ask for full-batch training; off for the embedded family, whose committed
     # study numbers depend on its bit-exact path
     reuse_sampling_graph: bool | None = None
+    # the reused graph bounded (docs/performance.md#the-reused-graph-bounded): at most this many of
+    # the round's samples keep the sampling graph, the others are recomputed in micro-batches of at
+    # most as many (memory scales with it; speed only). None: the family's default
+    # (bench/train/loop.py: LATENT_GRAPH_SAMPLES for the diffusers families, all for the embedded
+    # one); 0: no graph. Left out of the JSON while unset
+    reuse_graph_samples: int | None = None
     state_every: int = 1  # rounds between resumable states (a killed run continues from the last)
     # the optimiser (AdamW)
     lr: float = 3e-4

@@ -36,3 +36,19 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc's malloc_trim(0)), once, between two
+    phases of a round whose memory the second does not reuse: the bounded sampling graph's
+    backward and the recompute of the round's other samples (bench/train/loop.py), so that the
+    process's peak is the larger phase's, not their sum. The arithmetic is untouched; False where
+    the C library has no malloc_trim."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

@@ -35,7 +35,7 @@ from t2i_rl_bench.rollout import StepGraph, Trajectory, recompute, rollout
 from t2i_rl_bench.sampling import sampler_at_round
 from t2i_rl_bench.spec import RUN_SPEC_FILE, RunSpec
 from t2i_rl_bench.tracking import flatten, open_tracker
-from t2i_rl_bench.train.allocator import keep_freed_memory
+from t2i_rl_bench.train.allocator import keep_freed_memory, release_freed_memory
 from t2i_rl_bench.train.differentiable import backprop_sample
 from t2i_rl_bench.train.forward import OldPolicy, forward_batch
 from t2i_rl_bench.train.state import RunState, peak_memory_mb
@@ -150,6 +150,25 @@ def whole_group_batches(group_ids: torch.Tensor, size: int) -> list[torch.Tensor
     return batches
 
 
+# the diffusers families' default bound on the reused graph (RunSpec.reuse_graph_samples): the
+# samples of a round that keep the sampling graph, chosen by measurement on the tiny Stable
+# Diffusion pipeline so that the default epoch's peak memory stays within 1.5x the plain DDPO
+# loop's (docs/performance.md#the-reused-graph-bounded)
+LATENT_GRAPH_SAMPLES = 4
+
+
+def graph_sample_bound(spec: RunSpec, policy: Any) -> int | None:
+    """How many of a round's samples may keep the sampling graph (RunSpec.reuse_graph_samples):
+    None for all of them. Unset: LATENT_GRAPH_SAMPLES for the diffusers families, all for the
+    embedded one (its reuse, when asked for, holds the whole round as before)."""
+    k = spec.reuse_graph_samples
+    if k is None:
+        return LATENT_GRAPH_SAMPLES if isinstance(policy, LatentPolicy) else None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"reuse_graph_samples: an integer >= 0 (0: no graph) or null, got {k!r}")
+    return k
+
+
 def can_reuse_graph(spec: RunSpec, algorithm_recipe: Any, policy: Any) -> bool:
     """Whether the first update of a round can backpropagate through the sampling forward: its
     weights are the sampling weights, and it must train every transition the sampler can train
@@ -207,7 +226,12 @@ class Trainer:
                 f"algorithm {spec.algorithm!r} backpropagates the reward, and reward {self.reward.name!r} has "
                 "no gradient in the images: train it on a differentiable reward (e.g. clip_alignment)"
             )
-        self.reuse_graph = self.family == "step" and can_reuse_graph(spec, self.recipe, self.policy)
+        # the sampling graph reused by the round's first update, for at most `graph_bound` of its
+        # samples (None: all); a bound of 0 keeps no graph
+        self.graph_bound = graph_sample_bound(spec, self.policy)
+        self.reuse_graph = (
+            self.family == "step" and self.graph_bound != 0 and can_reuse_graph(spec, self.recipe, self.policy)
+        )
         # the forward family's old policy samples and anchors the loss (bench/train/forward.py)
         self.old = OldPolicy(self.params) if self.family == "forward" else None
         self.world = World.current()  # several processes under torchrun (t2i_rl_bench.distributed), else one
@@ -314,7 +338,7 @@ class Trainer:
                         ),
                         self._share(mb, cols, part, trained, scored, traj.group_ids),
                     )
-                    for mb, cols in self._micro_batches(chunk, steps, None, traj.group_ids)
+                    for mb, cols, _ in self._micro_batches(chunk, steps, None, traj.group_ids)
                 )
                 stats.grad_norm.append(self.optimiser_step(batches, stats))
                 self.old.optimiser_steps += 1
@@ -398,7 +422,22 @@ class Trainer:
                 self.recipe.same_noise_per_group,
                 keep_graph=self.reuse_graph,
                 graph_steps=trainable_steps(self.sampler, self.recipe.drop_last_step) if self.reuse_graph else None,
+                graph_samples=self.graph_samples(group_ids) if self.reuse_graph else None,
             )
+
+    def graph_samples(self, group_ids: torch.Tensor) -> int | None:
+        """How many of this process's samples (group_ids (B,), groups contiguous) keep the round's
+        sampling graph: the bound (None: all), down to whole groups where the loss pairs group
+        members, but at least one group, so that the graph's samples are one micro-batch."""
+        n, k = len(group_ids), self.graph_bound
+        if k is None or k >= n:
+            return None
+        if self.algorithm.whole_groups:
+            while 0 < k < n and group_ids[k - 1] == group_ids[k]:
+                k -= 1
+            if k == 0:  # a group larger than the bound: its members are kept together
+                k = int((group_ids == group_ids[0]).sum())
+        return k
 
     def score(self, traj: Trajectory) -> Scored:
         """Rewards of this process's images; the whole round's advantages (gathered from every process)."""
@@ -424,14 +463,22 @@ class Trainer:
         graph, traj.graph = traj.graph, None  # only the round's first update still has the sampling weights
 
         def batches() -> Iterator[tuple[Any, float]]:
-            for mb, cols in self._micro_batches(chunk, steps, graph, traj.group_ids):
+            after_graph = False
+            for mb, cols, on_graph in self._micro_batches(chunk, steps, graph, traj.group_ids):
+                # the bounded graph's memory, freed by its backward, back to the system: the recompute
+                # does not reuse it (heap fragmentation), and the peak is then the larger phase, not the sum
+                if after_graph and not on_graph:
+                    release_freed_memory()
+                after_graph = on_graph
                 current = (
                     graph.select(mb, cols)
-                    if graph is not None
+                    if on_graph and graph is not None
                     else recompute(self.policy, self.sampler, traj, mb, cols, self.spec.guidance)
                 )
                 batch = step_batch(traj, self.sampler, mb, cols, current, scored.advantages, scored.rewards, reference)
                 yield batch, self._share(mb, cols, part, steps.shape[1], scored, traj.group_ids)
+            if graph is not None and graph.samples < len(traj):  # and the recompute's, before the next graph
+                release_freed_memory()
 
         return self.optimiser_step(batches(), stats)
 
@@ -493,28 +540,34 @@ class Trainer:
 
     def _micro_batches(
         self, chunk: torch.Tensor, steps: torch.Tensor, graph: StepGraph | None, group_ids: torch.Tensor
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(samples, step columns) per forward/backward: memory only, the gradient is the same.
-        On the sampling graph every sample is backpropagated at once, whatever the micro-batch.
-        A loss that couples a group's samples gets whole groups (`group_ids` (B,) of this
-        process's samples), at most `micro_batch` samples but at least one group per micro-batch,
-        with all their trained steps."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """(samples, step columns, on the sampling graph) per forward/backward: memory only, the
+        gradient is the same. The samples the sampling graph holds are backpropagated at once,
+        first, whatever the micro-batch; where it holds only some (bounded reuse) the others are
+        recomputed in micro-batches of at most as many samples as it holds. A loss that couples a
+        group's samples gets whole groups (`group_ids` (B,) of this process's samples), at most
+        `micro_batch` samples but at least one group per micro-batch, with all their trained steps."""
         if not len(chunk):
             return
+        size = self.spec.micro_batch
         if graph is not None:
-            yield chunk, steps[chunk]
-            return
+            on = chunk < graph.samples
+            if bool(on.any()):
+                yield chunk[on], steps[chunk[on]], True
+            chunk, size = chunk[~on], min(size, graph.samples)
+            if not len(chunk):
+                return
         if self.algorithm.whole_groups:
-            for positions in whole_group_batches(group_ids[chunk], self.spec.micro_batch):
+            for positions in whole_group_batches(group_ids[chunk], size):
                 mb = chunk[positions]
-                yield mb, steps[mb]
+                yield mb, steps[mb], False
             return
-        for mb in torch.split(chunk, self.spec.micro_batch):
+        for mb in torch.split(chunk, size):
             cols = steps[mb]
             if self.algorithm.whole_trajectory or not self.spec.step_chunk:
-                yield mb, cols
+                yield mb, cols, False
             else:
-                yield from ((mb, c) for c in torch.split(cols, self.spec.step_chunk, dim=1))
+                yield from ((mb, c, False) for c in torch.split(cols, self.spec.step_chunk, dim=1))
 
     # ---- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

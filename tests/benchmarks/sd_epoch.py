@@ -7,11 +7,16 @@ algorithm's advantages, then one pass over all 640 transitions with one optimise
     python -m tests.benchmarks.sd_epoch --threads 1 --epochs 3             # harness and plain loop
     python -m tests.benchmarks.sd_epoch --algorithm all --mode harness     # every method
     python -m tests.benchmarks.sd_epoch --parallel 2                       # 2 one-thread runs at once
+    python -m tests.benchmarks.sd_epoch --graph-samples auto all 0 16      # the reused graph, bounded
 
 Prints, per run, seconds per epoch split into sampling, reward and training (the mean over
 epochs after the first, which pays one-off costs), images and transitions per second and the
 process's peak memory; then the harness/plain ratio, or with --parallel N the throughput ratio
-(epochs per hour of N simultaneous one-thread runs / one run alone).
+(epochs per hour of N simultaneous one-thread runs / one run alone). `--graph-samples` runs the
+harness once per bound on the reused sampling graph (RunSpec.reuse_graph_samples: auto = the
+family's default, all = the whole round, 0 = no graph, so every forward recomputed as the plain
+loop does) and prints each one's time and peak memory as ratios to the plain loop's and to the
+unbounded reuse's (docs/performance.md#the-reused-graph-bounded).
 """
 
 from __future__ import annotations
@@ -57,12 +62,20 @@ def _summary(name: str, lines: list[dict], images: int, steps: int) -> dict:
     return {
         "run": name,
         "seconds_per_epoch": round(total, 2),
+        # the process's CPU seconds (one thread: its busy time, less sensitive to other load than wall)
+        "cpu_seconds_per_epoch": round(float(np.mean([line["cpu_seconds"] for line in keep])), 2),
         **{k: round(v, 2) for k, v in mean.items()},
         "epochs": [round(sum(line[k] for k in PARTS), 2) for line in lines],
         "images_per_second": round(images / total, 2),
         "transitions_per_second": round(images * steps / total, 1),
         "peak_memory_mb": round(_peak_memory_mb()),
     }
+
+
+def _cpu_timed(fn, *a) -> dict:
+    cpu = time.process_time()
+    line = fn(*a)
+    return {**line, "cpu_seconds": time.process_time() - cpu}
 
 
 def measure_harness(args, algorithm: str) -> dict:
@@ -73,6 +86,8 @@ def measure_harness(args, algorithm: str) -> dict:
 
     torch.set_num_threads(args.threads)
     reuse = {"auto": None, "on": True, "off": False}[args.reuse_graph]
+    bound = args.graph_samples[0]
+    bound = None if bound == "auto" else args.images if bound == "all" else int(bound)
     cfg = RunSpec(
         model_path=args.model,
         algorithm=algorithm,
@@ -90,11 +105,17 @@ def measure_harness(args, algorithm: str) -> dict:
         lora_rank=args.lora_rank,
         budgets=[args.images * args.epochs],
         reuse_sampling_graph=reuse,
+        reuse_graph_samples=bound,
     )
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out, threads=args.threads)
-        lines = [trainer.round() for _ in range(args.epochs)]
-    return _summary(f"harness/{algorithm}", lines, args.images, args.steps)
+        lines = [_cpu_timed(trainer.round) for _ in range(args.epochs)]
+        held = getattr(trainer, "graph_bound", None) if trainer.reuse_graph else 0
+    res = _summary(f"harness/{algorithm}", lines, args.images, args.steps)
+    if len(args.graph_samples) > 1 or args.graph_samples[0] != "auto":
+        res["run"] += f"/graph_samples={args.graph_samples[0]}"
+    res["graph_samples"] = min(held, args.images) if held is not None else args.images
+    return res
 
 
 def measure_plain(args) -> dict:
@@ -114,11 +135,12 @@ def measure_plain(args) -> dict:
     for _ in range(args.epochs):
         chosen = rng.choice(len(PROMPTS), size=args.images // args.group_size, replace=False)
         prompts = [PROMPTS[i] for i in chosen for _ in range(args.group_size)]
-        lines.append(plain.epoch(prompts, generator))
+        lines.append(_cpu_timed(plain.epoch, prompts, generator))
     return _summary("plain/ddpo_is", lines, args.images, args.steps)
 
 
-def _child(args, mode: str, threads: int, algorithm: str | None = None) -> list[str]:
+def _child(args, mode: str, threads: int, algorithm: str | None = None, bound: str | None = None) -> list[str]:
+    bound = bound or args.graph_samples[0]
     cmd = [
         sys.executable,
         "-m",
@@ -152,6 +174,8 @@ def _child(args, mode: str, threads: int, algorithm: str | None = None) -> list[
         str(args.lora_rank),
         "--reuse-graph",
         args.reuse_graph,
+        "--graph-samples",
+        bound,
         "--seed",
         str(args.seed),
     ]
@@ -199,6 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="harness: RunSpec.reuse_sampling_graph (auto = the policy family's default)",
     )
+    parser.add_argument(
+        "--graph-samples",
+        nargs="+",
+        default=["auto"],
+        help="harness: RunSpec.reuse_graph_samples, 'auto' (the family's default), 'all' or an integer; "
+        "several: the plain loop and one harness run per bound, with their ratios",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -221,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         algorithms = ALGORITHMS if args.algorithm == "all" else (args.algorithm,)
         results = {}
+        if len(args.graph_samples) > 1:
+            _bounds(args, algorithms[0])
+            return
         if args.mode in ("both", "harness"):
             for algo in algorithms:
                 (res,) = _run_children([(_child(args, "harness", args.threads, algo), args.threads)])[0]
@@ -233,6 +267,35 @@ def main(argv: list[str] | None = None) -> None:
         if "plain" in results and "harness/ddpo_is" in results:
             ratio = results["harness/ddpo_is"]["seconds_per_epoch"] / results["plain"]["seconds_per_epoch"]
             print(f"harness/plain seconds per epoch (ddpo_is, {args.threads} thread(s)): {ratio:.3f}", flush=True)
+
+
+def _bounds(args, algorithm: str) -> None:
+    """The plain loop, then the harness once per bound on the reused graph, one process each (one
+    after the other); each bound's seconds per epoch and peak memory over the plain loop's and
+    over the unbounded reuse's ('all', when it is among the bounds)."""
+    (plain,) = _run_children([(_child(args, "plain", args.threads), args.threads)])[0]
+    print(json.dumps(plain), flush=True)
+    runs = {}
+    for bound in args.graph_samples:
+        (runs[bound],) = _run_children([(_child(args, "harness", args.threads, algorithm, bound), args.threads)])[0]
+        print(json.dumps(runs[bound]), flush=True)
+    full = runs.get("all")
+    print(f"{algorithm}, {args.threads} thread(s), {args.images} images x {args.steps} steps:", flush=True)
+    for bound, res in runs.items():
+        line = (
+            f"  graph_samples={bound} (holds {res['graph_samples']}): "
+            f"time/plain {res['seconds_per_epoch'] / plain['seconds_per_epoch']:.3f} "
+            f"(CPU {res['cpu_seconds_per_epoch'] / plain['cpu_seconds_per_epoch']:.3f}), "
+            f"peak memory/plain {res['peak_memory_mb'] / plain['peak_memory_mb']:.3f} "
+            f"({res['peak_memory_mb']} / {plain['peak_memory_mb']} MB)"
+        )
+        if full is not None:
+            line += (
+                f", time/unbounded {res['seconds_per_epoch'] / full['seconds_per_epoch']:.3f} "
+                f"(CPU {res['cpu_seconds_per_epoch'] / full['cpu_seconds_per_epoch']:.3f}), "
+                f"memory/unbounded {res['peak_memory_mb'] / full['peak_memory_mb']:.3f}"
+            )
+        print(line, flush=True)
 
 
 def _parallel(args) -> None:
