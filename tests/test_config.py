@@ -493,3 +493,17 @@ def test_the_study_at_the_evaluation_samplers_rates_reuses_the_runs_both_rules_s
     assert prdp == {k: v for k, v in default["algorithms"]["prdp"].items() if k != "lr"}
     assert cfg["seeds"] == default["seeds"] and cfg["rewards"] == ["shape_iou"]
     assert not cfg["analysis"].get("unbracketed_rates")
+
+
+def test_the_replication_of_the_study_at_the_evaluation_samplers_rates_changes_only_its_seeds():
+    """config/ode_rates_replication.yaml: config/ode_rates.yaml on seeds it never used; the runs at
+    rates the default study shares are the replication study's, specified exactly as there."""
+    cfg = study.load(ROOT / "config" / "ode_rates_replication.yaml", check_paths=False)
+    ode_rates = study.load(ROOT / "config" / "ode_rates.yaml", check_paths=False)
+    replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
+    assert not set(cfg["seeds"]) & set(ode_rates["seeds"]) and len(cfg["seeds"]) == len(ode_rates["seeds"])
+    assert {k: v for k, v in cfg.items() if k not in ("study", "seeds")} == {
+        k: v for k, v in ode_rates.items() if k not in ("study", "seeds")
+    }
+    shared = {k: v for k, v in cfg["algorithms"].items() if k in ("ddpo_is", "loop", "pcpo")}
+    assert _every_run_specified_as_in({**cfg, "algorithms": shared}, replication) == 3 * 8
