@@ -185,3 +185,26 @@ def test_the_loop_on_the_primary_reward_and_its_rate_control():
     cfg = study.load(ROOT / "config" / "collapse_rate.yaml", check_paths=False)
     margins = {c["margin"] for c in cfg["verdicts"]["claims"] if c["id"].startswith("loop_loss_vendi_at_")}
     assert margins == {float(margin)}
+
+
+def test_the_study_at_the_evaluation_samplers_rates():
+    """The ODE calibration's sentence: every chosen rate bracketed, with the quoted rates; at them
+    DanceGRPO's gain (and its interval) is the quoted one, and REINFORCE's CLIP-score drop is the
+    quoted one and Holm-significantly larger than each of the four other methods' that gain."""
+    calibration = table(STUDIES / "calibration_ode" / "tables" / "calibration.csv")
+    chosen = calibration[calibration["chosen"]].set_index("method")
+    assert chosen["bracketed"].all() and len(chosen) == 6
+    assert "(REINFORCE and DanceGRPO 1e-4, PRDP 3e-5;" in reading()
+    assert chosen.loc[["reinforce", "dancegrpo"], "lr"].tolist() == [1e-4, 1e-4] and chosen.loc["prdp", "lr"] == 3e-5
+    gain, low, high = typed(rf"DanceGRPO still gains nothing \({N} \[{N}, {N}\]\)")
+    folder = STUDIES / "ode_rates" / "tables"
+    headline = table(folder / "headline.csv").set_index("method")
+    row = headline.loc["dancegrpo-lr1e-4"]
+    assert agrees(row["gain"], gain) and agrees(row["gain_low"], low) and agrees(row["gain_high"], high)
+    assert row["gain_low"] < 0 < row["gain_high"]
+    (drop,) = typed(rf"REINFORCE's CLIP score falls by {N}, Holm-significantly more than the other four's")
+    assert agrees(-headline.loc["reinforce-lr1e-4", "change/quality/clip_score"], drop)
+    pairs = table(folder / "improvement.csv")
+    clip = pairs[(pairs["metric"] == "quality/clip_score") & (pairs["budget"] == 512)]
+    for other in ("pcpo", "ddpo_is", "loop", "prdp-lr3e-5"):
+        assert pair(clip, other, "reinforce-lr1e-4")["significant"], other
