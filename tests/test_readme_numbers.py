@@ -208,3 +208,6 @@ def test_the_study_at_the_evaluation_samplers_rates():
     clip = pairs[(pairs["metric"] == "quality/clip_score") & (pairs["budget"] == 512)]
     for other in ("pcpo", "ddpo_is", "loop", "prdp-lr3e-5"):
         assert pair(clip, other, "reinforce-lr1e-4")["significant"], other
+    done, of = typed(rf"\[{N} of {N}\]\(results/studies/ode_rates/replication/replication.md\) findings replicate")
+    outcomes = table(STUDIES / "ode_rates" / "replication" / "replication.csv")["outcome"]
+    assert (int(done), int(of)) == ((outcomes == "replicated").sum(), len(outcomes))
