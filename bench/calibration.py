@@ -60,14 +60,19 @@ class GridPoint:
 
 def lr_grid(cfg: dict) -> dict[str, list[GridPoint]]:
     """Methods that the study runs at two or more learning rates, each with its grid points
-    (labels without their own `lr` run at `train.lr`)."""
+    (labels without their own `lr` run at `train.lr`); in a study that declares a calibration
+    score (`analysis.calibration_score`), every method, so that a calibration that trains the
+    chosen rates longer (config/calibration_long.yaml) reads its final budget."""
     by_method: dict[str, list[GridPoint]] = {}
     for label, settings in cfg["algorithms"].items():
         settings = settings or {}
         lr = float(settings.get("lr", cfg["train"].get("lr", 3e-4)))
         method = settings.get("plugin", label)
         by_method.setdefault(method, []).append(GridPoint(label, method, lr))
-    return {m: sorted(pts, key=lambda p: p.lr) for m, pts in by_method.items() if len({p.lr for p in pts}) > 1}
+    declared = "calibration_score" in (cfg.get("analysis") or {})
+    return {
+        m: sorted(pts, key=lambda p: p.lr) for m, pts in by_method.items() if declared or len({p.lr for p in pts}) > 1
+    }
 
 
 def training_reward(run_dir: Path) -> float:
@@ -168,7 +173,10 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
         table.loc[i, "chosen"] = True
         lrs = part["lr"].to_numpy(dtype=float)
         lr = float(table.loc[i, "lr"])
-        table.loc[i, "edge"] = "lowest" if lr <= lrs.min() else ("highest" if lr >= lrs.max() else "")
+        if len(set(lrs)) == 1:  # one rate: no bracket here (its grid is another calibration's)
+            table.loc[i, "edge"] = "single rate"
+        else:
+            table.loc[i, "edge"] = "lowest" if lr <= lrs.min() else ("highest" if lr >= lrs.max() else "")
     table["bracketed"] = table["chosen"] & (table["edge"] == "")
     table = table.sort_values(["model", "reward", "method", "lr"]).reset_index(drop=True)
     return table, final_budget(table, budgets, prefix)

@@ -146,7 +146,8 @@ def test_the_evaluation_score_sees_what_a_flat_training_reward_does_not(tmp_path
     cfg["analysis"] = {"calibration_score": "evaluation"}
     cfg["evaluation"] = {"prompts": "train"}
     table, final = calibration.calibrate(cfg, tmp_path, seed_rows)
-    assert table[table["chosen"]].set_index("method")["label"].to_dict() == {"a": "a-fast", "b": "b-slow"}
+    # declared, the study's one-rate method (c) is its own, unbracketed, grid point
+    assert table[table["chosen"]].set_index("method")["label"].to_dict() == {"a": "a-fast", "b": "b-slow", "c": "c"}
     t = table.set_index("label")
     assert t.loc["a-fast", "score"] == pytest.approx(0.59) and t.loc["a-slow", "score"] == pytest.approx(0.51)
     assert t.loc["a-fast", "score_se"] == pytest.approx(0.0)  # both seeds equal
@@ -156,3 +157,26 @@ def test_the_evaluation_score_sees_what_a_flat_training_reward_does_not(tmp_path
     cfg["analysis"] = {"calibration_score": "held-out"}
     with pytest.raises(ValueError, match="calibration_score"):
         calibration.calibrate(cfg, tmp_path, seed_rows)
+
+
+def test_a_declared_calibration_at_one_rate_per_method_reads_its_final_budget(tmp_path):
+    """A study that declares a calibration score runs each method's chosen rate longer: every
+    method is its own grid point, chosen, flagged as a single rate (never bracketed), and the
+    final budget is the first after the latest peak of their curves."""
+    train = {k: [0.5, 0.5] for k in ("a-slow", "a-fast", "b-slow", "b", "c")}
+    held = {
+        "a-slow": {0: 0.5, 64: 0.6, 128: 0.55},
+        "a-fast": {0: 0.5, 64: 0.6, 128: 0.55},
+        "b-slow": {0: 0.5, 64: 0.6, 128: 0.55},
+        "b": {0: 0.5, 64: 0.6, 128: 0.55},
+        "c": {0: 0.5, 64: 0.7, 128: 0.65},
+    }
+    cfg, seed_rows = _write_runs(tmp_path, train, held)
+    cfg["algorithms"] = {"a-slow": {"plugin": "a", "lr": 1e-4}, "c": {}}
+    seed_rows = seed_rows[seed_rows["algorithm"].isin(["a-slow", "c"])]
+    assert calibration.lr_grid(cfg) == {}  # undeclared: no grid, no calibration table
+    cfg["analysis"] = {"calibration_score": "evaluation"}
+    table, final = calibration.calibrate(cfg, tmp_path, seed_rows)
+    assert set(table["label"]) == {"a-slow", "c"} and table["chosen"].all()
+    assert (table["edge"] == "single rate").all() and not table["bracketed"].any()
+    assert final == 128  # both curves peak at 64

@@ -507,3 +507,17 @@ def test_the_replication_of_the_study_at_the_evaluation_samplers_rates_changes_o
     }
     shared = {k: v for k, v in cfg["algorithms"].items() if k in ("ddpo_is", "loop", "pcpo")}
     assert _every_run_specified_as_in({**cfg, "algorithms": shared}, replication) == 3 * 8
+
+
+def test_the_long_calibration_trains_the_evaluation_calibrations_chosen_rates_longer():
+    """config/calibration_long.yaml: one label per method, each calibration_ode's chosen rate with
+    its settings there; the same seeds, sampler and evaluation, budgets extended past its last."""
+    cfg = study.load(ROOT / "config" / "calibration_long.yaml", check_paths=False)
+    ode = study.load(ROOT / "config" / "calibration_ode.yaml", check_paths=False)
+    chosen = pd.read_csv(ROOT / "results/studies/calibration_ode/tables/calibration.csv", comment="#")
+    assert sorted(cfg["algorithms"]) == sorted(chosen[chosen["chosen"]]["label"])
+    assert all(cfg["algorithms"][k] == ode["algorithms"][k] for k in cfg["algorithms"])
+    for section in ("seeds", "rewards", "sampling", "evaluation", "analysis"):
+        assert cfg[section] == ode[section], section
+    assert cfg["train"]["budgets"][: len(ode["train"]["budgets"])] == ode["train"]["budgets"]
+    assert max(cfg["train"]["budgets"]) == 2 * max(ode["train"]["budgets"])
