@@ -521,3 +521,17 @@ def test_the_long_calibration_trains_the_evaluation_calibrations_chosen_rates_lo
         assert cfg[section] == ode[section], section
     assert cfg["train"]["budgets"][: len(ode["train"]["budgets"])] == ode["train"]["budgets"]
     assert max(cfg["train"]["budgets"]) == 2 * max(ode["train"]["budgets"])
+
+
+def test_the_four_seed_evaluation_calibration_only_adds_seeds():
+    """config/calibration_ode4.yaml: calibration_ode with two more seeds no study uses; its runs on
+    calibration_ode's seeds are specified exactly as there (copied in)."""
+    cfg = study.load(ROOT / "config" / "calibration_ode4.yaml", check_paths=False)
+    ode = study.load(ROOT / "config" / "calibration_ode.yaml", check_paths=False)
+    assert cfg["seeds"][:2] == ode["seeds"] and set(cfg["seeds"][2:]) == {102, 103}
+    assert {k: v for k, v in cfg.items() if k not in ("study", "seeds")} == {
+        k: v for k, v in ode.items() if k not in ("study", "seeds")
+    }
+    assert _every_run_specified_as_in({**cfg, "seeds": ode["seeds"]}, ode) == 50
+    for name in ("config.yaml", "replication.yaml", "power.yaml", "full.yaml", "horizon.yaml"):
+        assert not {102, 103} & set(study.load(ROOT / "config" / name, check_paths=False)["seeds"]), name
