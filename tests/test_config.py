@@ -535,3 +535,36 @@ def test_the_four_seed_evaluation_calibration_only_adds_seeds():
     assert _every_run_specified_as_in({**cfg, "seeds": ode["seeds"]}, ode) == 50
     for name in ("config.yaml", "replication.yaml", "power.yaml", "full.yaml", "horizon.yaml"):
         assert not {102, 103} & set(study.load(ROOT / "config" / name, check_paths=False)["seeds"]), name
+
+
+def test_the_learning_rate_control_at_power_adds_seeds_only():
+    """config/controlled_power.yaml: config/controlled.yaml (its arms, claims and evaluation) on the
+    power study's seeds; PCPO at 1e-4 and DDPO-IS at 3e-5 are the power study's runs, the two
+    equal-rate arms on seeds 0-7 the controlled study's, each specified exactly as there."""
+    cfg = study.load(ROOT / "config" / "controlled_power.yaml", check_paths=False)
+    controlled = study.load(ROOT / "config" / "controlled.yaml", check_paths=False)
+    power = study.load(ROOT / "config" / "power.yaml", check_paths=False)
+    assert cfg["seeds"] == power["seeds"] and set(controlled["seeds"]) < set(cfg["seeds"])
+    assert {k: v for k, v in cfg.items() if k not in ("study", "seeds")} == {
+        k: v for k, v in controlled.items() if k not in ("study", "seeds")
+    }
+    calibrated = {k: v for k, v in cfg["algorithms"].items() if k in ("ddpo_is", "pcpo")}
+    assert _every_run_specified_as_in({**cfg, "algorithms": calibrated}, power) == 2 * 26
+    assert _every_run_specified_as_in({**cfg, "seeds": controlled["seeds"]}, controlled) == 4 * 8
+
+
+def test_the_long_run_is_the_default_studys_primary_arms_trained_eight_times_longer():
+    """config/long.yaml: the default study's shape_iou arms with their settings and rates, on two of
+    its seeds, to 4096 images; its budgets include three of the default's (so its evaluations there
+    can be checked against the default's) and its evaluation is the default's."""
+    cfg = study.load(ROOT / "config" / "long.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    assert cfg["algorithms"] == default["algorithms"] and cfg["rewards"] == [default["analysis"]["primary"]]
+    assert set(cfg["seeds"]) < set(default["seeds"])
+    for section in ("sampling", "evaluation", "analysis", "models"):
+        assert cfg[section] == default[section], section
+    train = {k: v for k, v in cfg["train"].items() if k != "budgets"}
+    assert train == {k: v for k, v in default["train"].items() if k != "budgets"}
+    budgets, theirs = cfg["train"]["budgets"], default["train"]["budgets"]
+    assert len(budgets) >= 6 and max(budgets) == 8 * max(theirs) and len(set(budgets) & set(theirs)) >= 3
+    assert not cfg["probe"]["enabled"] and not cfg.get("verdicts", {}).get("claims")
