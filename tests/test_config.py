@@ -568,3 +568,21 @@ def test_the_long_run_is_the_default_studys_primary_arms_trained_eight_times_lon
     budgets, theirs = cfg["train"]["budgets"], default["train"]["budgets"]
     assert len(budgets) >= 6 and max(budgets) == 8 * max(theirs) and len(set(budgets) & set(theirs)) >= 3
     assert not cfg["probe"]["enabled"] and not cfg.get("verdicts", {}).get("claims")
+
+
+def test_the_credit_ablation_at_power_runs_on_seeds_no_study_used_with_the_ablations_claims():
+    """config/credit_power.yaml: the credit ablation's PCPO and `pcpo-nocredit` arms, specified as
+    there, with its two reward claims word for word, on seeds that no other preset uses."""
+    cfg = study.load(ROOT / "config" / "credit_power.yaml", check_paths=False)
+    ablation = study.load(ROOT / "config" / "ablation.yaml", check_paths=False)
+    assert cfg["algorithms"] == {k: ablation["algorithms"][k] for k in ("pcpo", "pcpo-nocredit")}
+    for section in ("rewards", "sampling", "train", "evaluation", "probe", "analysis", "models"):
+        assert cfg[section] == ablation[section], section
+    theirs = {c["id"]: c for c in ablation["verdicts"]["claims"]}
+    assert [c["id"] for c in cfg["verdicts"]["claims"]] == ["pcpo_reweight", "pcpo_reweight_gain"]
+    assert all(c == theirs[c["id"]] for c in cfg["verdicts"]["claims"])
+    used = set()
+    for path in (ROOT / "config").glob("*.yaml"):
+        if path.name not in ("schema.yaml", "credit_power.yaml"):
+            used |= set(yaml.safe_load(path.read_text()).get("seeds", []))
+    assert len(cfg["seeds"]) == 40 and not set(cfg["seeds"]) & used
