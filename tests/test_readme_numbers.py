@@ -158,9 +158,6 @@ def test_the_rate_checks_reading():
     assert agrees(headline.loc["reinforce-lr1e-4", "change/quality/fid"], fid)
     rows = final_budget_pairs(folder, "shape_iou")
     assert pair(rows, "pcpo", "reinforce-lr1e-4")["p_value"] > 0.05  # "as much": no difference even unadjusted
-    for slower in ("ddpo_is-lr1e-4", "ddpo_is-lr3e-4"):  # "DDPO-IS gains no more at 1e-4 or 3e-4"
-        assert headline.loc[slower, "gain"] < headline.loc["pcpo", "gain"]
-        assert pair(rows, "ddpo_is", slower)["p_value"] > 0.05
 
 
 def test_the_loop_on_the_primary_reward_and_its_rate_control():
@@ -217,17 +214,23 @@ def test_the_study_at_the_evaluation_samplers_rates():
     assert (int(done), int(of)) == ((outcomes == "replicated").sum(), len(outcomes))
 
 
-def test_the_headline_pairs_rates_from_four_calibration_seeds():
-    """The caveat: from four calibration seeds the training rule (the committed rule) chooses PCPO
-    3e-5 and DDPO-IS 1e-4, and the learning-rate control's gap between those arms at the final
-    budget is the quoted one, its interval holding zero."""
-    pcpo_lr, ddpo_lr = typed(r"the training rule swaps the pair's rates \(PCPO (\S+), DDPO-IS (\S+)\)")
+def test_the_headline_pair_at_one_shared_rate_and_at_the_four_seed_rates():
+    """The rate sentence: at each shared rate PCPO's loss gains the quoted amount more than DDPO-IS's
+    (the learning-rate control at power's declared lines, supported at the quoted Holm p); from four
+    calibration seeds the training rule (the committed rule) chooses PCPO 3e-5 and DDPO-IS 1e-4, and
+    those two arms are equivalent within the quoted margin."""
+    folder = STUDIES / "controlled_power" / "tables"
+    verdicts = table(folder / "verdicts.csv").set_index("id")
+    for rate in ("1e-4", "3e-5"):
+        gap, holm = typed(rf"at {rate} \(\+{N}, Holm p {N}\)")
+        line = verdicts.loc[f"pcpo_loss_at_{rate}"]
+        assert agrees(line["effect"], gap) and agrees(line["p_holm"], holm) and line["verdict"] == "supported"
+    assert "on 26 seeds" in reading() and len(table(folder / "eval_per_seed.csv")["seed"].unique()) == 26
+    pcpo_lr, ddpo_lr, margin = typed(
+        rf"at the rates four calibration seeds give \(PCPO (\S+), DDPO-IS (\S+)\) the two are equivalent within {N}\."
+    )
     four = table(STUDIES / "calibration_ode4" / "tables" / "calibration.csv")
     by_training = {m: calibration.choose(part) for m, part in four.groupby("method")}
     assert by_training["pcpo"] == f"pcpo-lr{pcpo_lr}" and by_training["ddpo_is"] == f"ddpo_is-lr{ddpo_lr}"
-    gap, low, high = typed(rf"and there the gap is {N} \[{N}, {N}\]")
-    row = pair(final_budget_pairs(STUDIES / "controlled" / "tables", "shape_iou"), "pcpo-lr3e-5", "ddpo_is-lr1e-4")
-    sign = 1 if row["method"] == "pcpo-lr3e-5" else -1
-    values = sorted([sign * row["ci_low"], sign * row["ci_high"]])
-    assert agrees(sign * row["difference"], gap) and agrees(values[0], low) and agrees(values[1], high)
-    assert values[0] < 0 < values[1]
+    row = pair(final_budget_pairs(folder, "shape_iou"), f"pcpo-lr{pcpo_lr}", f"ddpo_is-lr{ddpo_lr}")
+    assert bool(row["equivalent"]) and row["margin"] == float(margin) and not bool(row["significant"])
