@@ -1,6 +1,7 @@
 """The learning-rate calibration rule (bench/calibration.py) on run folders with known answers."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -180,3 +181,18 @@ def test_a_declared_calibration_at_one_rate_per_method_reads_its_final_budget(tm
     assert set(table["label"]) == {"a-slow", "c"} and table["chosen"].all()
     assert (table["edge"] == "single rate").all() and not table["bracketed"].any()
     assert final == 128  # both curves peak at 64
+
+
+def test_only_a_study_that_declares_a_score_reads_single_rates_as_a_grid():
+    """Validation fills the schema's defaults, so the declaration must survive it: a validated study
+    that runs each method at one rate has no grid (no calibration table, no report section), a
+    study with two rates of a method has that method's grid, and one that declares a score has
+    every method's."""
+    root = Path(__file__).resolve().parents[1] / "config"
+    assert calibration.lr_grid(study.load(root / "ode_rates.yaml", check_paths=False)) == {}
+    assert calibration.lr_grid(study.load(root / "config.yaml", check_paths=False)) == {}
+    controlled = calibration.lr_grid(study.load(root / "controlled.yaml", check_paths=False))
+    assert {m: [p.lr for p in pts] for m, pts in controlled.items()} == {"ddpo_is": [3e-5, 1e-4], "pcpo": [3e-5, 1e-4]}
+    long = study.load(root / "calibration_long.yaml", check_paths=False)
+    assert len(calibration.lr_grid(long)) == len(long["algorithms"]) == 6
+    assert calibration.score_kind(study.load(root / "config.yaml", check_paths=False)) == "training"
