@@ -423,7 +423,8 @@ def calibration_section(tables: Path, runs_root: Path) -> str:
             x = [int(c.rsplit("_", 1)[1]) for c in budgets]
             axes[1, col].plot(x, row[budgets].to_numpy(dtype=float), marker="o", ms=3, **style)
         axes[0, col].set_title(f"{method}", fontsize=10)
-        axes[0, col].legend(fontsize=7)
+        if axes[0, col].get_legend_handles_labels()[0]:  # no training curves without the run folders
+            axes[0, col].legend(fontsize=7)
         axes[1, col].set_xlabel("training images", fontsize=8)
         for ax in axes[:, col]:
             ax.tick_params(labelsize=7)
