@@ -615,14 +615,20 @@ def _prompts(tables: Path) -> list[str]:
 
 def sample_grids(runs_root: Path, table: pd.DataFrame, prompts: list[str]) -> list[str]:
     """Per (model, training reward): the base model once, then each method after its final
-    budget (seed 0), each with the prompts under it."""
+    budget (its lowest seed that has samples: a study need not run seed 0), each with the prompts
+    under it."""
     out = []
     for (model, reward), part in table.groupby(["model", "reward"]):
         first = True
         for algo in sorted(part["algorithm"].unique()):
-            folder = runs_root / model / reward / algo / "seed0" / "samples"
-            if not folder.is_dir():
+            seeds = sorted(
+                (int(d.name[4:]), d / "samples")
+                for d in (runs_root / model / reward / algo).glob("seed*")
+                if d.name[4:].isdigit() and (d / "samples").is_dir()
+            )
+            if not seeds:
                 continue
+            seed, folder = seeds[0]
             grids = sorted(folder.glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
             if first and grids and grids[0].stem == "0":
                 out.append(_grid_figure(grids[0], f"Base model ({model}), held-out prompts", prompts))
@@ -631,7 +637,7 @@ def sample_grids(runs_root: Path, table: pd.DataFrame, prompts: list[str]) -> li
                 out.append(
                     _grid_figure(
                         grids[-1],
-                        f"{algo} ({model}, trained on {reward}), seed 0, after {grids[-1].stem} images",
+                        f"{algo} ({model}, trained on {reward}), seed {seed}, after {grids[-1].stem} images",
                         prompts,
                     )
                 )

@@ -217,3 +217,25 @@ def test_the_calibration_section_names_the_curves_prompt_set_and_the_rules_score
     html_text = report.calibration_section(tmp_path, tmp_path)
     assert shown in html_text and "train_reward_se" not in html_text
     assert ("the rule&#x27;s score" in html_text or "the rule's score" in html_text) == score
+
+
+def test_sample_grids_show_each_methods_lowest_seed_with_samples(tmp_path):
+    """A study need not run seed 0 (the replication, the credit ablation at power): the grids come
+    from each method's lowest seed that has samples, named in the caption, with the base once."""
+    from PIL import Image
+
+    for algo, seeds in (("a", (41, 40, 100)), ("b", (7,))):
+        for seed in seeds:
+            folder = tmp_path / "m" / "r" / algo / f"seed{seed}" / "samples"
+            folder.mkdir(parents=True)
+            for budget in (0, 64):
+                Image.new("RGB", (4, 4), (seed, budget, 0)).save(folder / f"{budget}.png")
+    (tmp_path / "m" / "r" / "c" / "seed0").mkdir(parents=True)  # a run without samples is skipped
+    table = pd.DataFrame({"model": "m", "reward": "r", "algorithm": ["a", "b", "c"]})
+    figures = report.sample_grids(tmp_path, table, [])
+    captions = [f.split("<figcaption>")[1].split("</figcaption>")[0] for f in figures]
+    assert captions == [
+        "Base model (m), held-out prompts",
+        "a (m, trained on r), seed 40, after 64 images",
+        "b (m, trained on r), seed 7, after 64 images",
+    ]
