@@ -570,6 +570,32 @@ def test_the_long_run_is_the_default_studys_primary_arms_trained_eight_times_lon
     assert not cfg["probe"]["enabled"] and not cfg.get("verdicts", {}).get("claims")
 
 
+def test_the_long_run_with_seeds_tests_the_long_runs_readings_on_seeds_it_did_not_use():
+    """config/long_power.yaml: the long run's DDPO-IS, LOOP and PCPO arms, specified as there, plus
+    PCPO at DDPO-IS's rate specified as in the learning-rate control; the long run's training,
+    sampler and evaluation; seeds disjoint from the long run's; four claims, each between two of
+    its labels, the equal-rate one declared as controlled."""
+    cfg = study.load(ROOT / "config" / "long_power.yaml", check_paths=False)
+    long = study.load(ROOT / "config" / "long.yaml", check_paths=False)
+    control = study.load(ROOT / "config" / "controlled_power.yaml", check_paths=False)
+    arms = cfg["algorithms"]
+    assert {k: arms[k] for k in ("ddpo_is", "loop", "pcpo")} == {
+        k: long["algorithms"][k] for k in ("ddpo_is", "loop", "pcpo")
+    }
+    assert arms["pcpo-lr3e-5"] == control["algorithms"]["pcpo-lr3e-5"]
+    assert arms["pcpo-lr3e-5"]["lr"] == arms["ddpo_is"]["lr"] != arms["pcpo"]["lr"]
+    assert set(arms) == {"ddpo_is", "loop", "pcpo", "pcpo-lr3e-5"}
+    for section in ("rewards", "sampling", "train", "evaluation", "probe", "models"):
+        assert cfg[section] == long[section], section
+    assert not set(cfg["seeds"]) & set(long["seeds"]) and len(cfg["seeds"]) == 8
+    claims = cfg["verdicts"]["claims"]
+    assert len(claims) == 4 and all({c["method"], c["over"]} <= set(arms) for c in claims)
+    controlled = [c for c in claims if c.get("controlled")]
+    assert [(c["method"], c["over"]) for c in controlled] == [("ddpo_is", "pcpo-lr3e-5")]
+    levels = cfg["analysis"]["frontier"]["drift_levels"]["quality/fid"]
+    assert all(float(c["measure"].rsplit("/", 1)[1]) in levels for c in claims if "gain_at_drift" in c["measure"])
+
+
 def test_the_credit_ablation_at_power_runs_on_seeds_no_study_used_with_the_ablations_claims():
     """config/credit_power.yaml: the credit ablation's PCPO and `pcpo-nocredit` arms, specified as
     there, with its two reward claims word for word, on seeds that no other preset uses."""
