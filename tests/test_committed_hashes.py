@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from t2i_rl_bench import study
@@ -37,7 +38,7 @@ def header_hash(table: Path) -> str:
 
 def test_the_committed_tables_are_found():
     names = {name for name, _, _ in committed_tables()}
-    assert {"default", "power", "controlled_power", "long"} <= names and NOT_REAGGREGATED <= names
+    assert {"default", "power", "controlled_power", "long", "long_power"} <= names and NOT_REAGGREGATED <= names
 
 
 @pytest.mark.parametrize("name,config,table", committed_tables(), ids=lambda v: getattr(v, "name", str(v)))
@@ -47,3 +48,28 @@ def test_a_committed_tables_config_hash_is_its_configs_hash_today(name, config, 
         assert header_hash(table) != today, f"{name} matches again: take it off NOT_REAGGREGATED"
     else:
         assert header_hash(table) == today, f"{table} was made from another config (or schema): re-aggregate it"
+
+
+def test_the_long_runs_first_512_images_are_the_shorter_studies_runs():
+    """A budget only saves a checkpoint, so config/long_power.yaml's runs evaluated at 128, 256 and
+    512 images are the power study's (and, for PCPO at 3e-5, the learning-rate control's) runs on
+    the same seeds: every reward and FID cell equal to every digit, the CLIP-feature cells within
+    float rounding (docs/study.md#the-long-run-with-seeds)."""
+
+    def per_seed(name: str) -> pd.DataFrame:
+        frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
+        return frame[frame["budget"].isin([128, 256, 512]) & (frame["metric"] != "device_seconds")]
+
+    long = per_seed("long_power")
+    keys = ["algorithm", "seed", "budget", "metric"]
+    shared = pd.concat(
+        [
+            long[long["algorithm"] != "pcpo-lr3e-5"].merge(per_seed("power"), on=keys),
+            long[long["algorithm"] == "pcpo-lr3e-5"].merge(per_seed("controlled_power"), on=keys),
+        ]
+    )
+    assert len(shared) == len(long) == 4 * 8 * 3 * long["metric"].nunique()
+    exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
+    assert exact.sum() > len(shared) / 2
+    assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
+    assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
