@@ -307,13 +307,48 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
         raise ConfigError(f"config key 'algorithms.{label}': {exc}") from exc
 
 
+def resolve_extends(config: dict, chain: tuple[str, ...] = ()) -> dict:
+    """A config that names `extends: <file>` is that file's config with each top-level section the
+    config gives in place of the file's: a section is replaced whole, never merged key by key, so a
+    preset that lists its own `algorithms` runs exactly those (docs/usage.md#presets-that-extend-another).
+    The file is a path from the working directory, as plugin and model paths are; a chain of
+    files is followed and a cycle refused. The result holds no `extends`, so a preset written out
+    in full and the same preset written as an extension validate to the same config and hash."""
+    if "extends" not in config:
+        return config
+    path = config["extends"]
+    where = f"{chain[-1]}: " if chain else ""
+    if not isinstance(path, str):
+        raise ConfigError(f"{where}config key 'extends': a config file's path, e.g. config/long.yaml; got {path!r}")
+    if path in chain:
+        raise ConfigError(f"config key 'extends': {' -> '.join((*chain, path))} is a cycle")
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"{where}config key 'extends': {path} is not a file (a path from the working directory, "
+            "where snakemake starts, e.g. config/long.yaml)"
+        )
+    base = read_yaml(path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: a study config is a mapping of keys (study, seeds, models, ...)")
+    base = resolve_extends(base, (*chain, path))
+    own = {key: value for key, value in config.items() if key != "extends"}
+    if "study" not in own or own["study"] == base.get("study", "default"):
+        raise ConfigError(
+            f"{where}config key 'study': a config that extends {path} names a study of its own "
+            f"(it would write into {base.get('study', 'default')!r}'s folders)"
+        )
+    return {**base, **own}
+
+
 def validate(config: dict, check_paths: bool = True, verify: bool = True) -> dict:
     """Validated copy of the config with defaults filled in; raises ConfigError naming the key.
-    With check_paths and verify (and the config's verify_sha256), every model's and judge's weight
-    files are checked against their recorded SHA-256 first (t2i_rl_bench.integrity)."""
+    A config that `extends` another is resolved first (`resolve_extends`). With check_paths and
+    verify (and the config's verify_sha256), every model's and judge's weight files are checked
+    against their recorded SHA-256 first (t2i_rl_bench.integrity)."""
     from t2i_rl_bench.registry import REWARDS, PluginError
 
-    config = numbers_as_numbers(copy.deepcopy(config))  # `2e-4` is a number, however YAML read it
+    config = resolve_extends(copy.deepcopy(config))
+    config = numbers_as_numbers(config)  # `2e-4` is a number, however YAML read it
     check_finite(config)
     schema = load_schema()
     validator = _fill_defaults(jsonschema.Draft202012Validator)(schema)
@@ -572,7 +607,7 @@ def load(path: str | Path, check_paths: bool = True) -> dict:
     config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: a study config is a mapping of keys (study, seeds, models, ...)")
-    return validate(config, check_paths)
+    return validate(resolve_extends(config, (str(path),)), check_paths)
 
 
 def check_files(paths) -> None:
