@@ -598,6 +598,23 @@ def test_the_long_run_with_seeds_tests_the_long_runs_readings_on_seeds_it_did_no
     assert all(float(c["measure"].rsplit("/", 1)[1]) in levels for c in claims if "gain_at_drift" in c["measure"])
 
 
+def test_the_credit_ablation_at_the_long_horizon_adds_the_unweighted_arm_to_the_long_runs_pcpo():
+    """config/long_credit.yaml: PCPO's runs are long_power's, specified exactly as there (copied in),
+    and `pcpo-nocredit` is the ablation's arm at PCPO's rate; long_power's seeds, training and
+    evaluation; two claims, both PCPO over the unweighted arm, both declared as controlled."""
+    cfg = study.load(ROOT / "config" / "long_credit.yaml", check_paths=False)
+    long = study.load(ROOT / "config" / "long_power.yaml", check_paths=False)
+    ablation = study.load(ROOT / "config" / "ablation.yaml", check_paths=False)
+    assert _every_run_specified_as_in({**cfg, "algorithms": {"pcpo": cfg["algorithms"]["pcpo"]}}, long) == 8
+    assert cfg["algorithms"]["pcpo-nocredit"] == ablation["algorithms"]["pcpo-nocredit"]
+    assert cfg["algorithms"]["pcpo-nocredit"]["lr"] == cfg["algorithms"]["pcpo"]["lr"]
+    for section in ("seeds", "rewards", "sampling", "train", "evaluation", "probe", "models"):
+        assert cfg[section] == long[section], section
+    claims = cfg["verdicts"]["claims"]
+    assert len(claims) == 2 and all((c["method"], c["over"]) == ("pcpo", "pcpo-nocredit") for c in claims)
+    assert all(c.get("controlled") for c in claims)
+
+
 def test_the_credit_ablation_at_power_runs_on_seeds_no_study_used_with_the_ablations_claims():
     """config/credit_power.yaml: the credit ablation's PCPO and `pcpo-nocredit` arms, specified as
     there, with its two reward claims word for word, on seeds that no other preset uses."""
