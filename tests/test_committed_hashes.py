@@ -38,7 +38,14 @@ def header_hash(table: Path) -> str:
 
 def test_the_committed_tables_are_found():
     names = {name for name, _, _ in committed_tables()}
-    assert {"default", "power", "controlled_power", "long", "long_power", "long_credit"} <= names and NOT_REAGGREGATED <= names
+    assert {
+        "default",
+        "power",
+        "controlled_power",
+        "long",
+        "long_power",
+        "long_credit",
+    } <= names and NOT_REAGGREGATED <= names
 
 
 @pytest.mark.parametrize("name,config,table", committed_tables(), ids=lambda v: getattr(v, "name", str(v)))
