@@ -307,6 +307,17 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
 # ---- the headline's acceptance rule (docs/study.md#acceptance) --------------------------------
 
 
+def p_text(p: float, alpha: float = 0.05) -> str:
+    """`p` to two significant digits, or as many more as keep it off `alpha` when it is not `alpha`: a
+    Holm p of 0.0497 printed as "0.05" would read as not significant (docs/measurements.md#verdicts)."""
+    alpha = round(alpha, 12)  # 1 - 0.95 is 0.05000000000000004
+    for digits in range(2, 7):
+        text = f"{p:.{digits}g}"
+        if p == alpha or not np.isfinite(p) or float(text) != alpha:
+            return text
+    return text
+
+
 def primary_reward(cfg: dict) -> str:
     """The training reward of the acceptance rule: `analysis.primary`, else the first reward."""
     chosen = (cfg.get("analysis") or {}).get("primary")
@@ -333,6 +344,7 @@ def acceptance(
     as differences too. Returns {outcome, sentence, reward, mdd, margin, pairs}."""
     confounds = confounds or {}
     reward = primary_reward(cfg)
+    alpha = 1 - cfg.get("statistics", {}).get("confidence", 0.95)
     metric = f"reward/{reward}"
     if pairs is None or pairs.empty or "reward" not in pairs:
         return {"outcome": "neither", "sentence": "No pairwise table: the rule cannot be applied.", "reward": reward}
@@ -347,7 +359,8 @@ def acceptance(
         better = r.better if isinstance(r.better, str) else ""
         sign = -1.0 if better == "lower" else 1.0
         winner, loser = (r.method, r.over) if sign * r.difference > 0 else (r.over, r.method)
-        text = f"{winner} over {loser} on {r.metric} (by {abs(r.difference):.4g}, Holm p {r.p_holm:.2g}, {r.test})"
+        holm_p = p_text(r.p_holm, alpha)
+        text = f"{winner} over {loser} on {r.metric} (by {abs(r.difference):.4g}, Holm p {holm_p}, {r.test})"
         found.append((text, confounds.get(key)))
     if verdict is not None and len(verdict) and "kind" in verdict:
         lines = verdict[
@@ -357,14 +370,14 @@ def acceptance(
         ]
         for r in lines.itertuples():
             key = tuple(sorted((r.method, r.over)))
-            found.append((f"{r.id} vs {r.over}: {r.verdict} (Holm p {r.p_holm:.2g})", confounds.get(key)))
+            found.append((f"{r.id} vs {r.over}: {r.verdict} (Holm p {p_text(r.p_holm, alpha)})", confounds.get(key)))
     if frontier_pairs is not None and len(frontier_pairs):
         sig = frontier_pairs[(frontier_pairs["reward"] == reward) & frontier_pairs["significant"].astype(bool)]
         for r in sig.itertuples():
             key = tuple(sorted((r.method, r.over)))
             text = (
                 f"{r.reading} {r.metric} at {r.level:g}: {r.method} - {r.over} = {r.difference:+.4g} "
-                f"(Holm p {r.p_holm:.2g})"
+                f"(Holm p {p_text(r.p_holm, alpha)})"
             )
             found.append((text, confounds.get(key)))
     clean = [t for t, c in found if not c]

@@ -227,6 +227,22 @@ def test_acceptance_counts_supported_findings_and_frontier_pairs_but_not_impleme
     assert acc["outcome"] == "difference" and "drift_at_gain quality/fid" in acc["sentence"]
 
 
+@pytest.mark.parametrize(
+    "p,alpha,text",
+    [(0.0497, 0.05, "0.0497"), (0.0503, 0.05, "0.0503"), (0.036, 0.05, "0.036"), (0.05, 0.05, "0.05")]
+    + [(0.04996, 1 - 0.95, "0.04996"), (0.0099, 0.01, "0.0099"), (0.0497, 0.01, "0.05"), (float("nan"), 0.05, "nan")],
+)
+def test_a_p_value_is_never_printed_onto_the_threshold_it_is_not(p, alpha, text):
+    assert verdicts.p_text(p, alpha) == text
+
+
+def test_the_acceptance_line_prints_a_holm_p_just_under_alpha_as_under_it():
+    cfg, pairs = _pairs({"a": 0.5, "b": 0.5, "c": 0.5}, margin=0.0005)
+    line = {"reward": "r", "method": "a", "over": "b", "verdict": "supported", "p_holm": 0.0497, "id": "x"}
+    acc = verdicts.acceptance(cfg, pairs, verdict=pd.DataFrame([{**line, "kind": "finding"}]))
+    assert "x vs b: supported (Holm p 0.0497)" in acc["sentence"]
+
+
 def test_a_declared_margin_turns_a_tight_null_into_equivalent():
     """MEANS['inconclusive'] differ by 0.005 with a spread of 0.02: not significant, and its
     interval (about +-0.03) lies inside a margin of 0.25 (equivalent) but not of 0.01."""
