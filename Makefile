@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup study replication quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim references constraints
+.PHONY: setup study two-rewards replication quick test test-fast lint typecheck report snakemake-report pretrain pretrain-ddim references constraints
 
 # constraints.txt pins every package but torch, torchvision and their CUDA wheels (the platform
 # picks those) to the versions the committed tables were made with; `make constraints` rewrites it
@@ -18,9 +18,12 @@ setup: $(VENV)/.installed
 study: setup            ## the default study: runs, tables, report (an interrupted run's jobs continue)
 	$(SNAKEMAKE) --cores all --rerun-incomplete
 
-replication: setup      ## the default study on seeds it never used, then results/replication/replication.md: does every finding keep its sign?
+two-rewards: setup      ## the default study's full design, both training rewards (~72 min; results/studies/two_rewards, report/studies/two_rewards)
+	$(SNAKEMAKE) --cores all --rerun-incomplete --configfile config/two_rewards.yaml
+
+replication: setup      ## the two-reward study on seeds it never used, then results/replication/replication.md: does every finding keep its sign?
 	$(SNAKEMAKE) --cores all --rerun-incomplete --configfile config/replication.yaml
-	$(PY) -m t2i_rl_bench.replication --study results/tables --replication results/studies/replication/tables --out results/replication
+	$(PY) -m t2i_rl_bench.replication --study results/studies/two_rewards/tables --replication results/studies/replication/tables --out results/replication
 
 quick: setup            ## the smoke preset (same DAG, a few minutes; results/studies/quick, report/studies/quick)
 	$(SNAKEMAKE) --cores all --rerun-incomplete --configfile config/quick.yaml

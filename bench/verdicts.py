@@ -309,7 +309,8 @@ def evaluate(cfg: dict, tables: Tables) -> pd.DataFrame:
 
 def p_text(p: float, alpha: float = 0.05) -> str:
     """`p` to two significant digits, or as many more as keep it off `alpha` when it is not `alpha`: a
-    Holm p of 0.0497 printed as "0.05" would read as not significant (docs/measurements.md#verdicts)."""
+    Holm p of 0.0497 printed as "0.05" would read as not significant
+    (docs/measurements.md#headline-verdicts-and-reward-hacking)."""
     alpha = round(alpha, 12)  # 1 - 0.95 is 0.05000000000000004
     for digits in range(2, 7):
         text = f"{p:.{digits}g}"

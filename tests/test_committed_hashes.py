@@ -45,6 +45,7 @@ def test_the_committed_tables_are_found():
         "long",
         "long_power",
         "long_credit",
+        "two_rewards",
     } <= names and NOT_REAGGREGATED <= names
 
 

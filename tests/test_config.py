@@ -292,9 +292,25 @@ def test_validate_prints_one_line_per_error_and_the_traceback_only_with_debug(tm
         main(["validate", str(path), "--debug"])
 
 
-def test_the_replication_preset_is_the_default_study_on_other_seeds():
-    """docs/study.md#replication-on-unseen-seeds: the same design exactly, on seeds no other study uses."""
+def test_the_default_study_is_the_two_reward_study_on_its_primary_reward():
+    """docs/study.md#the-two-reward-study: the default study's runs are the two-reward study's runs on
+    its primary reward, specified exactly as there (so each is the same run, to every digit), and every
+    setting but the study's name and its training rewards is the two-reward study's."""
     default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    full = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
+    assert default["rewards"] == [full["analysis"]["primary"]] and len(full["rewards"]) == 2
+    assert default["rewards"][0] in full["rewards"]
+    keys = set(study.runs(full))
+    assert len(study.runs(default)) * 2 == len(keys)
+    for key in study.runs(default):
+        assert key in keys and study.run_spec(default, key) == study.run_spec(full, key), key
+    strip = {"study", "rewards"}
+    assert {k: v for k, v in default.items() if k not in strip} == {k: v for k, v in full.items() if k not in strip}
+
+
+def test_the_replication_preset_is_the_two_reward_study_on_other_seeds():
+    """docs/study.md#replication-on-unseen-seeds: the same design exactly, on seeds no other study uses."""
+    default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
     replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
     calibration = study.load(ROOT / "config" / "calibration.yaml", check_paths=False)
     assert not set(replication["seeds"]) & (set(default["seeds"]) | set(calibration["seeds"]))
@@ -365,12 +381,12 @@ def test_the_power_preset_is_the_full_study_on_its_primary_reward_with_more_seed
         assert cfg[section] == full[section], section
 
 
-def test_the_full_preset_extends_the_default_study_and_the_ablation_run_for_run():
-    """config/full.yaml: every run the default study or the credit ablation also has is specified
+def test_the_full_preset_extends_the_two_reward_study_and_the_ablation_run_for_run():
+    """config/full.yaml: every run the two-reward study or the credit ablation also has is specified
     exactly as there (so their runs can be copied in, as the committed full study did), and its
-    evaluation is the default's; what it adds is seeds and the pcpo-nocredit arm."""
+    evaluation is theirs; what it adds is seeds and the pcpo-nocredit arm."""
     cfg = study.load(ROOT / "config" / "full.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
     ablation = study.load(ROOT / "config" / "ablation.yaml", check_paths=False)
     shared = 0
     for other in (default, ablation):

@@ -73,10 +73,15 @@ def test_the_default_studys_frontier_difference_and_its_final_budget_reading():
     gap, holm_final = typed(rf"at the final budget the same gap \({N}\) has Holm p {N},")
     row = pair(final_budget_pairs(TABLES, "shape_iou"), "pcpo", "ddpo_is")
     assert agrees(abs(row["difference"]), gap) and agrees(row["p_holm"], holm_final)
-    (verdict,) = typed(rf"as a declared verdict line {N}\.")
-    verdicts = table(TABLES / "verdicts.csv")
-    line = verdicts[(verdicts["id"] == "pcpo_gain") & (verdicts["reward"] == "shape_iou")]
-    assert len(line) == 1 and agrees(line["p_holm"].iloc[0], verdict)
+    verdict, in_two = typed(rf"as a declared verdict line {N} \(supported; {N} in the two-reward study")
+    for folder, typed_p, outcome in (
+        (TABLES, verdict, "supported"),
+        (STUDIES / "two_rewards" / "tables", in_two, None),
+    ):
+        verdicts = table(folder / "verdicts.csv")
+        line = verdicts[(verdicts["id"] == "pcpo_gain") & (verdicts["reward"] == "shape_iou")]
+        assert len(line) == 1 and agrees(line["p_holm"].iloc[0], typed_p), folder
+        assert outcome is None or line["verdict"].iloc[0] == outcome
 
 
 def test_the_minimum_detectable_difference_and_its_share_of_the_spread():
@@ -88,8 +93,8 @@ def test_the_minimum_detectable_difference_and_its_share_of_the_spread():
 
 
 def test_every_attribute_match_pair_is_equivalent_within_the_quoted_margin():
-    (margin,) = typed(rf"[Oo]n attribute_match every pair is equivalent within {N}\.")
-    rows = final_budget_pairs(TABLES, "attribute_match")
+    (margin,) = typed(rf"two-reward study, on attribute_match every pair is equivalent within {N}\.")
+    rows = final_budget_pairs(STUDIES / "two_rewards" / "tables", "attribute_match")
     assert len(rows) and rows["equivalent"].astype(bool).all()
     assert (rows["margin"] == float(margin)).all()
 

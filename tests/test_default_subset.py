@@ -1,0 +1,83 @@
+"""The default study is the two-reward study on its primary reward (docs/study.md#the-two-reward-study):
+the committed tables of both, each made from a fresh clone, must agree where they measure the same
+runs, and the default must read every declared finding of the two-reward study the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "results" / "tables"
+TWO = ROOT / "results" / "studies" / "two_rewards" / "tables"
+PRIMARY = "shape_iou"
+
+pytestmark = pytest.mark.skipif(not (TWO / "eval_per_seed.csv").exists(), reason="two-reward tables not committed")
+
+
+def table(folder: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(folder / f"{name}.csv", comment="#")
+
+
+def test_the_default_trains_on_the_primary_reward_alone():
+    assert set(table(DEFAULT, "eval_per_seed")["reward"]) == {PRIMARY}
+    assert set(table(TWO, "eval_per_seed")["reward"]) == {PRIMARY, "attribute_match"}
+
+
+def test_every_evaluation_cell_of_the_default_is_the_two_reward_studys():
+    """Both made from fresh clones: the same runs give every reward, FID/KID and attribute cell to every
+    digit; the CLIP-feature cells (CLIP score, Vendi) within float rounding; timing apart."""
+    keys = ["model", "reward", "algorithm", "seed", "budget", "metric"]
+    default = table(DEFAULT, "eval_per_seed")
+    two = table(TWO, "eval_per_seed")
+    two = two[two["reward"] == PRIMARY]
+    merged = default.merge(two, on=keys, suffixes=("", "_two"))
+    assert len(merged) == len(default) == len(two)
+    merged = merged[merged["metric"] != "device_seconds"]
+    exact = merged["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
+    assert exact.sum() > len(merged) / 2
+    assert (merged.loc[exact, "value"] == merged.loc[exact, "value_two"]).all()
+    assert merged["value"].sub(merged["value_two"]).abs().max() < 1e-5
+
+
+def test_the_pairwise_tables_agree_on_the_primary_reward():
+    """improvement.csv and frontier_pairs.csv run Holm within one reward and reading: equal p-values."""
+    for name, keys in (
+        ("improvement", ["reward", "metric", "budget", "method", "over"]),
+        ("frontier_pairs", ["reward", "reading", "metric", "level", "method", "over"]),
+    ):
+        default = table(DEFAULT, name)
+        two = table(TWO, name)
+        two = two[two["reward"] == PRIMARY]
+        merged = default.merge(two, on=keys, suffixes=("", "_two"))
+        assert len(merged) == len(default) == len(two), name
+        for column in ("difference", "p_holm"):
+            assert merged[column].sub(merged[f"{column}_two"]).abs().max() < 1e-6, (name, column)
+
+
+def test_every_finding_of_the_two_reward_study_on_the_primary_reward_keeps_its_direction():
+    """A supported or contradicted line there has the same sign of effect here; Holm runs over half as
+    many lines here, so a p-value may only fall (the same raw p, a smaller family)."""
+    keys = ["id", "reward", "method", "over"]
+    two = table(TWO, "verdicts")
+    two = two[two["reward"] == PRIMARY]
+    merged = table(DEFAULT, "verdicts").merge(two, on=keys, suffixes=("", "_two"))
+    assert len(merged) == len(two)
+    decided = merged[merged["verdict_two"].isin(["supported", "contradicted"])]
+    assert len(decided)
+    assert (decided["effect"] * decided["effect_two"] > 0).all()
+    assert (decided["verdict"] == decided["verdict_two"]).all()
+    tested = merged["p_value_two"].notna()  # a line with no test (a pooled count, no matched level) has none
+    assert (merged["p_value"].notna() == tested).all()
+    assert (merged.loc[tested, "p_value"].sub(merged.loc[tested, "p_value_two"]).abs() < 1e-9).all()
+    assert (merged.loc[tested, "p_holm"] <= merged.loc[tested, "p_holm_two"] + 1e-12).all()
+
+
+def test_the_acceptance_outcome_is_the_same():
+    def outcome(folder: Path) -> str:
+        line = next(row for row in (folder / "verdicts.md").read_text().splitlines() if "acceptance (" in row)
+        return line.split("acceptance (", 1)[1].split(")", 1)[0]
+
+    assert outcome(DEFAULT) == outcome(TWO)
