@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import re
 from pathlib import Path
 
@@ -612,6 +613,25 @@ def test_the_long_run_with_seeds_tests_the_long_runs_readings_on_seeds_it_did_no
     assert [(c["method"], c["over"]) for c in controlled] == [("ddpo_is", "pcpo-lr3e-5")]
     levels = cfg["analysis"]["frontier"]["drift_levels"]["quality/fid"]
     assert all(float(c["measure"].rsplit("/", 1)[1]) in levels for c in claims if "gain_at_drift" in c["measure"])
+
+
+def test_the_8192_image_run_extends_two_of_the_long_runs_arms_past_4096_images():
+    """config/long_8192.yaml: long_power's DDPO-IS and PCPO-at-3e-5 runs on its first two seeds,
+    specified as there but for the budgets, which are long_power's followed by larger ones (a budget
+    only saves a checkpoint, so the first 4096 images are long_power's runs); no claims."""
+    cfg = study.load(ROOT / "config" / "long_8192.yaml", check_paths=False)
+    long = study.load(ROOT / "config" / "long_power.yaml", check_paths=False)
+    assert set(cfg["algorithms"]) == {"ddpo_is", "pcpo-lr3e-5"} and set(cfg["seeds"]) < set(long["seeds"])
+    shorter = long["train"]["budgets"]
+    longer = cfg["train"]["budgets"]
+    assert longer[: len(shorter)] == shorter and longer[-1] == 2 * shorter[-1] and len(longer) >= 6
+    keys = set(study.runs(long))
+    for key in study.runs(cfg):
+        assert key in keys
+        assert dataclasses.replace(study.run_spec(cfg, key), budgets=tuple(shorter)) == study.run_spec(long, key), key
+    for section in ("rewards", "sampling", "evaluation", "probe", "models"):
+        assert cfg[section] == long[section], section
+    assert cfg["verdicts"]["claims"] == []
 
 
 def test_the_credit_ablation_at_the_long_horizon_adds_the_unweighted_arm_to_the_long_runs_pcpo():
