@@ -107,7 +107,9 @@ def test_the_slope_interval_over_seeds_covers_a_known_slope():
 
 def test_recursive_preset_follows_the_protocol_and_trains_as_the_default_study():
     cfg = study.load(ROOT / "config" / "recursive.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    # the two-reward study: the loop trains on attribute_match, the default study's second reward
+    # until it became that study's shape_iou half (docs/study.md#the-two-reward-study)
+    default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
     variants = study.recursive_variants(cfg)
     assert cfg["recursive"]["enabled"] and cfg["recursive"]["generations"] >= 5
     combos = {(v["mode"], v["real_fraction"] > 0) for v in variants.values()}
