@@ -81,3 +81,23 @@ def test_the_long_runs_first_512_images_are_the_shorter_studies_runs():
     assert exact.sum() > len(shared) / 2
     assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
     assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
+
+
+def test_the_8192_image_runs_first_4096_images_are_the_long_runs():
+    """config/long_8192.yaml trains two of long_power's arms on two of its seeds past 4096 images:
+    every evaluation at 128-4096 images is long_power's (rewards, FID/KID and attribute cells to every
+    digit, the CLIP-feature cells within float rounding; docs/study.md#the-3e-5-curves-past-4096-images)."""
+
+    def per_seed(name: str) -> pd.DataFrame:
+        frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
+        return frame[(frame["budget"] > 0) & (frame["metric"] != "device_seconds")]
+
+    longer = per_seed("long_8192")
+    keys = ["algorithm", "seed", "budget", "metric"]
+    shared = longer.merge(per_seed("long_power"), on=keys)
+    assert len(shared) == len(longer[longer["budget"] <= 4096]) == 2 * 2 * 8 * longer["metric"].nunique()
+    assert longer["budget"].max() == 8192
+    exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
+    assert exact.sum() > len(shared) / 2
+    assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
+    assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
