@@ -101,3 +101,27 @@ def test_the_8192_image_runs_first_4096_images_are_the_long_runs():
     assert exact.sum() > len(shared) / 2
     assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
     assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
+
+
+def test_the_8192_image_table_in_the_docs_is_the_committed_tables():
+    """docs/study.md#the-3e-5-curves-past-4096-images quotes each arm's mean gain and FID change by
+    budget: recomputed here from the committed per-seed table, to the digits it prints."""
+    text = (ROOT / "docs" / "study.md").read_text()
+    section = text[text.index("### The 3e-5 curves past 4096 images") :]
+    rows = [line for line in section.splitlines()[:40] if line.startswith("| ")]
+    budgets = [int(b) for b in re.findall(r"\d+", rows[0])]
+    frame = pd.read_csv(ROOT / "results" / "studies" / "long_8192" / "tables" / "eval_per_seed.csv", comment="#")
+    labels = {"DDPO-IS": "ddpo_is", "PCPO": "pcpo-lr3e-5"}
+    checked = 0
+    for row in rows[1:]:
+        name, *cells = [c.strip() for c in row.strip("|").split("|")]
+        algorithm = labels[name.split(" ")[0].rstrip(":")]
+        metric = "quality/fid" if "FID" in name else "reward/shape_iou"
+        values = frame[(frame["algorithm"] == algorithm) & (frame["metric"] == metric)]
+        values = values.pivot(index="seed", columns="budget", values="value")
+        change = values.sub(values[0], axis=0).mean()
+        for budget, cell in zip(budgets, cells):
+            digits = len(cell.split(".")[1])
+            assert f"{change[budget]:+.{digits}f}" == cell, (name, budget)
+            checked += 1
+    assert checked == 4 * len(budgets) == 20
