@@ -634,6 +634,39 @@ def test_the_8192_image_run_extends_two_of_the_long_runs_arms_past_4096_images()
     assert cfg["verdicts"]["claims"] == []
 
 
+def test_the_16384_image_runs_continue_the_8192_and_4096_image_runs():
+    """config/long_16384.yaml: the default study's three 3e-5 methods and PCPO at 3e-5 on long_8192's
+    seeds. DDPO-IS's and PCPO's runs continue long_8192's, LOOP's continue long_power's (the same spec
+    but for budgets added after all of theirs: bench/train/state.py `continues`), and REINFORCE is the
+    default study's; no claims."""
+    from t2i_rl_bench.train.state import continues
+
+    cfg = study.load(ROOT / "config" / "long_16384.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
+    assert set(cfg["algorithms"]) == {"reinforce", "ddpo_is", "loop", "pcpo-lr3e-5"}
+    assert {cfg["algorithms"][a]["lr"] for a in cfg["algorithms"]} == {3.0e-5}
+    for name in ("reinforce", "ddpo_is", "loop"):
+        assert cfg["algorithms"][name] == default["algorithms"][name], name
+    assert cfg["train"]["budgets"][-1] == 16384 and cfg["verdicts"]["claims"] == []
+    sources = {
+        "ddpo_is": study.load(ROOT / "config" / "long_8192.yaml", check_paths=False),
+        "pcpo-lr3e-5": study.load(ROOT / "config" / "long_8192.yaml", check_paths=False),
+        "loop": study.load(ROOT / "config" / "long_power.yaml", check_paths=False),
+    }
+    continued = 0
+    for key in study.runs(cfg):
+        source = sources.get(key.algorithm)
+        if source is None:
+            continue
+        assert key in set(study.runs(source)), key
+        old, new = study.run_spec(source, key).identity(), study.run_spec(cfg, key).identity()
+        assert old != new and continues(old, new), key
+        continued += 1
+    assert continued == 6
+    for section in ("rewards", "sampling", "evaluation", "probe", "models", "seeds"):
+        assert cfg[section] == sources["ddpo_is"][section], section
+
+
 def test_the_credit_ablation_at_the_long_horizon_adds_the_unweighted_arm_to_the_long_runs_pcpo():
     """config/long_credit.yaml: PCPO's runs are long_power's, specified exactly as there (copied in),
     and `pcpo-nocredit` is the ablation's arm at PCPO's rate; long_power's seeds, training and

@@ -22,7 +22,7 @@ def slow(images, prompts, metadata):
 """
 
 
-def _command(model, reward, out):
+def _command(model, reward, out, budgets=(8, 16, 24, 32)):
     cfg = dict(
         model_path=str(model),
         algorithm="ddpo_is",
@@ -31,7 +31,7 @@ def _command(model, reward, out):
         num_steps=3,
         images_per_round=8,
         group_size=2,
-        budgets=[8, 16, 24, 32],
+        budgets=list(budgets),
         prompts=["a red circle", "a blue square"],
     )
     return [sys.executable, "-m", "t2i_rl_bench", "train", "--run-config", json.dumps(cfg), "--out", str(out)]
@@ -80,6 +80,71 @@ def test_kill_and_rerun_ends_like_an_uninterrupted_run(tiny_model, tmp_path):
         assert torch.equal(w_straight[key], w_resumed[key]), key
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["images_seen"] == 32
+
+
+# ---------------------------------------------------------------- a finished run given more budgets
+def test_a_finished_run_given_more_budgets_continues_and_ends_like_a_straight_run(tiny_model, tmp_path):
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    subprocess.run(_command(tiny_model, "jpeg_compressibility", straight), check=True, capture_output=True, timeout=300)
+    short = _command(tiny_model, "jpeg_compressibility", extended, budgets=(8, 16))
+    subprocess.run(short, check=True, capture_output=True, timeout=300)
+    assert json.loads((extended / "summary.json").read_text())["images_seen"] == 16
+    first = (extended / "log.jsonl").read_text().splitlines()
+    assert len(first) == 2
+
+    longer = _command(tiny_model, "jpeg_compressibility", extended)
+    subprocess.run(longer, check=True, capture_output=True, timeout=300)
+    assert (extended / "log.jsonl").read_text().splitlines()[:2] == first  # continued, not retrained
+    w_straight, log_straight = _final(straight)
+    w_extended, log_extended = _final(extended)
+    assert log_extended == log_straight and len(log_straight) == 4
+    for key in w_straight:
+        assert torch.equal(w_straight[key], w_extended[key]), key
+    summary = json.loads((extended / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["images_seen"] == 32
+
+
+@pytest.mark.parametrize(
+    ("saved", "wanted", "expected"),
+    [
+        ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8, 16]}, True),  # the same spec: an interrupted run
+        ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8, 16, 32]}, True),  # a budget after the last
+        ({"lr": 1, "budgets": [16, 8]}, {"lr": 1, "budgets": [32, 8, 16]}, True),  # order does not matter
+        ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8, 12, 16, 32]}, False),  # a checkpoint it never saved
+        ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8]}, False),  # fewer budgets: it went too far
+        ({"lr": 1, "budgets": [8, 16]}, {"lr": 2, "budgets": [8, 16, 32]}, False),  # another setting
+        ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "seed": 3, "budgets": [8, 16, 32]}, False),
+    ],
+)
+def test_which_saved_state_a_run_continues_from(saved, wanted, expected):
+    from t2i_rl_bench.train.state import continues
+
+    assert continues(saved, wanted) is expected
+
+
+def test_a_state_that_does_not_continue_the_spec_is_removed_and_the_run_starts_over(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    subprocess.run(
+        _command(tiny_model, "jpeg_compressibility", out, budgets=(8, 16)), check=True, capture_output=True, timeout=300
+    )
+    fresh = tmp_path / "fresh"
+    cmd = _command(tiny_model, "jpeg_compressibility", out, budgets=(8, 12, 16))
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        _command(tiny_model, "jpeg_compressibility", fresh, budgets=(8, 12, 16)),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    a = load_file(out / "checkpoints" / "12" / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = load_file(fresh / "checkpoints" / "12" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def log(folder):
+        lines = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if not k.startswith(("seconds", "peak_memory"))} for line in lines]
+
+    assert log(out) == log(fresh) and len(log(out)) == 2
 
 
 # ---------------------------------------------------------------- the workflow: kill -9, then resume
@@ -242,3 +307,31 @@ def test_a_second_trainer_on_a_run_folder_another_process_trains_is_refused(tmp_
         holder.kill()
         holder.wait()
     RunState(tmp_path / "run", World.current()).lock()  # free once that process has ended
+
+
+@pytest.mark.slow
+def test_a_study_given_a_later_budget_continues_its_finished_runs_instead_of_retraining(tiny_model, tmp_path):
+    """docs/usage.md#extending-a-run: after a budget is appended to a finished study's config, a
+    plain `snakemake` trains each run on from its saved state (Snakemake's params trigger reruns
+    the train job, bench/train/state.py `continues` keeps the rounds done) and re-assesses it."""
+    import yaml
+
+    root = _study_folder(tmp_path, tiny_model)
+    run = root / "results" / "studies" / "resume" / "runs" / "tiny" / "kill_once.py:reward" / "ddpo_is" / "seed0"
+    first = _snakemake(root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (run / "log.jsonl").read_text().splitlines()
+    assert len(before) == 4
+
+    cfg = yaml.safe_load((root / "study.yaml").read_text())
+    cfg["train"]["budgets"] = [8, 16, 24]
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+    second = _snakemake(root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = (run / "log.jsonl").read_text().splitlines()
+    assert after[:4] == before and len(after) == 6  # the four rounds were kept, not recomputed
+    log = root / "results" / "studies" / "resume" / "logs" / "train" / "tiny" / "kill_once.py:reward" / "ddpo_is"
+    assert "4/6" in (log / "seed0.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["images_seen"] == 24
+    rows = json.loads((run / "eval.json").read_text())["rows"]
+    assert [r["budget"] for r in rows] == [0, 8, 16, 24]

@@ -579,6 +579,8 @@ class Trainer:
         budgets = sorted(self.spec.budgets)
         rounds = math.ceil(budgets[-1] / self.spec.images_per_round)
         done = self.state.restore(self)
+        if main and done < rounds:  # a finished run extended to more budgets is not finished until it ends
+            (self.out / "summary.json").unlink(missing_ok=True)
         log_path = self.out / "log.jsonl"
         kept = log_path.read_text().splitlines()[:done] if done and log_path.is_file() else []
         if main:

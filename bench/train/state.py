@@ -58,6 +58,20 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
+def continues(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a run of spec `wanted` continues from the state of spec `saved`: the same spec, or
+    the same spec but for budgets added after all of the saved ones (a longer horizon; a budget
+    only saves a checkpoint, so the rounds already done are the ones the longer run does first,
+    bit for bit: tests/test_resume.py, docs/usage.md#extending-a-run)."""
+    if saved == wanted:
+        return True
+    rest = {k: v for k, v in saved.items() if k != "budgets"}
+    if rest != {k: v for k, v in wanted.items() if k != "budgets"}:
+        return False
+    old, new = sorted(saved.get("budgets") or ()), sorted(wanted.get("budgets") or ())
+    return bool(old) and new[: len(old)] == old and len(new) > len(old)
+
+
 class RunFolderBusy(RuntimeError):
     """Another live process is training in the same run folder."""
 
@@ -145,14 +159,14 @@ class RunState:
         replace_dir(tmp, self.out / "state")
 
     def restore(self, trainer: Trainer) -> int:
-        """Rounds already done by an earlier, interrupted process of the same spec (0 when
-        starting fresh; the state of another spec is removed)."""
+        """Rounds already done by an earlier process of the same spec, interrupted or finished
+        with fewer budgets (0 when starting fresh; the state of another spec is removed)."""
         state_dir = self.out / "state"
         if not (state_dir / "trainer.pt").is_file():
             return 0
         state: dict[str, Any] = torch.load(state_dir / "trainer.pt", weights_only=False)
         saved = {k: v for k, v in state["run_config"].items() if k != "tracking"}  # as identity()
-        if saved != trainer.spec.identity():
+        if not continues(saved, trainer.spec.identity()):
             self.world.barrier()  # every process has read it before process 0 removes it
             if self.world.main:
                 shutil.rmtree(state_dir)  # an interrupted run of another config: start over
