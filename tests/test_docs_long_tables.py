@@ -1,0 +1,88 @@
+"""The long-horizon tables of docs/study.md are the committed tables: each cell (a mean held-out
+gain at a budget, the FID and CLIP-score change at the last budget, the gain within an FID drift
+of 2) is recomputed from the study's per-seed and derived tables to the digits the docs print, and
+the bold cell of a row is its highest gain."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = (ROOT / "docs" / "study.md").read_text()
+
+# docs section -> (study folder, the row label's method name and rate -> the study's algorithm label)
+SECTIONS = {
+    "### The long run\n": (
+        "long",
+        {
+            "PCPO (1e-4)": "pcpo",
+            "DDPO-IS (3e-5)": "ddpo_is",
+            "REINFORCE (3e-5)": "reinforce",
+            "LOOP (3e-5)": "loop",
+            "PRDP (1e-4)": "prdp",
+            "DanceGRPO (3e-6)": "dancegrpo",
+        },
+    ),
+    "### The long run with seeds\n": (
+        "long_power",
+        {"PCPO (1e-4)": "pcpo", "PCPO (3e-5)": "pcpo-lr3e-5", "DDPO-IS (3e-5)": "ddpo_is", "LOOP (3e-5)": "loop"},
+    ),
+}
+
+
+def _table(section: str) -> list[list[str]]:
+    text = STUDY[STUDY.index(section) :].split("\n### ", 1)[0]
+    tables = [t.split("\n\n", 1)[0] for t in text.split("\n\n| ")[1:]]
+    lines = next(t for t in tables if t.startswith(("method (rate)", "arm (rate)"))).splitlines()
+    rows = [[c.strip() for c in ("| " + lines[0]).strip().strip("|").split("|")]]
+    rows += [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[2:]]
+    return rows
+
+
+def _changes(study: str, metric: str) -> pd.DataFrame:
+    frame = pd.read_csv(ROOT / "results" / "studies" / study / "tables" / "eval_per_seed.csv", comment="#")
+    values = frame[frame["metric"] == metric].pivot_table(index=["algorithm", "seed"], columns="budget", values="value")
+    return values.sub(values[0], axis=0).groupby(level=0).mean()
+
+
+def _same(value: float, cell: str) -> bool:
+    cell = cell.strip("*")
+    digits = len(cell.split(".")[1])
+    sign = "+" if cell.startswith(("+", "-")) else ""
+    return f"{value:{sign}.{digits}f}" == cell
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_a_long_run_table_in_the_docs_is_the_committed_tables(section):
+    study, labels = SECTIONS[section]
+    header, *rows = _table(section)
+    gain = _changes(study, "reward/shape_iou")
+    fid, clip = _changes(study, "quality/fid"), _changes(study, "quality/clip_score")
+    last = int(gain.columns.max())
+    derived = pd.read_csv(ROOT / "results" / "studies" / study / "tables" / "derived.csv", comment="#")
+    checked = 0
+    assert {r[0] for r in rows} == set(labels)
+    for row in rows:
+        algorithm = labels[row[0]]
+        budget_cells = [(int(h), c) for h, c in zip(header[1:], row[1:]) if h.isdigit()]
+        for budget, cell in budget_cells:
+            assert _same(gain.loc[algorithm, budget], cell), (row[0], budget, cell)
+            checked += 1
+        bold = [budget for budget, cell in budget_cells if cell.startswith("**")]
+        assert bold == [max(budget_cells, key=lambda bc: float(bc[1].strip("*")))[0]], row[0]
+        for name, cell in zip(header[1:], row[1:]):
+            if name == "FID change":
+                assert _same(fid.loc[algorithm, last], cell), (row[0], name)
+            elif name == "CLIP-score change":
+                assert _same(clip.loc[algorithm, last], cell), (row[0], name)
+            elif name == "gain within FID drift 2":
+                mask = (derived["algorithm"] == algorithm) & (
+                    derived["metric"] == "frontier/gain_at_drift/quality/fid/2"
+                )
+                assert _same(float(derived.loc[mask, "mean"].iloc[0]), cell), (row[0], name)
+            else:
+                assert name.isdigit(), name
+                continue
+            checked += 1
+    assert checked == len(rows) * (len(header) - 1)
