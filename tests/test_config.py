@@ -635,17 +635,17 @@ def test_the_8192_image_run_extends_two_of_the_long_runs_arms_past_4096_images()
 
 
 def test_the_16384_image_runs_continue_the_8192_and_4096_image_runs():
-    """config/long_16384.yaml: the default study's three 3e-5 methods and PCPO at 3e-5 on long_8192's
-    seeds. DDPO-IS's and PCPO's runs continue long_8192's, LOOP's continue long_power's (the same spec
+    """config/long_16384.yaml: the default study's three 3e-5 methods, PCPO at 3e-5 and PRDP at its
+    calibrated rate on long_8192's seeds. DDPO-IS's and PCPO's runs continue long_8192's, LOOP's continue long_power's (the same spec
     but for budgets added after all of theirs: bench/train/state.py `continues`), and REINFORCE is the
     default study's; no claims."""
     from t2i_rl_bench.train.state import continues
 
     cfg = study.load(ROOT / "config" / "long_16384.yaml", check_paths=False)
     default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
-    assert set(cfg["algorithms"]) == {"reinforce", "ddpo_is", "loop", "pcpo-lr3e-5"}
-    assert {cfg["algorithms"][a]["lr"] for a in cfg["algorithms"]} == {3.0e-5}
-    for name in ("reinforce", "ddpo_is", "loop"):
+    assert set(cfg["algorithms"]) == {"reinforce", "ddpo_is", "loop", "pcpo-lr3e-5", "prdp"}
+    assert {a for a in cfg["algorithms"] if cfg["algorithms"][a]["lr"] == 3.0e-5} == set(cfg["algorithms"]) - {"prdp"}
+    for name in ("reinforce", "ddpo_is", "loop", "prdp"):
         assert cfg["algorithms"][name] == default["algorithms"][name], name
     assert cfg["train"]["budgets"][-1] == 16384 and cfg["verdicts"]["claims"] == []
     sources = {
