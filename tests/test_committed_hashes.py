@@ -125,3 +125,32 @@ def test_the_8192_image_table_in_the_docs_is_the_committed_tables():
             assert f"{change[budget]:+.{digits}f}" == cell, (name, budget)
             checked += 1
     assert checked == 4 * len(budgets) == 20
+
+
+def test_the_16384_image_runs_continue_the_committed_shorter_runs():
+    """config/long_16384.yaml continues long_8192's DDPO-IS and PCPO runs and long_power's LOOP runs
+    from their saved states: every evaluation up to the shorter run's horizon equals the committed
+    one (reward, FID/KID and attribute cells to every digit, CLIP-feature cells within float rounding;
+    docs/study.md#the-3e-5-curves-to-16384-images)."""
+
+    def per_seed(name: str) -> pd.DataFrame:
+        frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
+        return frame[(frame["budget"] > 0) & (frame["metric"] != "device_seconds")]
+
+    longer = per_seed("long_16384")
+    assert longer["budget"].max() == 16384
+    keys = ["algorithm", "seed", "budget", "metric"]
+    sources = {"long_8192": ["ddpo_is", "pcpo-lr3e-5"], "long_power": ["loop"]}
+    for name, algorithms in sources.items():
+        shorter = per_seed(name)
+        shorter = shorter[shorter["algorithm"].isin(algorithms) & shorter["seed"].isin(longer["seed"].unique())]
+        shared = longer.merge(shorter, on=keys)
+        assert (
+            len(shared)
+            == len(shorter)
+            == 2 * len(algorithms) * shorter["budget"].nunique() * longer["metric"].nunique()
+        )
+        exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
+        assert exact.sum() > len(shared) / 2
+        assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all(), name
+        assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6, name
