@@ -636,9 +636,9 @@ def test_the_8192_image_run_extends_two_of_the_long_runs_arms_past_4096_images()
 
 def test_the_16384_image_runs_continue_the_8192_and_4096_image_runs():
     """config/long_16384.yaml: the default study's three 3e-5 methods, PCPO at 3e-5 and PRDP at its
-    calibrated rate on long_8192's seeds. DDPO-IS's and PCPO's runs continue long_8192's, LOOP's continue long_power's (the same spec
-    but for budgets added after all of theirs: bench/train/state.py `continues`), and REINFORCE is the
-    default study's; no claims."""
+    calibrated rate on long_8192's seeds. DDPO-IS's and PCPO's runs continue long_8192's, LOOP's
+    continue long_power's (the same spec but for budgets added after all of theirs: bench/train/state.py
+    `continues`), and REINFORCE and PRDP are the default study's; no claims."""
     from t2i_rl_bench.train.state import continues
 
     cfg = study.load(ROOT / "config" / "long_16384.yaml", check_paths=False)

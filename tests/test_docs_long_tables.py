@@ -28,13 +28,23 @@ SECTIONS = {
         "long_power",
         {"PCPO (1e-4)": "pcpo", "PCPO (3e-5)": "pcpo-lr3e-5", "DDPO-IS (3e-5)": "ddpo_is", "LOOP (3e-5)": "loop"},
     ),
+    "### The 3e-5 curves to 16384 images\n": (
+        "long_16384",
+        {
+            "REINFORCE (3e-5)": "reinforce",
+            "DDPO-IS (3e-5)": "ddpo_is",
+            "LOOP (3e-5)": "loop",
+            "PCPO (3e-5)": "pcpo-lr3e-5",
+            "PRDP (1e-4)": "prdp",
+        },
+    ),
 }
 
 
-def _table(section: str) -> list[list[str]]:
+def _table(section: str, first: tuple[str, ...] = ("method (rate)", "arm (rate)")) -> list[list[str]]:
     text = STUDY[STUDY.index(section) :].split("\n### ", 1)[0]
     tables = [t.split("\n\n", 1)[0] for t in text.split("\n\n| ")[1:]]
-    lines = next(t for t in tables if t.startswith(("method (rate)", "arm (rate)"))).splitlines()
+    lines = next(t for t in tables if t.startswith(first)).splitlines()
     rows = [[c.strip() for c in ("| " + lines[0]).strip().strip("|").split("|")]]
     rows += [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[2:]]
     return rows
@@ -86,3 +96,34 @@ def test_a_long_run_table_in_the_docs_is_the_committed_tables(section):
                 continue
             checked += 1
     assert checked == len(rows) * (len(header) - 1)
+
+
+def test_the_declared_peak_reading_of_the_16384_image_runs_is_the_committed_tables():
+    """docs/study.md#the-3e-5-curves-to-16384-images: per arm, each seed's highest held-out gain and
+    its budget, "passed its peak" (both seeds highest before the last budget, the preset's declared
+    rule), the mean's highest gain and its budget, the mean at the last budget and the FID change at
+    the mean's peak; recomputed from the per-seed table."""
+    section = "### The 3e-5 curves to 16384 images\n"
+    study, labels = SECTIONS[section]
+    header, *rows = _table(section, first=("arm |",))
+    assert header[3] == "passed its peak"
+    gain = _changes(study, "reward/shape_iou")
+    fid = _changes(study, "quality/fid")
+    frame = pd.read_csv(ROOT / "results" / "studies" / study / "tables" / "eval_per_seed.csv", comment="#")
+    values = frame[frame["metric"] == "reward/shape_iou"].pivot_table(
+        index=["algorithm", "seed"], columns="budget", values="value"
+    )
+    per_seed = values.sub(values[0], axis=0).drop(columns=0)
+    last = int(per_seed.columns.max())
+    assert {r[0] for r in rows} == set(labels)
+    for name, seed2, seed3, passed, mean_cell, fid_cell in rows:
+        algorithm = labels[name]
+        peaks = []
+        for seed, cell in ((2, seed2), (3, seed3)):
+            curve = per_seed.loc[(algorithm, seed)]
+            assert cell == f"{curve.max():+.4f} ({curve.idxmax()})", (name, seed)
+            peaks.append(curve.idxmax())
+        assert passed == ("yes" if max(peaks) < last else "no"), name
+        mean = gain.loc[algorithm].drop(0)
+        assert mean_cell == f"{mean.max():+.4f} ({mean.idxmax()}), {mean[last]:+.4f}", name
+        assert _same(fid.loc[algorithm, mean.idxmax()], fid_cell), name

@@ -282,3 +282,28 @@ def test_the_confirmatory_credit_ablation():
     final = per_seed[(per_seed["metric"] == "reward/shape_iou") & (per_seed["budget"] == 512)]
     wide = final.pivot_table(index="seed", columns="algorithm", values="value")
     assert len(wide) == int(seeds) and agrees((wide["pcpo"] - wide["pcpo-nocredit"]).median(), median)
+
+
+def test_the_curves_to_16384_images():
+    """The 16384-image sentence: the study's four arms that preset trains at their study rates do
+    not pass their peak by its declared rule (on both seeds highest before the last budget), their
+    mean gains' highest values span the quoted range, and so do their FID changes at the last budget."""
+    frame = table(STUDIES / "long_16384" / "tables" / "eval_per_seed.csv")
+    (horizon,) = typed(rf"Trained on to {N} images \(two seeds")
+    arms = ["reinforce", "ddpo_is", "loop", "prdp"]
+
+    def changes(metric: str) -> pd.DataFrame:
+        values = frame[(frame["metric"] == metric) & frame["algorithm"].isin(arms)]
+        values = values.pivot_table(index=["algorithm", "seed"], columns="budget", values="value")
+        return values.sub(values[0], axis=0).drop(columns=0)
+
+    gain, fid = changes("reward/shape_iou"), changes("quality/fid")
+    last = int(gain.columns.max())
+    assert last == int(horizon) and set(gain.index.get_level_values(0)) == set(arms)
+    for algorithm in arms:  # "do not pass their held-out peak": some seed is highest at the last budget
+        assert gain.loc[algorithm].idxmax(axis=1).max() == last, algorithm
+    low, high, fid_low, fid_high = typed(rf"level off at {N} to {N} while FID rises by {N} to {N}\.")
+    peaks = gain.groupby(level=0).mean().max(axis=1)
+    assert agrees(peaks.min(), low) and agrees(peaks.max(), high)
+    at_last = fid.groupby(level=0).mean()[last]
+    assert agrees(at_last.min(), fid_low) and agrees(at_last.max(), fid_high)
