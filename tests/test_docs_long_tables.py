@@ -127,3 +127,38 @@ def test_the_declared_peak_reading_of_the_16384_image_runs_is_the_committed_tabl
         mean = gain.loc[algorithm].drop(0)
         assert mean_cell == f"{mean.max():+.4f} ({mean.idxmax()}), {mean[last]:+.4f}", name
         assert _same(fid.loc[algorithm, mean.idxmax()], fid_cell), name
+
+
+def test_the_evaluation_draw_check_of_the_16384_image_runs():
+    """evaluation_seeds.csv (docs/study.md#the-3e-5-curves-to-16384-images): its rows under the study's
+    own evaluation seed are the committed per-seed cells, to every digit, and the docs' numbers (PCPO
+    seed 2 highest at 16384 under every other draw, its 14336-16384 differences, its five-draw means,
+    DDPO-IS's five-draw means, the range of the per-checkpoint standard deviations) are recomputed."""
+    study = ROOT / "results" / "studies" / "long_16384"
+    draws = pd.read_csv(study / "evaluation_seeds.csv", comment="#")
+    committed = pd.read_csv(study / "tables" / "eval_per_seed.csv", comment="#")
+    committed = committed[committed["metric"] == "reward/shape_iou"]
+    own = draws[draws["evaluation_seed"] == 1234].merge(committed, on=["algorithm", "seed", "budget"])
+    assert len(own) == 12 and (own["shape_iou"] == own["value"]).all()
+    base = draws[draws["budget"] == 0].set_index(["algorithm", "seed", "evaluation_seed"])["shape_iou"]
+    draws = draws[draws["budget"] > 0].copy()
+    draws["gain"] = (
+        draws["shape_iou"] - base.loc[list(zip(draws["algorithm"], draws["seed"], draws["evaluation_seed"]))].values
+    )
+    gains = draws.pivot_table(index=["algorithm", "seed", "evaluation_seed"], columns="budget", values="gain")
+    text = " ".join(STUDY[STUDY.index("- **PCPO's pass is the evaluation's draw**") :].split("\n\n")[0].split())
+
+    pcpo = gains.loc[("pcpo-lr3e-5", 2)]
+    others = pcpo.drop(index=1234)
+    assert (others.idxmax(axis=1) == 16384).all() and len(others) == 4
+    assert "highest at 16384 under each of the four other seeds" in text
+    step = pcpo[14336] - pcpo[16384]
+    other_steps = step.drop(index=1234)
+    assert f"+{step[1234]:.4f} under the study's seed, and {other_steps.min():.4f} to {other_steps.max():.4f}" in text
+    means = ", ".join(f"+{v:.4f}" for v in pcpo.mean())
+    assert f"are {means.rsplit(', ', 1)[0]} and {means.rsplit(', ', 1)[1]}: still rising" in text
+    ddpo = gains.loc[("ddpo_is", 2)]
+    assert ddpo.idxmax(axis=1).nunique() == 3
+    assert "(mean " + ", ".join(f"+{v:.4f}" for v in ddpo.mean()) + ": flat)" in text
+    sds = gains.groupby(level=[0, 1]).std()
+    assert f"standard deviation of {sds.min().min():.4f} to {sds.max().max():.4f}" in text
