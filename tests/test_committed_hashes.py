@@ -58,29 +58,41 @@ def test_a_committed_tables_config_hash_is_its_configs_hash_today(name, config, 
         assert header_hash(table) == today, f"{table} was made from another config (or schema): re-aggregate it"
 
 
+def per_seed(name: str) -> pd.DataFrame:
+    """A study's committed per-seed evaluation cells of its trained checkpoints, timing aside."""
+    frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
+    return frame[(frame["budget"] > 0) & (frame["metric"] != "device_seconds")]
+
+
+def assert_same_evaluations(shared: pd.DataFrame) -> None:
+    """Merged cells (`value_x`, `value_y`) of two studies' runs: the reward, FID/KID and attribute cells
+    equal to every digit, the CLIP-feature cells within float rounding (a first call's rounding)."""
+    exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
+    assert exact.sum() > len(shared) / 2
+    assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
+    assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
+
+
 def test_the_long_runs_first_512_images_are_the_shorter_studies_runs():
     """A budget only saves a checkpoint, so config/long_power.yaml's runs evaluated at 128, 256 and
     512 images are the power study's (and, for PCPO at 3e-5, the learning-rate control's) runs on
     the same seeds: every reward and FID cell equal to every digit, the CLIP-feature cells within
     float rounding (docs/study.md#the-long-run-with-seeds)."""
 
-    def per_seed(name: str) -> pd.DataFrame:
-        frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
-        return frame[frame["budget"].isin([128, 256, 512]) & (frame["metric"] != "device_seconds")]
+    def early(name: str) -> pd.DataFrame:
+        frame = per_seed(name)
+        return frame[frame["budget"].isin([128, 256, 512])]
 
-    long = per_seed("long_power")
+    long = early("long_power")
     keys = ["algorithm", "seed", "budget", "metric"]
     shared = pd.concat(
         [
-            long[long["algorithm"] != "pcpo-lr3e-5"].merge(per_seed("power"), on=keys),
-            long[long["algorithm"] == "pcpo-lr3e-5"].merge(per_seed("controlled_power"), on=keys),
+            long[long["algorithm"] != "pcpo-lr3e-5"].merge(early("power"), on=keys),
+            long[long["algorithm"] == "pcpo-lr3e-5"].merge(early("controlled_power"), on=keys),
         ]
     )
     assert len(shared) == len(long) == 4 * 8 * 3 * long["metric"].nunique()
-    exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
-    assert exact.sum() > len(shared) / 2
-    assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
-    assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
+    assert_same_evaluations(shared)
 
 
 def test_the_8192_image_runs_first_4096_images_are_the_long_runs():
@@ -88,19 +100,12 @@ def test_the_8192_image_runs_first_4096_images_are_the_long_runs():
     every evaluation at 128-4096 images is long_power's (rewards, FID/KID and attribute cells to every
     digit, the CLIP-feature cells within float rounding; docs/study.md#the-3e-5-curves-past-4096-images)."""
 
-    def per_seed(name: str) -> pd.DataFrame:
-        frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
-        return frame[(frame["budget"] > 0) & (frame["metric"] != "device_seconds")]
-
     longer = per_seed("long_8192")
     keys = ["algorithm", "seed", "budget", "metric"]
     shared = longer.merge(per_seed("long_power"), on=keys)
     assert len(shared) == len(longer[longer["budget"] <= 4096]) == 2 * 2 * 8 * longer["metric"].nunique()
     assert longer["budget"].max() == 8192
-    exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
-    assert exact.sum() > len(shared) / 2
-    assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all()
-    assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6
+    assert_same_evaluations(shared)
 
 
 def test_the_8192_image_table_in_the_docs_is_the_committed_tables():
@@ -133,10 +138,6 @@ def test_the_16384_image_runs_continue_the_committed_shorter_runs():
     one (reward, FID/KID and attribute cells to every digit, CLIP-feature cells within float rounding;
     docs/study.md#the-3e-5-curves-to-16384-images)."""
 
-    def per_seed(name: str) -> pd.DataFrame:
-        frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
-        return frame[(frame["budget"] > 0) & (frame["metric"] != "device_seconds")]
-
     longer = per_seed("long_16384")
     assert longer["budget"].max() == 16384
     keys = ["algorithm", "seed", "budget", "metric"]
@@ -150,7 +151,4 @@ def test_the_16384_image_runs_continue_the_committed_shorter_runs():
             == len(shorter)
             == 2 * len(algorithms) * shorter["budget"].nunique() * longer["metric"].nunique()
         )
-        exact = shared["metric"].str.startswith(("reward/", "quality/fid", "quality/kid", "attribute/"))
-        assert exact.sum() > len(shared) / 2
-        assert (shared.loc[exact, "value_x"] == shared.loc[exact, "value_y"]).all(), name
-        assert (shared["value_x"] - shared["value_y"]).abs().max() < 1e-6, name
+        assert_same_evaluations(shared)

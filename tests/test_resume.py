@@ -110,6 +110,7 @@ def test_a_finished_run_given_more_budgets_continues_and_ends_like_a_straight_ru
         ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8, 16]}, True),  # the same spec: an interrupted run
         ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8, 16, 32]}, True),  # a budget after the last
         ({"lr": 1, "budgets": [16, 8]}, {"lr": 1, "budgets": [32, 8, 16]}, True),  # order does not matter
+        ({"lr": 1, "budgets": [16, 8]}, {"lr": 1, "budgets": [8, 16]}, True),  # the same budgets, reordered
         ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8, 12, 16, 32]}, False),  # a checkpoint it never saved
         ({"lr": 1, "budgets": [8, 16]}, {"lr": 1, "budgets": [8]}, False),  # fewer budgets: it went too far
         ({"lr": 1, "budgets": [8, 16]}, {"lr": 2, "budgets": [8, 16, 32]}, False),  # another setting

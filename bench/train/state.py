@@ -69,7 +69,7 @@ def continues(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
     if rest != {k: v for k, v in wanted.items() if k != "budgets"}:
         return False
     old, new = sorted(saved.get("budgets") or ()), sorted(wanted.get("budgets") or ())
-    return bool(old) and new[: len(old)] == old and len(new) > len(old)
+    return bool(old) and new[: len(old)] == old
 
 
 class RunFolderBusy(RuntimeError):
