@@ -299,6 +299,9 @@ def check_algorithm(label: str, settings: dict | None) -> Any:
         isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1
     ):
         raise ConfigError(f"config key 'algorithms.{label}.micro_batch': an integer >= 1, got {micro_batch!r}")
+    eta = settings.pop("eta", None)
+    if eta is not None and not (isinstance(eta, int | float) and not isinstance(eta, bool) and eta > 0):
+        raise ConfigError(f"config key 'algorithms.{label}.eta': the noise level of its SDE, a number > 0, got {eta!r}")
     try:
         return ALGORITHMS.get(ref)(**settings)
     except SettingError as exc:
@@ -502,10 +505,13 @@ def check_sliding_windows(config: dict, num_steps: int) -> None:
                 )
         variant = settings.get("flow_variant") or sampling.get("flow_variant")
         flow = any(model_objective(m) == "flow" for m in config["models"].values())
-        if flow and variant == "cps" and not sampling.get("eta", RunSpec.eta) <= 1:
+        own_eta = settings.get("eta") is not None
+        eta = settings["eta"] if own_eta else sampling.get("eta", RunSpec.eta)
+        if flow and variant == "cps" and not eta <= 1:
+            key = f"algorithms.{label}.eta" if own_eta else "sampling.eta"
             raise ConfigError(
-                f"config key 'sampling.eta': {label!r} samples with the cps sampler, whose noise level "
-                f"is an angle in [0, 1] (std = sigma_next sin(eta pi / 2)), got {sampling['eta']}"
+                f"config key '{key}': {label!r} samples with the cps sampler, whose noise level "
+                f"is an angle in [0, 1] (std = sigma_next sin(eta pi / 2)), got {eta}"
             )
 
 
@@ -685,8 +691,13 @@ def run_spec(config: dict, key: RunKey) -> RunSpec:
     own_lr = settings.pop("lr", None)
     # its own micro-batch (memory only) over the study's train.micro_batch
     own_micro_batch = settings.pop("micro_batch", None)
+    # the noise level of its own SDE (DanceGRPO's constant diffusion is 0.3 in its FLUX recipe, Flow-GRPO's
+    # a is 0.7) over the study's sampling.eta: docs/study.md#dancegrpos-noise-level
+    own_eta = settings.pop("eta", None)
     model = config["models"][key.model]
     sampling = dict(config["sampling"])
+    if own_eta is not None:
+        sampling["eta"] = float(own_eta)
     if own_window is not None:  # an algorithm's own SDE window (e.g. Flow-GRPO-Fast) over the study's
         sampling["sde_window"] = own_window
     if own_shift is not None:  # its own sliding of the window (MixGRPO) over the study's

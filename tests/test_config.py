@@ -182,6 +182,37 @@ def test_a_label_may_train_in_micro_batches_of_its_own():
             study.validate(cfg)
 
 
+def test_a_label_may_sample_at_a_noise_level_of_its_own():
+    """algorithms.<label>.eta is that label's sampling.eta (DanceGRPO's FLUX recipe samples at 0.3, Flow-GRPO's
+    SDE at 0.7): its runs alone change; a bad value, or a cps angle outside [0, 1], names the label's key."""
+    cfg = copy.deepcopy(_base())
+    cfg["models"] = yaml.safe_load((ROOT / "config" / "two_rewards.yaml").read_text())["models"]  # a flow model
+    cfg["algorithms"] = {"reinforce": {}, "dancegrpo": {"eta": 0.3}}
+    cfg["sampling"]["eta"] = 0.7
+    valid = study.validate(cfg)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid) if k.seed == 0}
+    assert (specs["reinforce"].eta, specs["dancegrpo"].eta) == (0.7, 0.3)
+    assert "eta" not in specs["dancegrpo"].algorithm_settings  # the sampler's, not a loss setting
+    plain = copy.deepcopy(cfg)
+    plain["algorithms"]["dancegrpo"] = {}
+    same = study.validate(plain)
+    assert study.run_spec(same, study.runs(same)[0]) == specs["reinforce"]  # the other label's runs are unchanged
+    for bad in (0, -0.3, "0.3", True):
+        cfg["algorithms"]["dancegrpo"] = {"eta": bad}
+        with pytest.raises(study.ConfigError, match=r"algorithms\.dancegrpo\.eta"):
+            study.validate(cfg)
+    cfg["algorithms"]["dancegrpo"] = {"eta": 1.5, "flow_variant": "cps"}
+    with pytest.raises(study.ConfigError, match=r"'algorithms\.dancegrpo\.eta'.*cps"):
+        study.validate(cfg)
+    cfg["algorithms"]["dancegrpo"] = {"eta": 0.5, "flow_variant": "cps"}
+    cfg["sampling"]["eta"] = (
+        1.5  # the other label's (Flow-GRPO's) SDE may sample above 1; this one's own 0.5 is an angle
+    )
+    valid = study.validate(cfg)
+    specs = {k.algorithm: study.run_spec(valid, k) for k in study.runs(valid) if k.seed == 0}
+    assert (specs["reinforce"].eta, specs["dancegrpo"].eta, specs["dancegrpo"].flow_variant) == (1.5, 0.5, "cps")
+
+
 def test_the_default_study_trains_prdp_alone_in_smaller_micro_batches():
     """PRDP's micro-batches of whole groups keep its job under 2 GiB (docs/usage.md#speed-benchmark); every other
     method keeps the study's micro-batch, so its runs are the ones they were."""
@@ -700,3 +731,19 @@ def test_the_credit_ablation_at_power_runs_on_seeds_no_study_used_with_the_ablat
         if path.name not in ("schema.yaml", "credit_power.yaml"):
             used |= set(study.load(path, check_paths=False)["seeds"])  # a preset may extend another
     assert len(cfg["seeds"]) == 40 and not set(cfg["seeds"]) & used
+
+
+def test_the_dancegrpo_noise_level_calibration_changes_only_its_eta():
+    """config/calibration_dancegrpo.yaml: calibration_ode4's DanceGRPO runs, run for run, at DanceGRPO's own
+    noise level 0.3 instead of the study's 0.7; every other setting, seed and budget is calibration_ode4's."""
+    cfg = study.load(ROOT / "config" / "calibration_dancegrpo.yaml", check_paths=False)
+    ode4 = study.load(ROOT / "config" / "calibration_ode4.yaml", check_paths=False)
+    assert {k: v for k, v in cfg.items() if k not in ("study", "algorithms")} == {
+        k: v for k, v in ode4.items() if k not in ("study", "algorithms")
+    }
+    old = {k: s for k, s in ((k, study.run_spec(ode4, k)) for k in study.runs(ode4)) if s.algorithm == "dancegrpo"}
+    new = {k: study.run_spec(cfg, k) for k in study.runs(cfg)}
+    assert new.keys() == old.keys() and len(new) == 5 * 4
+    for key, spec in new.items():
+        assert (spec.eta, old[key].eta, spec.flow_variant) == (0.3, 0.7, "dancegrpo")
+        assert dataclasses.replace(spec, eta=0.7) == old[key]

@@ -124,3 +124,34 @@ def test_ddim_logp_is_finite_with_set_alpha_to_one_and_conforms_to_ddpo_pytorch(
         assert torch.allclose(ours.mean.double(), mean, atol=1e-4) and torch.allclose(
             ours.logp.double(), logp, atol=1e-3
         )
+
+
+def test_the_noise_level_table_of_dancegrpos_sde(tmp_path):
+    """docs/study.md#dancegrpos-noise-level: the base model's held-out shape_iou under each training sampler,
+    recomputed on the shipped model. DanceGRPO's constant diffusion at Flow-GRPO's 0.7 leaves its final images
+    noisy; at its own 0.3 they score as the ODE's."""
+    import re
+    from pathlib import Path
+
+    from t2i_rl_bench import study
+    from t2i_rl_bench.evaluate import Evaluator
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "study.md").read_text()
+    section = text.split("### DanceGRPO's noise level", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| [^|]+ \| ([\d.]+) \| ([\d.]+) \|$", section, flags=re.M)
+    cfg = study.load(root / "config" / "config.yaml", check_paths=False)
+    spec = study.run_spec(cfg, study.runs(cfg)[0])
+    evaluation = {
+        "prompts": "heldout",
+        "max_prompts": 40,
+        "images_per_prompt": 4,
+        "rewards": ["shape_iou"],
+        "seed": 1234,
+    }
+    measured = []
+    for variant, eta in (("flowgrpo", 0.0), ("flowgrpo", 0.7), ("dancegrpo", 0.7), ("dancegrpo", 0.3)):
+        row = Evaluator(spec.replace(flow_variant=variant, eta=eta), evaluation)(0, 0.0, tmp_path / "grid.png")
+        measured.append((f"{eta:g}", f"{row['reward/shape_iou']:.4f}"))
+    assert [(f"{float(a):g}", b) for a, b in rows] == measured
+    assert float(measured[2][1]) < float(measured[0][1]) - 0.1 < float(measured[3][1]) - 0.1
