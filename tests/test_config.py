@@ -747,3 +747,25 @@ def test_the_dancegrpo_noise_level_calibration_changes_only_its_eta():
     for key, spec in new.items():
         assert (spec.eta, old[key].eta, spec.flow_variant) == (0.3, 0.7, "dancegrpo")
         assert dataclasses.replace(spec, eta=0.7) == old[key]
+
+
+def test_the_dancegrpo_noise_level_study_is_the_default_but_dancegrpo():
+    """config/dancegrpo_eta.yaml: the default study with DanceGRPO at eta 0.3 and the rate calibration_dancegrpo's
+    committed rule chooses; the other five methods' runs are the default's, spec for spec, and every other
+    section is the default's but analysis, which names no unbracketed rate."""
+    cfg = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
+    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    assert {k: v for k, v in cfg.items() if k not in ("study", "algorithms", "analysis")} == {
+        k: v for k, v in default.items() if k not in ("study", "algorithms", "analysis")
+    }
+    assert {k: v for k, v in cfg["analysis"].items() if k != "unbracketed_rates"} == {
+        k: v for k, v in default["analysis"].items() if k != "unbracketed_rates"
+    }
+    assert default["analysis"]["unbracketed_rates"] == ["dancegrpo"] and not cfg["analysis"].get("unbracketed_rates")
+    others = {k: v for k, v in cfg["algorithms"].items() if k != "dancegrpo"}
+    assert _every_run_specified_as_in({**cfg, "algorithms": others}, default) == 5 * 8
+    new = {k.seed: study.run_spec(cfg, k) for k in study.runs(cfg) if k.algorithm == "dancegrpo"}
+    old = {k.seed: study.run_spec(default, k) for k in study.runs(default) if k.algorithm == "dancegrpo"}
+    for seed, spec in new.items():
+        assert (spec.eta, spec.lr, old[seed].eta, old[seed].lr) == (0.3, 1e-4, 0.7, 3e-6)
+        assert dataclasses.replace(spec, eta=0.7, lr=3e-6) == old[seed]
