@@ -115,9 +115,19 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
     the calibration seeds; columns named by the evaluation's prompt set), the rule's score and its
     standard error, and whether the rule chose it; plus the recommended final budget (None without a
     grid)."""
+    per_seed = grid_per_seed(cfg, runs_root, seed_rows)
+    if per_seed.empty:
+        return per_seed, None
+    return grid_table(per_seed, sorted(int(b) for b in cfg["train"]["budgets"]), curve_prefix(cfg))
+
+
+def grid_per_seed(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per grid point and seed: its mean training reward, its evaluation curve and the rule's
+    score (the aggregate writes it as calibration_per_seed.csv, so a reading on fewer seeds can be
+    recomputed from the tables: `grid_table` on its rows)."""
     grid = lr_grid(cfg)
     if not grid:
-        return pd.DataFrame(), None
+        return pd.DataFrame()
     kind = score_kind(cfg)
     if kind not in SCORES:
         raise ValueError(f"analysis.calibration_score: {kind!r} is not one of {sorted(SCORES)}")
@@ -148,11 +158,16 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
         )
     per_seed = pd.DataFrame(rows)
     if per_seed.empty:
-        return per_seed, None
+        return per_seed
     if kind == "training":
         per_seed["score"] = per_seed["mean_train_reward"]
     else:  # the mean over the trained budgets (budget 0 is the base, the same for every rate)
         per_seed["score"] = per_seed[[f"{prefix}_{b}" for b in budgets]].to_numpy(dtype=float).mean(axis=1)
+    return per_seed
+
+
+def grid_table(per_seed: pd.DataFrame, budgets: list[int], prefix: str) -> tuple[pd.DataFrame, int | None]:
+    """`calibrate`'s table from the per-seed rows of `grid_per_seed` (all of them, or some seeds')."""
     keys = ["model", "reward", "method", "label", "lr"]
     table = per_seed.drop(columns="seed").groupby(keys, as_index=False).mean(numeric_only=True)
 

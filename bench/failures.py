@@ -373,6 +373,8 @@ KNOWN_TABLES = (
     "performance_profile",
     "levels",
     "hacking",
+    "calibration",
+    "calibration_per_seed",
 )
 
 

@@ -911,12 +911,23 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     table = summarise(seed_rows, s)
     write_tables(table, prov, out, "eval", [qnote])
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
-    calib, final = calibration.calibrate(cfg, runs_root, seed_rows)
+    calib_seeds = calibration.grid_per_seed(cfg, runs_root, seed_rows)
+    calib, final = (
+        calibration.grid_table(
+            calib_seeds, sorted(int(b) for b in cfg["train"]["budgets"]), calibration.curve_prefix(cfg)
+        )
+        if len(calib_seeds)
+        else (calib_seeds, None)
+    )
     if len(calib):  # a learning-rate grid (config/calibration.yaml): the rule's choice per method
         rule = calibration.selection_rule(calibration.score_kind(cfg), calibration.curve_prefix(cfg))
         notes = [f"selection rule: {rule}", f"recommended final budget: {final}"]
         atomic_write_text(
             out / "calibration.csv", _header(prov, "#", notes) + calib.to_csv(index=False, float_format="%.6g")
+        )
+        atomic_write_text(  # every seed's row, so that a reading on fewer seeds is recomputed from the tables
+            out / "calibration_per_seed.csv",
+            _header(prov, "#", notes) + calib_seeds.to_csv(index=False, float_format="%.6g"),
         )
     all_tables = [table]
     recursive_rows = pd.DataFrame()

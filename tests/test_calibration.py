@@ -196,3 +196,24 @@ def test_only_a_study_that_declares_a_score_reads_single_rates_as_a_grid():
     long = study.load(root / "calibration_long.yaml", check_paths=False)
     assert len(calibration.lr_grid(long)) == len(long["algorithms"]) == 6
     assert calibration.score_kind(study.load(root / "config.yaml", check_paths=False)) == "training"
+
+
+def test_a_reading_on_fewer_seeds_is_recomputed_from_the_per_seed_rows(tmp_path):
+    """grid_per_seed's rows (the aggregate's calibration_per_seed.csv) give calibrate's table on all seeds, and on
+    one seed the table of a calibration of that seed alone: a choice that the seeds change is read from the tables."""
+    train = {label: [0.5, 0.6, 0.6, 0.6] for label in ("a-slow", "a-fast", "b-slow", "b", "c")}
+    held = {label: {0: 0.5, 64: 0.6, 128: 0.6} for label in train}
+    cfg, seed_rows = _write_runs(tmp_path, train, held)
+    fast = next(k for k in study.runs(cfg) if k.algorithm == "a-fast" and k.seed == 101)
+    lines = [json.dumps({"images_seen": 32 * (i + 1), "reward_mean": r}) for i, r in enumerate([0.9] * 4)]
+    (tmp_path / fast.path / "log.jsonl").write_text("\n".join(lines) + "\n")  # a-fast wins on seed 101 alone
+    budgets, prefix = [64, 128], calibration.curve_prefix(cfg)
+    per_seed = calibration.grid_per_seed(cfg, tmp_path, seed_rows)
+    assert sorted(per_seed["seed"]) == [100] * 4 + [101] * 4
+    full, _ = calibration.calibrate(cfg, tmp_path, seed_rows)
+    pd.testing.assert_frame_equal(calibration.grid_table(per_seed, budgets, prefix)[0], full)
+    for seed, winner in ((100, "a-slow"), (101, "a-fast")):
+        alone, _ = calibration.calibrate({**cfg, "seeds": [seed]}, tmp_path, seed_rows)
+        subset, _ = calibration.grid_table(per_seed[per_seed["seed"] == seed].reset_index(drop=True), budgets, prefix)
+        pd.testing.assert_frame_equal(subset, alone)
+        assert calibration.choose(subset[subset["method"] == "a"]) == winner
