@@ -769,3 +769,17 @@ def test_the_dancegrpo_noise_level_study_is_the_default_but_dancegrpo():
     for seed, spec in new.items():
         assert (spec.eta, spec.lr, old[seed].eta, old[seed].lr) == (0.3, 1e-4, 0.7, 3e-6)
         assert dataclasses.replace(spec, eta=0.7, lr=3e-6) == old[seed]
+
+
+def test_the_dancegrpo_noise_level_replication_only_changes_the_seeds():
+    """config/dancegrpo_eta_replication.yaml: dancegrpo_eta on the replication's seeds; its five other methods'
+    runs are the replication's shape_iou runs, spec for spec."""
+    cfg = study.load(ROOT / "config" / "dancegrpo_eta_replication.yaml", check_paths=False)
+    eta = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
+    replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
+    assert {k: v for k, v in cfg.items() if k not in ("study", "seeds")} == {
+        k: v for k, v in eta.items() if k not in ("study", "seeds")
+    }
+    assert cfg["seeds"] == replication["seeds"] and not set(cfg["seeds"]) & set(eta["seeds"])
+    others = {k: v for k, v in cfg["algorithms"].items() if k != "dancegrpo"}
+    assert _every_run_specified_as_in({**cfg, "algorithms": others}, replication) == 5 * 8
