@@ -783,3 +783,15 @@ def test_the_dancegrpo_noise_level_replication_only_changes_the_seeds():
     assert cfg["seeds"] == replication["seeds"] and not set(cfg["seeds"]) & set(eta["seeds"])
     others = {k: v for k, v in cfg["algorithms"].items() if k != "dancegrpo"}
     assert _every_run_specified_as_in({**cfg, "algorithms": others}, replication) == 5 * 8
+
+
+def test_the_shared_noise_ablation_changes_only_the_shared_noise():
+    """config/dancegrpo_noise.yaml: dancegrpo_eta's DanceGRPO runs with same_noise_per_group off, nothing else."""
+    cfg = study.load(ROOT / "config" / "dancegrpo_noise.yaml", check_paths=False)
+    eta = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
+    new = {k.seed: study.run_spec(cfg, k) for k in study.runs(cfg)}
+    old = {k.seed: study.run_spec(eta, k) for k in study.runs(eta) if k.algorithm == "dancegrpo"}
+    assert new.keys() == old.keys() == set(range(8))
+    for seed, spec in new.items():
+        assert spec.algorithm_settings.pop("same_noise_per_group") is False
+        assert spec == old[seed]
