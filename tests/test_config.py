@@ -795,3 +795,20 @@ def test_the_shared_noise_ablation_changes_only_the_shared_noise():
     for seed, spec in new.items():
         assert spec.algorithm_settings.pop("same_noise_per_group") is False
         assert spec == old[seed]
+
+
+def test_the_sampler_ablation_changes_only_dancegrpos_sde():
+    """config/dancegrpo_sde.yaml: dancegrpo_eta's DanceGRPO runs with Flow-GRPO's SDE at its 0.7, nothing else."""
+    cfg = study.load(ROOT / "config" / "dancegrpo_sde.yaml", check_paths=False)
+    eta = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
+    new = {k.seed: study.run_spec(cfg, k) for k in study.runs(cfg)}
+    old = {k.seed: study.run_spec(eta, k) for k in study.runs(eta) if k.algorithm == "dancegrpo"}
+    assert new.keys() == old.keys() == set(range(8))
+    for seed, spec in new.items():
+        assert (spec.flow_variant, spec.eta, old[seed].flow_variant, old[seed].eta) == (
+            "flowgrpo",
+            0.7,
+            "dancegrpo",
+            0.3,
+        )
+        assert dataclasses.replace(spec, flow_variant="dancegrpo", eta=0.3) == old[seed]
