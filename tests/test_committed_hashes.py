@@ -152,3 +152,18 @@ def test_the_16384_image_runs_continue_the_committed_shorter_runs():
             == 2 * len(algorithms) * shorter["budget"].nunique() * longer["metric"].nunique()
         )
         assert_same_evaluations(shared)
+
+
+def test_the_dancegrpo_noise_level_studys_other_methods_are_the_default_studys_runs():
+    """config/dancegrpo_eta.yaml changes DanceGRPO's arm alone: the five other methods' evaluations are the
+    committed default study's (docs/study.md#the-default-study-with-dancegrpo-at-its-own-noise-level)."""
+    default = pd.read_csv(ROOT / "results" / "tables" / "eval_per_seed.csv", comment="#")
+    default = default[(default["budget"] > 0) & (default["metric"] != "device_seconds")]
+    eta = per_seed("dancegrpo_eta")
+    keys = ["algorithm", "seed", "budget", "metric"]
+    others = eta[eta["algorithm"] != "dancegrpo"]
+    shared = others.merge(default, on=keys)
+    assert len(shared) == len(others) == 5 * 8 * 6 * others["metric"].nunique()
+    assert_same_evaluations(shared)
+    ours = eta[(eta["algorithm"] == "dancegrpo") & (eta["metric"] == "reward/shape_iou")].merge(default, on=keys)
+    assert len(ours) == 8 * 6 and (ours["value_x"] != ours["value_y"]).all()  # its own arm is new runs

@@ -5,7 +5,9 @@ rows (eta 0.3) and the eta-0.7 calibrations' tables (calibration_ode: seeds 100-
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from t2i_rl_bench import calibration
 
@@ -89,3 +91,113 @@ def test_the_dancegrpo_evaluation_score_against_the_other_methods():
     assert 0.004 < ours - base <= 0.005
     best = ode[ode["method"] != "dancegrpo"].groupby("method")["score"].max() - base
     assert f"are {best.min():.3f} to {best.max():.3f} above it" in section
+
+
+# DanceGRPO's arms across the studies: (row label, noise level, rate, tables folder, the arm's label there)
+ARMS = (
+    ("the default study's", "0.7", "3e-6", ROOT / "results" / "tables", "dancegrpo"),
+    ("ode_rates'", "0.7", "1e-4", TABLES / "ode_rates" / "tables", "dancegrpo-lr1e-4"),
+    ("dancegrpo_eta's", "0.3", "1e-4", TABLES / "dancegrpo_eta" / "tables", "dancegrpo"),
+    (
+        "dancegrpo_noise's (independent initial noise)",
+        "0.3",
+        "1e-4",
+        TABLES / "dancegrpo_noise" / "tables",
+        "dancegrpo-own-noise",
+    ),
+)
+# headline column -> (docs header, decimals)
+CHANGES = {
+    "gain": ("held-out gain", 4),
+    "change/quality/fid": ("FID change", 2),
+    "change/quality/clip_score": ("CLIP-score change", 2),
+    "change/diversity/vendi": ("Vendi change", 4),
+}
+
+
+def _cell(row: pd.Series, column: str, decimals: int) -> str:
+    return f"{row[column]:+.{decimals}f} [{row[column + '_low']:.{decimals}f}, {row[column + '_high']:.{decimals}f}]"
+
+
+def arms_table() -> str:
+    """DanceGRPO's arms at 512 images, seeds 0-7, each cell the mean change with its 95% interval over seeds."""
+    lines = [
+        "| DanceGRPO arm | eta | rate | " + " | ".join(h for h, _ in CHANGES.values()) + " |",
+        "|---" * (len(CHANGES) + 3) + "|",
+    ]
+    for label, eta, lr, tables, method in ARMS:
+        frame = pd.read_csv(tables / "headline.csv", comment="#")
+        row = frame[(frame["method"] == method) & (frame["reward"] == "shape_iou")].iloc[0]
+        cells = [_cell(row, column, decimals) for column, (_, decimals) in CHANGES.items()]
+        lines.append(f"| {label} | {eta} | {lr} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_the_dancegrpo_arms_table_is_the_committed_tables():
+    study = (ROOT / "docs" / "study.md").read_text()
+    section = study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0]
+    assert arms_table() in section
+
+
+def _significant(tables: Path, name: str) -> set[tuple[str, ...]]:
+    """(metric or reading, level, lower method, higher method) of every Holm-significant pair of a table."""
+    frame = pd.read_csv(tables / name, comment="#")
+    frame = frame[frame["p_holm"] < 0.05]
+    low = frame[frame["difference"] < 0]
+    level = low["level"].astype(str) if "level" in low.columns else pd.Series("", index=low.index)
+    what = low["reading"] + " " + low["metric"] if "reading" in low.columns else low["metric"]
+    return set(zip(what, level, low["method"], low["over"]))
+
+
+def test_the_dancegrpo_noise_level_studys_bullets():
+    """Every number and finding the section's bullets state, read from the committed tables."""
+    study = (ROOT / "docs" / "study.md").read_text()
+    text = " ".join(
+        study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0].split()
+    )
+    default, eta = ROOT / "results" / "tables", TABLES / "dancegrpo_eta" / "tables"
+    head = pd.read_csv(eta / "headline.csv", comment="#").set_index("method")["gain"]
+    others = head.drop("dancegrpo")
+    assert f"against +{others.min():.3f} to +{others.max():.3f} for the other five methods" in text
+    # the paired difference of the shared-noise ablation
+    per_seed = {
+        study_: pd.read_csv(TABLES / study_ / "tables" / "eval_per_seed.csv", comment="#")
+        for study_ in ("dancegrpo_eta", "dancegrpo_noise")
+    }
+
+    def gain(study_: str, arm: str) -> pd.Series:
+        f = per_seed[study_]
+        f = f[(f["algorithm"] == arm) & (f["metric"] == "reward/shape_iou")]
+        f = f.pivot_table(index="seed", columns="budget", values="value")
+        return f[512] - f[0]
+
+    d = gain("dancegrpo_noise", "dancegrpo-own-noise") - gain("dancegrpo_eta", "dancegrpo")
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert f"is {d.mean():+.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}]" in text
+    # held-out reward and gold metrics: who is Holm-significantly below whom
+    reward = {k for k in _significant(eta, "improvement.csv") if k[0] == "reward/shape_iou"}
+    assert reward == {("reward/shape_iou", "", "dancegrpo", "prdp")}
+    p = pd.read_csv(eta / "improvement.csv", comment="#")
+    p = p[(p["metric"] == "reward/shape_iou") & (p["method"] == "dancegrpo") & (p["over"] == "prdp")]["p_holm"].iloc[0]
+    assert f"gains less than PRDP alone (Holm p {p:.3f})" in text
+    before = {k[2:] for k in _significant(default, "improvement.csv") if k[0] == "reward/shape_iou"}
+    assert before == {("dancegrpo", "pcpo"), ("dancegrpo", "prdp")}
+    assert any(k[0].startswith("attribute/") and "dancegrpo" in k for k in _significant(default, "improvement.csv"))
+    assert not any(k[0].startswith("attribute/") for k in _significant(eta, "improvement.csv"))
+    frontier = _significant(eta, "frontier_pairs.csv")
+    assert {k[2:] for k in frontier} == {("dancegrpo", "pcpo"), ("dancegrpo", "prdp"), ("ddpo_is", "pcpo")}
+    assert len(frontier) == 3 * 4  # at every declared level
+    pairs = pd.read_csv(eta / "frontier_pairs.csv", comment="#")
+    pairs = pairs[(pairs["reading"] == "gain_at_drift") & (pairs["method"] == "ddpo_is") & (pairs["over"] == "pcpo")]
+    assert len(pairs) == 4 and set(pairs["p_holm"].round(3)) == {0.036}
+    # the headline line and its Holm family
+    lines = {name: pd.read_csv(t / "verdicts.csv", comment="#") for name, t in (("default", default), ("eta", eta))}
+    gain_line = {k: v[v["id"] == "pcpo_gain"].iloc[0] for k, v in lines.items()}
+    assert gain_line["default"]["p_value"] == gain_line["eta"]["p_value"]
+    assert f"same raw p as in the default study ({gain_line['eta']['p_value']:.4f})" in text
+    holm = gain_line["eta"]["p_holm"], gain_line["default"]["p_holm"]
+    assert f"Holm p {holm[0]:.4f}, inconclusive, against {holm[1]:.4f}, supported" in text
+    tested = {k: int(v.loc[v["kind"] == "finding", "p_holm"].notna().sum()) for k, v in lines.items()}
+    assert f"has {tested['eta']} tested lines instead of {tested['default']}" in text
+    missing = lines["default"][(lines["default"]["id"] == "prdp_frontier") & (lines["default"]["over"] == "dancegrpo")]
+    assert missing["p_value"].isna().all()
