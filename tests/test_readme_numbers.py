@@ -307,3 +307,30 @@ def test_the_curves_to_16384_images():
     assert agrees(peaks.min(), low) and agrees(peaks.max(), high)
     at_last = fid.groupby(level=0).mean()[last]
     assert agrees(at_last.min(), fid_low) and agrees(at_last.max(), fid_high)
+
+
+def test_the_dancegrpo_noise_level_sentence():
+    """The README's note on DanceGRPO's rate (before the reading): the committed calibration put it at the lowest
+    edge; at its own noise level the committed rule brackets it at 1e-4 (calibration_dancegrpo on seeds 100-101),
+    its gain there and the headline line's Holm p are dancegrpo_eta's."""
+    text = (ROOT / "README.md").read_text()
+    text = " ".join(text[text.index("## What the study found") : text.index("How to read the headline")].split())
+    committed = table(STUDIES / "calibration" / "tables" / "calibration.csv")
+    assert committed[committed["chosen"]].set_index("method").loc["dancegrpo", "edge"] == "lowest"
+    assert "DanceGRPO 3e-6, at the grid's edge." in text
+    per_seed = table(STUDIES / "calibration_dancegrpo" / "tables" / "calibration_per_seed.csv")
+    two = per_seed[per_seed["seed"].isin([100, 101])].reset_index(drop=True)
+    grid, _ = calibration.grid_table(two, [128, 256, 384, 512, 768], "train")
+    label = calibration.choose(grid, "mean_train_reward", "train_reward_se")
+    lrs = sorted(grid["lr"])
+    lr = float(grid.set_index("label").loc[label, "lr"])
+    assert lrs[0] < lr < lrs[-1] and "At 0.3 its rate brackets (1e-4)" in text and lr == 1e-4
+    folder = STUDIES / "dancegrpo_eta" / "tables"
+    row = table(folder / "headline.csv").set_index("method").loc["dancegrpo"]
+    found = re.findall(rf"it still gains little \({N} \[{N}, {N}\]\)", text)
+    assert len(found) == 1
+    gain, low, high = found[0]
+    assert agrees(row["gain"], gain) and agrees(row["gain_low"], low) and agrees(row["gain_high"], high)
+    verdicts = table(folder / "verdicts.csv").set_index("id")
+    (holm,) = re.findall(rf"the `pcpo_gain` line below reads Holm p {N} \(inconclusive\)", text)
+    assert agrees(verdicts.loc["pcpo_gain", "p_holm"], holm) and verdicts.loc["pcpo_gain", "verdict"] == "inconclusive"
