@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats
 
 from t2i_rl_bench import calibration
@@ -105,6 +106,7 @@ ARMS = (
         TABLES / "dancegrpo_noise" / "tables",
         "dancegrpo-own-noise",
     ),
+    ("dancegrpo_sde's (Flow-GRPO's SDE)", "0.7", "1e-4", TABLES / "dancegrpo_sde" / "tables", "dancegrpo-flowgrpo-sde"),
 )
 # headline column -> (docs header, decimals)
 CHANGES = {
@@ -201,3 +203,30 @@ def test_the_dancegrpo_noise_level_studys_bullets():
     assert f"has {tested['eta']} tested lines instead of {tested['default']}" in text
     missing = lines["default"][(lines["default"]["id"] == "prdp_frontier") & (lines["default"]["over"] == "dancegrpo")]
     assert missing["p_value"].isna().all()
+
+
+def test_the_sampler_ablation_bullet():
+    """The declared reading of config/dancegrpo_sde.yaml: the paired difference per seed of the 512-image held-out
+    gain, DanceGRPO with Flow-GRPO's SDE minus DanceGRPO's own at 0.3, with its 95% t interval (it excludes zero)."""
+    study = (ROOT / "docs" / "study.md").read_text()
+    text = " ".join(
+        study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0].split()
+    )
+    gains = {}
+    for name, arm in (("dancegrpo_sde", "dancegrpo-flowgrpo-sde"), ("dancegrpo_eta", "dancegrpo")):
+        f = pd.read_csv(TABLES / name / "tables" / "eval_per_seed.csv", comment="#")
+        f = f[(f["algorithm"] == arm) & (f["metric"] == "reward/shape_iou")].pivot_table(
+            index="seed", columns="budget", values="value"
+        )
+        gains[name] = f[512] - f[0]
+    d = gains["dancegrpo_sde"] - gains["dancegrpo_eta"]
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert d.mean() - half > 0
+    assert (
+        f"paired difference to DanceGRPO's own SDE is {d.mean():+.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}]"
+        in text
+    )
+    head = pd.read_csv(ROOT / "results" / "tables" / "headline.csv", comment="#").set_index("method")
+    sde = pd.read_csv(TABLES / "dancegrpo_sde" / "tables" / "headline.csv", comment="#").set_index("method")
+    assert sde.loc["dancegrpo-flowgrpo-sde", "gain"] >= head.loc[["reinforce", "ddpo_is", "loop"], "gain"].max()
+    assert 0.7 * (0.9 / 0.1) ** 0.5 == pytest.approx(2.1)
