@@ -327,10 +327,12 @@ def test_the_dancegrpo_noise_level_sentence():
     assert lrs[0] < lr < lrs[-1] and "At 0.3 its rate brackets (1e-4)" in text and lr == 1e-4
     folder = STUDIES / "dancegrpo_eta" / "tables"
     row = table(folder / "headline.csv").set_index("method").loc["dancegrpo"]
-    found = re.findall(rf"it still gains little \({N} \[{N}, {N}\]\)", text)
+    found = re.findall(rf"it still gains little \({N} \[{N}, {N}\]; {N} \[{N}, {N}\] on Flow-GRPO's SDE", text)
     assert len(found) == 1
-    gain, low, high = found[0]
+    gain, low, high, sde_gain, sde_low, sde_high = found[0]
     assert agrees(row["gain"], gain) and agrees(row["gain_low"], low) and agrees(row["gain_high"], high)
+    sde = table(STUDIES / "dancegrpo_sde" / "tables" / "headline.csv").set_index("method").loc["dancegrpo-flowgrpo-sde"]
+    assert agrees(sde["gain"], sde_gain) and agrees(sde["gain_low"], sde_low) and agrees(sde["gain_high"], sde_high)
     verdicts = table(folder / "verdicts.csv").set_index("id")
     (holm,) = re.findall(rf"the `pcpo_gain` line below reads Holm p {N} \(inconclusive\)", text)
     assert agrees(verdicts.loc["pcpo_gain", "p_holm"], holm) and verdicts.loc["pcpo_gain", "verdict"] == "inconclusive"
