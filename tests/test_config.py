@@ -785,30 +785,25 @@ def test_the_dancegrpo_noise_level_replication_only_changes_the_seeds():
     assert _every_run_specified_as_in({**cfg, "algorithms": others}, replication) == 5 * 8
 
 
-def test_the_shared_noise_ablation_changes_only_the_shared_noise():
-    """config/dancegrpo_noise.yaml: dancegrpo_eta's DanceGRPO runs with same_noise_per_group off, nothing else."""
-    cfg = study.load(ROOT / "config" / "dancegrpo_noise.yaml", check_paths=False)
+def _dancegrpo_eta_arm_and(preset: str) -> list[tuple[RunSpec, RunSpec]]:
+    """(the preset's run, dancegrpo_eta's DanceGRPO run) per seed of a one-arm ablation of that arm."""
+    cfg = study.load(ROOT / "config" / preset, check_paths=False)
     eta = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
     new = {k.seed: study.run_spec(cfg, k) for k in study.runs(cfg)}
     old = {k.seed: study.run_spec(eta, k) for k in study.runs(eta) if k.algorithm == "dancegrpo"}
     assert new.keys() == old.keys() == set(range(8))
-    for seed, spec in new.items():
+    return [(new[seed], old[seed]) for seed in sorted(new)]
+
+
+def test_the_shared_noise_ablation_changes_only_the_shared_noise():
+    """config/dancegrpo_noise.yaml: dancegrpo_eta's DanceGRPO runs with same_noise_per_group off, nothing else."""
+    for spec, old in _dancegrpo_eta_arm_and("dancegrpo_noise.yaml"):
         assert spec.algorithm_settings.pop("same_noise_per_group") is False
-        assert spec == old[seed]
+        assert spec == old
 
 
 def test_the_sampler_ablation_changes_only_dancegrpos_sde():
     """config/dancegrpo_sde.yaml: dancegrpo_eta's DanceGRPO runs with Flow-GRPO's SDE at its 0.7, nothing else."""
-    cfg = study.load(ROOT / "config" / "dancegrpo_sde.yaml", check_paths=False)
-    eta = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
-    new = {k.seed: study.run_spec(cfg, k) for k in study.runs(cfg)}
-    old = {k.seed: study.run_spec(eta, k) for k in study.runs(eta) if k.algorithm == "dancegrpo"}
-    assert new.keys() == old.keys() == set(range(8))
-    for seed, spec in new.items():
-        assert (spec.flow_variant, spec.eta, old[seed].flow_variant, old[seed].eta) == (
-            "flowgrpo",
-            0.7,
-            "dancegrpo",
-            0.3,
-        )
-        assert dataclasses.replace(spec, flow_variant="dancegrpo", eta=0.3) == old[seed]
+    for spec, old in _dancegrpo_eta_arm_and("dancegrpo_sde.yaml"):
+        assert (spec.flow_variant, spec.eta, old.flow_variant, old.eta) == ("flowgrpo", 0.7, "dancegrpo", 0.3)
+        assert dataclasses.replace(spec, flow_variant="dancegrpo", eta=0.3) == old
