@@ -115,10 +115,11 @@ def calibrate(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> tuple[pd.D
     the calibration seeds; columns named by the evaluation's prompt set), the rule's score and its
     standard error, and whether the rule chose it; plus the recommended final budget (None without a
     grid)."""
-    per_seed = grid_per_seed(cfg, runs_root, seed_rows)
-    if per_seed.empty:
-        return per_seed, None
-    return grid_table(per_seed, sorted(int(b) for b in cfg["train"]["budgets"]), curve_prefix(cfg))
+    return grid_table(grid_per_seed(cfg, runs_root, seed_rows), grid_budgets(cfg), curve_prefix(cfg))
+
+
+def grid_budgets(cfg: dict) -> list[int]:
+    return sorted(int(b) for b in cfg["train"]["budgets"])
 
 
 def grid_per_seed(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +133,7 @@ def grid_per_seed(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> pd.Dat
     if kind not in SCORES:
         raise ValueError(f"analysis.calibration_score: {kind!r} is not one of {sorted(SCORES)}")
     prefix = curve_prefix(cfg)
-    budgets = sorted(int(b) for b in cfg["train"]["budgets"])
+    budgets = grid_budgets(cfg)
     rows = []
     for key in study.runs(cfg):
         point = next((p for pts in grid.values() for p in pts if p.label == key.algorithm), None)
@@ -168,6 +169,8 @@ def grid_per_seed(cfg: dict, runs_root: Path, seed_rows: pd.DataFrame) -> pd.Dat
 
 def grid_table(per_seed: pd.DataFrame, budgets: list[int], prefix: str) -> tuple[pd.DataFrame, int | None]:
     """`calibrate`'s table from the per-seed rows of `grid_per_seed` (all of them, or some seeds')."""
+    if per_seed.empty:
+        return per_seed, None
     keys = ["model", "reward", "method", "label", "lr"]
     table = per_seed.drop(columns="seed").groupby(keys, as_index=False).mean(numeric_only=True)
 

@@ -912,13 +912,7 @@ def aggregate(cfg: dict, runs_root: Path, out: Path) -> pd.DataFrame:
     write_tables(table, prov, out, "eval", [qnote])
     seed_rows.to_csv(out / "eval_per_seed.csv", index=False)
     calib_seeds = calibration.grid_per_seed(cfg, runs_root, seed_rows)
-    calib, final = (
-        calibration.grid_table(
-            calib_seeds, sorted(int(b) for b in cfg["train"]["budgets"]), calibration.curve_prefix(cfg)
-        )
-        if len(calib_seeds)
-        else (calib_seeds, None)
-    )
+    calib, final = calibration.grid_table(calib_seeds, calibration.grid_budgets(cfg), calibration.curve_prefix(cfg))
     if len(calib):  # a learning-rate grid (config/calibration.yaml): the rule's choice per method
         rule = calibration.selection_rule(calibration.score_kind(cfg), calibration.curve_prefix(cfg))
         notes = [f"selection rule: {rule}", f"recommended final budget: {final}"]
