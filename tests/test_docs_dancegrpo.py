@@ -230,3 +230,23 @@ def test_the_sampler_ablation_bullet():
     sde = pd.read_csv(TABLES / "dancegrpo_sde" / "tables" / "headline.csv", comment="#").set_index("method")
     assert sde.loc["dancegrpo-flowgrpo-sde", "gain"] >= head.loc[["reinforce", "ddpo_is", "loop"], "gain"].max()
     assert 0.7 * (0.9 / 0.1) ** 0.5 == pytest.approx(2.1)
+
+
+def test_the_replication_bullet():
+    """dancegrpo_eta's findings on seeds 30-37: the replication tool's count and kinds, DanceGRPO's gain there."""
+    study = (ROOT / "docs" / "study.md").read_text()
+    text = " ".join(
+        study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0].split()
+    )
+    rows = pd.read_csv(TABLES / "dancegrpo_eta" / "replication" / "replication.csv", comment="#")
+    done = int((rows["outcome"] == "replicated").sum())
+    assert f"reads **{done} of {len(rows)}** findings replicated" in text and done == len(rows)
+    kinds = rows["source"].value_counts().to_dict()
+    assert kinds["verdict"] == 1 and kinds["frontier"] == 12 and kinds["pairwise"] == 4
+    assert (rows["study"] == "equivalent within 0.01").sum() == 3
+    head = pd.read_csv(TABLES / "dancegrpo_eta_replication" / "tables" / "headline.csv", comment="#")
+    row = head.set_index("method").loc["dancegrpo"]
+    assert f"gains nothing there ({row['gain']:+.4f} [{row['gain_low']:.4f}, {row['gain_high']:.4f}])" in text
+    assert row["gain_low"] < 0 < row["gain_high"]
+    verdicts = pd.read_csv(TABLES / "dancegrpo_eta_replication" / "tables" / "verdicts.csv", comment="#")
+    assert verdicts.set_index("id").loc["pcpo_gain", "verdict"] == "inconclusive"
