@@ -203,6 +203,8 @@ def test_the_dancegrpo_noise_level_studys_bullets():
     assert f"has {tested['eta']} tested lines instead of {tested['default']}" in text
     missing = lines["default"][(lines["default"]["id"] == "prdp_frontier") & (lines["default"]["over"] == "dancegrpo")]
     assert missing["p_value"].isna().all()
+    statistics = " ".join(study.split("## Statistics\n", 1)[1].split("\n## ", 1)[0].split())
+    assert f"`pcpo_gain` reads {holm[1]:.4f} in the default study and {holm[0]:.4f} with DanceGRPO" in statistics
 
 
 def test_the_sampler_ablation_bullet():
