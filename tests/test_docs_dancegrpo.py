@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from scipy import stats
 
 from t2i_rl_bench import calibration
@@ -27,6 +26,32 @@ SCORES = {"training reward": ("mean_train_reward", "train_reward_se"), "evaluati
 def _read(study: str, name: str) -> pd.DataFrame:
     frame = pd.read_csv(TABLES / study / "tables" / name, comment="#")
     return frame[frame["method"] == "dancegrpo"].reset_index(drop=True)
+
+
+def _section(heading: str) -> str:
+    """A docs/study.md section (from its heading to the next one of its level), whitespace collapsed."""
+    level = heading.split(" ", 1)[0]
+    text = (ROOT / "docs" / "study.md").read_text()
+    return " ".join(text.split(heading + "\n", 1)[1].split(f"\n{level} ", 1)[0].split())
+
+
+NOISE_LEVEL = "### DanceGRPO's noise level"
+NOISE_LEVEL_STUDY = "## The default study with DanceGRPO at its own noise level"
+
+
+def _paired(arm: tuple[str, str], against: tuple[str, str]) -> tuple[float, float, float]:
+    """Mean and 95% t interval over seeds of the 512-image held-out shape_iou gain, arm minus `against`, each
+    given as (study, the arm's label there)."""
+
+    def gain(study: str, label: str) -> pd.Series:
+        f = pd.read_csv(TABLES / study / "tables" / "eval_per_seed.csv", comment="#")
+        f = f[(f["algorithm"] == label) & (f["metric"] == "reward/shape_iou")]
+        f = f.pivot_table(index="seed", columns="budget", values="value")
+        return f[512] - f[0]
+
+    d = gain(*arm) - gain(*against)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half
 
 
 def _grids() -> dict[tuple[float, str], pd.DataFrame]:
@@ -62,9 +87,7 @@ def calibration_table() -> str:
 
 
 def test_the_dancegrpo_calibration_table_is_the_committed_tables():
-    study = (ROOT / "docs" / "study.md").read_text()
-    section = study.split("### DanceGRPO's noise level\n", 1)[1].split("\n### ", 1)[0]
-    assert calibration_table() in section
+    assert " ".join(calibration_table().split()) in _section(NOISE_LEVEL)
 
 
 def test_every_reading_at_eta_0_3_brackets_and_every_reading_at_0_7_but_one_does_not():
@@ -83,8 +106,7 @@ def test_every_reading_at_eta_0_3_brackets_and_every_reading_at_0_7_but_one_does
 def test_the_dancegrpo_evaluation_score_against_the_other_methods():
     """The section's bullet: at 0.3 DanceGRPO's score is at most 0.005 over the base at any rate and seed set; the
     five other methods' best scores on seeds 100-101 (calibration_ode) are 0.004 to 0.015 above the base."""
-    study = (ROOT / "docs" / "study.md").read_text()
-    section = study.split("### DanceGRPO's noise level\n", 1)[1].split("\n### ", 1)[0]
+    section = _section(NOISE_LEVEL)
     ode = pd.read_csv(TABLES / "calibration_ode" / "tables" / "calibration.csv", comment="#")
     base = float(ode["train_0"].iloc[0])
     assert f"over the base ({base:.4f})" in section
@@ -136,9 +158,7 @@ def arms_table() -> str:
 
 
 def test_the_dancegrpo_arms_table_is_the_committed_tables():
-    study = (ROOT / "docs" / "study.md").read_text()
-    section = study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0]
-    assert arms_table() in section
+    assert " ".join(arms_table().split()) in _section(NOISE_LEVEL_STUDY)
 
 
 def _significant(tables: Path, name: str) -> set[tuple[str, ...]]:
@@ -153,29 +173,13 @@ def _significant(tables: Path, name: str) -> set[tuple[str, ...]]:
 
 def test_the_dancegrpo_noise_level_studys_bullets():
     """Every number and finding the section's bullets state, read from the committed tables."""
-    study = (ROOT / "docs" / "study.md").read_text()
-    text = " ".join(
-        study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0].split()
-    )
+    text = _section(NOISE_LEVEL_STUDY)
     default, eta = ROOT / "results" / "tables", TABLES / "dancegrpo_eta" / "tables"
     head = pd.read_csv(eta / "headline.csv", comment="#").set_index("method")["gain"]
     others = head.drop("dancegrpo")
     assert f"against +{others.min():.3f} to +{others.max():.3f} for the other five methods" in text
-    # the paired difference of the shared-noise ablation
-    per_seed = {
-        study_: pd.read_csv(TABLES / study_ / "tables" / "eval_per_seed.csv", comment="#")
-        for study_ in ("dancegrpo_eta", "dancegrpo_noise")
-    }
-
-    def gain(study_: str, arm: str) -> pd.Series:
-        f = per_seed[study_]
-        f = f[(f["algorithm"] == arm) & (f["metric"] == "reward/shape_iou")]
-        f = f.pivot_table(index="seed", columns="budget", values="value")
-        return f[512] - f[0]
-
-    d = gain("dancegrpo_noise", "dancegrpo-own-noise") - gain("dancegrpo_eta", "dancegrpo")
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    assert f"is {d.mean():+.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}]" in text
+    mean, low, high = _paired(("dancegrpo_noise", "dancegrpo-own-noise"), ("dancegrpo_eta", "dancegrpo"))
+    assert f"is {mean:+.4f} [{low:.4f}, {high:.4f}]" in text
     # held-out reward and gold metrics: who is Holm-significantly below whom
     reward = {k for k in _significant(eta, "improvement.csv") if k[0] == "reward/shape_iou"}
     assert reward == {("reward/shape_iou", "", "dancegrpo", "prdp")}
@@ -203,43 +207,26 @@ def test_the_dancegrpo_noise_level_studys_bullets():
     assert f"has {tested['eta']} tested lines instead of {tested['default']}" in text
     missing = lines["default"][(lines["default"]["id"] == "prdp_frontier") & (lines["default"]["over"] == "dancegrpo")]
     assert missing["p_value"].isna().all()
-    statistics = " ".join(study.split("## Statistics\n", 1)[1].split("\n## ", 1)[0].split())
+    statistics = _section("## Statistics")
     assert f"`pcpo_gain` reads {holm[1]:.4f} in the default study and {holm[0]:.4f} with DanceGRPO" in statistics
 
 
 def test_the_sampler_ablation_bullet():
     """The declared reading of config/dancegrpo_sde.yaml: the paired difference per seed of the 512-image held-out
     gain, DanceGRPO with Flow-GRPO's SDE minus DanceGRPO's own at 0.3, with its 95% t interval (it excludes zero)."""
-    study = (ROOT / "docs" / "study.md").read_text()
-    text = " ".join(
-        study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0].split()
-    )
-    gains = {}
-    for name, arm in (("dancegrpo_sde", "dancegrpo-flowgrpo-sde"), ("dancegrpo_eta", "dancegrpo")):
-        f = pd.read_csv(TABLES / name / "tables" / "eval_per_seed.csv", comment="#")
-        f = f[(f["algorithm"] == arm) & (f["metric"] == "reward/shape_iou")].pivot_table(
-            index="seed", columns="budget", values="value"
-        )
-        gains[name] = f[512] - f[0]
-    d = gains["dancegrpo_sde"] - gains["dancegrpo_eta"]
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    assert d.mean() - half > 0
-    assert (
-        f"paired difference to DanceGRPO's own SDE is {d.mean():+.4f} [{d.mean() - half:.4f}, {d.mean() + half:.4f}]"
-        in text
-    )
+    text = _section(NOISE_LEVEL_STUDY)
+    mean, low, high = _paired(("dancegrpo_sde", "dancegrpo-flowgrpo-sde"), ("dancegrpo_eta", "dancegrpo"))
+    assert low > 0
+    assert f"paired difference to DanceGRPO's own SDE is {mean:+.4f} [{low:.4f}, {high:.4f}]" in text
     head = pd.read_csv(ROOT / "results" / "tables" / "headline.csv", comment="#").set_index("method")
     sde = pd.read_csv(TABLES / "dancegrpo_sde" / "tables" / "headline.csv", comment="#").set_index("method")
     assert sde.loc["dancegrpo-flowgrpo-sde", "gain"] >= head.loc[["reinforce", "ddpo_is", "loop"], "gain"].max()
-    assert 0.7 * (0.9 / 0.1) ** 0.5 == pytest.approx(2.1)
+    assert f"Flow-GRPO's std `0.7 sqrt(t / (1 - t))` is {0.7 * (0.9 / 0.1) ** 0.5:.1f} at t = 0.9" in text
 
 
 def test_the_replication_bullet():
     """dancegrpo_eta's findings on seeds 30-37: the replication tool's count and kinds, DanceGRPO's gain there."""
-    study = (ROOT / "docs" / "study.md").read_text()
-    text = " ".join(
-        study.split("## The default study with DanceGRPO at its own noise level\n", 1)[1].split("\n## ", 1)[0].split()
-    )
+    text = _section(NOISE_LEVEL_STUDY)
     rows = pd.read_csv(TABLES / "dancegrpo_eta" / "replication" / "replication.csv", comment="#")
     done = int((rows["outcome"] == "replicated").sum())
     assert f"reads **{done} of {len(rows)}** findings replicated" in text and done == len(rows)

@@ -1,7 +1,12 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from t2i_rl_bench import study
+from t2i_rl_bench.evaluate import Evaluator
 from t2i_rl_bench.models.embedded import EmbeddedSpec, build_scheduler
 from t2i_rl_bench.models.policy import Policy
 from t2i_rl_bench.rollout import make_sampler, recompute, rollout
@@ -130,12 +135,6 @@ def test_the_noise_level_table_of_dancegrpos_sde(tmp_path):
     """docs/study.md#dancegrpos-noise-level: the base model's held-out shape_iou under each training sampler,
     recomputed on the shipped model. DanceGRPO's constant diffusion at Flow-GRPO's 0.7 leaves its final images
     noisy; at its own 0.3 they score as the ODE's."""
-    import re
-    from pathlib import Path
-
-    from t2i_rl_bench import study
-    from t2i_rl_bench.evaluate import Evaluator
-
     root = Path(__file__).resolve().parents[1]
     text = (root / "docs" / "study.md").read_text()
     section = text.split("### DanceGRPO's noise level", 1)[1].split("\n### ", 1)[0]
@@ -155,3 +154,5 @@ def test_the_noise_level_table_of_dancegrpos_sde(tmp_path):
         measured.append((f"{eta:g}", f"{row['reward/shape_iou']:.4f}"))
     assert [(f"{float(a):g}", b) for a, b in rows] == measured
     assert float(measured[2][1]) < float(measured[0][1]) - 0.1 < float(measured[3][1]) - 0.1
+    below = float(measured[0][1]) - float(measured[2][1])
+    assert f"trained on images {below:.2f} below what its ODE evaluation makes" in " ".join(section.split())
