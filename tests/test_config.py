@@ -353,12 +353,24 @@ def test_the_replication_preset_is_the_two_reward_study_on_other_seeds():
     }
 
 
+def _as_declared_before_dancegrpos_noise_level(name: str) -> dict:
+    """config/<name> as it was before 2026-12-08, when DanceGRPO sampled its SDE at sampling.eta 0.7 (Flow-GRPO's
+    noise level) at the edge rate 3e-6, declared unbracketed (docs/study.md#dancegrpos-noise-level). The presets
+    declared on the default study before then keep those committed DanceGRPO runs; every other arm is today's."""
+    cfg = study.load(ROOT / "config" / name, check_paths=False)
+    assert cfg["algorithms"]["dancegrpo"] == {"drop_last_step": True, "lr": 1e-4, "eta": 0.3}
+    assert not cfg["analysis"].get("unbracketed_rates")
+    cfg["algorithms"] = {**cfg["algorithms"], "dancegrpo": {"drop_last_step": True, "lr": 3e-6}}
+    cfg["analysis"] = {**cfg["analysis"], "unbracketed_rates": ["dancegrpo"]}
+    return cfg
+
+
 def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget():
     """config/gradient.yaml: the default study's run specs exactly (its runs can be copied in and its
     evaluation repeats the default study's), every method of the default study on its primary
     reward, and only the probe changed: more minibatches, at the final budget."""
     cfg = study.load(ROOT / "config" / "gradient.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    default = _as_declared_before_dancegrpos_noise_level("config.yaml")
     assert set(cfg["algorithms"]) == set(default["algorithms"]) and cfg["seeds"] == default["seeds"]
     assert cfg["rewards"] == [default["analysis"]["primary"]]
     for key in study.runs(cfg):
@@ -418,7 +430,7 @@ def test_the_full_preset_extends_the_two_reward_study_and_the_ablation_run_for_r
     exactly as there (so their runs can be copied in, as the committed full study did), and its
     evaluation is theirs; what it adds is seeds and the pcpo-nocredit arm."""
     cfg = study.load(ROOT / "config" / "full.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
+    default = _as_declared_before_dancegrpos_noise_level("two_rewards.yaml")
     ablation = study.load(ROOT / "config" / "ablation.yaml", check_paths=False)
     shared = 0
     for other in (default, ablation):
@@ -431,7 +443,7 @@ def test_the_full_preset_extends_the_two_reward_study_and_the_ablation_run_for_r
     assert shared == 96 + 3 * 8
     assert set(default["seeds"]) < set(cfg["seeds"])
     assert set(cfg["algorithms"]) == set(default["algorithms"]) | {"pcpo-nocredit"}
-    assert cfg["evaluation"] == default["evaluation"]
+    assert cfg["evaluation"] == default["evaluation"] and cfg["analysis"] == default["analysis"]
 
 
 def _every_run_specified_as_in(cfg: dict, *others: dict) -> int:
@@ -451,7 +463,7 @@ def test_the_collapse_preset_loops_the_default_studys_primary_reward_runs():
     preset's (two of its variants, the fully synthetic one first, which the verdicts read); its
     claims declare equivalence margins."""
     cfg = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    default = _as_declared_before_dancegrpos_noise_level("config.yaml")
     recursive = study.load(ROOT / "config" / "recursive.yaml", check_paths=False)
     assert _every_run_specified_as_in(cfg, default) == 6 * 8
     assert cfg["evaluation"] == default["evaluation"] and cfg["rewards"] == ["shape_iou"]
@@ -485,7 +497,7 @@ def test_the_collapse_replication_is_the_collapse_preset_on_the_replication_seed
     never used, each run specified exactly as in the replication study (so its runs can be copied in)."""
     cfg = study.load(ROOT / "config" / "collapse_replication.yaml", check_paths=False)
     collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
-    replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
+    replication = _as_declared_before_dancegrpos_noise_level("replication.yaml")
     assert _every_run_specified_as_in(cfg, replication) == 6 * 8
     assert not set(cfg["seeds"]) & set(collapse["seeds"])
     assert list(study.recursive_variants(cfg)) == ["replace-real0"]
@@ -499,7 +511,7 @@ def test_the_collapse_ode_preset_is_the_collapse_preset_at_the_evaluation_sample
     the loop drawn and measured at the evaluation sampler (the only difference in the loop)."""
     cfg = study.load(ROOT / "config" / "collapse_ode.yaml", check_paths=False)
     collapse = study.load(ROOT / "config" / "collapse.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    default = _as_declared_before_dancegrpos_noise_level("config.yaml")
     assert _every_run_specified_as_in(cfg, default) == 6 * 8
     loops = study.recursive_variants(cfg)
     assert list(loops) == ["replace-real0"]
@@ -608,7 +620,7 @@ def test_the_long_run_is_the_default_studys_primary_arms_trained_eight_times_lon
     its seeds, to 4096 images; its budgets include three of the default's (so its evaluations there
     can be checked against the default's) and its evaluation is the default's."""
     cfg = study.load(ROOT / "config" / "long.yaml", check_paths=False)
-    default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
+    default = _as_declared_before_dancegrpos_noise_level("config.yaml")
     assert cfg["algorithms"] == default["algorithms"] and cfg["rewards"] == [default["analysis"]["primary"]]
     assert set(cfg["seeds"]) < set(default["seeds"])
     for section in ("sampling", "evaluation", "analysis", "models"):
@@ -750,30 +762,26 @@ def test_the_dancegrpo_noise_level_calibration_changes_only_its_eta():
 
 
 def test_the_dancegrpo_noise_level_study_is_the_default_but_dancegrpo():
-    """config/dancegrpo_eta.yaml: the default study with DanceGRPO at eta 0.3 and the rate calibration_dancegrpo's
-    committed rule chooses; the other five methods' runs are the default's, spec for spec, and every other
-    section is the default's but analysis, which names no unbracketed rate."""
+    """config/dancegrpo_eta.yaml: declared as the default study with DanceGRPO at eta 0.3 and the rate
+    calibration_dancegrpo's committed rule chooses; the default has since taken that arm, so every run and every
+    section of the two are equal, and against the default as declared before, only DanceGRPO's eta and rate differ."""
     cfg = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
     default = study.load(ROOT / "config" / "config.yaml", check_paths=False)
-    assert {k: v for k, v in cfg.items() if k not in ("study", "algorithms", "analysis")} == {
-        k: v for k, v in default.items() if k not in ("study", "algorithms", "analysis")
-    }
-    assert {k: v for k, v in cfg["analysis"].items() if k != "unbracketed_rates"} == {
-        k: v for k, v in default["analysis"].items() if k != "unbracketed_rates"
-    }
-    assert default["analysis"]["unbracketed_rates"] == ["dancegrpo"] and not cfg["analysis"].get("unbracketed_rates")
+    assert {k: v for k, v in cfg.items() if k != "study"} == {k: v for k, v in default.items() if k != "study"}
+    assert _every_run_specified_as_in(cfg, default) == 6 * 8
+    before = _as_declared_before_dancegrpos_noise_level("config.yaml")
     others = {k: v for k, v in cfg["algorithms"].items() if k != "dancegrpo"}
-    assert _every_run_specified_as_in({**cfg, "algorithms": others}, default) == 5 * 8
+    assert _every_run_specified_as_in({**cfg, "algorithms": others}, before) == 5 * 8
     new = {k.seed: study.run_spec(cfg, k) for k in study.runs(cfg) if k.algorithm == "dancegrpo"}
-    old = {k.seed: study.run_spec(default, k) for k in study.runs(default) if k.algorithm == "dancegrpo"}
+    old = {k.seed: study.run_spec(before, k) for k in study.runs(before) if k.algorithm == "dancegrpo"}
     for seed, spec in new.items():
         assert (spec.eta, spec.lr, old[seed].eta, old[seed].lr) == (0.3, 1e-4, 0.7, 3e-6)
         assert dataclasses.replace(spec, eta=0.7, lr=3e-6) == old[seed]
 
 
 def test_the_dancegrpo_noise_level_replication_only_changes_the_seeds():
-    """config/dancegrpo_eta_replication.yaml: dancegrpo_eta on the replication's seeds; its five other methods'
-    runs are the replication's shape_iou runs, spec for spec."""
+    """config/dancegrpo_eta_replication.yaml: dancegrpo_eta on the replication's seeds; its runs are the
+    replication's shape_iou runs, spec for spec."""
     cfg = study.load(ROOT / "config" / "dancegrpo_eta_replication.yaml", check_paths=False)
     eta = study.load(ROOT / "config" / "dancegrpo_eta.yaml", check_paths=False)
     replication = study.load(ROOT / "config" / "replication.yaml", check_paths=False)
@@ -781,8 +789,7 @@ def test_the_dancegrpo_noise_level_replication_only_changes_the_seeds():
         k: v for k, v in eta.items() if k not in ("study", "seeds")
     }
     assert cfg["seeds"] == replication["seeds"] and not set(cfg["seeds"]) & set(eta["seeds"])
-    others = {k: v for k, v in cfg["algorithms"].items() if k != "dancegrpo"}
-    assert _every_run_specified_as_in({**cfg, "algorithms": others}, replication) == 5 * 8
+    assert _every_run_specified_as_in(cfg, replication) == 6 * 8  # since the two-reward study runs DanceGRPO at 0.3
 
 
 def _dancegrpo_eta_arm_and(preset: str) -> list[tuple[RunSpec, RunSpec]]:
