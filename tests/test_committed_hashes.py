@@ -60,7 +60,8 @@ def test_a_committed_tables_config_hash_is_its_configs_hash_today(name, config, 
 
 def per_seed(name: str) -> pd.DataFrame:
     """A study's committed per-seed evaluation cells of its trained checkpoints, timing aside."""
-    frame = pd.read_csv(ROOT / "results" / "studies" / name / "tables" / "eval_per_seed.csv", comment="#")
+    folder = ROOT / "results" / ("tables" if name == "default" else f"studies/{name}/tables")
+    frame = pd.read_csv(folder / "eval_per_seed.csv", comment="#")
     return frame[(frame["budget"] > 0) & (frame["metric"] != "device_seconds")]
 
 
@@ -154,16 +155,21 @@ def test_the_16384_image_runs_continue_the_committed_shorter_runs():
         assert_same_evaluations(shared)
 
 
-def test_the_dancegrpo_noise_level_studys_other_methods_are_the_default_studys_runs():
-    """config/dancegrpo_eta.yaml changes DanceGRPO's arm alone: the five other methods' evaluations are the
-    committed default study's (docs/study.md#the-default-study-with-dancegrpo-at-its-own-noise-level)."""
-    default = pd.read_csv(ROOT / "results" / "tables" / "eval_per_seed.csv", comment="#")
-    default = default[(default["budget"] > 0) & (default["metric"] != "device_seconds")]
+def test_the_dancegrpo_noise_level_study_is_the_committed_default_study():
+    """config/dancegrpo_eta.yaml changed DanceGRPO's arm alone, and the default study has since taken that arm
+    (docs/study.md#the-default-study-with-dancegrpo-at-its-own-noise-level): every evaluation cell of the two is
+    equal; against the default's runs as they were (config/gradient.yaml's), the five other methods' cells are
+    equal and DanceGRPO's are new runs."""
+    default = per_seed("default")
     eta = per_seed("dancegrpo_eta")
     keys = ["algorithm", "seed", "budget", "metric"]
+    shared = eta.merge(default, on=keys)
+    assert len(shared) == len(eta) == len(default) == 6 * 8 * 6 * eta["metric"].nunique()
+    assert_same_evaluations(shared)
+    before = per_seed("gradient")
     others = eta[eta["algorithm"] != "dancegrpo"]
-    shared = others.merge(default, on=keys)
+    shared = others.merge(before, on=keys)
     assert len(shared) == len(others) == 5 * 8 * 6 * others["metric"].nunique()
     assert_same_evaluations(shared)
-    ours = eta[(eta["algorithm"] == "dancegrpo") & (eta["metric"] == "reward/shape_iou")].merge(default, on=keys)
+    ours = eta[(eta["algorithm"] == "dancegrpo") & (eta["metric"] == "reward/shape_iou")].merge(before, on=keys)
     assert len(ours) == 8 * 6 and (ours["value_x"] != ours["value_y"]).all()  # its own arm is new runs

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from presets import as_declared_before_dancegrpos_noise_level as _as_declared_before_dancegrpos_noise_level
 
 from t2i_rl_bench import study
 from t2i_rl_bench.spec import RunSpec
@@ -351,18 +352,6 @@ def test_the_replication_preset_is_the_two_reward_study_on_other_seeds():
     assert {k: v for k, v in replication.items() if k not in strip} == {
         k: v for k, v in default.items() if k not in strip
     }
-
-
-def _as_declared_before_dancegrpos_noise_level(name: str) -> dict:
-    """config/<name> as it was before 2026-12-08, when DanceGRPO sampled its SDE at sampling.eta 0.7 (Flow-GRPO's
-    noise level) at the edge rate 3e-6, declared unbracketed (docs/study.md#dancegrpos-noise-level). The presets
-    declared on the default study before then keep those committed DanceGRPO runs; every other arm is today's."""
-    cfg = study.load(ROOT / "config" / name, check_paths=False)
-    assert cfg["algorithms"]["dancegrpo"] == {"drop_last_step": True, "lr": 1e-4, "eta": 0.3}
-    assert not cfg["analysis"].get("unbracketed_rates")
-    cfg["algorithms"] = {**cfg["algorithms"], "dancegrpo": {"drop_last_step": True, "lr": 3e-6}}
-    cfg["analysis"] = {**cfg["analysis"], "unbracketed_rates": ["dancegrpo"]}
-    return cfg
 
 
 def test_the_gradient_preset_probes_the_default_studys_runs_at_the_final_budget():

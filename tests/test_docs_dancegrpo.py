@@ -3,6 +3,7 @@ over seeds of the training reward or of the evaluation score at one rate) and ea
 recomputed here, by the calibration's own rule (bench/calibration.py), from calibration_dancegrpo's per-seed
 rows (eta 0.3) and the eta-0.7 calibrations' tables (calibration_ode: seeds 100-101; calibration_ode4: four)."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from t2i_rl_bench import calibration
+from t2i_rl_bench.metrics import statistics
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "results" / "studies"
@@ -116,9 +118,11 @@ def test_the_dancegrpo_evaluation_score_against_the_other_methods():
     assert f"are {best.min():.3f} to {best.max():.3f} above it" in section
 
 
+BEFORE = TABLES / "gradient" / "tables"
 # DanceGRPO's arms across the studies: (row label, noise level, rate, tables folder, the arm's label there)
 ARMS = (
-    ("the default study's", "0.7", "3e-6", ROOT / "results" / "tables", "dancegrpo"),
+    # the default study as committed before 2026-12-08: its runs are config/gradient.yaml's (tests/test_config.py)
+    ("the default study's before 2026-12-08", "0.7", "3e-6", BEFORE, "dancegrpo"),
     ("ode_rates'", "0.7", "1e-4", TABLES / "ode_rates" / "tables", "dancegrpo-lr1e-4"),
     ("dancegrpo_eta's", "0.3", "1e-4", TABLES / "dancegrpo_eta" / "tables", "dancegrpo"),
     (
@@ -174,7 +178,7 @@ def _significant(tables: Path, name: str) -> set[tuple[str, ...]]:
 def test_the_dancegrpo_noise_level_studys_bullets():
     """Every number and finding the section's bullets state, read from the committed tables."""
     text = _section(NOISE_LEVEL_STUDY)
-    default, eta = ROOT / "results" / "tables", TABLES / "dancegrpo_eta" / "tables"
+    default, eta = BEFORE, TABLES / "dancegrpo_eta" / "tables"
     head = pd.read_csv(eta / "headline.csv", comment="#").set_index("method")["gain"]
     others = head.drop("dancegrpo")
     assert f"against +{others.min():.3f} to +{others.max():.3f} for the other five methods" in text
@@ -196,19 +200,49 @@ def test_the_dancegrpo_noise_level_studys_bullets():
     pairs = pd.read_csv(eta / "frontier_pairs.csv", comment="#")
     pairs = pairs[(pairs["reading"] == "gain_at_drift") & (pairs["method"] == "ddpo_is") & (pairs["over"] == "pcpo")]
     assert len(pairs) == 4 and set(pairs["p_holm"].round(3)) == {0.036}
-    # the headline line and its Holm family
-    lines = {name: pd.read_csv(t / "verdicts.csv", comment="#") for name, t in (("default", default), ("eta", eta))}
-    gain_line = {k: v[v["id"] == "pcpo_gain"].iloc[0] for k, v in lines.items()}
-    assert gain_line["default"]["p_value"] == gain_line["eta"]["p_value"]
-    assert f"same raw p as in the default study ({gain_line['eta']['p_value']:.4f})" in text
-    holm = gain_line["eta"]["p_holm"], gain_line["default"]["p_holm"]
-    assert f"Holm p {holm[0]:.4f}, inconclusive, against {holm[1]:.4f}, supported" in text
-    tested = {k: int(v.loc[v["kind"] == "finding", "p_holm"].notna().sum()) for k, v in lines.items()}
-    assert f"has {tested['eta']} tested lines instead of {tested['default']}" in text
-    missing = lines["default"][(lines["default"]["id"] == "prdp_frontier") & (lines["default"]["over"] == "dancegrpo")]
-    assert missing["p_value"].isna().all()
-    statistics = _section("## Statistics")
-    assert f"`pcpo_gain` reads {holm[1]:.4f} in the default study and {holm[0]:.4f} with DanceGRPO" in statistics
+    # the minimum detectable difference and the median paired sd it reads, before and now
+    mdd = {k: float(final_pairs(v)["mdd"].iloc[0]) for k, v in (("default", default), ("eta", eta))}
+    spread = final_pairs(eta)["difference"].abs().max()
+    assert (
+        f"grows from {mdd['default']:.4f} to {mdd['eta']:.4f} against a spread of the method means of {spread:.4f}"
+        in text
+    )
+    sd = {k: paired_sds(v) for k, v in (("default", default), ("eta", eta))}
+    assert f"goes from {sd['default'].median():.4f} to {sd['eta'].median():.4f}" in text
+    grew = sd["eta"] - sd["default"]
+    assert int((grew[[k for k in grew.index if "dancegrpo" in k]] > 0).sum()) == 4
+    assert "as four of DanceGRPO's five pairs are noisier at 0.3" in text
+    assert (grew[[k for k in grew.index if "dancegrpo" not in k]].abs() < 1e-12).all()
+    # the headline line and its Holm family: the default before had no value on prdp_frontier vs DanceGRPO
+    lines = pd.read_csv(eta / "verdicts.csv", comment="#")
+    findings = lines[lines["kind"] == "finding"]
+    without = findings[~((findings["id"] == "prdp_frontier") & (findings["over"] == "dancegrpo"))]
+    before = float(statistics.holm(without["p_value"].to_numpy())[list(without["id"]).index("pcpo_gain")])
+    line = lines[lines["id"] == "pcpo_gain"].iloc[0]
+    assert f"same raw p as in the default study ({line['p_value']:.4f})" in text
+    assert line["verdict"] == "inconclusive" and before < 0.05 <= line["p_holm"]
+    assert f"Holm p {line['p_holm']:.4f}, inconclusive, against {before:.4f}, supported, there" in text
+    tested = int(findings["p_holm"].notna().sum())
+    assert f"has {tested} tested lines instead of {tested - 1}" in text
+    statistics_section = _section("## Statistics")
+    assert (
+        f"`pcpo_gain` read {before:.4f} in the default study committed before 2026-12-08 and reads {line['p_holm']:.4f}"
+        in (statistics_section)
+    )
+
+
+def final_pairs(tables: Path) -> pd.DataFrame:
+    rows = pd.read_csv(tables / "improvement.csv", comment="#")
+    return rows[(rows["metric"] == "reward/shape_iou") & (rows["budget"] == rows["budget"].max())]
+
+
+def paired_sds(tables: Path) -> pd.Series:
+    """The sd over seeds of each pair's per-seed difference of the 512-image held-out shape_iou."""
+    cells = pd.read_csv(tables / "eval_per_seed.csv", comment="#")
+    cells = cells[(cells["metric"] == "reward/shape_iou") & (cells["budget"] == 512)]
+    wide = cells.pivot(index="seed", columns="algorithm", values="value")
+    pairs = itertools.combinations(sorted(wide.columns), 2)
+    return pd.Series({(a, b): float((wide[a] - wide[b]).std(ddof=1)) for a, b in pairs})
 
 
 def test_the_sampler_ablation_bullet():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from presets import as_declared_before_dancegrpos_noise_level
 
 from t2i_rl_bench import report, study, tables
 from t2i_rl_bench.metrics.collapse import decay_rate
@@ -108,8 +109,9 @@ def test_the_slope_interval_over_seeds_covers_a_known_slope():
 def test_recursive_preset_follows_the_protocol_and_trains_as_the_default_study():
     cfg = study.load(ROOT / "config" / "recursive.yaml", check_paths=False)
     # the two-reward study: the loop trains on attribute_match, the default study's second reward
-    # until it became that study's shape_iou half (docs/study.md#the-two-reward-study)
-    default = study.load(ROOT / "config" / "two_rewards.yaml", check_paths=False)
+    # until it became that study's shape_iou half (docs/study.md#the-two-reward-study); as declared
+    # then, with DanceGRPO at Flow-GRPO's noise level (its committed runs)
+    default = as_declared_before_dancegrpos_noise_level("two_rewards.yaml")
     variants = study.recursive_variants(cfg)
     assert cfg["recursive"]["enabled"] and cfg["recursive"]["generations"] >= 5
     combos = {(v["mode"], v["real_fraction"] > 0) for v in variants.values()}
