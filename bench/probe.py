@@ -109,6 +109,14 @@ def step_gradients(
     return grads
 
 
+# A checkpoint whose K probed prompt groups all tied on the reward (likely for a discrete reward and a sampler
+# whose group shares its initial noise, e.g. DanceGRPO on attribute_match): every advantage is zero, so is every
+# probe gradient; the row keeps the norms (zero) and says why its SNR and credit are missing.
+ALL_TIED = (
+    "every probed prompt group tied on the reward, so every advantage and every probe gradient is zero: "
+    "no SNR and no per-step credit at this checkpoint"
+)
+
 NO_STEP_CREDIT = {
     "forward": (
         "no per-step log-prob credit: a forward-process (likelihood-free) method trains on clean "
@@ -352,6 +360,16 @@ def probe_gradients(
         raise ValueError("the probe needs at least one prompt group")
     grads = steps.sum(1)
     stats = gradient_statistics(grads)
+    if not bool((norms[:, trained] > 0).any()):
+        # every probed group tied (all advantages zero): no gradient, so no SNR and no step's credit share
+        return {
+            **asdict(stats),
+            "snr": None,
+            "snr_unbiased": None,
+            **projected_statistics(grads, group_size),
+            "credit_note": ALL_TIED,
+            "reward_mean": float(rewards.mean()),
+        }
     shares = credit_share(norms[:, trained])
     share_per_step = torch.zeros(sampler.num_steps, dtype=torch.float64)
     share_per_step[trained] = torch.as_tensor(shares, dtype=torch.float64)

@@ -10,7 +10,15 @@ import torch
 from t2i_rl_bench.factory import open_algorithm, open_run
 from t2i_rl_bench.metrics.gradient_variance import gradient_statistics
 from t2i_rl_bench.models.policy import Policy
-from t2i_rl_bench.probe import Prober, _off_policy_parts, probe_gradients, probe_prompts, probe_rollout, step_gradients
+from t2i_rl_bench.probe import (
+    ALL_TIED,
+    Prober,
+    _off_policy_parts,
+    probe_gradients,
+    probe_prompts,
+    probe_rollout,
+    step_gradients,
+)
 from t2i_rl_bench.registry import ALGORITHMS
 from t2i_rl_bench.reward import build_reward
 from t2i_rl_bench.rollout import make_sampler, recompute, rollout
@@ -209,3 +217,23 @@ def test_each_run_seed_probes_its_own_draw_only_when_asked(tiny_model):
     assert rows[("shared", 0)]["snr_unbiased"] == rows[("shared", 1)]["snr_unbiased"]
     assert rows[("own", 0)]["snr_unbiased"] != rows[("own", 1)]["snr_unbiased"]
     assert Prober(spec.replace(seed=0), own)(0)["snr_unbiased"] == Prober(spec.replace(seed=1), own)(0)["snr_unbiased"]
+
+
+def _constant_reward(images, prompts, metadata=None):
+    return torch.full((images.shape[0],), 0.5), {}
+
+
+@pytest.mark.parametrize("name", ["dancegrpo", "pcpo"])
+def test_a_checkpoint_whose_groups_all_tie_gets_a_row_that_says_so(tiny_flow_model, name):
+    """Every probed group tied (the reward is constant): every advantage and probe gradient is zero. The probe
+    returns the zero norms and no SNR or credit share, with the note, instead of failing the assess job (as a
+    DanceGRPO run at eta 0.3 on the discrete attribute_match did on one replication seed)."""
+    policy = Policy.load(tiny_flow_model)
+    sampler = make_sampler(policy, 4, 0.3, flow_variant="dancegrpo" if name == "dancegrpo" else "flowgrpo")
+    algorithm = ALGORITHMS.get(name)()
+    algorithm.setup(sampler)
+    row = probe_gradients(policy, sampler, algorithm, _constant_reward, probe_prompts(3, 7), 2, 1.0, 7)
+    assert row["credit_note"] == ALL_TIED and "credit_share" not in row and "credit_gini" not in row
+    assert row["mean_sq_norm"] == 0.0 and row["trace_cov"] == 0.0
+    assert row["snr"] is None and row["snr_unbiased"] is None and row["proj_snr"] is None
+    assert row["reward_mean"] == pytest.approx(0.5)
