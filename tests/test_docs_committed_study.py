@@ -128,3 +128,17 @@ def test_the_headline_line_in_both_families():
         f"(Holm p {lines[DEFAULT]['p_holm']:.4f} in the default, {lines[TWO]['p_holm']:.2g} in the two-reward study"
         in text
     )
+
+
+def test_the_replication_bullet():
+    text = section()
+    rows = pd.read_csv(ROOT / "results" / "replication" / "replication.csv")
+    done = int((rows["outcome"] == "replicated").sum())
+    assert done == len(rows) and f"reads **{done} of {len(rows)}** findings replicated" in text
+    kinds = rows["source"].value_counts().to_dict()
+    assert f"the two implementation checks, {kinds['pairwise']} pairwise findings" in text and kinds["verdict"] == 2
+    assert f"and {kinds['frontier']} frontier differences" in text
+    equivalent = rows[rows["study"] == "equivalent within 0.01"]["reward"].value_counts().to_dict()
+    assert equivalent == {"shape_iou": 3, "attribute_match": 15}
+    head = rows[rows["finding"] == "gain_at_drift quality/fid at 2: ddpo_is - pcpo"].iloc[0]
+    assert f"is {head['study_effect']:.4f} on seeds 0-7 and {head['replication_effect']:.4f} on seeds 30-37" in text
