@@ -73,8 +73,11 @@ def test_every_finding_of_the_two_reward_study_on_the_primary_reward_keeps_its_d
     assert (decided["verdict"] == decided["verdict_two"]).all()
     tested = merged["p_value_two"].notna()  # a line with no test (a pooled count, no matched level) has none
     assert (merged["p_value"].notna() == tested).all()
-    assert (merged.loc[tested, "p_value"].sub(merged.loc[tested, "p_value_two"]).abs() < 1e-9).all()
-    assert (merged.loc[tested, "p_holm"] <= merged.loc[tested, "p_holm_two"] + 1e-12).all()
+    # a line that reads device-seconds reads each study's own timing (the same runs, timed on two machines)
+    untimed = tested & ~merged["measure"].str.contains("seconds")
+    assert untimed.sum() >= tested.sum() - 1
+    assert (merged.loc[untimed, "p_value"].sub(merged.loc[untimed, "p_value_two"]).abs() < 1e-9).all()
+    assert (merged.loc[untimed, "p_holm"] <= merged.loc[untimed, "p_holm_two"] + 1e-12).all()
 
 
 def test_the_acceptance_outcome_is_the_same():
