@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from t2i_rl_bench.metrics import statistics
+from committed import pcpo_gain_holm_without_dancegrpos_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "results" / "tables"
@@ -153,7 +152,5 @@ def test_the_docs_quote_the_line_nearest_its_holm_edge_in_both_families():
         f"two-reward study, over {tested} tested lines), from the same raw p ({line['p_value']:.2g})"
     )
     assert quoted in section
-    findings = default[default["kind"] == "finding"]
-    kept = findings[~((findings["id"] == "prdp_frontier") & (findings["over"] == "dancegrpo"))]
-    before = float(statistics.holm(kept["p_value"].to_numpy())[list(kept["id"]).index("pcpo_gain")])
+    before = pcpo_gain_holm_without_dancegrpos_line(default)
     assert before < 0.05 and f"**supported in the default (Holm p {before:.4f})**" in section

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from committed import docs_section, final_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "results" / "tables"
@@ -21,19 +22,11 @@ NAMES = {
 
 
 def section() -> str:
-    text = (ROOT / "docs" / "study.md").read_text()
-    start = text.index("## The committed study\n")
-    return " ".join(text[start : text.index("\n## ", start + 5)].split())
+    return docs_section("## The committed study")
 
 
 def table(folder: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(folder / f"{name}.csv", comment="#")
-
-
-def final_pairs(folder: Path, reward: str) -> pd.DataFrame:
-    rows = table(folder, "improvement")
-    rows = rows[(rows["reward"] == reward) & (rows["metric"] == f"reward/{reward}")]
-    return rows[rows["budget"] == rows["budget"].max()]
 
 
 def unordered(rows: pd.DataFrame) -> set[frozenset[str]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from committed import docs_section, final_pairs, pcpo_gain_holm_without_dancegrpos_line
 from scipy import stats
 
 from t2i_rl_bench import calibration
-from t2i_rl_bench.metrics import statistics
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ROOT / "results" / "studies"
@@ -28,13 +28,6 @@ SCORES = {"training reward": ("mean_train_reward", "train_reward_se"), "evaluati
 def _read(study: str, name: str) -> pd.DataFrame:
     frame = pd.read_csv(TABLES / study / "tables" / name, comment="#")
     return frame[frame["method"] == "dancegrpo"].reset_index(drop=True)
-
-
-def _section(heading: str) -> str:
-    """A docs/study.md section (from its heading to the next one of its level), whitespace collapsed."""
-    level = heading.split(" ", 1)[0]
-    text = (ROOT / "docs" / "study.md").read_text()
-    return " ".join(text.split(heading + "\n", 1)[1].split(f"\n{level} ", 1)[0].split())
 
 
 NOISE_LEVEL = "### DanceGRPO's noise level"
@@ -89,7 +82,7 @@ def calibration_table() -> str:
 
 
 def test_the_dancegrpo_calibration_table_is_the_committed_tables():
-    assert " ".join(calibration_table().split()) in _section(NOISE_LEVEL)
+    assert " ".join(calibration_table().split()) in docs_section(NOISE_LEVEL)
 
 
 def test_every_reading_at_eta_0_3_brackets_and_every_reading_at_0_7_but_one_does_not():
@@ -108,7 +101,7 @@ def test_every_reading_at_eta_0_3_brackets_and_every_reading_at_0_7_but_one_does
 def test_the_dancegrpo_evaluation_score_against_the_other_methods():
     """The section's bullet: at 0.3 DanceGRPO's score is at most 0.005 over the base at any rate and seed set; the
     five other methods' best scores on seeds 100-101 (calibration_ode) are 0.004 to 0.015 above the base."""
-    section = _section(NOISE_LEVEL)
+    section = docs_section(NOISE_LEVEL)
     ode = pd.read_csv(TABLES / "calibration_ode" / "tables" / "calibration.csv", comment="#")
     base = float(ode["train_0"].iloc[0])
     assert f"over the base ({base:.4f})" in section
@@ -162,7 +155,7 @@ def arms_table() -> str:
 
 
 def test_the_dancegrpo_arms_table_is_the_committed_tables():
-    assert " ".join(arms_table().split()) in _section(NOISE_LEVEL_STUDY)
+    assert " ".join(arms_table().split()) in docs_section(NOISE_LEVEL_STUDY)
 
 
 def _significant(tables: Path, name: str) -> set[tuple[str, ...]]:
@@ -177,7 +170,7 @@ def _significant(tables: Path, name: str) -> set[tuple[str, ...]]:
 
 def test_the_dancegrpo_noise_level_studys_bullets():
     """Every number and finding the section's bullets state, read from the committed tables."""
-    text = _section(NOISE_LEVEL_STUDY)
+    text = docs_section(NOISE_LEVEL_STUDY)
     default, eta = BEFORE, TABLES / "dancegrpo_eta" / "tables"
     head = pd.read_csv(eta / "headline.csv", comment="#").set_index("method")["gain"]
     others = head.drop("dancegrpo")
@@ -201,8 +194,8 @@ def test_the_dancegrpo_noise_level_studys_bullets():
     pairs = pairs[(pairs["reading"] == "gain_at_drift") & (pairs["method"] == "ddpo_is") & (pairs["over"] == "pcpo")]
     assert len(pairs) == 4 and set(pairs["p_holm"].round(3)) == {0.036}
     # the minimum detectable difference and the median paired sd it reads, before and now
-    mdd = {k: float(final_pairs(v)["mdd"].iloc[0]) for k, v in (("default", default), ("eta", eta))}
-    spread = final_pairs(eta)["difference"].abs().max()
+    mdd = {k: float(final_pairs(v, "shape_iou")["mdd"].iloc[0]) for k, v in (("default", default), ("eta", eta))}
+    spread = final_pairs(eta, "shape_iou")["difference"].abs().max()
     assert (
         f"grows from {mdd['default']:.4f} to {mdd['eta']:.4f} against a spread of the method means of {spread:.4f}"
         in text
@@ -216,24 +209,18 @@ def test_the_dancegrpo_noise_level_studys_bullets():
     # the headline line and its Holm family: the default before had no value on prdp_frontier vs DanceGRPO
     lines = pd.read_csv(eta / "verdicts.csv", comment="#")
     findings = lines[lines["kind"] == "finding"]
-    without = findings[~((findings["id"] == "prdp_frontier") & (findings["over"] == "dancegrpo"))]
-    before = float(statistics.holm(without["p_value"].to_numpy())[list(without["id"]).index("pcpo_gain")])
+    before = pcpo_gain_holm_without_dancegrpos_line(lines)
     line = lines[lines["id"] == "pcpo_gain"].iloc[0]
     assert f"same raw p as in the default study ({line['p_value']:.4f})" in text
     assert line["verdict"] == "inconclusive" and before < 0.05 <= line["p_holm"]
     assert f"Holm p {line['p_holm']:.4f}, inconclusive, against {before:.4f}, supported, there" in text
     tested = int(findings["p_holm"].notna().sum())
     assert f"has {tested} tested lines instead of {tested - 1}" in text
-    statistics_section = _section("## Statistics")
+    statistics_section = docs_section("## Statistics")
     assert (
         f"`pcpo_gain` read {before:.4f} in the default study committed before 2026-12-08 and reads {line['p_holm']:.4f}"
         in (statistics_section)
     )
-
-
-def final_pairs(tables: Path) -> pd.DataFrame:
-    rows = pd.read_csv(tables / "improvement.csv", comment="#")
-    return rows[(rows["metric"] == "reward/shape_iou") & (rows["budget"] == rows["budget"].max())]
 
 
 def paired_sds(tables: Path) -> pd.Series:
@@ -248,7 +235,7 @@ def paired_sds(tables: Path) -> pd.Series:
 def test_the_sampler_ablation_bullet():
     """The declared reading of config/dancegrpo_sde.yaml: the paired difference per seed of the 512-image held-out
     gain, DanceGRPO with Flow-GRPO's SDE minus DanceGRPO's own at 0.3, with its 95% t interval (it excludes zero)."""
-    text = _section(NOISE_LEVEL_STUDY)
+    text = docs_section(NOISE_LEVEL_STUDY)
     mean, low, high = _paired(("dancegrpo_sde", "dancegrpo-flowgrpo-sde"), ("dancegrpo_eta", "dancegrpo"))
     assert low > 0
     assert f"paired difference to DanceGRPO's own SDE is {mean:+.4f} [{low:.4f}, {high:.4f}]" in text
@@ -260,7 +247,7 @@ def test_the_sampler_ablation_bullet():
 
 def test_the_replication_bullet():
     """dancegrpo_eta's findings on seeds 30-37: the replication tool's count and kinds, DanceGRPO's gain there."""
-    text = _section(NOISE_LEVEL_STUDY)
+    text = docs_section(NOISE_LEVEL_STUDY)
     rows = pd.read_csv(TABLES / "dancegrpo_eta" / "replication" / "replication.csv", comment="#")
     done = int((rows["outcome"] == "replicated").sum())
     assert f"reads **{done} of {len(rows)}** findings replicated" in text and done == len(rows)

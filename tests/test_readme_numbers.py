@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from committed import final_pairs, pcpo_gain_holm_without_dancegrpos_line
 
 from t2i_rl_bench import calibration, study
-from t2i_rl_bench.metrics import statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "results" / "tables"
@@ -60,12 +60,6 @@ def pair(rows: pd.DataFrame, a: str, b: str) -> pd.Series:
     return hit.iloc[0]
 
 
-def final_budget_pairs(folder: Path, reward: str) -> pd.DataFrame:
-    rows = table(folder / "improvement.csv")
-    rows = rows[(rows["reward"] == reward) & (rows["metric"] == f"reward/{reward}")]
-    return rows[rows["budget"] == rows["budget"].max()]
-
-
 def test_the_default_studys_frontier_difference_and_its_final_budget_reading():
     holm, pairs = typed(
         rf"DDPO-IS less than PCPO \(within an FID drift of 2: Holm p {N} over that reading's {N} pairs\)"
@@ -81,7 +75,7 @@ def test_the_default_studys_frontier_difference_and_its_final_budget_reading():
         ("ddpo_is", "pcpo"),
     }
     (reward_holm,) = typed(rf"where DanceGRPO gains less than PRDP \(Holm p {N}\)")
-    final = final_budget_pairs(TABLES, "shape_iou")
+    final = final_pairs(TABLES, "shape_iou")
     significant = final[(final["p_holm"] < 0.05) & (final["difference"] < 0)]
     assert list(zip(significant["method"], significant["over"])) == [("dancegrpo", "prdp")]
     assert agrees(significant["p_holm"].iloc[0], reward_holm)
@@ -98,16 +92,12 @@ def test_the_default_studys_frontier_difference_and_its_final_budget_reading():
         assert len(line) == 1 and agrees(line["p_holm"].iloc[0], typed_p), folder
         assert line["verdict"].iloc[0] == "inconclusive"
     # one line fewer: the family without the line DanceGRPO's new arm gave a value (docs/study.md#statistics)
-    verdicts = table(TABLES / "verdicts.csv")
-    findings = verdicts[verdicts["kind"] == "finding"]
-    kept = findings[~((findings["id"] == "prdp_frontier") & (findings["over"] == "dancegrpo"))]
-    adjusted = statistics.holm(kept["p_value"].to_numpy())
-    assert agrees(float(adjusted[list(kept["id"]).index("pcpo_gain")]), fewer) and float(fewer) < 0.05
+    assert agrees(pcpo_gain_holm_without_dancegrpos_line(table(TABLES / "verdicts.csv")), fewer) and float(fewer) < 0.05
 
 
 def test_the_minimum_detectable_difference_and_its_share_of_the_spread():
     mdd, share = typed(rf"minimum detectable difference after Holm \({N}\) is {N} of the spread")
-    rows = final_budget_pairs(TABLES, "shape_iou")
+    rows = final_pairs(TABLES, "shape_iou")
     spread = rows["difference"].abs().max()  # as the verdict table's header computes it
     assert agrees(rows["mdd"].iloc[0], mdd)
     assert agrees(rows["mdd"].iloc[0] / spread, share)
@@ -115,7 +105,7 @@ def test_the_minimum_detectable_difference_and_its_share_of_the_spread():
 
 def test_every_attribute_match_pair_is_equivalent_within_the_quoted_margin():
     (margin,) = typed(rf"two-reward study, on attribute_match every pair is equivalent within {N}\.")
-    rows = final_budget_pairs(STUDIES / "two_rewards" / "tables", "attribute_match")
+    rows = final_pairs(STUDIES / "two_rewards" / "tables", "attribute_match")
     assert len(rows) and rows["equivalent"].astype(bool).all()
     assert (rows["margin"] == float(margin)).all()
 
@@ -128,7 +118,7 @@ def test_the_replication_numbers():
 
 def test_the_power_studys_numbers():
     folder = STUDIES / "power" / "tables"
-    rows = final_budget_pairs(folder, "shape_iou")
+    rows = final_pairs(folder, "shape_iou")
     share, differ, pairs = typed(rf"the minimum detectable difference is {N} of the spread and {N} of {N} pairs differ")
     assert agrees(rows["mdd"].iloc[0] / rows["difference"].abs().max(), share)
     assert rows["significant"].sum() == 2 * int(differ) and len(rows) == 2 * int(pairs)  # each pair both ways
@@ -181,7 +171,7 @@ def test_the_rate_checks_reading():
     folder = STUDIES / "ratecheck" / "tables"
     headline = table(folder / "headline.csv").set_index("method")
     assert agrees(headline.loc["reinforce-lr1e-4", "change/quality/fid"], fid)
-    rows = final_budget_pairs(folder, "shape_iou")
+    rows = final_pairs(folder, "shape_iou")
     assert pair(rows, "pcpo", "reinforce-lr1e-4")["p_value"] > 0.05  # "as much": no difference even unadjusted
 
 
@@ -257,7 +247,7 @@ def test_the_headline_pair_at_one_shared_rate_and_at_the_four_seed_rates():
     four = table(STUDIES / "calibration_ode4" / "tables" / "calibration.csv")
     by_training = {m: calibration.choose(part) for m, part in four.groupby("method")}
     assert by_training["pcpo"] == f"pcpo-lr{pcpo_lr}" and by_training["ddpo_is"] == f"ddpo_is-lr{ddpo_lr}"
-    row = pair(final_budget_pairs(folder, "shape_iou"), f"pcpo-lr{pcpo_lr}", f"ddpo_is-lr{ddpo_lr}")
+    row = pair(final_pairs(folder, "shape_iou"), f"pcpo-lr{pcpo_lr}", f"ddpo_is-lr{ddpo_lr}")
     assert bool(row["equivalent"]) and row["margin"] == float(margin) and not bool(row["significant"])
 
 
